@@ -1,0 +1,356 @@
+//! The checkpoint bundle: everything needed to resume a twin elsewhere.
+//!
+//! Layout (all integers little-endian):
+//!
+//! ```text
+//! "WTWINCKP"                 8 bytes of magic
+//! format version             u32 (this code writes 1)
+//! header length              u32
+//! header                     JSON: twin, model, component digest, state
+//!                            version, and the list of sections with the
+//!                            length and SHA-256 of each
+//! section bodies             in the order the header lists them
+//! trailer                    SHA-256 of every byte above
+//! ```
+//!
+//! The JSON header makes a bundle self-describing (`head -c 4096` shows
+//! what it is); the per-section digests say which part is damaged; the
+//! trailer catches anything else, including truncation.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+
+const MAGIC: &[u8; 8] = b"WTWINCKP";
+/// The format version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest header accepted, so a corrupt length cannot exhaust memory.
+const HEADER_MAX: u32 = 1 << 20;
+
+/// The section holding the guest's own snapshot bytes.
+pub const GUEST_SECTION: &str = "guest";
+/// The section holding the host's view of the twin, as JSON.
+pub const TWIN_SECTION: &str = "twin";
+
+/// Why a bundle was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The bytes do not start with the magic.
+    #[error("not a wasmtwin checkpoint (it does not start with {MAGIC:?})")]
+    NotACheckpoint,
+    /// Written by a newer or unknown format.
+    #[error(
+        "checkpoint format version {0} is not supported (this wasmtwin reads version {FORMAT_VERSION})"
+    )]
+    UnsupportedVersion(u32),
+    /// The bytes end early.
+    #[error("checkpoint is truncated: {0}")]
+    Truncated(String),
+    /// The header is not what this format defines.
+    #[error("checkpoint header is malformed: {0}")]
+    BadHeader(String),
+    /// A checksum does not match.
+    #[error("checkpoint is corrupted: {0}")]
+    Corrupted(String),
+    /// Reading or writing failed.
+    #[error("checkpoint I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The model a checkpoint was taken from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The model's name (from `describe`).
+    pub name: String,
+    /// The model's release.
+    pub version: String,
+    /// Digest of the component that wrote the guest snapshot.
+    pub component: Digest,
+    /// Layout version of the guest snapshot.
+    pub state_version: u32,
+}
+
+/// One section as the header describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SectionInfo {
+    /// What the section holds.
+    pub name: String,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its SHA-256.
+    pub digest: Digest,
+}
+
+/// The self-describing header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// The twin's name.
+    pub twin: String,
+    /// When the checkpoint was taken, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// The model that wrote the guest snapshot.
+    pub model: ModelInfo,
+    /// The sections that follow, in order.
+    pub sections: Vec<SectionInfo>,
+}
+
+/// A checkpoint: the header and the section bodies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The twin's name.
+    pub twin: String,
+    /// When it was taken.
+    pub created_ms: u64,
+    /// The model that wrote the guest snapshot.
+    pub model: ModelInfo,
+    /// Named section bodies, in order.
+    pub sections: Vec<(String, Vec<u8>)>,
+}
+
+/// Hashes everything written through it.
+struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Hashes everything read through it.
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> HashingReader<R> {
+    fn exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), CheckpointError> {
+        self.inner.read_exact(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                CheckpointError::Truncated(format!("it ends inside {what}"))
+            }
+            _ => CheckpointError::Io(e),
+        })?;
+        self.hash.update(&*buf);
+        Ok(())
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, CheckpointError> {
+        let mut bytes = [0u8; 4];
+        self.exact(&mut bytes, what)?;
+        Ok(u32::from_le_bytes(bytes))
+    }
+}
+
+impl Checkpoint {
+    /// The body of the section `name`, if present.
+    pub fn section(&self, name: &str) -> Option<&[u8]> {
+        self.sections
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.as_slice())
+    }
+
+    /// Writes the bundle.
+    pub fn write_to(&self, writer: impl Write) -> Result<(), CheckpointError> {
+        let header = Header {
+            twin: self.twin.clone(),
+            created_ms: self.created_ms,
+            model: self.model.clone(),
+            sections: self
+                .sections
+                .iter()
+                .map(|(name, body)| SectionInfo {
+                    name: name.clone(),
+                    len: body.len() as u64,
+                    digest: Digest::of(body),
+                })
+                .collect(),
+        };
+        let header = serde_json::to_vec_pretty(&header)
+            .map_err(|e| CheckpointError::BadHeader(e.to_string()))?;
+        let header_len = u32::try_from(header.len())
+            .ok()
+            .filter(|&n| n <= HEADER_MAX)
+            .ok_or_else(|| {
+                CheckpointError::BadHeader(format!("header of {} bytes is too large", header.len()))
+            })?;
+        let mut w = HashingWriter {
+            inner: writer,
+            hash: Sha256::new(),
+        };
+        w.write_all(MAGIC)?;
+        w.write_all(&FORMAT_VERSION.to_le_bytes())?;
+        w.write_all(&header_len.to_le_bytes())?;
+        w.write_all(&header)?;
+        for (_, body) in &self.sections {
+            w.write_all(body)?;
+        }
+        let trailer = w.hash.finalize();
+        w.inner.write_all(&trailer)?;
+        w.inner.flush()?;
+        Ok(())
+    }
+
+    /// Writes the bundle into a byte vector.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, CheckpointError> {
+        let mut bytes = Vec::new();
+        self.write_to(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Reads and checks a bundle: magic, version, header, every section's
+    /// digest and the trailer. Anything off is refused with the reason.
+    pub fn read_from(reader: impl Read) -> Result<Self, CheckpointError> {
+        let mut r = HashingReader {
+            inner: reader,
+            hash: Sha256::new(),
+        };
+        let mut magic = [0u8; 8];
+        r.inner
+            .read_exact(&mut magic)
+            .map_err(|_| CheckpointError::NotACheckpoint)?;
+        if &magic != MAGIC {
+            return Err(CheckpointError::NotACheckpoint);
+        }
+        r.hash.update(magic);
+        let version = r.u32("the format version")?;
+        if version != FORMAT_VERSION {
+            return Err(CheckpointError::UnsupportedVersion(version));
+        }
+        let header_len = r.u32("the header length")?;
+        if header_len > HEADER_MAX {
+            return Err(CheckpointError::BadHeader(format!(
+                "header length {header_len} is implausible"
+            )));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        r.exact(&mut header, "the header")?;
+        let header: Header = serde_json::from_slice(&header)
+            .map_err(|e| CheckpointError::BadHeader(e.to_string()))?;
+        let mut sections = Vec::with_capacity(header.sections.len());
+        for info in &header.sections {
+            // Read in bounded steps so a lying length fails as truncation
+            // instead of allocating it up front.
+            let mut body = Vec::new();
+            let mut left = info.len;
+            let mut chunk = vec![0u8; 64 * 1024];
+            while left > 0 {
+                let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+                r.exact(&mut chunk[..n], &format!("section `{}`", info.name))?;
+                body.extend_from_slice(&chunk[..n]);
+                left -= n as u64;
+            }
+            if Digest::of(&body) != info.digest {
+                return Err(CheckpointError::Corrupted(format!(
+                    "section `{}` does not match its checksum",
+                    info.name
+                )));
+            }
+            sections.push((info.name.clone(), body));
+        }
+        let expected = r.hash.finalize();
+        let mut trailer = [0u8; 32];
+        r.inner
+            .read_exact(&mut trailer)
+            .map_err(|_| CheckpointError::Truncated("the final checksum is missing".into()))?;
+        if trailer[..] != expected[..] {
+            return Err(CheckpointError::Corrupted(
+                "the final checksum does not match".into(),
+            ));
+        }
+        let mut extra = [0u8; 1];
+        if r.inner.read(&mut extra)? != 0 {
+            return Err(CheckpointError::Corrupted(
+                "there are bytes after the final checksum".into(),
+            ));
+        }
+        Ok(Checkpoint {
+            twin: header.twin,
+            created_ms: header.created_ms,
+            model: header.model,
+            sections,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Checkpoint {
+        Checkpoint {
+            twin: "pump-7".into(),
+            created_ms: 1_700_000_000_000,
+            model: ModelInfo {
+                name: "prime".into(),
+                version: "0.1.0".into(),
+                component: Digest::of(b"component"),
+                state_version: 1,
+            },
+            sections: vec![
+                (GUEST_SECTION.into(), b"{\"n\":1}".to_vec()),
+                (TWIN_SECTION.into(), b"{}".to_vec()),
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let bytes = sample().to_bytes().unwrap();
+        assert_eq!(Checkpoint::read_from(&bytes[..]).unwrap(), sample());
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let bytes = sample().to_bytes().unwrap();
+        for i in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x01;
+            assert!(
+                Checkpoint::read_from(&damaged[..]).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn says_why() {
+        let bytes = sample().to_bytes().unwrap();
+        let err = Checkpoint::read_from(&b"hello world, not a bundle"[..]).unwrap_err();
+        assert!(
+            err.to_string().contains("not a wasmtwin checkpoint"),
+            "{err}"
+        );
+        let err = Checkpoint::read_from(&bytes[..bytes.len() - 40]).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        let mut future = bytes.clone();
+        future[8] = 9;
+        let err = Checkpoint::read_from(&future[..]).unwrap_err();
+        assert!(err.to_string().contains("version 9"), "{err}");
+        let mut damaged = bytes.clone();
+        let last_body_byte = bytes.len() - 33;
+        damaged[last_body_byte] ^= 0xff;
+        let err = Checkpoint::read_from(&damaged[..]).unwrap_err();
+        assert!(err.to_string().contains("section `twin`"), "{err}");
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let err = Checkpoint::read_from(&longer[..]).unwrap_err();
+        assert!(
+            err.to_string().contains("after the final checksum"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! Command-line parsing and dispatch. Each subcommand lives in a module of
+//! its own name; this file only wires them up.
+
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wasmtwin::runtime::{Runtime, RuntimeConfig, default_cache_dir};
+
+/// Host trustworthy digital twins as signed, sandboxed WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "wasmtwin", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand accepts.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Log filter, e.g. `info` or `wasmtwin=debug` (also `WASMTWIN_LOG`).
+    #[arg(long, global = true, env = "WASMTWIN_LOG", default_value = "info")]
+    log: String,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Where compiled components are cached [default: ~/.cache/wasmtwin/components].
+    #[arg(long, global = true, env = "WASMTWIN_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile components afresh instead of using the on-disk cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a model component against recorded updates (for plugin authors).
+    Run(run::RunArgs),
+}
+
+/// Sends logs to standard error, leaving standard output to command results.
+pub fn init_logging(global: &GlobalArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&global.log).unwrap_or_else(|e| {
+        eprintln!("warning: ignoring log filter `{}`: {e}", global.log);
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match global.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+impl GlobalArgs {
+    fn runtime(&self) -> anyhow::Result<Runtime> {
+        Runtime::new(RuntimeConfig {
+            fuel: true,
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone().or_else(default_cache_dir)
+            },
+        })
+    }
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Run(args) => run::run(&self.global, args),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! wasmtwin hosts trustworthy digital twins as signed, sandboxed WebAssembly
+//! components.
+//!
+//! An update flows one way through the modules named after its steps:
+//! [`runtime`] runs the twin's model component under fuel, memory and
+//! deadline limits; [`twin`] keeps what the host knows of the twin around
+//! it (properties, last sequence applied); [`checkpoint`] writes and reads
+//! its state so it can resume elsewhere.
+
+pub mod checkpoint;
+pub mod digest;
+pub mod runtime;
+pub mod twin;

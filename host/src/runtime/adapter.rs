@@ -1,0 +1,119 @@
+//! A running instance of a protocol adapter component.
+
+use anyhow::Context;
+use serde_json::Value;
+
+use super::Runtime;
+use super::bindings::adapter::{Adapter, AdapterPre};
+use super::bindings::types;
+use super::error::{Failure, GuestError};
+use super::limits::Limits;
+use super::model::Update;
+use super::sandbox::Sandbox;
+use crate::digest::Digest;
+
+/// A compiled adapter component, ready to instantiate.
+#[derive(Clone)]
+pub struct AdapterComponent {
+    digest: Digest,
+    pre: AdapterPre<super::GuestState>,
+}
+
+impl AdapterComponent {
+    pub(super) fn new(runtime: &Runtime, bytes: &[u8]) -> anyhow::Result<Self> {
+        let (digest, component, _) = runtime.compile(bytes)?;
+        let pre = runtime
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("component {digest} needs imports wasmtwin does not grant"))?;
+        let pre = AdapterPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!(
+                    "component {digest} is not a wasmtwin adapter (world wasmtwin:twin/adapter)"
+                )
+            })?;
+        Ok(Self { digest, pre })
+    }
+
+    /// The digest of the component's bytes.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+}
+
+/// A live adapter instance serving one twin.
+pub struct AdapterInstance {
+    sandbox: Sandbox,
+    adapter: Adapter,
+}
+
+impl AdapterInstance {
+    /// Instantiates `component` on behalf of `twin`.
+    pub fn new(
+        runtime: &Runtime,
+        component: &AdapterComponent,
+        twin: &str,
+        limits: Limits,
+    ) -> anyhow::Result<Self> {
+        let mut sandbox = Sandbox::new(runtime, twin, limits);
+        let adapter = sandbox
+            .instantiate(|store| component.pre.instantiate(store))
+            .with_context(|| {
+                format!(
+                    "instantiating adapter {} for twin `{twin}`",
+                    component.digest
+                )
+            })?;
+        Ok(Self { sandbox, adapter })
+    }
+
+    /// Whether a failure made the instance unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.sandbox.is_poisoned()
+    }
+
+    /// Decodes a raw payload received on `topic` into updates.
+    pub fn decode(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Update>, GuestError> {
+        let adapter = &self.adapter;
+        let (updates, _) = self.sandbox.call("decode", |s| {
+            adapter
+                .wasmtwin_twin_adapter_api()
+                .call_decode(s, topic, payload)
+        })?;
+        updates
+            .into_iter()
+            .map(|u| {
+                let value: Value =
+                    serde_json::from_str(&u.value).map_err(|e| Failure::BadOutput {
+                        message: format!(
+                            "the value of property `{}` is not valid JSON ({e})",
+                            u.property
+                        ),
+                    })?;
+                Ok(Update {
+                    seq: u.seq,
+                    ts_ms: u.ts_ms,
+                    property: u.property,
+                    value,
+                })
+            })
+            .collect::<Result<Vec<_>, Failure>>()
+            .map_err(|failure| self.sandbox.error("decode", failure))
+    }
+
+    /// Encodes a command for the device.
+    pub fn encode(&mut self, name: &str, payload: &Value) -> Result<Vec<u8>, GuestError> {
+        let command = types::Command {
+            name: name.to_string(),
+            payload: payload.to_string(),
+        };
+        let adapter = &self.adapter;
+        self.sandbox
+            .call("encode", |s| {
+                adapter.wasmtwin_twin_adapter_api().call_encode(s, &command)
+            })
+            .map(|(bytes, _)| bytes)
+    }
+}

@@ -1,0 +1,168 @@
+//! The WebAssembly runtime: one wasmtime [`Engine`] per process, compiled
+//! components cached by digest, and one `Store` per twin instance with its
+//! fuel, memory and deadline limits.
+//!
+//! The runtime knows components and limits, nothing of MQTT, HTTP or specs.
+
+mod adapter;
+pub mod bindings;
+mod cache;
+mod error;
+mod guest_output;
+mod guest_state;
+mod limits;
+mod model;
+mod sandbox;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+pub use adapter::{AdapterComponent, AdapterInstance};
+pub use cache::{CacheOutcome, write_atomically};
+pub use error::{Failure, GuestError};
+pub use guest_state::GuestState;
+pub use limits::Limits;
+pub use model::{ActionOutcome, Description, ModelComponent, ModelInstance, Update, UpdateEffects};
+
+use crate::digest::Digest;
+
+/// How often the epoch advances; deadlines are enforced to this precision.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How a [`Runtime`] is built.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Meter fuel, so every call can be bounded in work. Turning it off is
+    /// only for measuring what metering costs.
+    pub fuel: bool,
+    /// Where to keep compiled components across processes; `None` keeps
+    /// them in memory only.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            fuel: true,
+            cache_dir: default_cache_dir(),
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/wasmtwin/components`, or `~/.cache/wasmtwin/components`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("wasmtwin").join("components"))
+}
+
+/// The engine, its linkers and its compiled-component cache. Share one per
+/// process (it is cheap to clone).
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    fuel: bool,
+    cache: cache::ComponentCache,
+    linker: Linker<GuestState>,
+}
+
+impl Runtime {
+    /// Builds the engine and starts the epoch ticker that enforces deadlines.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(config.fuel)
+            .epoch_interruption(true);
+        let engine = Engine::new(&wasm)
+            .map_err(anyhow::Error::from)
+            .context("creating the wasm engine")?;
+        let cache = cache::ComponentCache::new(&engine, config.cache_dir)?;
+
+        // One linker serves both worlds: they import the same interfaces.
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        bindings::model::Model::add_to_linker::<GuestState, HasSelf<GuestState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(anyhow::Error::from)?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .context("starting the epoch thread")?;
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                fuel: config.fuel,
+                cache,
+                linker,
+            }),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Whether calls are fuel-metered.
+    pub fn meters_fuel(&self) -> bool {
+        self.inner.fuel
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<GuestState> {
+        &self.inner.linker
+    }
+
+    /// Compiles `bytes` (or fetches the cached compilation), reporting how.
+    pub fn compile(
+        &self,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Digest, wasmtime::component::Component, CacheOutcome)> {
+        let digest = Digest::of(bytes);
+        let started = Instant::now();
+        let (component, outcome) = self
+            .inner
+            .cache
+            .get_or_compile(&self.inner.engine, &digest, bytes)
+            .with_context(|| format!("compiling component {digest}"))?;
+        tracing::debug!(%digest, ?outcome, elapsed = ?started.elapsed(), "component ready");
+        Ok((digest, component, outcome))
+    }
+
+    /// Forgets compiled components held in memory; the disk cache stays.
+    pub fn clear_memory_cache(&self) {
+        self.inner.cache.clear_memory();
+    }
+
+    /// Compiles `bytes` as a model component and checks it exports the
+    /// model world.
+    pub fn load_model(&self, bytes: &[u8]) -> anyhow::Result<ModelComponent> {
+        ModelComponent::new(self, bytes)
+    }
+
+    /// Compiles `bytes` as an adapter component and checks it exports the
+    /// adapter world.
+    pub fn load_adapter(&self, bytes: &[u8]) -> anyhow::Result<AdapterComponent> {
+        AdapterComponent::new(self, bytes)
+    }
+}

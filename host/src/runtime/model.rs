@@ -1,0 +1,267 @@
+//! A running instance of a twin's model component, and the calls the host
+//! makes into it, each bounded by the twin's [`Limits`].
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::Value;
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use super::Runtime;
+use super::bindings::model::{Model, ModelPre};
+use super::bindings::types;
+use super::error::{Failure, GuestError};
+use super::guest_state::GuestState;
+use super::limits::Limits;
+use super::sandbox::Sandbox;
+use crate::digest::Digest;
+
+/// A compiled model component, ready to instantiate many times.
+#[derive(Clone)]
+pub struct ModelComponent {
+    digest: Digest,
+    pre: ModelPre<GuestState>,
+}
+
+impl ModelComponent {
+    pub(super) fn new(runtime: &Runtime, bytes: &[u8]) -> anyhow::Result<Self> {
+        let (digest, component, _) = runtime.compile(bytes)?;
+        Self::from_compiled(runtime, digest, &component)
+    }
+
+    /// Wraps an already compiled component.
+    pub fn from_compiled(
+        runtime: &Runtime,
+        digest: Digest,
+        component: &Component,
+    ) -> anyhow::Result<Self> {
+        let pre = runtime
+            .linker()
+            .instantiate_pre(component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("component {digest} needs imports wasmtwin does not grant"))?;
+        let pre = ModelPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!("component {digest} is not a wasmtwin model (world wasmtwin:twin/model)")
+            })?;
+        Ok(Self { digest, pre })
+    }
+
+    /// The digest of the component's bytes.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+}
+
+/// One update, as the host hands it to a model.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Update {
+    /// The PT's sequence number.
+    pub seq: u64,
+    /// When the PT produced it, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// The property it is about.
+    pub property: String,
+    /// The observed value.
+    pub value: Value,
+}
+
+/// What one update did, with the guest's JSON parsed and checked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpdateEffects {
+    /// Properties that changed, in order.
+    pub changes: Vec<(String, Value)>,
+    /// Events that happened, in order.
+    pub events: Vec<(String, Value)>,
+    /// Fuel the call burned (0 without metering).
+    pub fuel: u64,
+}
+
+/// What an action produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionOutcome {
+    /// The answer for the application.
+    pub result: Value,
+    /// Commands for the device, in order.
+    pub commands: Vec<(String, Value)>,
+}
+
+/// What a model offers (its `describe` answer).
+pub type Description = types::Description;
+
+/// A live instance of a model, owned by one twin.
+pub struct ModelInstance {
+    sandbox: Sandbox,
+    model: Model,
+    component: Digest,
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Value, Failure> {
+    serde_json::from_str(text).map_err(|e| Failure::BadOutput {
+        message: format!("{what} is not valid JSON ({e})"),
+    })
+}
+
+impl ModelInstance {
+    /// Instantiates `component` for `twin`. Nothing of the model runs until
+    /// [`init`](Self::init) or [`restore`](Self::restore).
+    pub fn new(
+        runtime: &Runtime,
+        component: &ModelComponent,
+        twin: &str,
+        limits: Limits,
+    ) -> anyhow::Result<Self> {
+        let mut sandbox = Sandbox::new(runtime, twin, limits);
+        let model = sandbox
+            .instantiate(|store| component.pre.instantiate(store))
+            .with_context(|| {
+                format!(
+                    "instantiating component {} for twin `{twin}`",
+                    component.digest
+                )
+            })?;
+        Ok(Self {
+            sandbox,
+            model,
+            component: component.digest,
+        })
+    }
+
+    /// The digest of the component this instance runs.
+    pub fn component(&self) -> Digest {
+        self.component
+    }
+
+    /// The twin this instance belongs to.
+    pub fn twin(&self) -> &str {
+        self.sandbox.twin()
+    }
+
+    /// The limits each call runs under.
+    pub fn limits(&self) -> Limits {
+        self.sandbox.limits()
+    }
+
+    /// Changes the limits for later calls (vertical scaling).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.sandbox.set_limits(limits);
+    }
+
+    /// Whether a failure made the instance unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.sandbox.is_poisoned()
+    }
+
+    fn call<R>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&Model, &mut Store<GuestState>) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<(R, u64), GuestError> {
+        let model = &self.model;
+        self.sandbox.call(name, |store| f(model, store))
+    }
+
+    /// Starts a fresh twin from its JSON configuration.
+    pub fn init(&mut self, config: &Value) -> Result<(), GuestError> {
+        let config = config.to_string();
+        self.call("init", |m, s| {
+            m.wasmtwin_twin_model_api().call_init(s, &config)
+        })
+        .map(|_| ())
+    }
+
+    /// Reconfigures the running twin.
+    pub fn reconfigure(&mut self, config: &Value) -> Result<(), GuestError> {
+        let config = config.to_string();
+        self.call("reconfigure", |m, s| {
+            m.wasmtwin_twin_model_api().call_reconfigure(s, &config)
+        })
+        .map(|_| ())
+    }
+
+    /// Applies one update.
+    pub fn on_update(&mut self, update: &Update) -> Result<UpdateEffects, GuestError> {
+        let wit_update = types::Update {
+            seq: update.seq,
+            ts_ms: update.ts_ms,
+            property: update.property.clone(),
+            value: update.value.to_string(),
+        };
+        let (effects, fuel) = self.call("on-update", |m, s| {
+            m.wasmtwin_twin_model_api().call_on_update(s, &wit_update)
+        })?;
+        let parsed = (|| {
+            let changes = effects
+                .changes
+                .into_iter()
+                .map(|c| {
+                    let value =
+                        parse_json(&format!("the value of property `{}`", c.property), &c.value)?;
+                    Ok((c.property, value))
+                })
+                .collect::<Result<Vec<_>, Failure>>()?;
+            let events = effects
+                .events
+                .into_iter()
+                .map(|e| {
+                    let data = parse_json(&format!("the data of event `{}`", e.name), &e.data)?;
+                    Ok((e.name, data))
+                })
+                .collect::<Result<Vec<_>, Failure>>()?;
+            Ok(UpdateEffects {
+                changes,
+                events,
+                fuel,
+            })
+        })();
+        parsed.map_err(|failure| self.sandbox.error("on-update", failure))
+    }
+
+    /// Carries out an action.
+    pub fn on_action(&mut self, name: &str, input: &Value) -> Result<ActionOutcome, GuestError> {
+        let input = input.to_string();
+        let (outcome, _) = self.call("on-action", |m, s| {
+            m.wasmtwin_twin_model_api().call_on_action(s, name, &input)
+        })?;
+        let parsed = (|| {
+            let result = parse_json("the action's result", &outcome.reply)?;
+            let commands = outcome
+                .commands
+                .into_iter()
+                .map(|c| {
+                    let payload =
+                        parse_json(&format!("the payload of command `{}`", c.name), &c.payload)?;
+                    Ok((c.name, payload))
+                })
+                .collect::<Result<Vec<_>, Failure>>()?;
+            Ok(ActionOutcome { result, commands })
+        })();
+        parsed.map_err(|failure| self.sandbox.error("on-action", failure))
+    }
+
+    /// Serialises the guest's state.
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, GuestError> {
+        self.call("snapshot", |m, s| {
+            m.wasmtwin_twin_model_api().call_snapshot(s)
+        })
+        .map(|(bytes, _)| bytes)
+    }
+
+    /// Rebuilds the guest's state from a snapshot taken at `state_version`.
+    pub fn restore(&mut self, state: &[u8], state_version: u32) -> Result<(), GuestError> {
+        self.call("restore", |m, s| {
+            m.wasmtwin_twin_model_api()
+                .call_restore(s, state, state_version)
+        })
+        .map(|_| ())
+    }
+
+    /// What the model offers.
+    pub fn describe(&mut self) -> Result<Description, GuestError> {
+        self.call("describe", |m, s| {
+            m.wasmtwin_twin_model_api().call_describe(s).map(Ok)
+        })
+        .map(|(d, _)| d)
+    }
+}

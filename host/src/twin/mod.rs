@@ -1,0 +1,219 @@
+//! A hosted twin: its model instance plus what the host knows around it —
+//! the current value of every property and the last sequence number
+//! applied, which is how duplicates are dropped and how a restored twin
+//! knows where to resume.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::checkpoint::{Checkpoint, GUEST_SECTION, ModelInfo, TWIN_SECTION};
+use crate::runtime::{
+    ActionOutcome, GuestError, Limits, ModelComponent, ModelInstance, Runtime, Update,
+    UpdateEffects,
+};
+
+/// The host's view of a twin, saved in every checkpoint beside the guest's
+/// own snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TwinState {
+    /// Current value of each property the model has set.
+    pub properties: BTreeMap<String, Value>,
+    /// Sequence number of the last update applied.
+    pub last_seq: Option<u64>,
+    /// Updates applied since the twin was created.
+    pub updates_applied: u64,
+}
+
+/// What happened to an update.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// Applied; these are its effects.
+    Changed(UpdateEffects),
+    /// Dropped: its sequence number was not above the last one applied.
+    Duplicate {
+        /// The last sequence number applied.
+        last_seq: u64,
+    },
+}
+
+/// Whether a checkpoint may be restored into a different component.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RestorePolicy {
+    /// Only into the exact component (same digest) that wrote it.
+    #[default]
+    SameComponent,
+    /// Into any release of the same model that reads its state version.
+    Upgrade,
+}
+
+/// A running twin.
+pub struct Twin {
+    name: String,
+    instance: ModelInstance,
+    model: ModelInfo,
+    state: TwinState,
+}
+
+fn model_info(instance: &mut ModelInstance) -> Result<ModelInfo, GuestError> {
+    let description = instance.describe()?;
+    Ok(ModelInfo {
+        name: description.name,
+        version: description.version,
+        component: instance.component(),
+        state_version: description.state_version,
+    })
+}
+
+impl Twin {
+    /// Creates a fresh twin named `name` running `component`, initialised
+    /// with `config`.
+    pub fn create(
+        runtime: &Runtime,
+        component: &ModelComponent,
+        name: &str,
+        limits: Limits,
+        config: &Value,
+    ) -> anyhow::Result<Self> {
+        let mut instance = ModelInstance::new(runtime, component, name, limits)?;
+        let model = model_info(&mut instance)?;
+        instance.init(config)?;
+        Ok(Self {
+            name: name.to_string(),
+            instance,
+            model,
+            state: TwinState::default(),
+        })
+    }
+
+    /// Resumes a twin from `checkpoint`, running `component`.
+    ///
+    /// Refused, with the reason, when the checkpoint comes from another
+    /// model, from a newer state layout than the component reads, or (under
+    /// [`RestorePolicy::SameComponent`]) from another build of the model.
+    pub fn restore(
+        runtime: &Runtime,
+        component: &ModelComponent,
+        checkpoint: &Checkpoint,
+        limits: Limits,
+        policy: RestorePolicy,
+    ) -> anyhow::Result<Self> {
+        let guest = checkpoint
+            .section(GUEST_SECTION)
+            .context("checkpoint has no guest snapshot")?;
+        let state: TwinState = serde_json::from_slice(
+            checkpoint
+                .section(TWIN_SECTION)
+                .context("checkpoint has no twin state")?,
+        )
+        .context("checkpoint's twin state is malformed")?;
+        let mut instance = ModelInstance::new(runtime, component, &checkpoint.twin, limits)?;
+        let model = model_info(&mut instance)?;
+        let from = &checkpoint.model;
+        if from.name != model.name {
+            bail!(
+                "checkpoint of twin `{}` was taken from model `{}`, but this component is model `{}`",
+                checkpoint.twin,
+                from.name,
+                model.name
+            );
+        }
+        if from.state_version > model.state_version {
+            bail!(
+                "checkpoint has state version {}, newer than the {} that {} {} reads",
+                from.state_version,
+                model.state_version,
+                model.name,
+                model.version
+            );
+        }
+        if from.component != model.component && policy == RestorePolicy::SameComponent {
+            bail!(
+                "checkpoint was taken from component {} ({} {}), not {} ({} {}); \
+                 allow an upgrade to restore it into another build",
+                from.component,
+                from.name,
+                from.version,
+                model.component,
+                model.name,
+                model.version
+            );
+        }
+        instance.restore(guest, from.state_version)?;
+        Ok(Self {
+            name: checkpoint.twin.clone(),
+            instance,
+            model,
+            state,
+        })
+    }
+
+    /// The twin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The model it runs.
+    pub fn model(&self) -> &ModelInfo {
+        &self.model
+    }
+
+    /// The host's view of the twin.
+    pub fn state(&self) -> &TwinState {
+        &self.state
+    }
+
+    /// Applies `update` unless its sequence number was already applied.
+    pub fn apply(&mut self, update: &Update) -> Result<Applied, GuestError> {
+        if let Some(last_seq) = self.state.last_seq
+            && update.seq <= last_seq
+        {
+            return Ok(Applied::Duplicate { last_seq });
+        }
+        let effects = self.instance.on_update(update)?;
+        for (property, value) in &effects.changes {
+            self.state
+                .properties
+                .insert(property.clone(), value.clone());
+        }
+        self.state.last_seq = Some(update.seq);
+        self.state.updates_applied += 1;
+        Ok(Applied::Changed(effects))
+    }
+
+    /// Changes the limits later calls run under (vertical scaling).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.instance.set_limits(limits);
+    }
+
+    /// Changes the model's configuration.
+    pub fn reconfigure(&mut self, config: &Value) -> Result<(), GuestError> {
+        self.instance.reconfigure(config)
+    }
+
+    /// Carries out an action.
+    pub fn act(&mut self, action: &str, input: &Value) -> Result<ActionOutcome, GuestError> {
+        self.instance.on_action(action, input)
+    }
+
+    /// Captures everything needed to resume the twin.
+    pub fn checkpoint(&mut self) -> anyhow::Result<Checkpoint> {
+        let guest = self.instance.snapshot()?;
+        let twin = serde_json::to_vec(&self.state).context("serialising the twin state")?;
+        Ok(Checkpoint {
+            twin: self.name.clone(),
+            created_ms: now_ms(),
+            model: self.model.clone(),
+            sections: vec![(GUEST_SECTION.into(), guest), (TWIN_SECTION.into(), twin)],
+        })
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

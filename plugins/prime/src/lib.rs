@@ -1,0 +1,199 @@
+//! The seed paper's twin model: every update costs the computation of the
+//! first N prime numbers before the state changes, so the work a twin does
+//! per update is a knob (`{"primes": N}`) that can be turned at runtime.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use wasmtwin_sdk::{ActionInfo, Effects, Error, Model, Outcome, PropertyInfo, Update};
+
+/// The largest N accepted, so a typo cannot make every update take minutes.
+pub const MAX_PRIMES: u32 = 10_000_000;
+
+/// The twin's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prime {
+    /// How many primes each update computes.
+    primes: u32,
+    /// Updates applied since the twin was created.
+    updates_applied: u64,
+    /// Sequence number of the last update applied.
+    last_seq: Option<u64>,
+    /// Value carried by the last update applied.
+    last_value: Value,
+    /// The largest prime computed for the last update.
+    last_prime: u64,
+}
+
+/// `{"primes": N}`; N defaults to 1000.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    primes: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { primes: 1000 }
+    }
+}
+
+impl Config {
+    fn checked(self) -> Result<u32, Error> {
+        if self.primes == 0 || self.primes > MAX_PRIMES {
+            return Err(Error::new(format!(
+                "primes must be between 1 and {MAX_PRIMES}, got {}",
+                self.primes
+            )));
+        }
+        Ok(self.primes)
+    }
+}
+
+/// Returns the `n`-th prime (the largest of the first `n`), found by trial
+/// division by the primes before it, the way the paper's model spends CPU.
+pub fn nth_prime(n: u32) -> u64 {
+    let mut found: Vec<u64> = Vec::with_capacity(n as usize);
+    let mut candidate = 2u64;
+    while found.len() < n as usize {
+        if found
+            .iter()
+            .take_while(|&&p| p * p <= candidate)
+            .all(|&p| !candidate.is_multiple_of(p))
+        {
+            found.push(candidate);
+        }
+        candidate += 1;
+    }
+    found.last().copied().unwrap_or(0)
+}
+
+impl Model for Prime {
+    type Config = Config;
+    const NAME: &'static str = "prime";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const PROPERTIES: &'static [PropertyInfo] = &[
+        PropertyInfo::new(
+            "updates_applied",
+            "integer",
+            "Updates applied since creation",
+        ),
+        PropertyInfo::new(
+            "last_seq",
+            "integer",
+            "Sequence number of the last update applied",
+        ),
+        PropertyInfo::new("last_value", "object", "Value of the last update applied"),
+        PropertyInfo::new(
+            "last_prime",
+            "integer",
+            "Largest prime computed for the last update",
+        ),
+    ];
+    const ACTIONS: &'static [ActionInfo] = &[ActionInfo {
+        name: "status",
+        description: "Returns the update count and the configured work per update",
+    }];
+
+    fn init(config: Config) -> Result<Self, Error> {
+        Ok(Prime {
+            primes: config.checked()?,
+            updates_applied: 0,
+            last_seq: None,
+            last_value: Value::Null,
+            last_prime: 0,
+        })
+    }
+
+    fn reconfigure(&mut self, config: Config) -> Result<(), Error> {
+        self.primes = config.checked()?;
+        Ok(())
+    }
+
+    fn on_update(&mut self, update: &Update, effects: &mut Effects) -> Result<(), Error> {
+        self.last_prime = nth_prime(self.primes);
+        self.updates_applied += 1;
+        self.last_seq = Some(update.seq);
+        self.last_value = update.value.clone();
+        effects.set("updates_applied", self.updates_applied);
+        effects.set("last_seq", update.seq);
+        effects.set("last_value", self.last_value.clone());
+        effects.set("last_prime", self.last_prime);
+        Ok(())
+    }
+
+    fn on_action(
+        &mut self,
+        name: &str,
+        _input: &Value,
+        _outcome: &mut Outcome,
+    ) -> Result<Value, Error> {
+        match name {
+            "status" => Ok(json!({
+                "updates_applied": self.updates_applied,
+                "primes": self.primes,
+            })),
+            other => Err(Error::new(format!("prime has no action `{other}`"))),
+        }
+    }
+}
+
+wasmtwin_sdk::export_model!(Prime);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(seq: u64) -> Update {
+        Update {
+            seq,
+            ts_ms: 1_700_000_000_000 + seq,
+            property: "counter".into(),
+            value: json!(seq * 2),
+        }
+    }
+
+    #[test]
+    fn nth_prime_matches_known_values() {
+        assert_eq!(nth_prime(1), 2);
+        assert_eq!(nth_prime(10), 29);
+        assert_eq!(nth_prime(1000), 7919);
+    }
+
+    #[test]
+    fn counts_updates_and_keeps_the_last() {
+        let mut model = Prime::init(Config { primes: 10 }).unwrap();
+        let mut effects = Effects::default();
+        model.on_update(&update(1), &mut effects).unwrap();
+        model.on_update(&update(2), &mut effects).unwrap();
+        assert_eq!(model.updates_applied, 2);
+        assert_eq!(model.last_seq, Some(2));
+        assert_eq!(model.last_value, json!(4));
+        assert_eq!(model.last_prime, 29);
+    }
+
+    #[test]
+    fn refuses_zero_primes_and_keeps_the_old_setting() {
+        let mut model = Prime::init(Config::default()).unwrap();
+        assert!(model.reconfigure(Config { primes: 0 }).is_err());
+        assert_eq!(model.primes, 1000);
+        assert!(
+            Prime::init(Config {
+                primes: MAX_PRIMES + 1
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn snapshot_round_trips() {
+        let mut model = Prime::init(Config { primes: 5 }).unwrap();
+        model
+            .on_update(&update(7), &mut Effects::default())
+            .unwrap();
+        let bytes = wasmtwin_sdk::snapshot(&model).unwrap();
+        let back: Prime = wasmtwin_sdk::restore(&bytes, Prime::STATE_VERSION).unwrap();
+        assert_eq!(back, model);
+        let err = wasmtwin_sdk::restore::<Prime>(&bytes, Prime::STATE_VERSION + 1).unwrap_err();
+        assert!(err.message().contains("newer"), "{err}");
+    }
+}

@@ -1,0 +1,191 @@
+//! The [`Model`] trait a twin model implements, and the values it works with.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::describe::{ActionInfo, EventInfo, PropertyInfo};
+use crate::error::Error;
+
+/// One observation from the physical twin, as the model sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Update {
+    /// Sequence number given by the device. The host never delivers the same
+    /// number twice, and delivers them in increasing order.
+    pub seq: u64,
+    /// When the device produced the update, in milliseconds since the Unix
+    /// epoch.
+    pub ts_ms: u64,
+    /// The property the update is about.
+    pub property: String,
+    /// The observed value.
+    pub value: Value,
+}
+
+/// A message for the physical device, produced by an action.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Command {
+    /// What the device should do, e.g. `stop`.
+    pub name: String,
+    /// Its arguments.
+    pub payload: Value,
+}
+
+/// What applying one update did: the properties that changed and the events
+/// that happened. The host publishes them to applications in this order.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Effects {
+    changes: Vec<(String, Value)>,
+    events: Vec<(String, Value)>,
+}
+
+impl Effects {
+    /// Records that `property` now has `value`.
+    pub fn set(&mut self, property: impl Into<String>, value: impl Into<Value>) {
+        self.changes.push((property.into(), value.into()));
+    }
+
+    /// Records that the event `name` happened, with `data` describing it.
+    pub fn emit(&mut self, name: impl Into<String>, data: impl Into<Value>) {
+        self.events.push((name.into(), data.into()));
+    }
+
+    /// The property changes recorded so far, in order.
+    pub fn changes(&self) -> &[(String, Value)] {
+        &self.changes
+    }
+
+    /// The events recorded so far, in order.
+    pub fn events(&self) -> &[(String, Value)] {
+        &self.events
+    }
+}
+
+/// The commands an action sends to the physical device.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    commands: Vec<Command>,
+}
+
+impl Outcome {
+    /// Queues `name` with `payload` for the device. The host sends queued
+    /// commands, in order, once the action has succeeded.
+    pub fn send(&mut self, name: impl Into<String>, payload: impl Into<Value>) {
+        self.commands.push(Command {
+            name: name.into(),
+            payload: payload.into(),
+        });
+    }
+
+    /// The commands queued so far.
+    pub fn commands(&self) -> &[Command] {
+        &self.commands
+    }
+}
+
+/// A twin model: a plain Rust type holding the twin's whole state.
+///
+/// The type is its own snapshot: the SDK serialises it with serde when the
+/// host checkpoints the twin and deserialises it on restore, so a model gets
+/// checkpointing, live migration and hot-swap without writing any of it.
+///
+/// Keep every piece of state in the type (including configuration that must
+/// survive a restore). An `Err` from [`on_update`](Model::on_update),
+/// [`reconfigure`](Model::reconfigure) or [`on_action`](Model::on_action)
+/// tells the host the request was refused, so check inputs before changing
+/// `self`.
+///
+/// See the crate documentation for a complete example.
+pub trait Model: Serialize + DeserializeOwned + Sized + 'static {
+    /// The configuration `init` and `reconfigure` take. `{}` must
+    /// deserialise to the defaults (use `#[serde(default)]`).
+    type Config: DeserializeOwned;
+
+    /// The model's name, e.g. `"prime"`.
+    const NAME: &'static str;
+    /// The model's release, usually `env!("CARGO_PKG_VERSION")`.
+    const VERSION: &'static str;
+    /// Version of the state's layout. Raise it when a field changes meaning
+    /// or type, and teach [`upgrade`](Model::upgrade) to read the old one.
+    const STATE_VERSION: u32 = 1;
+    /// The properties the model sets, for discovery.
+    const PROPERTIES: &'static [PropertyInfo] = &[];
+    /// The actions [`on_action`](Model::on_action) accepts.
+    const ACTIONS: &'static [ActionInfo] = &[];
+    /// The events the model emits.
+    const EVENTS: &'static [EventInfo] = &[];
+
+    /// Starts a fresh twin.
+    fn init(config: Self::Config) -> Result<Self, Error>;
+
+    /// Applies one update from the device.
+    fn on_update(&mut self, update: &Update, effects: &mut Effects) -> Result<(), Error>;
+
+    /// Changes the configuration of a running twin. Refused unless the model
+    /// overrides it.
+    fn reconfigure(&mut self, config: Self::Config) -> Result<(), Error> {
+        let _ = config;
+        Err(Error::new(format!("{} cannot be reconfigured", Self::NAME)))
+    }
+
+    /// Carries out the action `name`; the returned value goes back to the
+    /// application that asked. Unknown actions are refused unless the model
+    /// overrides it.
+    fn on_action(
+        &mut self,
+        name: &str,
+        input: &Value,
+        outcome: &mut Outcome,
+    ) -> Result<Value, Error> {
+        let _ = (input, outcome);
+        Err(Error::new(format!("{} has no action `{name}`", Self::NAME)))
+    }
+
+    /// Rebuilds the state from a snapshot taken at an older
+    /// [`STATE_VERSION`](Model::STATE_VERSION), given as JSON. Refused unless
+    /// the model overrides it.
+    fn upgrade(state: Value, from_version: u32) -> Result<Self, Error> {
+        let _ = state;
+        Err(Error::new(format!(
+            "{} cannot read state version {from_version} (it writes version {})",
+            Self::NAME,
+            Self::STATE_VERSION
+        )))
+    }
+}
+
+/// Serialises a model's state the way the host stores it.
+pub fn snapshot<M: Model>(model: &M) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(model).map_err(|e| Error::new(format!("cannot serialise state: {e}")))
+}
+
+/// Rebuilds a model from `snapshot`'s bytes taken at `state_version`,
+/// upgrading older layouts through [`Model::upgrade`].
+pub fn restore<M: Model>(bytes: &[u8], state_version: u32) -> Result<M, Error> {
+    let current = M::STATE_VERSION;
+    if state_version > current {
+        return Err(Error::new(format!(
+            "snapshot has state version {state_version}, newer than the {current} this {} {} reads",
+            M::NAME,
+            M::VERSION
+        )));
+    }
+    if state_version == current {
+        return serde_json::from_slice(bytes)
+            .map_err(|e| Error::new(format!("snapshot does not match the state layout: {e}")));
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::new(format!("snapshot is not valid JSON: {e}")))?;
+    M::upgrade(value, state_version)
+}
+
+/// Parses a configuration document; an empty document means the defaults.
+pub fn parse_config<M: Model>(config: &str) -> Result<M::Config, Error> {
+    let text = if config.trim().is_empty() {
+        "{}"
+    } else {
+        config
+    };
+    serde_json::from_str(text)
+        .map_err(|e| Error::new(format!("invalid config for {}: {e}", M::NAME)))
+}

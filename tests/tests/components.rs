@@ -1,0 +1,134 @@
+//! The example plugins behave the same as Wasm components as they do
+//! natively: describe, adapters, actions, and the compile cache.
+
+use serde_json::json;
+use wasmtwin::runtime::{
+    AdapterInstance, CacheOutcome, Failure, Limits, ModelInstance, Runtime, RuntimeConfig,
+};
+use wasmtwin_tests::plugin_bytes;
+
+#[test]
+fn machine_describes_itself() {
+    let runtime = Runtime::new(RuntimeConfig {
+        fuel: true,
+        cache_dir: None,
+    })
+    .unwrap();
+    let component = runtime.load_model(&plugin_bytes("machine")).unwrap();
+    let mut instance = ModelInstance::new(&runtime, &component, "m", Limits::default()).unwrap();
+    let d = instance.describe().unwrap();
+    assert_eq!(d.name, "machine");
+    assert_eq!(d.state_version, 1);
+    let temperature = d
+        .properties
+        .iter()
+        .find(|p| p.name == "temperature")
+        .unwrap();
+    assert_eq!(
+        (temperature.kind.as_str(), temperature.unit.as_str()),
+        ("number", "Cel")
+    );
+    assert!(d.actions.iter().any(|a| a.name == "stop"));
+    assert!(d.events.iter().any(|e| e.name == "health_changed"));
+}
+
+#[test]
+fn machine_actions_produce_device_commands() {
+    let runtime = Runtime::new(RuntimeConfig {
+        fuel: true,
+        cache_dir: None,
+    })
+    .unwrap();
+    let component = runtime.load_model(&plugin_bytes("machine")).unwrap();
+    let mut instance = ModelInstance::new(&runtime, &component, "m", Limits::default()).unwrap();
+    instance.init(&json!({})).unwrap();
+    let outcome = instance
+        .on_action("stop", &json!({"reason": "test"}))
+        .unwrap();
+    assert_eq!(
+        outcome.commands,
+        vec![("stop".to_string(), json!({"reason": "test"}))]
+    );
+    let err = instance
+        .on_action("set_speed", &json!({"rpm": -5}))
+        .unwrap_err();
+    assert!(matches!(err.failure, Failure::Refused { .. }), "{err}");
+}
+
+#[test]
+fn json_adapter_decodes_and_encodes() {
+    let runtime = Runtime::new(RuntimeConfig {
+        fuel: true,
+        cache_dir: None,
+    })
+    .unwrap();
+    let component = runtime.load_adapter(&plugin_bytes("json-adapter")).unwrap();
+    let mut adapter = AdapterInstance::new(&runtime, &component, "m", Limits::default()).unwrap();
+    let updates = adapter
+        .decode(
+            "plant/motor-1/telemetry",
+            br#"{"seq":7,"ts_ms":1000,"temperature":71.5,"running":true}"#,
+        )
+        .unwrap();
+    assert_eq!(updates.len(), 2);
+    assert!(updates.iter().all(|u| u.seq == 7 && u.ts_ms == 1000));
+    let err = adapter.decode("t", b"{garbage").unwrap_err();
+    assert!(err.to_string().contains("not JSON"), "{err}");
+    let payload = adapter.encode("stop", &json!({"reason": "x"})).unwrap();
+    let decoded: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        decoded,
+        json!({"command": "stop", "payload": {"reason": "x"}})
+    );
+}
+
+#[test]
+fn a_model_is_not_an_adapter_and_vice_versa() {
+    let runtime = Runtime::new(RuntimeConfig {
+        fuel: true,
+        cache_dir: None,
+    })
+    .unwrap();
+    let err = runtime.load_adapter(&plugin_bytes("prime")).err().unwrap();
+    assert!(
+        format!("{err:#}").contains("not a wasmtwin adapter"),
+        "{err:#}"
+    );
+    let err = runtime
+        .load_model(&plugin_bytes("json-adapter"))
+        .err()
+        .unwrap();
+    assert!(
+        format!("{err:#}").contains("not a wasmtwin model"),
+        "{err:#}"
+    );
+    let err = runtime.load_model(b"\0asm\x01\0\0\0").err().unwrap();
+    assert!(
+        format!("{err:#}").contains("compiling component"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn compiled_components_are_cached_in_memory_and_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = plugin_bytes("prime");
+    let config = RuntimeConfig {
+        fuel: true,
+        cache_dir: Some(dir.path().join("cache")),
+    };
+    let runtime = Runtime::new(config.clone()).unwrap();
+    assert_eq!(runtime.compile(&bytes).unwrap().2, CacheOutcome::Compiled);
+    assert_eq!(runtime.compile(&bytes).unwrap().2, CacheOutcome::Memory);
+    let fresh = Runtime::new(config).unwrap();
+    let (digest, _, outcome) = fresh.compile(&bytes).unwrap();
+    assert_eq!(outcome, CacheOutcome::Disk);
+    assert_eq!(digest, wasmtwin::digest::Digest::of(&bytes));
+
+    // A damaged cache entry is ignored and rewritten, not trusted.
+    for entry in std::fs::read_dir(dir.path().join("cache")).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+    }
+    fresh.clear_memory_cache();
+    assert_eq!(fresh.compile(&bytes).unwrap().2, CacheOutcome::Compiled);
+}
