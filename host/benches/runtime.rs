@@ -1,0 +1,241 @@
+//! Runtime benchmarks: what running a twin's model as a sandboxed Wasm
+//! component costs, against the same model compiled natively in the same
+//! run. `cargo bench -p wasmtwin --bench runtime` prints a Markdown table.
+//!
+//! Set `WASMTWIN_BENCH_QUICK=1` for a fast smoke run (fewer repetitions).
+
+use std::time::{Duration, Instant};
+
+use prime::Prime;
+use serde_json::json;
+use wasmtwin::runtime::{CacheOutcome, Limits, ModelInstance, Runtime, RuntimeConfig, Update};
+use wasmtwin_sdk::{Effects, Model};
+
+fn quick() -> bool {
+    std::env::var_os("WASMTWIN_BENCH_QUICK").is_some()
+}
+
+/// The median of `samples`.
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn update(seq: u64) -> Update {
+    Update {
+        seq,
+        ts_ms: 1_700_000_000_000 + seq,
+        property: "counter".into(),
+        value: json!(seq),
+    }
+}
+
+fn fmt(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 1.0 {
+        format!("{} ns", d.as_nanos())
+    } else if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.1} µs")
+    }
+}
+
+/// Median per-update time over `batches` batches of `per_batch` updates.
+fn per_update(batches: usize, per_batch: u64, mut apply: impl FnMut(u64)) -> Duration {
+    let mut seq = 0;
+    apply(0); // warm up
+    let mut samples: Vec<Duration> = (0..batches)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..per_batch {
+                seq += 1;
+                apply(seq);
+            }
+            started.elapsed() / per_batch as u32
+        })
+        .collect();
+    median(&mut samples)
+}
+
+fn runtime(fuel: bool, cache_dir: Option<std::path::PathBuf>) -> Runtime {
+    Runtime::new(RuntimeConfig { fuel, cache_dir }).expect("runtime")
+}
+
+fn wasm_instance(runtime: &Runtime, bytes: &[u8], primes: u32) -> ModelInstance {
+    let component = runtime.load_model(bytes).expect("prime loads");
+    let mut instance =
+        ModelInstance::new(runtime, &component, "bench", Limits::default()).expect("instantiate");
+    instance.init(&json!({ "primes": primes })).expect("init");
+    instance
+}
+
+fn bench_per_update(bytes: &[u8]) {
+    let (batches, per_batch) = if quick() { (5, 20) } else { (31, 100) };
+    println!(
+        "\n### Per-update cost of `prime` (median of {batches} batches of {per_batch} updates)\n"
+    );
+    println!(
+        "| primes per update | native | wasm, fuel off | wasm, fuel on | fuel on / native | fuel on / fuel off |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let metered = runtime(true, None);
+    let unmetered = runtime(false, None);
+    for primes in [10u32, 1000, 25_000] {
+        let per_batch = if primes >= 25_000 {
+            per_batch / 10
+        } else {
+            per_batch
+        };
+        let config = serde_json::from_value(json!({ "primes": primes })).expect("config");
+        let mut native = Prime::init(config).expect("native init");
+        let native_t = per_update(batches, per_batch, |seq| {
+            let mut effects = Effects::default();
+            let u = update(seq);
+            let u = wasmtwin_sdk::Update {
+                seq: u.seq,
+                ts_ms: u.ts_ms,
+                property: u.property,
+                value: u.value,
+            };
+            native.on_update(&u, &mut effects).expect("native update");
+            std::hint::black_box(effects);
+        });
+        let mut off = wasm_instance(&unmetered, bytes, primes);
+        let off_t = per_update(batches, per_batch, |seq| {
+            std::hint::black_box(off.on_update(&update(seq)).expect("update"));
+        });
+        let mut on = wasm_instance(&metered, bytes, primes);
+        let on_t = per_update(batches, per_batch, |seq| {
+            std::hint::black_box(on.on_update(&update(seq)).expect("update"));
+        });
+        println!(
+            "| {primes} | {} | {} | {} | {:.2}× | {:.2}× |",
+            fmt(native_t),
+            fmt(off_t),
+            fmt(on_t),
+            on_t.as_secs_f64() / native_t.as_secs_f64(),
+            on_t.as_secs_f64() / off_t.as_secs_f64()
+        );
+    }
+}
+
+fn bench_compile_and_instantiate(bytes: &[u8]) {
+    let rounds = if quick() { 3 } else { 9 };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cold = Vec::new();
+    let mut disk = Vec::new();
+    let mut memory = Vec::new();
+    for round in 0..rounds {
+        let cache = dir.path().join(format!("cache-{round}"));
+        let rt = runtime(true, Some(cache.clone()));
+        let started = Instant::now();
+        let (_, _, outcome) = rt.compile(bytes).expect("compile");
+        cold.push(started.elapsed());
+        assert_eq!(outcome, CacheOutcome::Compiled);
+        let started = Instant::now();
+        let (_, _, outcome) = rt.compile(bytes).expect("compile");
+        memory.push(started.elapsed());
+        assert_eq!(outcome, CacheOutcome::Memory);
+        let fresh = runtime(true, Some(cache));
+        let started = Instant::now();
+        let (_, _, outcome) = fresh.compile(bytes).expect("compile");
+        disk.push(started.elapsed());
+        assert_eq!(outcome, CacheOutcome::Disk);
+    }
+    let (cold, disk, memory) = (median(&mut cold), median(&mut disk), median(&mut memory));
+    println!(
+        "\n### Compiling `prime` ({} KiB), median of {rounds}\n",
+        bytes.len() / 1024
+    );
+    println!("| cold compile | from disk cache | from memory cache | cold / disk |");
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {} | {:.0}× |",
+        fmt(cold),
+        fmt(disk),
+        fmt(memory),
+        cold.as_secs_f64() / disk.as_secs_f64()
+    );
+
+    let rt = runtime(true, None);
+    let component = rt.load_model(bytes).expect("load");
+    let count = if quick() { 20 } else { 200 };
+    let mut samples: Vec<Duration> = (0..count)
+        .map(|_| {
+            let started = Instant::now();
+            let mut instance =
+                ModelInstance::new(&rt, &component, "i", Limits::default()).expect("instantiate");
+            instance.init(&json!({})).expect("init");
+            started.elapsed()
+        })
+        .collect();
+    let instantiate = median(&mut samples);
+    let mut native: Vec<Duration> = (0..count)
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(Prime::init(Default::default()).expect("init"));
+            started.elapsed()
+        })
+        .collect();
+    println!("\n### Starting a twin (median of {count})\n");
+    println!("| wasm: instantiate + init | native: init |");
+    println!("|---:|---:|");
+    println!("| {} | {} |", fmt(instantiate), fmt(median(&mut native)));
+}
+
+/// Resident set size of this process, from /proc.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn bench_idle_memory(bytes: &[u8]) {
+    let count = if quick() { 100 } else { 1000 };
+    let rt = runtime(true, None);
+    let component = rt.load_model(bytes).expect("load");
+    // Instantiate once first so shared code and engine state are resident.
+    let _warm = wasm_instance(&rt, bytes, 1000);
+    let before = rss_bytes();
+    let instances: Vec<ModelInstance> = (0..count)
+        .map(|i| {
+            let mut instance =
+                ModelInstance::new(&rt, &component, &format!("idle-{i}"), Limits::default())
+                    .expect("instantiate");
+            instance.init(&json!({})).expect("init");
+            instance
+        })
+        .collect();
+    let after = rss_bytes();
+    let per_instance = (after.saturating_sub(before)) / count as u64;
+    let before_native = rss_bytes();
+    let natives: Vec<Prime> = (0..count)
+        .map(|_| Prime::init(Default::default()).expect("init"))
+        .collect();
+    let native_per = rss_bytes().saturating_sub(before_native) / count as u64;
+    println!("\n### Resident memory of {count} idle `prime` twins\n");
+    println!("| wasm, per instance | native, per model | wasm total |");
+    println!("|---:|---:|---:|");
+    println!(
+        "| {:.1} KiB | {:.2} KiB | {:.1} MiB |",
+        per_instance as f64 / 1024.0,
+        native_per as f64 / 1024.0,
+        (after - before) as f64 / (1024.0 * 1024.0)
+    );
+    drop(instances);
+    drop(natives);
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing here takes arguments.
+    let bytes = wasmtwin_tests::plugin_bytes("prime");
+    println!("## wasmtwin runtime benchmarks");
+    bench_per_update(&bytes);
+    bench_compile_and_instantiate(&bytes);
+    bench_idle_memory(&bytes);
+}
