@@ -9,5 +9,7 @@
 
 pub mod checkpoint;
 pub mod digest;
+pub mod registry;
 pub mod runtime;
+pub mod signing;
 pub mod twin;

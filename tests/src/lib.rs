@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+pub mod cli;
+pub mod servers;
+
 /// The plugins in `plugins/`, by package name.
 pub const PLUGINS: &[&str] = &["prime", "machine", "json-adapter", "misbehave"];
 

@@ -7,15 +7,24 @@ use wasmtwin::runtime::{
 };
 use wasmtwin_tests::plugin_bytes;
 
-#[test]
-fn machine_describes_itself() {
-    let runtime = Runtime::new(RuntimeConfig {
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
         fuel: true,
         cache_dir: None,
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// An instance of the `machine` model, not yet initialised.
+fn machine() -> ModelInstance {
+    let runtime = runtime();
     let component = runtime.load_model(&plugin_bytes("machine")).unwrap();
-    let mut instance = ModelInstance::new(&runtime, &component, "m", Limits::default()).unwrap();
+    ModelInstance::new(&runtime, &component, "m", Limits::default()).unwrap()
+}
+
+#[test]
+fn machine_describes_itself() {
+    let mut instance = machine();
     let d = instance.describe().unwrap();
     assert_eq!(d.name, "machine");
     assert_eq!(d.state_version, 1);
@@ -34,13 +43,7 @@ fn machine_describes_itself() {
 
 #[test]
 fn machine_actions_produce_device_commands() {
-    let runtime = Runtime::new(RuntimeConfig {
-        fuel: true,
-        cache_dir: None,
-    })
-    .unwrap();
-    let component = runtime.load_model(&plugin_bytes("machine")).unwrap();
-    let mut instance = ModelInstance::new(&runtime, &component, "m", Limits::default()).unwrap();
+    let mut instance = machine();
     instance.init(&json!({})).unwrap();
     let outcome = instance
         .on_action("stop", &json!({"reason": "test"}))
@@ -57,11 +60,7 @@ fn machine_actions_produce_device_commands() {
 
 #[test]
 fn json_adapter_decodes_and_encodes() {
-    let runtime = Runtime::new(RuntimeConfig {
-        fuel: true,
-        cache_dir: None,
-    })
-    .unwrap();
+    let runtime = runtime();
     let component = runtime.load_adapter(&plugin_bytes("json-adapter")).unwrap();
     let mut adapter = AdapterInstance::new(&runtime, &component, "m", Limits::default()).unwrap();
     let updates = adapter
@@ -84,11 +83,7 @@ fn json_adapter_decodes_and_encodes() {
 
 #[test]
 fn a_model_is_not_an_adapter_and_vice_versa() {
-    let runtime = Runtime::new(RuntimeConfig {
-        fuel: true,
-        cache_dir: None,
-    })
-    .unwrap();
+    let runtime = runtime();
     let err = runtime.load_adapter(&plugin_bytes("prime")).err().unwrap();
     assert!(
         format!("{err:#}").contains("not a wasmtwin adapter"),

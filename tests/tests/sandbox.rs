@@ -25,6 +25,19 @@ fn update(seq: u64) -> Update {
     }
 }
 
+/// A `prime` twin computing `primes` primes per update.
+fn prime_twin(runtime: &Runtime, name: &str, primes: u32) -> Twin {
+    let prime = runtime.load_model(&plugin_bytes("prime")).unwrap();
+    Twin::create(
+        runtime,
+        &prime,
+        name,
+        Limits::default(),
+        &json!({ "primes": primes }),
+    )
+    .unwrap()
+}
+
 fn guest_error(result: anyhow::Result<Applied>) -> GuestError {
     let err = result.expect_err("the update should fail");
     err.downcast::<GuestError>().expect("a guest error")
@@ -48,15 +61,7 @@ type IsFailure = fn(&Failure) -> bool;
 #[test]
 fn each_misbehaviour_is_stopped_and_named_while_a_neighbour_keeps_working() {
     let runtime = runtime();
-    let prime = runtime.load_model(&plugin_bytes("prime")).unwrap();
-    let mut good = Twin::create(
-        &runtime,
-        &prime,
-        "good",
-        Limits::default(),
-        &json!({"primes": 100}),
-    )
-    .unwrap();
+    let mut good = prime_twin(&runtime, "good", 100);
     let limits = Limits {
         memory_bytes: 16 << 20,
         ..Limits::default()
@@ -137,14 +142,7 @@ fn the_deadline_stops_a_loop_when_fuel_would_not() {
 fn a_failed_twin_resumes_from_its_last_checkpoint() {
     let runtime = runtime();
     let prime = runtime.load_model(&plugin_bytes("prime")).unwrap();
-    let mut twin = Twin::create(
-        &runtime,
-        &prime,
-        "p",
-        Limits::default(),
-        &json!({"primes": 500}),
-    )
-    .unwrap();
+    let mut twin = prime_twin(&runtime, "p", 500);
     for seq in 1..=10 {
         twin.apply(&update(seq)).unwrap();
     }
@@ -207,15 +205,7 @@ fn nothing_outside_the_sandbox_is_granted() {
 #[test]
 fn duplicates_are_dropped_by_sequence_number() {
     let runtime = runtime();
-    let prime = runtime.load_model(&plugin_bytes("prime")).unwrap();
-    let mut twin = Twin::create(
-        &runtime,
-        &prime,
-        "p",
-        Limits::default(),
-        &json!({"primes": 10}),
-    )
-    .unwrap();
+    let mut twin = prime_twin(&runtime, "p", 10);
     for seq in [1, 2, 2, 1, 3] {
         twin.apply(&update(seq)).unwrap();
     }
@@ -226,15 +216,7 @@ fn duplicates_are_dropped_by_sequence_number() {
 #[test]
 fn a_refusal_leaves_the_twin_usable() {
     let runtime = runtime();
-    let prime = runtime.load_model(&plugin_bytes("prime")).unwrap();
-    let mut twin = Twin::create(
-        &runtime,
-        &prime,
-        "p",
-        Limits::default(),
-        &json!({"primes": 10}),
-    )
-    .unwrap();
+    let mut twin = prime_twin(&runtime, "p", 10);
     let err = twin.reconfigure(&json!({"primes": 0})).unwrap_err();
     assert!(matches!(err.failure, Failure::Refused { .. }), "{err}");
     assert!(err.to_string().contains("primes must be between"), "{err}");

@@ -1,6 +1,8 @@
 //! Command-line parsing and dispatch. Each subcommand lives in a module of
 //! its own name; this file only wires them up.
 
+mod keys;
+mod registry;
 mod run;
 
 use std::path::PathBuf;
@@ -46,6 +48,16 @@ enum LogFormat {
 enum Command {
     /// Run a model component against recorded updates (for plugin authors).
     Run(run::RunArgs),
+    /// Create a publisher key pair.
+    Keygen(keys::KeygenArgs),
+    /// Sign a component (or counter-sign a signed one).
+    Sign(keys::SignArgs),
+    /// Check a component's signature against trusted keys.
+    Verify(keys::VerifyArgs),
+    /// Push a component to an OCI registry or image-layout directory.
+    Publish(registry::PublishArgs),
+    /// Fetch a component, check its digest and signature, and save it.
+    Pull(registry::PullArgs),
 }
 
 /// Sends logs to standard error, leaving standard output to command results.
@@ -82,6 +94,21 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Run(args) => run::run(&self.global, args),
+            Command::Keygen(args) => keys::keygen(args),
+            Command::Sign(args) => keys::sign(args),
+            Command::Verify(args) => keys::verify(args),
+            Command::Publish(args) => registry::publish(args),
+            Command::Pull(args) => registry::pull(args),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_subcommand_parses_its_own_help() {
+        super::Cli::command().debug_assert();
     }
 }

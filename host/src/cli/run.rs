@@ -13,6 +13,7 @@ use clap::Args;
 use serde_json::{Value, json};
 use wasmtwin::checkpoint::Checkpoint;
 use wasmtwin::runtime::{Failure, Limits, Update, write_atomically};
+use wasmtwin::signing::TrustPolicy;
 use wasmtwin::twin::{Applied, RestorePolicy, Twin};
 
 use super::GlobalArgs;
@@ -62,7 +63,11 @@ pub struct RunArgs {
     /// component's file name].
     #[arg(long)]
     name: Option<String>,
-    /// Run a component that is not signed by a trusted publisher.
+    /// Trusted publisher keys: a public key file or a directory of them.
+    #[arg(long, value_name = "PATH", env = "WASMTWIN_TRUST")]
+    trust: Option<PathBuf>,
+    /// Run the component without verifying its signature (development only;
+    /// logged as a warning).
     #[arg(long)]
     allow_unsigned: bool,
 }
@@ -103,11 +108,10 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.as_deref().map(parse_config).transpose()?;
     let checkpoint = args.restore.as_deref().map(read_checkpoint).transpose()?;
     let mut updates = open_updates(&args.updates)?;
+    let policy = TrustPolicy::from_args(args.trust.as_deref(), args.allow_unsigned)?;
     let bytes = std::fs::read(&args.component)
         .with_context(|| format!("reading component {}", args.component.display()))?;
-    if args.allow_unsigned {
-        tracing::debug!("unsigned components allowed by --allow-unsigned");
-    }
+    policy.check(&bytes, &args.component.display().to_string())?;
 
     let limits = Limits {
         fuel_per_call: args.fuel_per_update,
