@@ -12,4 +12,5 @@ pub mod digest;
 pub mod registry;
 pub mod runtime;
 pub mod signing;
+pub mod spec;
 pub mod twin;

@@ -3,6 +3,8 @@
 //! applied, which is how duplicates are dropped and how a restored twin
 //! knows where to resume.
 
+pub mod entanglement;
+
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};

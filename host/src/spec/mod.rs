@@ -1,0 +1,350 @@
+//! The twin spec: one declarative document (YAML or JSON, the same schema
+//! as the Kubernetes custom resource) that says which model a twin runs,
+//! where its physical twin publishes, what the application requires of it
+//! and what it may consume.
+//!
+//! Parsing is two steps: serde reads the shape (unknown fields refused),
+//! then [`TwinSpec::validate`] checks the values and reports every problem
+//! at once, each with its field path, so an operator fixes a spec in one go.
+
+mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use validate::{Problem, SpecError};
+
+/// The `apiVersion` this release reads and writes.
+pub const API_VERSION: &str = "wasmtwin.dev/v1alpha1";
+/// The `kind` of a twin spec.
+pub const KIND: &str = "DigitalTwin";
+
+/// A whole twin spec document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TwinSpec {
+    /// Must be [`API_VERSION`].
+    pub api_version: String,
+    /// Must be [`KIND`].
+    pub kind: String,
+    /// The twin's name and labels.
+    pub metadata: Metadata,
+    /// What the twin is.
+    pub spec: Spec,
+}
+
+/// Identity of the twin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// Unique on a node; a DNS label (lower-case letters, digits, `-`).
+    pub name: String,
+    /// Free-form labels, e.g. `site: plant-1`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The body of the spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Spec {
+    /// The model component and its configuration.
+    pub model: ModelSpec,
+    /// How the physical twin is reached.
+    pub physical: PhysicalSpec,
+    /// What the application requires of the twin's entanglement.
+    #[serde(default)]
+    pub requirements: Requirements,
+    /// Per-update limits.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Where the twin may run.
+    #[serde(default)]
+    pub placement: Placement,
+    /// How many instances serve the twin.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// How long the property history is kept.
+    #[serde(default)]
+    pub history: History,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A component reference: a path, `file://DIR[:TAG]` or `oci://…`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ComponentRef {
+    /// Where to get the component.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The expected `sha256:` digest of its bytes; a different component is
+    /// refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// The model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The component.
+    #[serde(flatten)]
+    pub component: ComponentRef,
+    /// Public key of the publisher whose signature the node requires, as a
+    /// path on the node; the node's own trust set applies when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher_key: Option<String>,
+    /// The model's configuration (passed to `init`).
+    #[serde(default = "empty_object")]
+    pub config: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// The physical twin's side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PhysicalSpec {
+    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`; the node's broker when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    /// Topics (MQTT filters) the device publishes its updates on.
+    pub topics: Vec<String>,
+    /// Topic the device listens on for commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_topic: Option<String>,
+    /// MQTT quality of service, 0 or 1. With 1, an update is acknowledged
+    /// only after the twin committed its state change.
+    #[serde(default = "one_u8")]
+    pub qos: u8,
+    /// The adapter that decodes the device's payloads.
+    pub adapter: ComponentRef,
+}
+
+fn one_u8() -> u8 {
+    1
+}
+
+/// The application's requirements on entanglement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Requirements {
+    /// Timeliness: the `percentile`-th percentile must be within `boundMs`.
+    pub timeliness: Timeliness,
+    /// Minimum share of expected updates received, in [0, 1].
+    pub reliability: f64,
+    /// Minimum share of the window the twin was available, in [0, 1].
+    pub availability: f64,
+    /// Minimum overall entanglement (ODTE), in [0, 1].
+    pub odte: f64,
+    /// The sliding window the measures cover, in seconds.
+    pub window_seconds: u32,
+    /// How many updates per second the physical twin should send.
+    pub expected_rate_hz: f64,
+}
+
+impl Default for Requirements {
+    /// The research paper's artefact settings: timeliness bound 1 s at the
+    /// 95th percentile, 30 s window, entangled at ODTE 0.9, 1 update/s.
+    fn default() -> Self {
+        Self {
+            timeliness: Timeliness::default(),
+            reliability: 0.9,
+            availability: 0.9,
+            odte: 0.9,
+            window_seconds: 30,
+            expected_rate_hz: 1.0,
+        }
+    }
+}
+
+/// A timeliness requirement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Timeliness {
+    /// Which percentile is bounded, in (0, 100].
+    pub percentile: f64,
+    /// The bound, in milliseconds.
+    pub bound_ms: u64,
+}
+
+impl Default for Timeliness {
+    fn default() -> Self {
+        Self {
+            percentile: 95.0,
+            bound_ms: 1000,
+        }
+    }
+}
+
+/// Per-update limits on the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Resources {
+    /// Fuel each update may burn.
+    pub fuel_per_update: u64,
+    /// Linear memory, e.g. `64MiB`.
+    pub memory: String,
+    /// Wall-clock time per call, in milliseconds.
+    pub deadline_ms: u64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        let limits = crate::runtime::Limits::default();
+        Self {
+            fuel_per_update: limits.fuel_per_call,
+            memory: "64MiB".into(),
+            deadline_ms: u64::try_from(limits.deadline.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Where the twin may run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Placement {
+    /// Acceptable domains, in order of preference: `edge`, `mec`, `cloud`.
+    pub domains: Vec<String>,
+    /// Lowest node trust level acceptable.
+    pub min_trust: u32,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            domains: vec!["edge".into(), "mec".into(), "cloud".into()],
+            min_trust: 0,
+        }
+    }
+}
+
+/// History retention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct History {
+    /// How long points are kept, e.g. `1h`, `7d`.
+    pub retention: String,
+    /// At most this many points per twin; the oldest go first.
+    pub max_points: u64,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self {
+            retention: "24h".into(),
+            max_points: 100_000,
+        }
+    }
+}
+
+impl TwinSpec {
+    /// Parses a YAML or JSON document and validates it; every problem found
+    /// is reported with its field path.
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        let spec: TwinSpec = serde_yaml_ng::from_str(text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()));
+            SpecError::single(Problem::new("", format!("{e}{}", at.unwrap_or_default())))
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The twin's name.
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> String {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/motor-7.yaml"
+        );
+        std::fs::read_to_string(path).expect("the example spec")
+    }
+
+    #[test]
+    fn the_example_parses_and_round_trips_through_json() {
+        let spec = TwinSpec::parse(&example()).unwrap();
+        assert_eq!(spec.name(), "motor-7");
+        assert_eq!(spec.spec.requirements.timeliness.bound_ms, 1000);
+        assert_eq!(spec.spec.model.config["vibration_alarm"], 7.1);
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(TwinSpec::parse(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn a_minimal_spec_takes_the_defaults() {
+        let spec = TwinSpec::parse(
+            r#"{"apiVersion": "wasmtwin.dev/v1alpha1", "kind": "DigitalTwin",
+                "metadata": {"name": "p"},
+                "spec": {"model": {"ref": "prime.wasm"},
+                         "physical": {"topics": ["d/p"], "adapter": {"ref": "json_adapter.wasm"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.spec.requirements, Requirements::default());
+        assert_eq!(spec.spec.replicas, 1);
+        assert_eq!(spec.spec.physical.qos, 1);
+        assert!(spec.spec.model.config.is_object());
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_path() {
+        let bad = example()
+            .replace("name: motor-7", "name: Motor_7")
+            .replace("qos: 1 ", "qos: 2 ")
+            .replace("reliability: 0.9 ", "reliability: 1.5 ")
+            .replace("memory: 64MiB", "memory: lots")
+            .replace("[edge, mec, cloud]", "[edge, moon]")
+            .replace("[plant-1/motor-7/telemetry]", "[plant-1/#/telemetry]")
+            .replace("retention: 24h", "retention: forever");
+        let err = TwinSpec::parse(&bad).unwrap_err();
+        let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "metadata.name",
+                "spec.physical.topics[0]",
+                "spec.physical.qos",
+                "spec.requirements.reliability",
+                "spec.resources.memory",
+                "spec.placement.domains[1]",
+                "spec.history.retention",
+            ],
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.starts_with("invalid twin spec (7 problems)"), "{text}");
+        assert!(
+            text.contains("spec.placement.domains[1]: `moon` must be edge, mec or cloud"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn shape_errors_name_the_field_and_line() {
+        let err = TwinSpec::parse(&example().replace("qos: 1 ", "qos: high ")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("qos") && text.contains("line"), "{text}");
+        let err = TwinSpec::parse(&example().replace("replicas: 1", "replicaz: 1")).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `replicaz`"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! The context-awareness module: how well a twin renders its physical twin
+//! for the application that declared its requirements, measured over a
+//! sliding window.
+//!
+//! - *timeliness*: from the PT producing an update (its timestamp) to the
+//!   twin having committed the state change, as percentiles, and the share
+//!   of updates within the declared bound;
+//! - *reliability*: updates received over updates expected, from the
+//!   declared rate and from gaps in the sequence numbers (the lower of the
+//!   two counts), capped at 1;
+//! - *availability*: the share of the window the twin was running and bound
+//!   to its PT;
+//! - *ODTE* (overall DT entanglement): timeliness share × reliability ×
+//!   availability.
+//!
+//! The module is pure: callers give it the times, so tests replay any
+//! scenario exactly.
+
+use std::collections::VecDeque;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::spec::Requirements;
+
+/// Whether the twin meets its application's requirements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Every requirement met.
+    Entangled,
+    /// A requirement missed, but the overall entanglement is still at or
+    /// above its threshold.
+    Degraded,
+    /// The overall entanglement is below its threshold.
+    Disentangled,
+}
+
+/// Timeliness percentiles over the window, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// The percentile the requirements bound.
+    pub required: f64,
+}
+
+/// The measures at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Timeliness percentiles; `None` with no update in the window.
+    pub timeliness_ms: Option<Percentiles>,
+    /// Share of the window's updates within the timeliness bound.
+    pub timeliness_share: f64,
+    /// Received over expected, capped at 1.
+    pub reliability: f64,
+    /// Share of the window the twin was available.
+    pub availability: f64,
+    /// timeliness share × reliability × availability.
+    pub odte: f64,
+    /// Updates received in the window.
+    pub updates_in_window: u64,
+    /// Updates the declared rate and the sequence numbers say were sent.
+    pub updates_expected: f64,
+    /// The verdict.
+    pub status: Status,
+    /// Each requirement missed, in words.
+    pub reasons: Vec<String>,
+}
+
+struct Sample {
+    committed_us: u64,
+    seq: u64,
+    timeliness_us: u64,
+}
+
+/// The sliding-window measures of one twin.
+pub struct Entanglement {
+    requirements: Requirements,
+    started_us: u64,
+    samples: VecDeque<Sample>,
+    /// Closed outages `(start, end)` and the open one, in µs.
+    outages: VecDeque<(u64, u64)>,
+    outage_since: Option<u64>,
+    status: Option<Status>,
+}
+
+const US_PER_MS: u64 = 1_000;
+
+impl Entanglement {
+    /// Starts measuring at `now_us` (µs since the Unix epoch).
+    pub fn new(requirements: Requirements, now_us: u64) -> Self {
+        Self {
+            requirements,
+            started_us: now_us,
+            samples: VecDeque::new(),
+            outages: VecDeque::new(),
+            outage_since: None,
+            status: None,
+        }
+    }
+
+    /// Replaces the requirements (the spec changed); the window's samples
+    /// stay.
+    pub fn set_requirements(&mut self, requirements: Requirements) {
+        self.requirements = requirements;
+    }
+
+    /// Records an update with sequence number `seq`, produced by the PT at
+    /// `pt_ts_ms` and committed by the twin at `committed_us`. A PT clock
+    /// ahead of ours counts as zero timeliness rather than negative.
+    pub fn record(&mut self, seq: u64, pt_ts_ms: u64, committed_us: u64) {
+        let produced_us = pt_ts_ms.saturating_mul(US_PER_MS);
+        self.samples.push_back(Sample {
+            committed_us,
+            seq,
+            timeliness_us: committed_us.saturating_sub(produced_us),
+        });
+    }
+
+    /// Marks the twin available (running and bound) or not from `now_us`.
+    pub fn set_available(&mut self, available: bool, now_us: u64) {
+        match (available, self.outage_since) {
+            (false, None) => self.outage_since = Some(now_us),
+            (true, Some(since)) => {
+                self.outages.push_back((since, now_us));
+                self.outage_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn window_us(&self) -> u64 {
+        u64::from(self.requirements.window_seconds) * 1_000_000
+    }
+
+    /// Evaluates the window ending at `now_us`. Also returns the previous
+    /// status when it changed, so the caller can log the transition.
+    pub fn evaluate(&mut self, now_us: u64) -> (Report, Option<Option<Status>>) {
+        let window = self.window_us();
+        let start = now_us.saturating_sub(window).max(self.started_us);
+        while self.samples.front().is_some_and(|s| s.committed_us < start) {
+            self.samples.pop_front();
+        }
+        while self.outages.front().is_some_and(|&(_, end)| end < start) {
+            self.outages.pop_front();
+        }
+        let span = now_us.saturating_sub(start);
+        let report = self.measure(start, now_us, span);
+        let changed = (self.status != Some(report.status)).then_some(self.status);
+        self.status = Some(report.status);
+        (report, changed)
+    }
+
+    fn measure(&self, start: u64, now: u64, span: u64) -> Report {
+        let req = &self.requirements;
+        let received = self.samples.len() as u64;
+        let bound_us = req.timeliness.bound_ms.saturating_mul(US_PER_MS);
+
+        let timeliness_ms = (received > 0).then(|| self.percentiles());
+        let within = self
+            .samples
+            .iter()
+            .filter(|s| s.timeliness_us <= bound_us)
+            .count() as u64;
+        let timeliness_share = if received == 0 {
+            1.0
+        } else {
+            within as f64 / received as f64
+        };
+
+        // Expected from the declared rate over the time measured so far, and
+        // from the span of sequence numbers seen; the larger expectation
+        // (the lower reliability) wins.
+        let by_rate = req.expected_rate_hz * span as f64 / 1e6;
+        let by_sequence = match (
+            self.samples.iter().map(|s| s.seq).min(),
+            self.samples.iter().map(|s| s.seq).max(),
+        ) {
+            (Some(lo), Some(hi)) => (hi - lo + 1) as f64,
+            _ => 0.0,
+        };
+        let expected = by_rate.max(by_sequence);
+        let reliability = if expected < 1.0 {
+            1.0
+        } else {
+            (received as f64 / expected).min(1.0)
+        };
+
+        let down: u64 = self
+            .outages
+            .iter()
+            .copied()
+            .chain(self.outage_since.map(|since| (since, now)))
+            .map(|(s, e)| e.min(now).saturating_sub(s.max(start)))
+            .sum();
+        let availability = if span == 0 {
+            1.0
+        } else {
+            1.0 - (down.min(span) as f64 / span as f64)
+        };
+
+        let odte = timeliness_share * reliability * availability;
+        let mut reasons = Vec::new();
+        if let Some(t) = &timeliness_ms
+            && t.required > req.timeliness.bound_ms as f64
+        {
+            reasons.push(format!(
+                "timeliness p{} is {:.1} ms, above the {} ms bound",
+                req.timeliness.percentile, t.required, req.timeliness.bound_ms
+            ));
+        }
+        if reliability < req.reliability {
+            reasons.push(format!(
+                "reliability is {reliability:.3} ({received} of {expected:.0} expected updates), below {}",
+                req.reliability
+            ));
+        }
+        if availability < req.availability {
+            reasons.push(format!(
+                "availability is {availability:.3}, below {}",
+                req.availability
+            ));
+        }
+        let status = if odte < req.odte {
+            reasons.push(format!(
+                "overall entanglement is {odte:.3}, below {}",
+                req.odte
+            ));
+            Status::Disentangled
+        } else if reasons.is_empty() {
+            Status::Entangled
+        } else {
+            Status::Degraded
+        };
+        Report {
+            timeliness_ms,
+            timeliness_share,
+            reliability,
+            availability,
+            odte,
+            updates_in_window: received,
+            updates_expected: expected,
+            status,
+            reasons,
+        }
+    }
+
+    fn percentiles(&self) -> Percentiles {
+        // Microseconds up to an hour, three significant digits: an
+        // HDR histogram answers any percentile within 0.1 %.
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+            .expect("constant bounds are valid");
+        for sample in &self.samples {
+            histogram.saturating_record(sample.timeliness_us.max(1));
+        }
+        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / US_PER_MS as f64;
+        Percentiles {
+            p50: ms(0.50),
+            p95: ms(0.95),
+            p99: ms(0.99),
+            required: ms(self.requirements.timeliness.percentile / 100.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000;
+    const T0: u64 = 1_700_000_000 * S;
+
+    /// Feeds `seconds` of a PT sending `rate` updates per second, each
+    /// arriving `latency_ms` after it was produced, skipping those `lose`
+    /// says were lost. Returns the last sequence number sent.
+    fn feed(
+        e: &mut Entanglement,
+        from_s: u64,
+        seconds: u64,
+        rate: u64,
+        latency_ms: u64,
+        mut seq: u64,
+        lose: impl Fn(u64) -> bool,
+    ) -> u64 {
+        for i in 0..seconds * rate {
+            seq += 1;
+            let produced = T0 + from_s * S + i * S / rate;
+            if !lose(seq) {
+                e.record(seq, produced / 1000, produced + latency_ms * 1000);
+            }
+        }
+        seq
+    }
+
+    fn paper() -> Requirements {
+        Requirements::default()
+    }
+
+    #[test]
+    fn the_papers_baseline_is_entangled() {
+        let mut e = Entanglement::new(paper(), T0);
+        feed(&mut e, 0, 60, 1, 13, 0, |_| false);
+        let (report, changed) = e.evaluate(T0 + 60 * S);
+        assert_eq!(report.status, Status::Entangled, "{report:?}");
+        assert_eq!(changed, Some(None));
+        assert_eq!(report.updates_in_window, 30);
+        assert!((report.reliability - 1.0).abs() < 0.05, "{report:?}");
+        let t = report.timeliness_ms.unwrap();
+        assert!((12.9..=13.1).contains(&t.p50), "{t:?}");
+        assert!(report.odte > 0.9);
+    }
+
+    #[test]
+    fn a_lossy_slow_network_disentangles() {
+        // Phase 1: 70 ms latency, 15 % loss (every seventh update lost).
+        let mut e = Entanglement::new(paper(), T0);
+        feed(&mut e, 0, 60, 1, 70, 0, |seq| seq % 7 == 0);
+        let (report, _) = e.evaluate(T0 + 60 * S);
+        assert!(report.reliability < 0.9, "{report:?}");
+        assert_ne!(report.status, Status::Entangled);
+        assert!(
+            report.reasons.iter().any(|r| r.starts_with("reliability")),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn a_pt_at_half_rate_is_noticed() {
+        // Phase 3: the technician halves the rate; sequence numbers have no
+        // gaps, so only the declared rate reveals it.
+        let mut e = Entanglement::new(paper(), T0);
+        let seq = feed(&mut e, 0, 30, 1, 13, 0, |_| false);
+        assert_eq!(e.evaluate(T0 + 30 * S).0.status, Status::Entangled);
+        let mut seq = seq;
+        for i in 0..15 {
+            seq += 1;
+            let produced = T0 + 30 * S + i * 2 * S;
+            e.record(seq, produced / 1000, produced + 13_000);
+        }
+        let (report, changed) = e.evaluate(T0 + 60 * S);
+        assert!((report.reliability - 0.5).abs() < 0.05, "{report:?}");
+        assert_eq!(report.status, Status::Disentangled);
+        assert_eq!(changed, Some(Some(Status::Entangled)));
+    }
+
+    #[test]
+    fn slow_models_miss_the_timeliness_bound() {
+        // Phase 2: 25k primes: every update takes 1.2 s to commit.
+        let mut e = Entanglement::new(paper(), T0);
+        feed(&mut e, 0, 40, 1, 1200, 0, |_| false);
+        let (report, _) = e.evaluate(T0 + 41 * S);
+        assert_eq!(report.timeliness_share, 0.0);
+        assert_eq!(report.status, Status::Disentangled);
+        assert!(
+            report.reasons[0].contains("above the 1000 ms bound"),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn outages_count_against_availability() {
+        let mut e = Entanglement::new(paper(), T0);
+        feed(&mut e, 0, 30, 1, 10, 0, |_| false);
+        e.set_available(false, T0 + 24 * S);
+        e.set_available(true, T0 + 27 * S);
+        let (report, _) = e.evaluate(T0 + 30 * S);
+        assert!((report.availability - 0.9).abs() < 0.001, "{report:?}");
+        // An outage still open counts up to now.
+        e.set_available(false, T0 + 40 * S);
+        let (report, _) = e.evaluate(T0 + 45 * S);
+        assert!(report.availability < 0.9, "{report:?}");
+        assert!(report.reasons.iter().any(|r| r.starts_with("availability")));
+    }
+
+    #[test]
+    fn a_pt_clock_ahead_of_ours_is_not_negative() {
+        let mut e = Entanglement::new(paper(), T0);
+        e.record(1, (T0 + 5 * S) / 1000, T0 + S);
+        let (report, _) = e.evaluate(T0 + 2 * S);
+        assert_eq!(report.timeliness_share, 1.0);
+        assert!(report.timeliness_ms.unwrap().p99 <= 0.01);
+    }
+}
