@@ -7,10 +7,16 @@
 //! it (properties, last sequence applied); [`checkpoint`] writes and reads
 //! its state so it can resume elsewhere.
 
+pub mod api;
+pub mod broker;
 pub mod checkpoint;
 pub mod digest;
+pub mod monitoring;
+pub mod node;
+pub mod physical;
 pub mod registry;
 pub mod runtime;
 pub mod signing;
+pub mod sim;
 pub mod spec;
 pub mod twin;

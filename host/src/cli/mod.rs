@@ -1,15 +1,20 @@
 //! Command-line parsing and dispatch. Each subcommand lives in a module of
 //! its own name; this file only wires them up.
 
+mod client;
+mod host;
 mod keys;
+mod pt_sim;
 mod registry;
 mod run;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wasmtwin::runtime::{Runtime, RuntimeConfig, default_cache_dir};
+use wasmtwin::signing::TrustPolicy;
 
 /// Host trustworthy digital twins as signed, sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -38,6 +43,25 @@ pub struct GlobalArgs {
     no_cache: bool,
 }
 
+/// Which components may run.
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// Trusted publisher keys: a public key file or a directory of them.
+    #[arg(long, value_name = "PATH", env = "WASMTWIN_TRUST")]
+    trust: Option<PathBuf>,
+    /// Accept components without verifying their signatures (development
+    /// only; every load is logged as a warning).
+    #[arg(long)]
+    allow_unsigned: bool,
+}
+
+impl TrustArgs {
+    /// The policy these flags ask for.
+    pub fn policy(&self) -> anyhow::Result<TrustPolicy> {
+        TrustPolicy::from_args(self.trust.as_deref(), self.allow_unsigned)
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -46,6 +70,17 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start everything on this machine: embedded broker, node, demo twin
+    /// and a simulated motor.
+    Up(up::UpArgs),
+    /// Run a node that hosts twins.
+    Host(host::HostArgs),
+    /// Create or replace a twin from a spec on a node.
+    Apply(client::ApplyArgs),
+    /// Read twins from a node.
+    Get(client::GetArgs),
+    /// Simulate a motor publishing telemetry over MQTT.
+    PtSim(pt_sim::PtSimArgs),
     /// Run a model component against recorded updates (for plugin authors).
     Run(run::RunArgs),
     /// Create a publisher key pair.
@@ -77,7 +112,7 @@ pub fn init_logging(global: &GlobalArgs) {
 }
 
 impl GlobalArgs {
-    fn runtime(&self) -> anyhow::Result<Runtime> {
+    pub fn runtime(&self) -> anyhow::Result<Runtime> {
         Runtime::new(RuntimeConfig {
             fuel: true,
             cache_dir: if self.no_cache {
@@ -93,6 +128,11 @@ impl Cli {
     /// Runs the chosen subcommand.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
+            Command::Up(args) => up::run(&self.global, args),
+            Command::Host(args) => host::run(&self.global, args),
+            Command::Apply(args) => client::apply(args),
+            Command::Get(args) => client::get(args),
+            Command::PtSim(args) => pt_sim::run(args),
             Command::Run(args) => run::run(&self.global, args),
             Command::Keygen(args) => keys::keygen(args),
             Command::Sign(args) => keys::sign(args),

@@ -8,7 +8,6 @@ use anyhow::Context;
 use clap::Args;
 use wasmtwin::registry::{self, Location, Options};
 use wasmtwin::runtime::write_atomically;
-use wasmtwin::signing::TrustPolicy;
 
 const REFERENCES: &str = "\
 References:
@@ -57,13 +56,8 @@ pub struct PullArgs {
     /// Where to write the component.
     #[arg(short, long, value_name = "FILE")]
     out: PathBuf,
-    /// Trusted publisher keys: a public key file or a directory of them.
-    #[arg(long, value_name = "PATH", env = "WASMTWIN_TRUST")]
-    trust: Option<PathBuf>,
-    /// Write the component even if its signature is not checked
-    /// (development only; logged as a warning).
-    #[arg(long)]
-    allow_unsigned: bool,
+    #[command(flatten)]
+    trust: super::TrustArgs,
     /// Talk plain HTTP to the registry (a local or test registry only).
     #[arg(long)]
     insecure: bool,
@@ -71,7 +65,7 @@ pub struct PullArgs {
 
 /// Pulls a component, checks its digest and signature, and writes it.
 pub fn pull(args: PullArgs) -> anyhow::Result<ExitCode> {
-    let policy = TrustPolicy::from_args(args.trust.as_deref(), args.allow_unsigned)?;
+    let policy = args.trust.policy()?;
     let options = Options {
         insecure: args.insecure,
         ..Options::default()

@@ -13,7 +13,6 @@ use clap::Args;
 use serde_json::{Value, json};
 use wasmtwin::checkpoint::Checkpoint;
 use wasmtwin::runtime::{Failure, Limits, Update, write_atomically};
-use wasmtwin::signing::TrustPolicy;
 use wasmtwin::twin::{Applied, RestorePolicy, Twin};
 
 use super::GlobalArgs;
@@ -63,13 +62,8 @@ pub struct RunArgs {
     /// component's file name].
     #[arg(long)]
     name: Option<String>,
-    /// Trusted publisher keys: a public key file or a directory of them.
-    #[arg(long, value_name = "PATH", env = "WASMTWIN_TRUST")]
-    trust: Option<PathBuf>,
-    /// Run the component without verifying its signature (development only;
-    /// logged as a warning).
-    #[arg(long)]
-    allow_unsigned: bool,
+    #[command(flatten)]
+    trust: super::TrustArgs,
 }
 
 fn parse_config(text: &str) -> anyhow::Result<Value> {
@@ -108,7 +102,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.as_deref().map(parse_config).transpose()?;
     let checkpoint = args.restore.as_deref().map(read_checkpoint).transpose()?;
     let mut updates = open_updates(&args.updates)?;
-    let policy = TrustPolicy::from_args(args.trust.as_deref(), args.allow_unsigned)?;
+    let policy = args.trust.policy()?;
     let bytes = std::fs::read(&args.component)
         .with_context(|| format!("reading component {}", args.component.display()))?;
     policy.check(&bytes, &args.component.display().to_string())?;

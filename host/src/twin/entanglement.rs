@@ -51,6 +51,7 @@ pub struct Percentiles {
 
 /// The measures at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     /// Timeliness percentiles; `None` with no update in the window.
     pub timeliness_ms: Option<Percentiles>,

@@ -167,22 +167,61 @@ impl Twin {
         &self.state
     }
 
-    /// Applies `update` unless its sequence number was already applied.
+    /// Applies `update` unless its sequence number was already applied. A
+    /// refusal leaves the twin as it was, sequence number included.
     pub fn apply(&mut self, update: &Update) -> Result<Applied, GuestError> {
-        if let Some(last_seq) = self.state.last_seq
-            && update.seq <= last_seq
-        {
+        if let Some(last_seq) = self.duplicate_of(update.seq) {
             return Ok(Applied::Duplicate { last_seq });
         }
         let effects = self.instance.on_update(update)?;
+        self.commit(update.seq, &effects);
+        Ok(Applied::Changed(effects))
+    }
+
+    /// Applies the updates one PT message carries (they share its sequence
+    /// number) unless the message was already applied. Updates the model
+    /// refuses are returned beside the effects and skipped; the message
+    /// still counts as applied. A failure that poisons the instance stops
+    /// the message and is returned as the error.
+    pub fn apply_message(
+        &mut self,
+        updates: &[Update],
+    ) -> Result<(Applied, Vec<GuestError>), GuestError> {
+        let Some(seq) = updates.first().map(|u| u.seq) else {
+            return Ok((Applied::Changed(UpdateEffects::default()), Vec::new()));
+        };
+        if let Some(last_seq) = self.duplicate_of(seq) {
+            return Ok((Applied::Duplicate { last_seq }, Vec::new()));
+        }
+        let mut effects = UpdateEffects::default();
+        let mut refused = Vec::new();
+        for update in updates {
+            match self.instance.on_update(update) {
+                Ok(more) => {
+                    effects.changes.extend(more.changes);
+                    effects.events.extend(more.events);
+                    effects.fuel += more.fuel;
+                }
+                Err(e) if !e.failure.poisons() => refused.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        self.commit(seq, &effects);
+        Ok((Applied::Changed(effects), refused))
+    }
+
+    fn duplicate_of(&self, seq: u64) -> Option<u64> {
+        self.state.last_seq.filter(|&last| seq <= last)
+    }
+
+    fn commit(&mut self, seq: u64, effects: &UpdateEffects) {
         for (property, value) in &effects.changes {
             self.state
                 .properties
                 .insert(property.clone(), value.clone());
         }
-        self.state.last_seq = Some(update.seq);
+        self.state.last_seq = Some(seq);
         self.state.updates_applied += 1;
-        Ok(Applied::Changed(effects))
     }
 
     /// Changes the limits later calls run under (vertical scaling).

@@ -1,0 +1,112 @@
+//! `wasmtwin apply` and `wasmtwin get`: the management API from the
+//! command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use wasmtwin::spec::TwinSpec;
+
+/// Where the node is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The node's API, e.g. http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL", env = "WASMTWIN_HOST")]
+    host: String,
+    /// Bearer token (also `WASMTWIN_TOKEN`).
+    #[arg(long, env = "WASMTWIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Target {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}{path}", self.host.trim_end_matches('/'));
+        let request = reqwest::Client::new().request(method, url);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+}
+
+/// Arguments of `wasmtwin apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The twin spec (YAML or JSON).
+    #[arg(short = 'f', long = "file", value_name = "SPEC")]
+    file: PathBuf,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Arguments of `wasmtwin get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(subcommand)]
+    what: What,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, Subcommand)]
+enum What {
+    /// Every twin on the node.
+    Twins,
+    /// One twin's state and entanglement.
+    Twin {
+        /// The twin's name.
+        name: String,
+    },
+}
+
+async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<(reqwest::StatusCode, String)> {
+    let response = request.send().await.context("reaching the node")?;
+    let status = response.status();
+    let body = response.text().await.context("reading the node's answer")?;
+    Ok((status, body))
+}
+
+fn finish(status: reqwest::StatusCode, body: &str) -> anyhow::Result<ExitCode> {
+    let pretty = serde_json::from_str::<serde_json::Value>(body)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .unwrap_or_else(|_| body.trim().to_string());
+    if status.is_success() {
+        println!("{pretty}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: the node answered {status}:\n{pretty}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn io() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")
+}
+
+/// Sends a spec to the node.
+pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    // Refuse a bad spec here, with every problem, before bothering the node.
+    let spec =
+        TwinSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let path = format!("/v1/twins/{}", spec.name());
+    let (status, body) = io()?.block_on(send(
+        args.target.request(reqwest::Method::PUT, &path).body(text),
+    ))?;
+    finish(status, &body)
+}
+
+/// Reads from the node.
+pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let path = match &args.what {
+        What::Twins => "/v1/twins".to_string(),
+        What::Twin { name } => format!("/v1/twins/{name}"),
+    };
+    let (status, body) = io()?.block_on(send(args.target.request(reqwest::Method::GET, &path)))?;
+    finish(status, &body)
+}

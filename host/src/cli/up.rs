@@ -1,0 +1,173 @@
+//! `wasmtwin up`: everything on one machine with one command — an embedded
+//! MQTT broker, a node, a demo motor twin signed with a development key,
+//! and a simulated motor feeding it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use wasmtwin::node::{Node, NodeConfig};
+use wasmtwin::physical::BrokerAddress;
+use wasmtwin::runtime::write_atomically;
+use wasmtwin::signing::{self, Metadata, TrustPolicy, TrustSet};
+use wasmtwin::sim::{self, SimConfig};
+use wasmtwin::spec::TwinSpec;
+
+/// Arguments of `wasmtwin up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address of the HTTP APIs.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Address of the embedded MQTT broker.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: SocketAddr,
+    /// Bearer token for the APIs [default: a new random one, printed].
+    #[arg(long, env = "WASMTWIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where the development key and signed components are kept.
+    #[arg(long, value_name = "DIR", default_value = "wasmtwin-data")]
+    data: PathBuf,
+    /// Where the built plugins are (`machine.wasm`, `json_adapter.wasm`).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "target/wasm32-wasip2/release"
+    )]
+    plugins: PathBuf,
+    /// Telemetry messages per second from the simulated motor.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+}
+
+/// Signs `plugin` from `plugins` with the development key into `out`.
+fn sign_plugin(
+    plugins: &Path,
+    plugin: &str,
+    key: &ed25519_dalek::SigningKey,
+    out: &Path,
+) -> anyhow::Result<PathBuf> {
+    let source = plugins.join(format!("{plugin}.wasm"));
+    let bytes = std::fs::read(&source).with_context(|| {
+        format!(
+            "reading {} (build the plugins first: cargo build --release --target wasm32-wasip2 -p machine -p json-adapter)",
+            source.display()
+        )
+    })?;
+    let metadata = Metadata {
+        name: plugin.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        publisher: "wasmtwin up (development key)".to_string(),
+        signed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    let signed = signing::sign(&bytes, key, &metadata)?;
+    let path = out.join(format!("{plugin}.wasm"));
+    write_atomically(&path, &signed)?;
+    Ok(path)
+}
+
+fn demo_spec(
+    model: &Path,
+    adapter: &Path,
+    mqtt: SocketAddr,
+    rate: f64,
+) -> anyhow::Result<TwinSpec> {
+    let text = serde_json::json!({
+        "apiVersion": wasmtwin::spec::API_VERSION,
+        "kind": wasmtwin::spec::KIND,
+        "metadata": { "name": "motor-1", "labels": { "demo": "true" } },
+        "spec": {
+            "model": { "ref": model.display().to_string(), "config": {} },
+            "physical": {
+                "broker": format!("mqtt://{mqtt}"),
+                "topics": ["plant/motor-1/telemetry"],
+                "commandTopic": "plant/motor-1/commands",
+                "adapter": { "ref": adapter.display().to_string() },
+            },
+            "requirements": { "expectedRateHz": rate },
+        },
+    })
+    .to_string();
+    TwinSpec::parse(&text).map_err(Into::into)
+}
+
+/// Runs everything until Ctrl-C.
+pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode> {
+    if !(args.rate > 0.0 && args.rate <= 10_000.0) {
+        anyhow::bail!("--rate must be in (0, 10000]");
+    }
+    let key_dir = args.data.join("dev-key");
+    let key = if key_dir.join(signing::PRIVATE_KEY_FILE).exists() {
+        signing::read_private(&key_dir.join(signing::PRIVATE_KEY_FILE))?
+    } else {
+        let key = signing::generate()?;
+        signing::write_pair(&key_dir, &key, false)?;
+        tracing::info!(dir = %key_dir.display(), "created a development signing key");
+        key
+    };
+    let components = args.data.join("components");
+    std::fs::create_dir_all(&components)
+        .with_context(|| format!("creating {}", components.display()))?;
+    let model = sign_plugin(&args.plugins, "machine", &key, &components)?;
+    let adapter = sign_plugin(&args.plugins, "json_adapter", &key, &components)?;
+    // This node trusts the development key and nothing else.
+    let mut trust = TrustSet::default();
+    trust.add(key.verifying_key(), key_dir.join(signing::PUBLIC_KEY_FILE));
+
+    let token = match args.token {
+        Some(token) => token,
+        None => super::host::new_token()?,
+    };
+    wasmtwin::broker::start(args.mqtt)?;
+    let runtime = global.runtime()?;
+    let broker = BrokerAddress {
+        host: args.mqtt.ip().to_string(),
+        port: args.mqtt.port(),
+        tls: false,
+        credentials: None,
+    };
+    let spec = demo_spec(&model, &adapter, args.mqtt, args.rate)?;
+    let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
+    io.block_on(async move {
+        let node = Arc::new(Node::new(
+            NodeConfig {
+                name: "up".into(),
+                broker: broker.clone(),
+                policy: TrustPolicy::Require(trust),
+                queue_capacity: 1024,
+            },
+            runtime,
+        ));
+        let applying = node.clone();
+        tokio::task::spawn_blocking(move || applying.apply(spec)).await??;
+        tokio::spawn(async move {
+            let config = SimConfig {
+                broker,
+                client_id: "pt-sim-motor-1".into(),
+                topic: "plant/motor-1/telemetry".into(),
+                command_topic: Some("plant/motor-1/commands".into()),
+                rate_hz: args.rate,
+                count: None,
+                first_seq: 1,
+            };
+            if let Err(e) = sim::run(config).await {
+                tracing::error!("the simulated motor stopped: {e:#}");
+            }
+        });
+        let base = format!("http://{}", args.http);
+        println!("wasmtwin is up. Ctrl-C stops everything.");
+        println!("  MQTT broker:  mqtt://{}", args.mqtt);
+        println!("  API:          {base}/v1/twins   (Authorization: Bearer {token})");
+        println!("  demo twin:    {base}/v1/twins/motor-1");
+        println!("  metrics:      {base}/metrics");
+        println!("  try:          curl -H 'Authorization: Bearer {token}' {base}/v1/twins/motor-1");
+        println!(
+            "                curl -X POST -H 'Authorization: Bearer {token}' {base}/v1/twins/motor-1/actions/stop"
+        );
+        super::host::serve(node, args.http, wasmtwin::api::Auth::Token(token)).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,275 @@
+//! A twin's worker: one thread that owns the twin's component instances and
+//! applies, in order, what its queue brings — PT messages, actions,
+//! reconfigurations. Nothing else touches the instances, so the state
+//! machine needs no locks and data flows one way: physical → adapter →
+//! model → state and entanglement → the shared view.
+//!
+//! A guest failure that poisons the instance is recovered from the last
+//! checkpoint plus the updates applied since, replayed; the update that
+//! failed is dropped and counted, and the twin goes on.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::view::Shared;
+use crate::checkpoint::Checkpoint;
+use crate::monitoring::{Metrics, TwinLabel};
+use crate::physical::{Inbound, Link, now_us};
+use crate::runtime::{
+    ActionOutcome, AdapterComponent, AdapterInstance, GuestError, Limits, ModelComponent, Runtime,
+    Update,
+};
+use crate::twin::{Applied, RestorePolicy, Twin};
+
+/// Updates applied between two in-memory checkpoints.
+const CHECKPOINT_EVERY: usize = 256;
+
+/// Work for a twin's worker.
+pub enum Job {
+    /// A message from the PT.
+    Message(Inbound),
+    /// An action asked for by an application.
+    Act {
+        /// The action's name.
+        name: String,
+        /// Its input.
+        input: Value,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<ActionOutcome, String>>,
+    },
+    /// A new model configuration.
+    Reconfigure {
+        /// The configuration.
+        config: Value,
+        /// Where the result goes.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Everything a worker needs.
+pub struct Worker {
+    pub name: String,
+    pub runtime: Runtime,
+    pub model: ModelComponent,
+    pub adapter: AdapterComponent,
+    pub limits: Limits,
+    pub twin: Twin,
+    pub link: Link,
+    pub command_topic: Option<String>,
+    pub shared: Arc<Mutex<Shared>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    fn label(&self) -> TwinLabel {
+        TwinLabel {
+            twin: self.name.clone(),
+        }
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failed(&self, error: &str) {
+        tracing::warn!(twin = %self.name, "{error}");
+        self.metrics.guest_errors.get_or_create(&self.label()).inc();
+        let mut shared = self.shared();
+        shared.guest_errors += 1;
+        shared.last_error = Some(error.to_string());
+    }
+
+    /// Serves the queue until it closes.
+    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let mut adapter =
+            match AdapterInstance::new(&self.runtime, &self.adapter, &self.name, self.limits) {
+                Ok(adapter) => adapter,
+                Err(e) => return self.failed(&format!("{e:#}")),
+            };
+        let mut checkpoint = self.twin.checkpoint().ok();
+        let mut since_checkpoint: Vec<Vec<Update>> = Vec::new();
+        while let Some(job) = jobs.blocking_recv() {
+            self.metrics
+                .queue_depth
+                .get_or_create(&self.label())
+                .set(jobs.len() as i64);
+            match job {
+                Job::Message(message) => {
+                    if adapter.is_poisoned() {
+                        adapter = match AdapterInstance::new(
+                            &self.runtime,
+                            &self.adapter,
+                            &self.name,
+                            self.limits,
+                        ) {
+                            Ok(adapter) => adapter,
+                            Err(e) => {
+                                self.failed(&format!("{e:#}"));
+                                continue;
+                            }
+                        };
+                    }
+                    match adapter.decode(&message.topic, &message.payload) {
+                        Ok(updates) => {
+                            if self.apply(&updates, &mut checkpoint, &mut since_checkpoint) {
+                                since_checkpoint.push(updates);
+                            }
+                        }
+                        Err(e) => {
+                            self.failed(&format!("dropping a message on {}: {e}", message.topic))
+                        }
+                    }
+                    if since_checkpoint.len() >= CHECKPOINT_EVERY {
+                        match self.twin.checkpoint() {
+                            Ok(c) => {
+                                checkpoint = Some(c);
+                                since_checkpoint.clear();
+                            }
+                            Err(e) => self.failed(&format!("{e:#}")),
+                        }
+                    }
+                    // Acknowledged only now: the message's effects are in
+                    // the state (or it was refused for good).
+                    if let Some(packet) = &message.packet {
+                        self.link.ack(packet);
+                    }
+                }
+                Job::Act { name, input, reply } => {
+                    let outcome = self.act(&mut adapter, &name, &input);
+                    let _ = reply.send(outcome);
+                }
+                Job::Reconfigure { config, reply } => {
+                    let result = self.twin.reconfigure(&config).map_err(|e| e.to_string());
+                    if result.is_ok() {
+                        // The configuration is part of the state: start a
+                        // new recovery point.
+                        if let Ok(c) = self.twin.checkpoint() {
+                            checkpoint = Some(c);
+                            since_checkpoint.clear();
+                        }
+                    }
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        self.link.close();
+    }
+
+    /// Applies one PT message; true if it changed the state.
+    fn apply(
+        &mut self,
+        updates: &[Update],
+        checkpoint: &mut Option<Checkpoint>,
+        replay: &mut [Vec<Update>],
+    ) -> bool {
+        let Some(update) = updates.first() else {
+            return false;
+        };
+        let started = Instant::now();
+        match self.twin.apply_message(updates) {
+            Ok((Applied::Changed(effects), refused)) => {
+                for error in refused {
+                    self.failed(&error.to_string());
+                }
+                let committed_us = now_us();
+                let label = self.label();
+                self.metrics.updates.get_or_create(&label).inc();
+                self.metrics.fuel.get_or_create(&label).inc_by(effects.fuel);
+                self.metrics
+                    .model_seconds
+                    .get_or_create(&label)
+                    .observe(started.elapsed().as_secs_f64());
+                let timeliness = committed_us.saturating_sub(update.ts_ms.saturating_mul(1000));
+                self.metrics
+                    .timeliness
+                    .get_or_create(&label)
+                    .observe(timeliness as f64 / 1e6);
+                let mut shared = self.shared();
+                shared.state = self.twin.state().clone();
+                for (property, _) in &effects.changes {
+                    shared
+                        .changed
+                        .insert(property.clone(), (committed_us / 1000, update.seq));
+                }
+                shared
+                    .entanglement
+                    .record(update.seq, update.ts_ms, committed_us);
+                for (event, data) in &effects.events {
+                    tracing::info!(twin = %self.name, seq = update.seq, %event, %data, "event");
+                }
+                true
+            }
+            Ok((Applied::Duplicate { .. }, _)) => {
+                self.metrics.duplicates.get_or_create(&self.label()).inc();
+                false
+            }
+            Err(error) => {
+                self.failed(&error.to_string());
+                if error.failure.poisons() {
+                    self.recover(&error, checkpoint, replay);
+                }
+                false
+            }
+        }
+    }
+
+    /// Rebuilds the twin from the last checkpoint and the updates applied
+    /// since, after the instance failed.
+    fn recover(
+        &mut self,
+        error: &GuestError,
+        checkpoint: &mut Option<Checkpoint>,
+        replay: &mut [Vec<Update>],
+    ) {
+        let Some(from) = checkpoint.as_ref() else {
+            return self.failed(&format!("cannot recover after `{error}`: no checkpoint"));
+        };
+        self.shared().entanglement.set_available(false, now_us());
+        let restored = Twin::restore(
+            &self.runtime,
+            &self.model,
+            from,
+            self.limits,
+            RestorePolicy::SameComponent,
+        );
+        match restored {
+            Ok(mut twin) => {
+                for message in replay.iter() {
+                    if let Err(e) = twin.apply_message(message) {
+                        self.failed(&format!("replay after recovery failed: {e}"));
+                        break;
+                    }
+                }
+                self.twin = twin;
+                tracing::info!(twin = %self.name, replayed = replay.len(), "recovered from the last checkpoint");
+            }
+            Err(e) => self.failed(&format!("cannot recover after `{error}`: {e:#}")),
+        }
+        self.shared().entanglement.set_available(true, now_us());
+    }
+
+    fn act(
+        &mut self,
+        adapter: &mut AdapterInstance,
+        name: &str,
+        input: &Value,
+    ) -> Result<ActionOutcome, String> {
+        let outcome = self.twin.act(name, input).map_err(|e| e.to_string())?;
+        if !outcome.commands.is_empty() {
+            let topic = self
+                .command_topic
+                .as_deref()
+                .ok_or("the action produced commands, but the spec has no physical.commandTopic")?;
+            for (command, payload) in &outcome.commands {
+                let bytes = adapter
+                    .encode(command, payload)
+                    .map_err(|e| e.to_string())?;
+                self.link.send(topic, bytes).map_err(|e| format!("{e:#}"))?;
+            }
+        }
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,195 @@
+//! The physical interface: one MQTT session per twin, subscribed to its
+//! PT's topics. Messages go to the twin's worker; the worker acknowledges a
+//! QoS 1 message only once the state change it caused is committed, so a
+//! crash never loses an acknowledged update. Commands go back the same way.
+//!
+//! This module knows MQTT and nothing of HTTP or of models.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS};
+use tokio::sync::mpsc;
+
+/// Where a broker is and how to log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Whether to use TLS (`mqtts://`).
+    pub tls: bool,
+    /// User name and password, if the broker wants them.
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::str::FromStr for BrokerAddress {
+    type Err = anyhow::Error;
+
+    /// Parses `mqtt://HOST:PORT` or `mqtts://HOST:PORT`.
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        let (tls, rest) = if let Some(rest) = text.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = text.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            bail!("`{text}` must be mqtt://HOST:PORT or mqtts://HOST:PORT");
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse()
+                    .with_context(|| format!("`{port}` is not a port"))?,
+            ),
+            None => (rest, if tls { 8883 } else { 1883 }),
+        };
+        if host.is_empty() {
+            bail!("`{text}` names no host");
+        }
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            tls,
+            credentials: None,
+        })
+    }
+}
+
+/// A message from the PT, with what is needed to acknowledge it.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The topic it arrived on.
+    pub topic: String,
+    /// The raw payload, for the adapter.
+    pub payload: Bytes,
+    /// When the node received it, µs since the Unix epoch.
+    pub received_us: u64,
+    /// The packet, to acknowledge once committed (QoS 1 only).
+    pub packet: Option<rumqttc::Publish>,
+}
+
+/// The handle a twin's worker uses: acknowledge and send commands.
+#[derive(Clone)]
+pub struct Link {
+    client: AsyncClient,
+}
+
+impl Link {
+    /// Acknowledges a committed message.
+    pub fn ack(&self, packet: &rumqttc::Publish) {
+        if let Err(e) = self.client.try_ack(packet) {
+            tracing::warn!("cannot acknowledge an MQTT message: {e}");
+        }
+    }
+
+    /// Publishes a command to the device (QoS 1).
+    pub fn send(&self, topic: &str, payload: Vec<u8>) -> anyhow::Result<()> {
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .with_context(|| format!("publishing a command on {topic}"))
+    }
+
+    /// Closes the session.
+    pub fn close(&self) {
+        let _ = self.client.try_disconnect();
+    }
+}
+
+/// Current time in µs since the Unix epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Connects `client_id` to `broker`, subscribes to `topics` at `qos`, and
+/// forwards every message to `inbound`. The session is persistent, so a
+/// restarted node gets what it had not acknowledged. Reconnects with
+/// exponential backoff until the returned link is closed.
+pub fn connect(
+    broker: &BrokerAddress,
+    client_id: &str,
+    topics: Vec<String>,
+    qos: u8,
+    inbound: mpsc::Sender<Inbound>,
+) -> anyhow::Result<Link> {
+    let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    options
+        .set_keep_alive(Duration::from_secs(15))
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_inflight(100);
+    if let Some((user, password)) = &broker.credentials {
+        options.set_credentials(user.clone(), password.clone());
+    }
+    if broker.tls {
+        options.set_transport(rumqttc::Transport::tls_with_default_config());
+    }
+    let (client, eventloop) = AsyncClient::new(options, 256);
+    let qos = if qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    tokio::spawn(drive(
+        eventloop,
+        client.clone(),
+        topics,
+        qos,
+        inbound,
+        client_id.to_string(),
+    ));
+    Ok(Link { client })
+}
+
+async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    topics: Vec<String>,
+    qos: QoS,
+    inbound: mpsc::Sender<Inbound>,
+    client_id: String,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                backoff = Duration::from_millis(100);
+                tracing::info!(client = %client_id, "connected to the broker");
+                for topic in &topics {
+                    if let Err(e) = client.subscribe(topic.clone(), qos).await {
+                        tracing::warn!(client = %client_id, %topic, "cannot subscribe: {e}");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                let packet = (publish.qos != QoS::AtMostOnce).then(|| publish.clone());
+                let message = Inbound {
+                    topic: publish.topic,
+                    payload: publish.payload,
+                    received_us: now_us(),
+                    packet,
+                };
+                // A full queue holds the event loop, and with it the TCP
+                // connection: the broker keeps the rest.
+                if inbound.send(message).await.is_err() {
+                    return; // the twin is gone
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(e) => {
+                if inbound.is_closed() {
+                    return;
+                }
+                tracing::warn!(client = %client_id, "broker connection lost: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! `wasmtwin up` end to end: embedded broker, node, signed demo twin and
+//! simulated motor, driven through the HTTP APIs and `wasmtwin apply`.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wasmtwin_tests::cli::{arg, ok};
+use wasmtwin_tests::plugin;
+use wasmtwin_tests::servers::free_port;
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+struct Up {
+    child: Child,
+    base: String,
+    mqtt: u16,
+    http: reqwest::blocking::Client,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Up {
+    fn start(data: &Path) -> Self {
+        // Builds the plugins `up` needs.
+        let plugins = plugin("machine").parent().unwrap().to_path_buf();
+        let (http_port, mqtt) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_wasmtwin"))
+            .args([
+                "up",
+                "--token",
+                TOKEN,
+                "--rate",
+                "20",
+                "--data",
+                arg(data),
+                "--plugins",
+                arg(&plugins),
+            ])
+            .args([
+                "--http",
+                &format!("127.0.0.1:{http_port}"),
+                "--mqtt",
+                &format!("127.0.0.1:{mqtt}"),
+            ])
+            .env("WASMTWIN_LOG", "warn")
+            .env("WASMTWIN_CACHE_DIR", data.join("cache"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting wasmtwin up");
+        let up = Self {
+            child,
+            base: format!("http://127.0.0.1:{http_port}"),
+            mqtt,
+            http: reqwest::blocking::Client::new(),
+        };
+        up.wait_for(|| up.get("/healthz").0 == 200, "the node to serve HTTP");
+        up
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        match self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+        {
+            Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn wait_for(&self, mut condition: impl FnMut() -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn up_serves_a_demo_twin_that_follows_the_simulated_motor() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+
+    // The twin follows the motor.
+    up.wait_for(
+        || up.json("/v1/twins/motor-1")["updatesApplied"].as_u64() >= Some(20),
+        "20 updates",
+    );
+    let twin = up.json("/v1/twins/motor-1");
+    for property in ["temperature", "vibration", "rpm", "running"] {
+        assert!(
+            twin["properties"][property]["value"].is_number()
+                || twin["properties"][property]["value"].is_boolean(),
+            "{property}: {twin}"
+        );
+    }
+    assert_eq!(twin["properties"]["running"]["value"], true);
+    assert_eq!(twin["model"]["name"], "machine");
+    let applied = twin["updatesApplied"].as_u64().unwrap();
+    assert_eq!(
+        twin["lastSeq"].as_u64(),
+        Some(applied),
+        "every message applied once, in order"
+    );
+    assert!(
+        twin["entanglement"]["timelinessMs"]["p99"].is_number(),
+        "{twin}"
+    );
+
+    // No token, wrong token: 401.
+    let bare = up.http.get(format!("{}/v1/twins", up.base)).send().unwrap();
+    assert_eq!(bare.status().as_u16(), 401);
+    let wrong = up
+        .http
+        .get(format!("{}/v1/twins", up.base))
+        .bearer_auth("x".repeat(26))
+        .send()
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+
+    // An action becomes a device command, which the motor obeys.
+    let stop = up
+        .http
+        .post(format!("{}/v1/twins/motor-1/actions/stop", up.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(stop.status().as_u16(), 200);
+    up.wait_for(
+        || up.json("/v1/twins/motor-1")["properties"]["running"]["value"] == false,
+        "the motor to stop",
+    );
+    let (status, body) = up.get("/v1/twins/motor-1/actions/fly");
+    assert_eq!(status, 405, "{body}");
+
+    // A read whose requirement the twin cannot meet says so.
+    let (status, body) = up.get("/v1/twins/motor-1?min_reliability=1.5");
+    assert_eq!(status, 412, "{body}");
+    assert!(body.contains("below the 1.5 asked for"), "{body}");
+    assert_eq!(up.get("/v1/twins/nope").0, 404);
+
+    // Metrics.
+    let metrics = reqwest::blocking::get(format!("{}/metrics", up.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    for name in [
+        "wasmtwin_twin_updates_total{twin=\"motor-1\"}",
+        "wasmtwin_twin_timeliness_seconds_bucket",
+        "wasmtwin_twin_reliability_ratio{twin=\"motor-1\"}",
+        "wasmtwin_twin_entangled{twin=\"motor-1\"}",
+        "wasmtwin_twin_fuel_consumed_total{twin=\"motor-1\"}",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}");
+    }
+}
+
+#[test]
+fn apply_creates_reconfigures_and_refuses_bad_specs() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    let components = dir.path().join("components");
+    let spec = |config: &str| {
+        format!(
+            r#"apiVersion: wasmtwin.dev/v1alpha1
+kind: DigitalTwin
+metadata:
+  name: motor-2
+spec:
+  model:
+    ref: {}
+    config: {config}
+  physical:
+    broker: mqtt://127.0.0.1:{}
+    topics: [plant/motor-2/telemetry]
+    adapter:
+      ref: {}
+"#,
+            components.join("machine.wasm").display(),
+            up.mqtt,
+            components.join("json_adapter.wasm").display()
+        )
+    };
+    let file = dir.path().join("motor-2.yaml");
+    let apply = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        wasmtwin_tests::cli::run(
+            env!("CARGO_BIN_EXE_wasmtwin"),
+            &[
+                "apply",
+                "-f",
+                arg(&file),
+                "--host",
+                &up.base,
+                "--token",
+                TOKEN,
+            ],
+            &[],
+        )
+    };
+    assert!(ok(apply(&spec("{}"))).contains("\"created\""));
+    assert!(ok(apply(&spec("{}"))).contains("\"unchanged\""));
+    assert!(ok(apply(&spec("{temperature_alarm: 80}"))).contains("\"reconfigured\""));
+    // The model refuses a bad configuration; the twin keeps running.
+    let out = apply(&spec("{vibration_warning: 9, vibration_alarm: 1}"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vibration_warning"));
+
+    // Every problem of a bad spec, with its path, before the node is asked.
+    let out = apply(
+        &spec("{}")
+            .replace("motor-2", "Motor 2")
+            .replace("plant/Motor 2/telemetry", "a/#/b"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("metadata.name") && err.contains("spec.physical.topics[0]"),
+        "{err}"
+    );
+
+    // An unsigned model is refused by the node, which keeps what it had.
+    let unsigned = spec("{}").replace(
+        &components.join("machine.wasm").display().to_string(),
+        arg(&plugin("machine")),
+    );
+    let out = apply(&unsigned.replace("config: {}", "config: {max_rpm: 100}"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unsigned"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = up.json("/v1/twins");
+    assert_eq!(names["twins"].as_array().unwrap().len(), 2, "{names}");
+
+    // The spec as the node runs it.
+    let running = up.json("/v1/twins/motor-2/spec");
+    assert_eq!(running["spec"]["model"]["config"]["temperature_alarm"], 80);
+}
