@@ -82,13 +82,16 @@ impl Worker {
         shared.last_error = Some(error.to_string());
     }
 
+    fn new_adapter(&self) -> anyhow::Result<AdapterInstance> {
+        AdapterInstance::new(&self.runtime, &self.adapter, &self.name, self.limits)
+    }
+
     /// Serves the queue until it closes.
     pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        let mut adapter =
-            match AdapterInstance::new(&self.runtime, &self.adapter, &self.name, self.limits) {
-                Ok(adapter) => adapter,
-                Err(e) => return self.failed(&format!("{e:#}")),
-            };
+        let mut adapter = match self.new_adapter() {
+            Ok(adapter) => adapter,
+            Err(e) => return self.failed(&format!("{e:#}")),
+        };
         let mut checkpoint = self.twin.checkpoint().ok();
         let mut since_checkpoint: Vec<Vec<Update>> = Vec::new();
         while let Some(job) = jobs.blocking_recv() {
@@ -99,12 +102,7 @@ impl Worker {
             match job {
                 Job::Message(message) => {
                     if adapter.is_poisoned() {
-                        adapter = match AdapterInstance::new(
-                            &self.runtime,
-                            &self.adapter,
-                            &self.name,
-                            self.limits,
-                        ) {
+                        adapter = match self.new_adapter() {
                             Ok(adapter) => adapter,
                             Err(e) => {
                                 self.failed(&format!("{e:#}"));
@@ -114,7 +112,7 @@ impl Worker {
                     }
                     match adapter.decode(&message.topic, &message.payload) {
                         Ok(updates) => {
-                            if self.apply(&updates, &mut checkpoint, &mut since_checkpoint) {
+                            if self.apply(&updates, checkpoint.as_ref(), &since_checkpoint) {
                                 since_checkpoint.push(updates);
                             }
                         }
@@ -162,8 +160,8 @@ impl Worker {
     fn apply(
         &mut self,
         updates: &[Update],
-        checkpoint: &mut Option<Checkpoint>,
-        replay: &mut [Vec<Update>],
+        checkpoint: Option<&Checkpoint>,
+        replay: &[Vec<Update>],
     ) -> bool {
         let Some(update) = updates.first() else {
             return false;
@@ -182,11 +180,6 @@ impl Worker {
                     .model_seconds
                     .get_or_create(&label)
                     .observe(started.elapsed().as_secs_f64());
-                let timeliness = committed_us.saturating_sub(update.ts_ms.saturating_mul(1000));
-                self.metrics
-                    .timeliness
-                    .get_or_create(&label)
-                    .observe(timeliness as f64 / 1e6);
                 let mut shared = self.shared();
                 shared.state = self.twin.state().clone();
                 for (property, _) in &effects.changes {
@@ -194,9 +187,15 @@ impl Worker {
                         .changed
                         .insert(property.clone(), (committed_us / 1000, update.seq));
                 }
-                shared
-                    .entanglement
-                    .record(update.seq, update.ts_ms, committed_us);
+                let timeliness_us =
+                    shared
+                        .entanglement
+                        .record(update.seq, update.ts_ms, committed_us);
+                drop(shared);
+                self.metrics
+                    .timeliness
+                    .get_or_create(&label)
+                    .observe(timeliness_us as f64 / 1e6);
                 for (event, data) in &effects.events {
                     tracing::info!(twin = %self.name, seq = update.seq, %event, %data, "event");
                 }
@@ -221,10 +220,10 @@ impl Worker {
     fn recover(
         &mut self,
         error: &GuestError,
-        checkpoint: &mut Option<Checkpoint>,
-        replay: &mut [Vec<Update>],
+        checkpoint: Option<&Checkpoint>,
+        replay: &[Vec<Update>],
     ) {
-        let Some(from) = checkpoint.as_ref() else {
+        let Some(from) = checkpoint else {
             return self.failed(&format!("cannot recover after `{error}`: no checkpoint"));
         };
         self.shared().entanglement.set_available(false, now_us());

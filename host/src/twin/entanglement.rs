@@ -114,13 +114,15 @@ impl Entanglement {
     /// Records an update with sequence number `seq`, produced by the PT at
     /// `pt_ts_ms` and committed by the twin at `committed_us`. A PT clock
     /// ahead of ours counts as zero timeliness rather than negative.
-    pub fn record(&mut self, seq: u64, pt_ts_ms: u64, committed_us: u64) {
-        let produced_us = pt_ts_ms.saturating_mul(US_PER_MS);
+    /// Returns the update's timeliness in µs.
+    pub fn record(&mut self, seq: u64, pt_ts_ms: u64, committed_us: u64) -> u64 {
+        let timeliness_us = committed_us.saturating_sub(pt_ts_ms.saturating_mul(US_PER_MS));
         self.samples.push_back(Sample {
             committed_us,
             seq,
-            timeliness_us: committed_us.saturating_sub(produced_us),
+            timeliness_us,
         });
+        timeliness_us
     }
 
     /// Marks the twin available (running and bound) or not from `now_us`.
