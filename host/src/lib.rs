@@ -19,4 +19,5 @@ pub mod runtime;
 pub mod signing;
 pub mod sim;
 pub mod spec;
+pub mod store;
 pub mod twin;

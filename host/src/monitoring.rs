@@ -21,6 +21,13 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
+/// The label of node-wide request metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    /// The request's priority class: `action`, `read` or `history`.
+    pub class: &'static str,
+}
+
 /// A ratio gauge.
 pub type Ratio = Gauge<f64, AtomicU64>;
 
@@ -49,11 +56,13 @@ pub struct Metrics {
     pub odte: Family<TwinLabel, Ratio>,
     /// 1 when the twin meets its requirements.
     pub entangled: Family<TwinLabel, Gauge>,
+    /// HTTP requests shed by admission control, by priority class.
+    pub requests_shed: Family<ClassLabel, Counter>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("wasmtwin_twin");
+        let mut root = Registry::default();
         let metrics = Self {
             timeliness: Family::new_with_constructor(latency_histogram),
             model_seconds: Family::new_with_constructor(latency_histogram),
@@ -66,8 +75,15 @@ impl Default for Metrics {
             reliability: Family::default(),
             odte: Family::default(),
             entangled: Family::default(),
+            requests_shed: Family::default(),
             registry: Registry::default(),
         };
+        root.sub_registry_with_prefix("wasmtwin_node").register(
+            "requests_shed",
+            "HTTP requests refused by admission control under overload",
+            metrics.requests_shed.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("wasmtwin_twin");
         registry.register(
             "timeliness_seconds",
             "From the PT producing an update to the twin committing its state change",
@@ -120,7 +136,7 @@ impl Default for Metrics {
             metrics.entangled.clone(),
         );
         Self {
-            registry,
+            registry: root,
             ..metrics
         }
     }

@@ -28,16 +28,19 @@ impl Drop for Up {
 
 impl Up {
     fn start(data: &Path) -> Self {
+        Self::start_on(data, free_port(), free_port(), 20)
+    }
+
+    fn start_on(data: &Path, http_port: u16, mqtt: u16, rate: u32) -> Self {
         // Builds the plugins `up` needs.
         let plugins = plugin("machine").parent().unwrap().to_path_buf();
-        let (http_port, mqtt) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_wasmtwin"))
             .args([
                 "up",
                 "--token",
                 TOKEN,
                 "--rate",
-                "20",
+                &rate.to_string(),
                 "--data",
                 arg(data),
                 "--plugins",
@@ -75,6 +78,11 @@ impl Up {
             Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
             Err(_) => (0, String::new()),
         }
+    }
+
+    fn json_or_none(&self, path: &str) -> Option<Value> {
+        let (status, body) = self.get(path);
+        (status == 200).then(|| serde_json::from_str(&body).unwrap())
     }
 
     fn json(&self, path: &str) -> Value {
@@ -251,4 +259,169 @@ spec:
     // The spec as the node runs it.
     let running = up.json("/v1/twins/motor-2/spec");
     assert_eq!(running["spec"]["model"]["config"]["temperature_alarm"], 80);
+}
+
+/// Reads server-sent events from `response` until `n` of kind `event` came,
+/// returning their data.
+fn read_events(response: reqwest::blocking::Response, event: &str, n: usize) -> Vec<Value> {
+    use std::io::BufRead;
+    let mut found = Vec::new();
+    let mut current = String::new();
+    for line in std::io::BufReader::new(response).lines() {
+        let line = line.expect("reading the event stream");
+        if let Some(name) = line.strip_prefix("event: ") {
+            current = name.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ")
+            && current == event
+        {
+            found.push(serde_json::from_str(data).unwrap());
+            if found.len() == n {
+                break;
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn history_stream_and_thing_description() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    up.wait_for(
+        || up.json("/v1/twins/motor-1")["updatesApplied"].as_u64() >= Some(10),
+        "10 updates",
+    );
+
+    // History: every applied message's temperature, in order, within range.
+    let all = up.json("/v1/twins/motor-1/history?property=temperature");
+    let points = all["points"].as_array().unwrap();
+    assert!(points.len() >= 10, "{all}");
+    let seqs: Vec<u64> = points.iter().map(|p| p["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let middle = points[points.len() / 2]["tsMs"].as_u64().unwrap();
+    let later = up.json(&format!(
+        "/v1/twins/motor-1/history?property=temperature&from={middle}"
+    ));
+    let later = later["points"].as_array().unwrap();
+    assert!(later.iter().all(|p| p["tsMs"].as_u64().unwrap() >= middle));
+    assert!(later.len() < points.len() + 5);
+    let rfc3339 = up.json(
+        "/v1/twins/motor-1/history?property=temperature&from=2001-01-01T00:00:00Z&to=2002-01-01T00:00:00Z",
+    );
+    assert_eq!(rfc3339["points"], serde_json::json!([]));
+    let (status, body) = up.get("/v1/twins/motor-1/history?property=temperature&from=yesterday");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("`from`"), "{body}");
+    assert_eq!(up.get("/v1/twins/motor-1/history").0, 400);
+
+    // The change stream: sequence numbers go up one at a time.
+    let stream = up
+        .http
+        .get(format!("{}/v1/twins/motor-1/stream", up.base))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let changes = read_events(stream, "change", 3);
+    let seqs: Vec<u64> = changes.iter().map(|c| c["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs[1], seqs[0] + 1, "{changes:?}");
+    assert!(changes[0]["changes"]["temperature"].is_number());
+
+    // The Thing Description, followed as a generic WoT consumer would:
+    // nothing below knows our routes, only what the TD says.
+    let td = up.json("/v1/twins/motor-1/td");
+    assert_eq!(td["@context"][0], "https://www.w3.org/2022/wot/td/v1.1");
+    assert_eq!(td["title"], "motor-1");
+    let scheme = td["security"][0].as_str().unwrap();
+    assert_eq!(td["securityDefinitions"][scheme]["scheme"], "bearer");
+    let base = reqwest::Url::parse(td["base"].as_str().unwrap()).unwrap();
+    let properties = td["properties"].as_object().unwrap();
+    for property in ["temperature", "vibration", "rpm", "running"] {
+        let affordance = &properties[property];
+        let form = &affordance["forms"][0];
+        assert!(
+            form["op"]
+                .as_array()
+                .unwrap()
+                .contains(&"readproperty".into())
+        );
+        let url = base.join(form["href"].as_str().unwrap()).unwrap();
+        let value: Value = up
+            .http
+            .get(url)
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let fits = match affordance["type"].as_str().unwrap() {
+            "number" => value.is_number(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "boolean" => value.is_boolean(),
+            other => panic!("unexpected type {other}"),
+        };
+        assert!(fits, "{property} = {value} is not a {}", affordance["type"]);
+    }
+    let stop = &td["actions"]["stop"]["forms"][0];
+    assert_eq!(stop["htv:methodName"], "POST");
+    let invoked = up
+        .http
+        .post(base.join(stop["href"].as_str().unwrap()).unwrap())
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(invoked.status().as_u16(), 200);
+    up.wait_for(
+        || up.json("/v1/twins/motor-1/properties/running") == false,
+        "the motor to stop",
+    );
+    let events = td["events"].as_object().unwrap();
+    assert!(!events.is_empty(), "{td}");
+    for (_, event) in events {
+        assert_eq!(event["forms"][0]["subprotocol"], "sse");
+    }
+}
+
+#[test]
+fn a_killed_node_resumes_its_twins_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt) = (free_port(), free_port());
+    let mut up = Up::start_on(dir.path(), http_port, mqtt, 200);
+    up.wait_for(
+        || up.json("/v1/twins/motor-1")["updatesApplied"].as_u64() >= Some(300),
+        "300 updates (past the first checkpoint)",
+    );
+    let _ = up.child.kill(); // SIGKILL: no clean shutdown
+    let _ = up.child.wait();
+    let before = up.json_or_none("/v1/twins/motor-1");
+    assert!(before.is_none(), "the node is down");
+    drop(up);
+
+    let up = Up::start_on(dir.path(), http_port, mqtt, 200);
+    let resumed = up.json("/v1/twins/motor-1");
+    let applied = resumed["updatesApplied"].as_u64().unwrap();
+    assert!(applied >= 256, "state came back: {resumed}");
+    up.wait_for(
+        || up.json("/v1/twins/motor-1")["updatesApplied"].as_u64() >= Some(applied + 20),
+        "20 more updates after the restart",
+    );
+    let twin = up.json("/v1/twins/motor-1");
+    assert_eq!(
+        twin["lastSeq"], twin["updatesApplied"],
+        "no gap and no duplicate across the crash: {twin}"
+    );
+    let history = up.json("/v1/twins/motor-1/history?property=temperature&limit=100000");
+    let seqs: Vec<u64> = history["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.len() as u64 >= applied,
+        "history survived: {}",
+        seqs.len()
+    );
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
 }

@@ -5,7 +5,10 @@
 //! Management and digital routes need `Authorization: Bearer TOKEN`;
 //! monitoring routes are open so Prometheus and probes can reach them.
 
+mod admission;
 mod auth;
+mod stream;
+mod td;
 mod twins;
 
 use std::sync::Arc;
@@ -15,14 +18,29 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+pub use admission::Admission;
 pub use auth::Auth;
+pub use td::thing_description;
 
 use crate::node::Node;
 
-/// Builds the router for `node`.
-pub fn router(node: Arc<Node>, auth: Auth) -> Router {
-    let protected =
-        twins::routes().layer(axum::middleware::from_fn_with_state(auth, auth::require));
+/// Builds the router for `node`, admitting at most `max_requests` digital
+/// and management requests at once.
+pub fn router(node: Arc<Node>, auth: Auth, max_requests: usize) -> Router {
+    let security = match auth {
+        Auth::Open => td::Security::None,
+        Auth::Token(_) => td::Security::Bearer,
+    };
+    let admission = Admission::new(max_requests, node.metrics().clone());
+    // Layers run outside in: authentication before admission, so an
+    // unauthenticated flood cannot take places.
+    let protected = twins::routes()
+        .layer(axum::Extension(security))
+        .layer(axum::middleware::from_fn_with_state(
+            admission,
+            admission::admit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(auth, auth::require));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))

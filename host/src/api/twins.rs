@@ -1,24 +1,32 @@
-//! `/v1/twins…`: reading twins, asking for actions, applying and deleting
-//! specs.
+//! `/v1/twins…`: reading twins and their history, asking for actions,
+//! applying and deleting specs.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::td::{Security, thing_description};
 use crate::node::{Node, NodeError};
 use crate::spec::{SpecError, TwinSpec};
+
+/// Most history points one request returns.
+const HISTORY_LIMIT_MAX: usize = 100_000;
 
 pub fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/v1/twins", get(list))
         .route("/v1/twins/{name}", get(read).put(apply).delete(delete))
         .route("/v1/twins/{name}/spec", get(spec))
+        .route("/v1/twins/{name}/td", get(td))
+        .route("/v1/twins/{name}/properties/{property}", get(property))
+        .route("/v1/twins/{name}/history", get(history))
+        .route("/v1/twins/{name}/stream", get(super::stream::stream))
         .route("/v1/twins/{name}/actions/{action}", post(act))
 }
 
@@ -26,7 +34,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn node_error(e: NodeError) -> Response {
+pub(super) fn node_error(e: NodeError) -> Response {
     match e {
         NodeError::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
         NodeError::Overloaded(_) => (
@@ -113,6 +121,139 @@ async fn read(
             Json(json!({ "error": "the twin does not meet the requirements of this read", "reasons": unmet, "twin": report })),
         )
             .into_response()
+    }
+}
+
+/// One property's current value, bare (as a WoT consumer reads it); its
+/// age and sequence number travel in headers.
+async fn property(
+    State(node): State<Arc<Node>>,
+    Path((name, property)): Path<(String, String)>,
+) -> Response {
+    let report = match node.report(&name) {
+        Ok(report) => report,
+        Err(e) => return node_error(e),
+    };
+    match report.properties.get(&property) {
+        Some(p) => (
+            [
+                ("x-wasmtwin-age-ms", p.age_ms.to_string()),
+                ("x-wasmtwin-seq", p.seq.to_string()),
+            ],
+            Json(p.value.clone()),
+        )
+            .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("twin `{name}` has no value for property `{property}` yet"),
+        ),
+    }
+}
+
+async fn td(
+    State(node): State<Arc<Node>>,
+    axum::Extension(security): axum::Extension<Security>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (report, description) = match node
+        .report(&name)
+        .and_then(|r| Ok((r, node.description(&name)?)))
+    {
+        Ok(found) => found,
+        Err(e) => return node_error(e),
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let base = format!("http://{host}/v1/twins/{name}/");
+    let td = thing_description(&name, &base, &report.model, &description, security);
+    (
+        [(header::CONTENT_TYPE, "application/td+json")],
+        td.to_string(),
+    )
+        .into_response()
+}
+
+/// A history query.
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    /// The property.
+    property: Option<String>,
+    /// Oldest PT timestamp: ms since the Unix epoch or RFC 3339.
+    from: Option<String>,
+    /// Newest PT timestamp, likewise.
+    to: Option<String>,
+    /// Most points returned.
+    limit: Option<usize>,
+}
+
+/// A time given as ms since the Unix epoch or as RFC 3339.
+fn parse_time(text: &str, what: &str) -> Result<u64, String> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .ok_or_else(|| {
+            format!("`{what}` must be ms since the Unix epoch or an RFC 3339 time, got `{text}`")
+        })
+}
+
+async fn history(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(query): Query<HistoryQuery>,
+) -> Response {
+    let Some(property) = query.property else {
+        return error(StatusCode::BAD_REQUEST, "`property` is required");
+    };
+    let times = (|| {
+        let from = query
+            .from
+            .as_deref()
+            .map(|t| parse_time(t, "from"))
+            .transpose()?;
+        let to = query
+            .to
+            .as_deref()
+            .map(|t| parse_time(t, "to"))
+            .transpose()?;
+        Ok::<_, String>((from.unwrap_or(0), to.unwrap_or(u64::MAX)))
+    })();
+    let (from, to) = match times {
+        Ok(times) => times,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if from > to {
+        return error(StatusCode::BAD_REQUEST, "`from` is after `to`");
+    }
+    let limit = query.limit.unwrap_or(1000);
+    if limit == 0 || limit > HISTORY_LIMIT_MAX {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`limit` must be between 1 and {HISTORY_LIMIT_MAX}"),
+        );
+    }
+    // The store reads from disk; keep it off the I/O threads.
+    let read = {
+        let property = property.clone();
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || node.history(&name, &property, from, to, limit)).await
+    };
+    match read {
+        Ok(Ok(points)) => {
+            let points: Vec<Value> = points
+                .into_iter()
+                .map(|p| json!({ "tsMs": p.ts_ms, "seq": p.seq, "value": p.value }))
+                .collect();
+            Json(json!({ "twin": name, "property": property, "points": points })).into_response()
+        }
+        Ok(Err(e)) => node_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

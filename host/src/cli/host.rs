@@ -11,6 +11,7 @@ use clap::Args;
 use wasmtwin::api::{self, Auth};
 use wasmtwin::node::Node;
 use wasmtwin::physical::BrokerAddress;
+use wasmtwin::store::Store;
 
 /// How the management and digital APIs are protected.
 #[derive(Debug, Args)]
@@ -61,15 +62,70 @@ pub fn new_token() -> anyhow::Result<String> {
     Ok(hex::encode(bytes))
 }
 
+/// How the node logs in to its MQTT brokers.
+#[derive(Debug, Args)]
+pub struct MqttArgs {
+    /// The MQTT broker twins use unless their spec names one
+    /// (`mqtt://HOST:PORT`, or `mqtts://HOST:PORT` for TLS).
+    #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883")]
+    mqtt: BrokerAddress,
+    /// User name to log in to the broker with.
+    #[arg(long, value_name = "NAME", env = "WASMTWIN_MQTT_USERNAME")]
+    mqtt_username: Option<String>,
+    /// File holding the broker password (also `WASMTWIN_MQTT_PASSWORD`).
+    #[arg(long, value_name = "FILE", requires = "mqtt_username")]
+    mqtt_password_file: Option<PathBuf>,
+    /// PEM file of the CA certificates that may sign the broker's TLS
+    /// certificate [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    mqtt_ca: Option<PathBuf>,
+}
+
+impl MqttArgs {
+    /// The broker address with its login and trust.
+    pub fn resolve(&self) -> anyhow::Result<BrokerAddress> {
+        let mut broker = self.mqtt.clone();
+        if let Some(user) = &self.mqtt_username {
+            let password = match &self.mqtt_password_file {
+                Some(file) => std::fs::read_to_string(file)
+                    .with_context(|| format!("reading the MQTT password file {}", file.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+                None => std::env::var("WASMTWIN_MQTT_PASSWORD").map_err(|_| {
+                    anyhow::anyhow!(
+                        "--mqtt-username needs a password: --mqtt-password-file or WASMTWIN_MQTT_PASSWORD"
+                    )
+                })?,
+            };
+            broker.credentials = Some((user.clone(), password));
+        }
+        if let Some(file) = &self.mqtt_ca {
+            if !broker.tls {
+                anyhow::bail!("--mqtt-ca needs an mqtts:// broker URL");
+            }
+            let pem = std::fs::read(file)
+                .with_context(|| format!("reading the CA file {}", file.display()))?;
+            if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+                anyhow::bail!("{} is not a PEM file", file.display());
+            }
+            broker.ca_pem = Some(pem);
+        }
+        Ok(broker)
+    }
+}
+
 /// Arguments of `wasmtwin host`.
 #[derive(Debug, Args)]
 pub struct HostArgs {
     /// Address of the HTTP APIs.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
-    /// The MQTT broker twins use unless their spec names one.
-    #[arg(long, value_name = "URL", default_value = "mqtt://127.0.0.1:1883")]
-    mqtt: BrokerAddress,
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    /// Where the node keeps its twins (specs, checkpoints, history); the
+    /// twins found there are resumed at start.
+    #[arg(long, value_name = "DIR", default_value = "wasmtwin-data")]
+    data: PathBuf,
     /// The node's name, part of its MQTT client ids.
     #[arg(long, default_value = "node")]
     name: String,
@@ -80,10 +136,22 @@ pub struct HostArgs {
     /// PT messages a twin may have waiting before its session stops reading.
     #[arg(long, default_value_t = 1024)]
     queue: usize,
+    /// Digital and management requests served at once; beyond this, history
+    /// queries are shed first, then reads, then actions (503 + Retry-After).
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUESTS)]
+    max_requests: usize,
 }
 
+/// Requests in flight a node admits unless told otherwise.
+pub const DEFAULT_MAX_REQUESTS: usize = 256;
+
 /// Serves `node` on `http` until Ctrl-C.
-pub async fn serve(node: Arc<Node>, http: SocketAddr, auth: Auth) -> anyhow::Result<()> {
+pub async fn serve(
+    node: Arc<Node>,
+    http: SocketAddr,
+    auth: Auth,
+    max_requests: usize,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(http)
         .await
         .with_context(|| format!("listening on {http}"))?;
@@ -96,7 +164,7 @@ pub async fn serve(node: Arc<Node>, http: SocketAddr, auth: Auth) -> anyhow::Res
         }
     });
     tracing::info!(%http, "HTTP APIs listening");
-    axum::serve(listener, api::router(node, auth))
+    axum::serve(listener, api::router(node, auth, max_requests))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("stopping");
@@ -105,23 +173,39 @@ pub async fn serve(node: Arc<Node>, http: SocketAddr, auth: Auth) -> anyhow::Res
         .context("serving HTTP")
 }
 
+/// Starts the twins the node's store remembers.
+pub async fn resume(node: &Arc<Node>) -> anyhow::Result<()> {
+    let resuming = node.clone();
+    let resumed = tokio::task::spawn_blocking(move || resuming.resume())
+        .await
+        .context("resuming twins")??;
+    if !resumed.is_empty() {
+        tracing::info!(twins = resumed.len(), "resumed twins from the store");
+    }
+    Ok(())
+}
+
 /// Runs the node.
 pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCode> {
     let policy = args.trust.policy()?;
     let auth = args.auth.resolve(false)?;
+    let broker = args.mqtt.resolve()?;
+    let store = Store::open(&args.data)?;
     let runtime = global.runtime()?;
     let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
     io.block_on(async {
         let node = Arc::new(Node::new(
             wasmtwin::node::NodeConfig {
                 name: args.name,
-                broker: args.mqtt,
+                broker,
                 policy,
                 queue_capacity: args.queue,
             },
             runtime,
+            store,
         ));
-        serve(node, args.http, auth).await
+        resume(&node).await?;
+        serve(node, args.http, auth, args.max_requests).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -28,7 +28,8 @@ pub struct UpArgs {
     /// Bearer token for the APIs [default: a new random one, printed].
     #[arg(long, env = "WASMTWIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Where the development key and signed components are kept.
+    /// Where the development key, signed components and the node's store
+    /// are kept; twins found there are resumed.
     #[arg(long, value_name = "DIR", default_value = "wasmtwin-data")]
     data: PathBuf,
     /// Where the built plugins are (`machine.wasm`, `json_adapter.wasm`).
@@ -128,7 +129,9 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         port: args.mqtt.port(),
         tls: false,
         credentials: None,
+        ca_pem: None,
     };
+    let store = wasmtwin::store::Store::open(&args.data)?;
     let spec = demo_spec(&model, &adapter, args.mqtt, args.rate)?;
     let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
     io.block_on(async move {
@@ -140,9 +143,18 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
                 queue_capacity: 1024,
             },
             runtime,
+            store,
         ));
+        super::host::resume(&node).await?;
         let applying = node.clone();
         tokio::task::spawn_blocking(move || applying.apply(spec)).await??;
+        // The simulated motor numbers its updates on from what the twin has
+        // (a real device keeps its counter across restarts too).
+        let first_seq = node
+            .report("motor-1")
+            .ok()
+            .and_then(|r| r.last_seq)
+            .map_or(1, |seq| seq + 1);
         tokio::spawn(async move {
             let config = SimConfig {
                 broker,
@@ -151,7 +163,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
                 command_topic: Some("plant/motor-1/commands".into()),
                 rate_hz: args.rate,
                 count: None,
-                first_seq: 1,
+                first_seq,
             };
             if let Err(e) = sim::run(config).await {
                 tracing::error!("the simulated motor stopped: {e:#}");
@@ -167,7 +179,13 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         println!(
             "                curl -X POST -H 'Authorization: Bearer {token}' {base}/v1/twins/motor-1/actions/stop"
         );
-        super::host::serve(node, args.http, wasmtwin::api::Auth::Token(token)).await
+        super::host::serve(
+            node,
+            args.http,
+            wasmtwin::api::Auth::Token(token),
+            super::host::DEFAULT_MAX_REQUESTS,
+        )
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
 }

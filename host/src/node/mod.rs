@@ -1,7 +1,9 @@
 //! The host node: the twins one `wasmtwin host` runs, each with its
 //! physical link, its worker and its shared view. The management API calls
 //! [`Node::apply`] and [`Node::delete`]; the digital API reads through
-//! [`Node::report`] and acts through [`Node::act`].
+//! [`Node::report`] and acts through [`Node::act`]. Specs, checkpoints,
+//! journals and history live in the node's [`Store`], from which
+//! [`Node::resume`] brings every twin back after a restart.
 
 mod view;
 mod worker;
@@ -12,21 +14,27 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use view::{PropertyView, TwinReport};
+pub use view::{Change, PropertyView, TwinReport};
 
+use crate::checkpoint::Checkpoint;
 use crate::digest::Digest;
 use crate::monitoring::{Metrics, TwinLabel};
 use crate::physical::{self, BrokerAddress, Link};
 use crate::registry::{self, Location};
-use crate::runtime::{ActionOutcome, Limits, Runtime};
+use crate::runtime::{ActionOutcome, Description, Limits, ModelComponent, Runtime};
 use crate::signing::{TrustPolicy, TrustSet};
 use crate::spec::{ComponentRef, TwinSpec};
-use crate::twin::Twin;
+use crate::store::{Op, Point, Saved, Store};
 use crate::twin::entanglement::{Entanglement, Status};
+use crate::twin::{RestorePolicy, Twin};
 use view::Shared;
-use worker::{Job, Worker};
+use worker::{HistoryPolicy, Job, Worker};
+
+/// Changes a slow stream subscriber may fall behind by before it is told
+/// it missed some.
+const CHANGE_BUFFER: usize = 256;
 
 /// How a node is set up.
 pub struct NodeConfig {
@@ -45,7 +53,24 @@ struct Hosted {
     spec: TwinSpec,
     jobs: mpsc::Sender<Job>,
     shared: Arc<Mutex<Shared>>,
+    changes: broadcast::Sender<Change>,
     link: Link,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A twin ready to connect: components compiled, instance created.
+struct Prepared {
+    model: ModelComponent,
+    adapter: crate::runtime::AdapterComponent,
+    limits: Limits,
+    twin: Twin,
+}
+
+fn spec_op(spec: &TwinSpec) -> anyhow::Result<Op> {
+    Ok(Op::Spec {
+        name: spec.name().to_string(),
+        json: serde_json::to_string(spec).context("serialising the spec")?,
+    })
 }
 
 /// What `apply` did.
@@ -80,6 +105,7 @@ pub enum NodeError {
 pub struct Node {
     config: NodeConfig,
     runtime: Runtime,
+    store: Store,
     metrics: Arc<Metrics>,
     twins: Mutex<HashMap<String, Hosted>>,
 }
@@ -89,18 +115,45 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Node {
-    /// A node with no twins yet.
-    pub fn new(config: NodeConfig, runtime: Runtime) -> Self {
+    /// A node with no twins running yet; [`Node::resume`] starts those its
+    /// store remembers.
+    pub fn new(config: NodeConfig, runtime: Runtime, store: Store) -> Self {
         Self {
             config,
             runtime,
+            store,
             metrics: Arc::new(Metrics::default()),
             twins: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Starts every twin the store remembers, each from its last checkpoint
+    /// plus its journal. A twin that cannot start is logged and left in the
+    /// store (a corrected spec applied later replaces it); the names of the
+    /// twins resumed are returned.
+    pub fn resume(&self) -> anyhow::Result<Vec<String>> {
+        let mut resumed = Vec::new();
+        for (name, saved) in self.store.saved()? {
+            let started = TwinSpec::parse(&saved.spec)
+                .map_err(anyhow::Error::from)
+                .and_then(|spec| {
+                    let prepared = self.prepare(&spec, Some(saved))?;
+                    self.launch(&spec, prepared)
+                });
+            match started {
+                Ok(hosted) => {
+                    lock(&self.twins).insert(name.clone(), hosted);
+                    tracing::info!(twin = %name, "twin resumed from the store");
+                    resumed.push(name);
+                }
+                Err(e) => tracing::error!(twin = %name, "cannot resume the twin: {e:#}"),
+            }
+        }
+        Ok(resumed)
+    }
+
     /// The node's metrics.
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
@@ -161,6 +214,7 @@ impl Node {
                         let jobs = hosted.jobs.clone();
                         drop(twins);
                         self.reconfigure(&name, jobs, spec.spec.model.config.clone())?;
+                        self.store.write_now(vec![spec_op(&spec)?])?;
                         if let Some(hosted) = lock(&self.twins).get_mut(&name) {
                             hosted.spec = spec;
                         }
@@ -171,10 +225,18 @@ impl Node {
                 None => false,
             }
         };
-        let hosted = self.start(&spec)?;
-        if let Some(old) = lock(&self.twins).insert(name.clone(), hosted) {
-            old.link.close();
+        // Everything that can fail happens before the old twin stops.
+        let prepared = self.prepare(&spec, None)?;
+        if replacing {
+            // The old session and the new one share a client id, and the
+            // old twin's last writes must land before the new twin's.
+            self.stop(&name);
         }
+        // A replaced twin starts anew: nothing of the old one is kept.
+        self.store
+            .write_now(vec![Op::Forget { name: name.clone() }, spec_op(&spec)?])?;
+        let hosted = self.launch(&spec, prepared)?;
+        lock(&self.twins).insert(name.clone(), hosted);
         tracing::info!(twin = %name, replacing, "twin started");
         Ok(if replacing {
             Applied::Replaced
@@ -198,8 +260,11 @@ impl Node {
             .map_err(|e| NodeError::Refused(e).into())
     }
 
-    fn start(&self, spec: &TwinSpec) -> anyhow::Result<Hosted> {
-        let name = spec.name().to_string();
+    /// Fetches, verifies and compiles a spec's components and creates its
+    /// twin — fresh, or from what the store saved — without connecting it
+    /// to anything.
+    fn prepare(&self, spec: &TwinSpec, saved: Option<Saved>) -> anyhow::Result<Prepared> {
+        let name = spec.name();
         let model_bytes = self.fetch(
             &spec.spec.model.component,
             spec.spec.model.publisher_key.as_deref(),
@@ -218,21 +283,70 @@ impl Node {
                 .unwrap_or(64 << 20),
             deadline: std::time::Duration::from_millis(resources.deadline_ms),
         };
-        let twin = Twin::create(
-            &self.runtime,
-            &model,
-            &name,
+        let twin = match saved {
+            Some(saved) => self.restore(&model, name, limits, spec, saved)?,
+            None => Twin::create(&self.runtime, &model, name, limits, &spec.spec.model.config)?,
+        };
+        Ok(Prepared {
+            model,
+            adapter,
             limits,
-            &spec.spec.model.config,
-        )?;
+            twin,
+        })
+    }
+
+    /// A twin as the store saved it: its last checkpoint (into the
+    /// component the spec names now, which may be a newer build of the same
+    /// model) plus the messages journalled since.
+    fn restore(
+        &self,
+        model: &ModelComponent,
+        name: &str,
+        limits: Limits,
+        spec: &TwinSpec,
+        saved: Saved,
+    ) -> anyhow::Result<Twin> {
+        let mut twin = match &saved.checkpoint {
+            Some(bytes) => {
+                let checkpoint = Checkpoint::read_from(bytes.as_slice())
+                    .with_context(|| format!("twin `{name}`'s stored checkpoint"))?;
+                Twin::restore(
+                    &self.runtime,
+                    model,
+                    &checkpoint,
+                    limits,
+                    RestorePolicy::Upgrade,
+                )?
+            }
+            None => Twin::create(&self.runtime, model, name, limits, &spec.spec.model.config)?,
+        };
+        for message in &saved.journal {
+            if let Err(e) = twin.apply_message(message) {
+                tracing::warn!(twin = %name, "replaying the journal: {e}");
+            }
+        }
+        Ok(twin)
+    }
+
+    /// Connects a prepared twin to its broker and starts its worker.
+    fn launch(&self, spec: &TwinSpec, prepared: Prepared) -> anyhow::Result<Hosted> {
+        let name = spec.name().to_string();
+        let Prepared {
+            model,
+            adapter,
+            limits,
+            twin,
+        } = prepared;
         let broker = match &spec.spec.physical.broker {
-            Some(url) => url.parse()?,
+            Some(url) => url
+                .parse::<BrokerAddress>()?
+                .with_login_of(&self.config.broker),
             None => self.config.broker.clone(),
         };
         let shared = Arc::new(Mutex::new(Shared {
             state: twin.state().clone(),
-            changed: Default::default(),
             model: twin.model().clone(),
+            description: twin.description().clone(),
             entanglement: Entanglement::new(spec.spec.requirements.clone(), physical::now_us()),
             guest_errors: 0,
             last_error: None,
@@ -256,6 +370,8 @@ impl Node {
                 }
             }
         });
+        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let history = &spec.spec.history;
         let worker = Worker {
             name: name.clone(),
             runtime: self.runtime.clone(),
@@ -267,8 +383,15 @@ impl Node {
             command_topic: spec.spec.physical.command_topic.clone(),
             shared: shared.clone(),
             metrics: self.metrics.clone(),
+            store: self.store.clone(),
+            changes: changes.clone(),
+            history: HistoryPolicy {
+                retention: humantime::parse_duration(&history.retention)
+                    .unwrap_or(std::time::Duration::MAX),
+                max_rows: history.max_points,
+            },
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("twin-{name}"))
             .spawn(move || worker.run(queue))
             .context("starting the twin's worker")?;
@@ -276,17 +399,37 @@ impl Node {
             spec: spec.clone(),
             jobs,
             shared,
+            changes,
             link,
+            thread: Some(thread),
         })
     }
 
-    /// Stops and removes a twin.
-    pub fn delete(&self, name: &str) -> Result<(), NodeError> {
-        let hosted = lock(&self.twins)
-            .remove(name)
-            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+    /// Stops a twin's worker and session and waits for the worker to end;
+    /// what it had not yet applied stays unacknowledged at the broker.
+    fn stop(&self, name: &str) -> Option<TwinSpec> {
+        let mut hosted = lock(&self.twins).remove(name)?;
         hosted.link.close();
+        let _ = hosted.jobs.try_send(Job::Stop);
+        drop(hosted.jobs);
+        if let Some(thread) = hosted.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!(twin = %name, "the twin's worker panicked");
+        }
         self.metrics.forget(name);
+        Some(hosted.spec)
+    }
+
+    /// Stops and removes a twin, and forgets it.
+    pub fn delete(&self, name: &str) -> Result<(), NodeError> {
+        self.stop(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        self.store
+            .write_now(vec![Op::Forget {
+                name: name.to_string(),
+            }])
+            .map_err(|e| NodeError::Refused(format!("{e:#}")))?;
         tracing::info!(twin = %name, "twin deleted");
         Ok(())
     }
@@ -338,6 +481,41 @@ impl Node {
             }
         }
         Ok(report)
+    }
+
+    /// A stream of the changes a twin applies from now on.
+    pub fn subscribe(&self, name: &str) -> Result<broadcast::Receiver<Change>, NodeError> {
+        lock(&self.twins)
+            .get(name)
+            .map(|h| h.changes.subscribe())
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))
+    }
+
+    /// What a twin's model offers.
+    pub fn description(&self, name: &str) -> Result<Description, NodeError> {
+        let shared = lock(&self.twins)
+            .get(name)
+            .map(|h| h.shared.clone())
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        let description = lock(&shared).description.clone();
+        Ok(description)
+    }
+
+    /// A property's history between two PT timestamps (ms), oldest first.
+    pub fn history(
+        &self,
+        name: &str,
+        property: &str,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Point>, NodeError> {
+        if !lock(&self.twins).contains_key(name) {
+            return Err(NodeError::NotFound(name.to_string()));
+        }
+        self.store
+            .history(name, property, from_ms, to_ms, limit)
+            .map_err(|e| NodeError::Refused(format!("reading the history: {e:#}")))
     }
 
     /// Evaluates every twin (metrics and transition logs stay current

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::checkpoint::ModelInfo;
+use crate::runtime::Description;
 use crate::twin::TwinState;
 use crate::twin::entanglement::{Entanglement, Report};
 
@@ -15,11 +16,10 @@ use crate::twin::entanglement::{Entanglement, Report};
 pub struct Shared {
     /// The host's view of the twin's state.
     pub state: TwinState,
-    /// When each property last changed (ms since the Unix epoch) and the
-    /// update that changed it.
-    pub changed: BTreeMap<String, (u64, u64)>,
     /// The model running.
     pub model: ModelInfo,
+    /// What the model offers.
+    pub description: Description,
     /// Entanglement measures.
     pub entanglement: Entanglement,
     /// Failed calls into the twin's components.
@@ -28,13 +28,39 @@ pub struct Shared {
     pub last_error: Option<String>,
 }
 
+/// What one applied message changed, as the change stream carries it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    /// The PT's sequence number.
+    pub seq: u64,
+    /// When the PT produced it, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// When the twin committed it, ms since the Unix epoch.
+    pub committed_ms: u64,
+    /// The properties it changed, with their new values.
+    pub changes: BTreeMap<String, Value>,
+    /// The events the model raised.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventView>,
+}
+
+/// An event a model raised.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventView {
+    /// The event's name.
+    pub name: String,
+    /// Its data.
+    pub data: Value,
+}
+
 /// One property as applications see it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PropertyView {
     /// Current value.
     pub value: Value,
-    /// Milliseconds since it last changed.
+    /// Milliseconds since the PT produced the update behind the value.
     pub age_ms: u64,
     /// Sequence number of the update that set it.
     pub seq: u64,
@@ -80,11 +106,11 @@ impl Shared {
             .properties
             .iter()
             .map(|(name, value)| {
-                let (at, seq) = self.changed.get(name).copied().unwrap_or((now_ms, 0));
+                let observed = self.state.changed.get(name).copied().unwrap_or_default();
                 let view = PropertyView {
                     value: value.clone(),
-                    age_ms: now_ms.saturating_sub(at),
-                    seq,
+                    age_ms: now_ms.saturating_sub(observed.ts_ms),
+                    seq: observed.seq,
                 };
                 (name.clone(), view)
             })

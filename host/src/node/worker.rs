@@ -4,17 +4,20 @@
 //! machine needs no locks and data flows one way: physical → adapter →
 //! model → state and entanglement → the shared view.
 //!
-//! A guest failure that poisons the instance is recovered from the last
-//! checkpoint plus the updates applied since, replayed; the update that
-//! failed is dropped and counted, and the twin goes on.
+//! Every applied message is journalled in the node's store, and its MQTT
+//! acknowledgement is sent only once that write is durable; every
+//! [`CHECKPOINT_EVERY`] messages a checkpoint replaces the journal. A guest
+//! failure that poisons the instance is recovered from the last checkpoint
+//! plus the messages applied since, replayed; the update that failed is
+//! dropped and counted, and the twin goes on.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::view::Shared;
+use super::view::{Change, EventView, Shared};
 use crate::checkpoint::Checkpoint;
 use crate::monitoring::{Metrics, TwinLabel};
 use crate::physical::{Inbound, Link, now_us};
@@ -22,9 +25,10 @@ use crate::runtime::{
     ActionOutcome, AdapterComponent, AdapterInstance, GuestError, Limits, ModelComponent, Runtime,
     Update,
 };
+use crate::store::{Op, Store};
 use crate::twin::{Applied, RestorePolicy, Twin};
 
-/// Updates applied between two in-memory checkpoints.
+/// Messages applied between two checkpoints.
 const CHECKPOINT_EVERY: usize = 256;
 
 /// Work for a twin's worker.
@@ -40,6 +44,8 @@ pub enum Job {
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<ActionOutcome, String>>,
     },
+    /// Stop: the twin is being replaced or deleted.
+    Stop,
     /// A new model configuration.
     Reconfigure {
         /// The configuration.
@@ -61,6 +67,18 @@ pub struct Worker {
     pub command_topic: Option<String>,
     pub shared: Arc<Mutex<Shared>>,
     pub metrics: Arc<Metrics>,
+    pub store: Store,
+    pub changes: broadcast::Sender<Change>,
+    pub history: HistoryPolicy,
+}
+
+/// How long a twin's history is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryPolicy {
+    /// Points older than this are dropped.
+    pub retention: std::time::Duration,
+    /// At most this many rows are kept.
+    pub max_rows: u64,
 }
 
 impl Worker {
@@ -92,7 +110,11 @@ impl Worker {
             Ok(adapter) => adapter,
             Err(e) => return self.failed(&format!("{e:#}")),
         };
-        let mut checkpoint = self.twin.checkpoint().ok();
+        // The starting point, durable before the first message: a new twin,
+        // or a resumed one with its journal replayed.
+        let mut ops = Vec::new();
+        let mut checkpoint = self.checkpoint(&mut ops);
+        self.store.write(ops, None);
         let mut since_checkpoint: Vec<Vec<Update>> = Vec::new();
         while let Some(job) = jobs.blocking_recv() {
             self.metrics
@@ -101,18 +123,19 @@ impl Worker {
                 .set(jobs.len() as i64);
             match job {
                 Job::Message(message) => {
+                    let mut ops = Vec::new();
                     if adapter.is_poisoned() {
-                        adapter = match self.new_adapter() {
-                            Ok(adapter) => adapter,
-                            Err(e) => {
-                                self.failed(&format!("{e:#}"));
-                                continue;
-                            }
-                        };
+                        match self.new_adapter() {
+                            Ok(fresh) => adapter = fresh,
+                            Err(e) => self.failed(&format!("{e:#}")),
+                        }
                     }
                     match adapter.decode(&message.topic, &message.payload) {
                         Ok(updates) => {
-                            if self.apply(&updates, checkpoint.as_ref(), &since_checkpoint) {
+                            if let Some(op) =
+                                self.apply(&updates, checkpoint.as_ref(), &since_checkpoint)
+                            {
+                                ops.push(op);
                                 since_checkpoint.push(updates);
                             }
                         }
@@ -120,21 +143,25 @@ impl Worker {
                             self.failed(&format!("dropping a message on {}: {e}", message.topic))
                         }
                     }
-                    if since_checkpoint.len() >= CHECKPOINT_EVERY {
-                        match self.twin.checkpoint() {
-                            Ok(c) => {
-                                checkpoint = Some(c);
-                                since_checkpoint.clear();
+                    if since_checkpoint.len() >= CHECKPOINT_EVERY
+                        && let Some(c) = self.checkpoint(&mut ops)
+                    {
+                        checkpoint = Some(c);
+                        since_checkpoint.clear();
+                    }
+                    // Acknowledged only once the message's effects (or its
+                    // refusal for good) are durable.
+                    let ack = message.packet.map(|packet| {
+                        let link = self.link.clone();
+                        Box::new(move |written: Result<(), String>| {
+                            if written.is_ok() {
+                                link.ack(&packet);
                             }
-                            Err(e) => self.failed(&format!("{e:#}")),
-                        }
-                    }
-                    // Acknowledged only now: the message's effects are in
-                    // the state (or it was refused for good).
-                    if let Some(packet) = &message.packet {
-                        self.link.ack(packet);
-                    }
+                        }) as crate::store::Done
+                    });
+                    self.store.write(ops, ack);
                 }
+                Job::Stop => break,
                 Job::Act { name, input, reply } => {
                     let outcome = self.act(&mut adapter, &name, &input);
                     let _ = reply.send(outcome);
@@ -144,10 +171,12 @@ impl Worker {
                     if result.is_ok() {
                         // The configuration is part of the state: start a
                         // new recovery point.
-                        if let Ok(c) = self.twin.checkpoint() {
+                        let mut ops = Vec::new();
+                        if let Some(c) = self.checkpoint(&mut ops) {
                             checkpoint = Some(c);
                             since_checkpoint.clear();
                         }
+                        self.store.write(ops, None);
                     }
                     let _ = reply.send(result);
                 }
@@ -156,16 +185,42 @@ impl Worker {
         self.link.close();
     }
 
-    /// Applies one PT message; true if it changed the state.
+    /// Takes a checkpoint and adds its store writes (checkpoint, journal
+    /// truncation, history pruning) to `ops`.
+    fn checkpoint(&mut self, ops: &mut Vec<Op>) -> Option<Checkpoint> {
+        let taken = self.twin.checkpoint().and_then(|c| Ok((c.to_bytes()?, c)));
+        match taken {
+            Ok((bundle, checkpoint)) => {
+                let retention_ms =
+                    u64::try_from(self.history.retention.as_millis()).unwrap_or(u64::MAX);
+                ops.push(Op::Checkpoint {
+                    name: self.name.clone(),
+                    bundle,
+                    through_seq: self.twin.state().last_seq,
+                });
+                ops.push(Op::Prune {
+                    name: self.name.clone(),
+                    before_ms: (now_us() / 1000).saturating_sub(retention_ms),
+                    max_rows: self.history.max_rows,
+                });
+                Some(checkpoint)
+            }
+            Err(e) => {
+                self.failed(&format!("{e:#}"));
+                None
+            }
+        }
+    }
+
+    /// Applies one PT message; if it changed the state, returns the store
+    /// write that records it.
     fn apply(
         &mut self,
         updates: &[Update],
         checkpoint: Option<&Checkpoint>,
         replay: &[Vec<Update>],
-    ) -> bool {
-        let Some(update) = updates.first() else {
-            return false;
-        };
+    ) -> Option<Op> {
+        let update = updates.first()?;
         let started = Instant::now();
         match self.twin.apply_message(updates) {
             Ok((Applied::Changed(effects), refused)) => {
@@ -182,11 +237,6 @@ impl Worker {
                     .observe(started.elapsed().as_secs_f64());
                 let mut shared = self.shared();
                 shared.state = self.twin.state().clone();
-                for (property, _) in &effects.changes {
-                    shared
-                        .changed
-                        .insert(property.clone(), (committed_us / 1000, update.seq));
-                }
                 let timeliness_us =
                     shared
                         .entanglement
@@ -199,18 +249,38 @@ impl Worker {
                 for (event, data) in &effects.events {
                     tracing::info!(twin = %self.name, seq = update.seq, %event, %data, "event");
                 }
-                true
+                let change = Change {
+                    seq: update.seq,
+                    ts_ms: update.ts_ms,
+                    committed_ms: committed_us / 1000,
+                    changes: effects.changes.into_iter().collect(),
+                    events: effects
+                        .events
+                        .into_iter()
+                        .map(|(name, data)| EventView { name, data })
+                        .collect(),
+                };
+                let op = Op::Applied {
+                    name: self.name.clone(),
+                    seq: update.seq,
+                    ts_ms: update.ts_ms,
+                    updates: updates.to_vec(),
+                    changes: change.changes.clone(),
+                };
+                // Nobody listening is not an error.
+                let _ = self.changes.send(change);
+                Some(op)
             }
             Ok((Applied::Duplicate { .. }, _)) => {
                 self.metrics.duplicates.get_or_create(&self.label()).inc();
-                false
+                None
             }
             Err(error) => {
                 self.failed(&error.to_string());
                 if error.failure.poisons() {
                     self.recover(&error, checkpoint, replay);
                 }
-                false
+                None
             }
         }
     }

@@ -23,6 +23,19 @@ pub struct BrokerAddress {
     pub tls: bool,
     /// User name and password, if the broker wants them.
     pub credentials: Option<(String, String)>,
+    /// PEM certificates of the CAs that may sign the broker's certificate
+    /// (`mqtts://` only); the system's roots when absent.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl BrokerAddress {
+    /// This address with `other`'s login and trust (the node's MQTT
+    /// settings apply to the brokers specs name).
+    pub fn with_login_of(mut self, other: &BrokerAddress) -> Self {
+        self.credentials = other.credentials.clone();
+        self.ca_pem = other.ca_pem.clone();
+        self
+    }
 }
 
 impl std::str::FromStr for BrokerAddress {
@@ -53,6 +66,7 @@ impl std::str::FromStr for BrokerAddress {
             port,
             tls,
             credentials: None,
+            ca_pem: None,
         })
     }
 }
@@ -105,10 +119,19 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// How long [`connect`] waits for the broker to confirm the subscription
+/// before returning anyway (the session keeps trying in the background).
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
 /// Connects `client_id` to `broker`, subscribes to `topics` at `qos`, and
 /// forwards every message to `inbound`. The session is persistent, so a
 /// restarted node gets what it had not acknowledged. Reconnects with
 /// exponential backoff until the returned link is closed.
+///
+/// Returns once the broker has confirmed the subscription, so nothing
+/// published after that is missed (or after [`SUBSCRIBE_WAIT`], with a
+/// warning, when the broker cannot be reached yet). Blocks: call it off the
+/// async threads.
 pub fn connect(
     broker: &BrokerAddress,
     client_id: &str,
@@ -127,7 +150,14 @@ pub fn connect(
         options.set_credentials(user.clone(), password.clone());
     }
     if broker.tls {
-        options.set_transport(rumqttc::Transport::tls_with_default_config());
+        options.set_transport(match &broker.ca_pem {
+            Some(ca) => rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
+                ca: ca.clone(),
+                alpn: None,
+                client_auth: None,
+            }),
+            None => rumqttc::Transport::tls_with_default_config(),
+        });
     }
     let (client, eventloop) = AsyncClient::new(options, 256);
     let qos = if qos == 0 {
@@ -135,60 +165,80 @@ pub fn connect(
     } else {
         QoS::AtLeastOnce
     };
-    tokio::spawn(drive(
-        eventloop,
-        client.clone(),
+    let (subscribed, confirmed) = std::sync::mpsc::channel();
+    let session = Session {
+        client: client.clone(),
         topics,
         qos,
         inbound,
-        client_id.to_string(),
-    ));
+        client_id: client_id.to_string(),
+        subscribed,
+    };
+    tokio::spawn(session.drive(eventloop));
+    if confirmed.recv_timeout(SUBSCRIBE_WAIT).is_err() {
+        tracing::warn!(
+            client = %client_id,
+            broker = %format!("{}:{}", broker.host, broker.port),
+            "the broker has not confirmed the subscription yet; still trying"
+        );
+    }
     Ok(Link { client })
 }
 
-async fn drive(
-    mut eventloop: EventLoop,
+/// One twin's MQTT session, driven by its event loop.
+struct Session {
     client: AsyncClient,
     topics: Vec<String>,
     qos: QoS,
     inbound: mpsc::Sender<Inbound>,
     client_id: String,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                backoff = Duration::from_millis(100);
-                tracing::info!(client = %client_id, "connected to the broker");
-                for topic in &topics {
-                    if let Err(e) = client.subscribe(topic.clone(), qos).await {
-                        tracing::warn!(client = %client_id, %topic, "cannot subscribe: {e}");
+    subscribed: std::sync::mpsc::Sender<()>,
+}
+
+impl Session {
+    async fn drive(self, mut eventloop: EventLoop) {
+        let client_id = &self.client_id;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(client = %client_id, "connected to the broker");
+                    let filters = self
+                        .topics
+                        .iter()
+                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), self.qos));
+                    if let Err(e) = self.client.subscribe_many(filters).await {
+                        tracing::warn!(client = %client_id, "cannot subscribe: {e}");
                     }
                 }
-            }
-            Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                let packet = (publish.qos != QoS::AtMostOnce).then(|| publish.clone());
-                let message = Inbound {
-                    topic: publish.topic,
-                    payload: publish.payload,
-                    received_us: now_us(),
-                    packet,
-                };
-                // A full queue holds the event loop, and with it the TCP
-                // connection: the broker keeps the rest.
-                if inbound.send(message).await.is_err() {
-                    return; // the twin is gone
+                Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                    let _ = self.subscribed.send(());
                 }
-            }
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
-            Ok(_) => {}
-            Err(e) => {
-                if inbound.is_closed() {
-                    return;
+                Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                    let packet = (publish.qos != QoS::AtMostOnce).then(|| publish.clone());
+                    let message = Inbound {
+                        topic: publish.topic,
+                        payload: publish.payload,
+                        received_us: now_us(),
+                        packet,
+                    };
+                    // A full queue holds the event loop, and with it the TCP
+                    // connection: the broker keeps the rest.
+                    if self.inbound.send(message).await.is_err() {
+                        return; // the twin is gone
+                    }
                 }
-                tracing::warn!(client = %client_id, "broker connection lost: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    if self.inbound.is_closed() {
+                        return;
+                    }
+                    tracing::warn!(client = %client_id, "broker connection lost: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
             }
         }
     }

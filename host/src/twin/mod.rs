@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::checkpoint::{Checkpoint, GUEST_SECTION, ModelInfo, TWIN_SECTION};
 use crate::runtime::{
-    ActionOutcome, GuestError, Limits, ModelComponent, ModelInstance, Runtime, Update,
+    ActionOutcome, Description, GuestError, Limits, ModelComponent, ModelInstance, Runtime, Update,
     UpdateEffects,
 };
 
@@ -27,6 +27,21 @@ pub struct TwinState {
     pub last_seq: Option<u64>,
     /// Updates applied since the twin was created.
     pub updates_applied: u64,
+    /// For each property, the PT timestamp (ms since the Unix epoch) and
+    /// sequence number of the update that last changed it: how old the
+    /// observation behind its value is.
+    #[serde(default)]
+    pub changed: BTreeMap<String, Observed>,
+}
+
+/// The update behind a property's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Observed {
+    /// When the PT produced the update, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// Its sequence number.
+    pub seq: u64,
 }
 
 /// What happened to an update.
@@ -56,17 +71,19 @@ pub struct Twin {
     name: String,
     instance: ModelInstance,
     model: ModelInfo,
+    description: Description,
     state: TwinState,
 }
 
-fn model_info(instance: &mut ModelInstance) -> Result<ModelInfo, GuestError> {
+fn model_info(instance: &mut ModelInstance) -> Result<(ModelInfo, Description), GuestError> {
     let description = instance.describe()?;
-    Ok(ModelInfo {
-        name: description.name,
-        version: description.version,
+    let info = ModelInfo {
+        name: description.name.clone(),
+        version: description.version.clone(),
         component: instance.component(),
         state_version: description.state_version,
-    })
+    };
+    Ok((info, description))
 }
 
 impl Twin {
@@ -80,12 +97,13 @@ impl Twin {
         config: &Value,
     ) -> anyhow::Result<Self> {
         let mut instance = ModelInstance::new(runtime, component, name, limits)?;
-        let model = model_info(&mut instance)?;
+        let (model, description) = model_info(&mut instance)?;
         instance.init(config)?;
         Ok(Self {
             name: name.to_string(),
             instance,
             model,
+            description,
             state: TwinState::default(),
         })
     }
@@ -112,7 +130,7 @@ impl Twin {
         )
         .context("checkpoint's twin state is malformed")?;
         let mut instance = ModelInstance::new(runtime, component, &checkpoint.twin, limits)?;
-        let model = model_info(&mut instance)?;
+        let (model, description) = model_info(&mut instance)?;
         let from = &checkpoint.model;
         if from.name != model.name {
             bail!(
@@ -148,6 +166,7 @@ impl Twin {
             name: checkpoint.twin.clone(),
             instance,
             model,
+            description,
             state,
         })
     }
@@ -162,6 +181,11 @@ impl Twin {
         &self.model
     }
 
+    /// What the model offers: properties, actions, events.
+    pub fn description(&self) -> &Description {
+        &self.description
+    }
+
     /// The host's view of the twin.
     pub fn state(&self) -> &TwinState {
         &self.state
@@ -174,7 +198,7 @@ impl Twin {
             return Ok(Applied::Duplicate { last_seq });
         }
         let effects = self.instance.on_update(update)?;
-        self.commit(update.seq, &effects);
+        self.commit(update, &effects);
         Ok(Applied::Changed(effects))
     }
 
@@ -187,10 +211,10 @@ impl Twin {
         &mut self,
         updates: &[Update],
     ) -> Result<(Applied, Vec<GuestError>), GuestError> {
-        let Some(seq) = updates.first().map(|u| u.seq) else {
+        let Some(first) = updates.first() else {
             return Ok((Applied::Changed(UpdateEffects::default()), Vec::new()));
         };
-        if let Some(last_seq) = self.duplicate_of(seq) {
+        if let Some(last_seq) = self.duplicate_of(first.seq) {
             return Ok((Applied::Duplicate { last_seq }, Vec::new()));
         }
         let mut effects = UpdateEffects::default();
@@ -206,7 +230,7 @@ impl Twin {
                 Err(e) => return Err(e),
             }
         }
-        self.commit(seq, &effects);
+        self.commit(first, &effects);
         Ok((Applied::Changed(effects), refused))
     }
 
@@ -214,13 +238,18 @@ impl Twin {
         self.state.last_seq.filter(|&last| seq <= last)
     }
 
-    fn commit(&mut self, seq: u64, effects: &UpdateEffects) {
+    fn commit(&mut self, update: &Update, effects: &UpdateEffects) {
+        let observed = Observed {
+            ts_ms: update.ts_ms,
+            seq: update.seq,
+        };
         for (property, value) in &effects.changes {
             self.state
                 .properties
                 .insert(property.clone(), value.clone());
+            self.state.changed.insert(property.clone(), observed);
         }
-        self.state.last_seq = Some(seq);
+        self.state.last_seq = Some(update.seq);
         self.state.updates_applied += 1;
     }
 

@@ -1,0 +1,448 @@
+//! The node's durable memory: twin specs, checkpoints, the journal of
+//! messages applied since each twin's last checkpoint, and property
+//! history, in one embedded `redb` database in the node's data directory.
+//!
+//! Why redb: pure Rust (no C toolchain on edge targets), one file,
+//! ACID transactions with crash safety by copy-on-write B-trees, ordered
+//! tuple keys for time-range scans, and actively maintained.
+//!
+//! All writes go through one writer thread that groups whatever is waiting
+//! into one transaction and one `fsync` (group commit), then runs each
+//! write's completion. Twins acknowledge their MQTT messages in those
+//! completions, so an acknowledged message is on disk: after a crash a twin
+//! resumes from its checkpoint plus its journal, and the broker redelivers
+//! the rest.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+
+use anyhow::Context;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::runtime::Update;
+
+/// name → spec JSON.
+const SPECS: TableDefinition<&str, &str> = TableDefinition::new("specs");
+/// name → checkpoint bundle.
+const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+/// (name, seq) → the updates of a message applied after the checkpoint, JSON.
+const JOURNAL: TableDefinition<(&str, u64), &str> = TableDefinition::new("journal");
+/// (name, PT timestamp ms, seq) → the properties the message changed, JSON.
+const HISTORY: TableDefinition<(&str, u64, u64), &str> = TableDefinition::new("history");
+/// name → rows in HISTORY.
+const HISTORY_ROWS: TableDefinition<&str, u64> = TableDefinition::new("history_rows");
+
+/// Called once a write is on disk (or failed).
+pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// One change to the store.
+pub enum Op {
+    /// Remember a twin's spec (replacing any earlier one).
+    Spec { name: String, json: String },
+    /// Forget everything about a twin.
+    Forget { name: String },
+    /// A message applied: journal it and record the changes it made.
+    Applied {
+        name: String,
+        seq: u64,
+        ts_ms: u64,
+        updates: Vec<Update>,
+        changes: BTreeMap<String, Value>,
+    },
+    /// A new checkpoint; the journal up to `through_seq` is no longer needed.
+    Checkpoint {
+        name: String,
+        bundle: Vec<u8>,
+        through_seq: Option<u64>,
+    },
+    /// Drop history older than `before_ms` and beyond `max_rows`.
+    Prune {
+        name: String,
+        before_ms: u64,
+        max_rows: u64,
+    },
+}
+
+/// One point of a property's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point {
+    /// When the PT observed it, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// The PT's sequence number.
+    pub seq: u64,
+    /// The property's new value.
+    pub value: Value,
+}
+
+/// What a twin left behind: enough to resume it.
+pub struct Saved {
+    /// The spec, as JSON.
+    pub spec: String,
+    /// The last checkpoint, if one was taken.
+    pub checkpoint: Option<Vec<u8>>,
+    /// Messages applied after that checkpoint, in order.
+    pub journal: Vec<Vec<Update>>,
+}
+
+/// Handle to the store; cheap to clone. When the last handle goes, the
+/// writer finishes what is queued and the database is closed.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    writes: Option<std_mpsc::Sender<Write>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+type Write = (Vec<Op>, Option<Done>);
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.writes.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Writes grouped into one transaction at most.
+const GROUP_MAX: usize = 4096;
+
+impl Store {
+    /// Opens (or creates) the store at `dir/wasmtwin.redb`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the data directory {}", dir.display()))?;
+        let path = dir.join("wasmtwin.redb");
+        let db = Database::create(&path)
+            .with_context(|| format!("opening the node's store {}", path.display()))?;
+        let db = Arc::new(db);
+        let (writes, queue) = std_mpsc::channel();
+        let for_writer = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(&for_writer, &queue))
+            .context("starting the store's writer")?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                writes: Some(writes),
+                writer: Some(writer),
+            }),
+        })
+    }
+
+    /// Queues `ops` to be written in one transaction; `done` runs once they
+    /// are durable.
+    pub fn write(&self, ops: Vec<Op>, done: Option<Done>) {
+        let Some(writes) = &self.inner.writes else {
+            return;
+        };
+        if let Err(std_mpsc::SendError((_, Some(done)))) = writes.send((ops, done)) {
+            done(Err("the store is closed".into()));
+        }
+    }
+
+    /// Writes `ops` and waits until they are durable.
+    pub fn write_now(&self, ops: Vec<Op>) -> anyhow::Result<()> {
+        let (tx, rx) = std_mpsc::channel();
+        self.write(
+            ops,
+            Some(Box::new(move |r| {
+                let _ = tx.send(r);
+            })),
+        );
+        rx.recv()
+            .map_err(|_| anyhow::anyhow!("the store's writer stopped"))?
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Every twin the store knows, with what is needed to resume it.
+    pub fn saved(&self) -> anyhow::Result<Vec<(String, Saved)>> {
+        let read = self.inner.db.begin_read()?;
+        let Some(specs) = open_read(&read, SPECS)? else {
+            return Ok(Vec::new());
+        };
+        let checkpoints = open_read(&read, CHECKPOINTS)?;
+        let journal = open_read(&read, JOURNAL)?;
+        let mut saved = Vec::new();
+        for entry in specs.iter()? {
+            let (name, spec) = entry?;
+            let name = name.value().to_string();
+            let checkpoint = match &checkpoints {
+                Some(t) => t.get(name.as_str())?.map(|b| b.value().to_vec()),
+                None => None,
+            };
+            let mut messages = Vec::new();
+            if let Some(t) = &journal {
+                for entry in t.range((name.as_str(), 0)..=(name.as_str(), u64::MAX))? {
+                    let (_, updates) = entry?;
+                    messages.push(
+                        serde_json::from_str(updates.value())
+                            .with_context(|| format!("twin `{name}`'s journal is malformed"))?,
+                    );
+                }
+            }
+            saved.push((
+                name,
+                Saved {
+                    spec: spec.value().to_string(),
+                    checkpoint,
+                    journal: messages,
+                },
+            ));
+        }
+        Ok(saved)
+    }
+
+    /// A property's history between `from_ms` and `to_ms` (inclusive), oldest
+    /// first, at most `limit` points.
+    pub fn history(
+        &self,
+        name: &str,
+        property: &str,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Point>> {
+        let read = self.inner.db.begin_read()?;
+        let Some(table) = open_read(&read, HISTORY)? else {
+            return Ok(Vec::new());
+        };
+        let mut points = Vec::new();
+        for entry in table.range((name, from_ms, 0)..=(name, to_ms, u64::MAX))? {
+            let (key, changes) = entry?;
+            let (_, ts_ms, seq) = key.value();
+            let mut changes: serde_json::Map<String, Value> =
+                serde_json::from_str(changes.value()).context("a history row is malformed")?;
+            if let Some(value) = changes.remove(property) {
+                points.push(Point { ts_ms, seq, value });
+                if points.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(points)
+    }
+}
+
+fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(
+    read: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> anyhow::Result<Option<redb::ReadOnlyTable<K, V>>> {
+    match read.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_loop(db: &Database, queue: &std_mpsc::Receiver<Write>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match queue.try_recv() {
+                Ok(more) => group.push(more),
+                Err(_) => break,
+            }
+        }
+        let result = commit(db, group.iter().flat_map(|(ops, _)| ops)).map_err(|e| {
+            tracing::error!("the node's store could not write: {e:#}");
+            format!("{e:#}")
+        });
+        for (_, done) in group {
+            if let Some(done) = done {
+                done(result.clone());
+            }
+        }
+    }
+}
+
+fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Result<()> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    {
+        let mut specs = tx.open_table(SPECS)?;
+        let mut checkpoints = tx.open_table(CHECKPOINTS)?;
+        let mut journal = tx.open_table(JOURNAL)?;
+        let mut history = tx.open_table(HISTORY)?;
+        let mut rows = tx.open_table(HISTORY_ROWS)?;
+        for op in ops {
+            match op {
+                Op::Spec { name, json } => {
+                    specs.insert(name.as_str(), json.as_str())?;
+                }
+                Op::Forget { name } => {
+                    let n = name.as_str();
+                    specs.remove(n)?;
+                    checkpoints.remove(n)?;
+                    rows.remove(n)?;
+                    journal.retain_in((n, 0)..=(n, u64::MAX), |_, _| false)?;
+                    history.retain_in((n, 0, 0)..=(n, u64::MAX, u64::MAX), |_, _| false)?;
+                }
+                Op::Applied {
+                    name,
+                    seq,
+                    ts_ms,
+                    updates,
+                    changes,
+                } => {
+                    let n = name.as_str();
+                    journal.insert((n, *seq), serde_json::to_string(updates)?.as_str())?;
+                    if !changes.is_empty() {
+                        let fresh = history
+                            .insert((n, *ts_ms, *seq), serde_json::to_string(changes)?.as_str())?
+                            .is_none();
+                        if fresh {
+                            let count = rows.get(n)?.map(|c| c.value()).unwrap_or(0);
+                            rows.insert(n, count + 1)?;
+                        }
+                    }
+                }
+                Op::Checkpoint {
+                    name,
+                    bundle,
+                    through_seq,
+                } => {
+                    let n = name.as_str();
+                    checkpoints.insert(n, bundle.as_slice())?;
+                    if let Some(through) = *through_seq {
+                        journal.retain_in((n, 0)..=(n, through), |_, _| false)?;
+                    }
+                }
+                Op::Prune {
+                    name,
+                    before_ms,
+                    max_rows,
+                } => {
+                    let n = name.as_str();
+                    let count = rows.get(n)?.map(|c| c.value()).unwrap_or(0);
+                    let mut excess = count.saturating_sub(*max_rows);
+                    let mut removed = 0u64;
+                    // Oldest first: rows are keyed by timestamp.
+                    history.retain_in((n, 0, 0)..=(n, u64::MAX, u64::MAX), |(_, ts, _), _| {
+                        let gone = excess > 0 || ts < *before_ms;
+                        if gone {
+                            excess = excess.saturating_sub(1);
+                            removed += 1;
+                        }
+                        !gone
+                    })?;
+                    rows.insert(n, count - removed.min(count))?;
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn applied(name: &str, seq: u64, ts_ms: u64, value: f64) -> Op {
+        Op::Applied {
+            name: name.into(),
+            seq,
+            ts_ms,
+            updates: vec![Update {
+                seq,
+                ts_ms,
+                property: "t".into(),
+                value: json!(value),
+            }],
+            changes: [("t".to_string(), json!(value))].into(),
+        }
+    }
+
+    #[test]
+    fn specs_checkpoints_and_journal_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .write_now(vec![Op::Spec {
+                    name: "a".into(),
+                    json: "{}".into(),
+                }])
+                .unwrap();
+            let ops = (1..=5)
+                .map(|s| applied("a", s, 1000 + s, s as f64))
+                .collect();
+            store.write_now(ops).unwrap();
+            store
+                .write_now(vec![Op::Checkpoint {
+                    name: "a".into(),
+                    bundle: b"ckp".to_vec(),
+                    through_seq: Some(3),
+                }])
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let saved = store.saved().unwrap();
+        assert_eq!(saved.len(), 1);
+        let (name, a) = &saved[0];
+        assert_eq!(name, "a");
+        assert_eq!(a.checkpoint.as_deref(), Some(&b"ckp"[..]));
+        let seqs: Vec<u64> = a.journal.iter().map(|m| m[0].seq).collect();
+        assert_eq!(seqs, [4, 5], "only what came after the checkpoint");
+    }
+
+    #[test]
+    fn history_is_ranged_filtered_and_pruned_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ops = (1..=10)
+            .map(|s| applied("a", s, 1000 * s, s as f64))
+            .collect();
+        store.write_now(ops).unwrap();
+        store.write_now(vec![applied("b", 1, 5000, 99.0)]).unwrap();
+        let points = store.history("a", "t", 3000, 5000, 100).unwrap();
+        let seqs: Vec<u64> = points.iter().map(|p| p.seq).collect();
+        assert_eq!(seqs, [3, 4, 5]);
+        assert_eq!(points[0].value, json!(3.0));
+        assert!(
+            store
+                .history("a", "other", 0, u64::MAX, 100)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.history("a", "t", 0, u64::MAX, 2).unwrap().len(), 2);
+
+        store
+            .write_now(vec![Op::Prune {
+                name: "a".into(),
+                before_ms: 2500,
+                max_rows: 6,
+            }])
+            .unwrap();
+        let left: Vec<u64> = store
+            .history("a", "t", 0, u64::MAX, 100)
+            .unwrap()
+            .iter()
+            .map(|p| p.seq)
+            .collect();
+        assert_eq!(left, [5, 6, 7, 8, 9, 10]);
+        assert_eq!(store.history("b", "t", 0, u64::MAX, 100).unwrap().len(), 1);
+
+        store
+            .write_now(vec![Op::Forget { name: "a".into() }])
+            .unwrap();
+        assert!(
+            store
+                .history("a", "t", 0, u64::MAX, 100)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.history("b", "t", 0, u64::MAX, 100).unwrap().len(), 1);
+    }
+}
