@@ -2,27 +2,26 @@
 //! simulated motor, driven through the HTTP APIs and `wasmtwin apply`.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use wasmtwin_tests::cli::{arg, ok};
+use wasmtwin_tests::node::{Api, Node, wait_for};
 use wasmtwin_tests::plugin;
 use wasmtwin_tests::servers::free_port;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
+/// `wasmtwin up` on free ports, with its data in `data`.
 struct Up {
-    child: Child,
-    base: String,
+    node: Node,
     mqtt: u16,
-    http: reqwest::blocking::Client,
 }
 
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Up {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.node.api
     }
 }
 
@@ -34,69 +33,30 @@ impl Up {
     fn start_on(data: &Path, http_port: u16, mqtt: u16, rate: u32) -> Self {
         // Builds the plugins `up` needs.
         let plugins = plugin("machine").parent().unwrap().to_path_buf();
-        let child = Command::new(env!("CARGO_BIN_EXE_wasmtwin"))
-            .args([
-                "up",
-                "--token",
-                TOKEN,
-                "--rate",
-                &rate.to_string(),
-                "--data",
-                arg(data),
-                "--plugins",
-                arg(&plugins),
-            ])
-            .args([
-                "--http",
-                &format!("127.0.0.1:{http_port}"),
-                "--mqtt",
-                &format!("127.0.0.1:{mqtt}"),
-            ])
-            .env("WASMTWIN_LOG", "warn")
-            .env("WASMTWIN_CACHE_DIR", data.join("cache"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting wasmtwin up");
-        let up = Self {
-            child,
-            base: format!("http://127.0.0.1:{http_port}"),
-            mqtt,
-            http: reqwest::blocking::Client::new(),
-        };
-        up.wait_for(|| up.get("/healthz").0 == 200, "the node to serve HTTP");
-        up
+        let args = [
+            "up",
+            "--token",
+            TOKEN,
+            "--rate",
+            &rate.to_string(),
+            "--data",
+            arg(data),
+            "--plugins",
+            arg(&plugins),
+            "--http",
+            &format!("127.0.0.1:{http_port}"),
+            "--mqtt",
+            &format!("127.0.0.1:{mqtt}"),
+            "--cache-dir",
+            arg(&data.join("cache")),
+        ]
+        .map(String::from);
+        let node = Node::spawn(env!("CARGO_BIN_EXE_wasmtwin"), &args, http_port, TOKEN);
+        Self { node, mqtt }
     }
 
-    fn get(&self, path: &str) -> (u16, String) {
-        match self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
-            .send()
-        {
-            Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
-            Err(_) => (0, String::new()),
-        }
-    }
-
-    fn json_or_none(&self, path: &str) -> Option<Value> {
-        let (status, body) = self.get(path);
-        (status == 200).then(|| serde_json::from_str(&body).unwrap())
-    }
-
-    fn json(&self, path: &str) -> Value {
-        let (status, body) = self.get(path);
-        assert_eq!(status, 200, "{path}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn wait_for(&self, mut condition: impl FnMut() -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !condition() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    fn wait_for(&self, condition: impl FnMut() -> bool, what: &str) {
+        wait_for(condition, what);
     }
 }
 
@@ -392,8 +352,8 @@ fn a_killed_node_resumes_its_twins_from_the_store() {
         || up.json("/v1/twins/motor-1")["updatesApplied"].as_u64() >= Some(300),
         "300 updates (past the first checkpoint)",
     );
-    let _ = up.child.kill(); // SIGKILL: no clean shutdown
-    let _ = up.child.wait();
+    let _ = up.node.child.kill(); // SIGKILL: no clean shutdown
+    let _ = up.node.child.wait();
     let before = up.json_or_none("/v1/twins/motor-1");
     assert!(before.is_none(), "the node is down");
     drop(up);

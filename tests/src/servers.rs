@@ -125,3 +125,266 @@ pub fn curl(args: &[&str]) -> Vec<u8> {
     );
     output.stdout
 }
+
+/// Runs a command that must succeed (certificate and password tools).
+fn tool(program: &str, package: &str, args: &[&str]) {
+    let output = Command::new(require(program, package))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Files for a TLS broker: a CA, and a server certificate for 127.0.0.1
+/// that it signed (made with the `openssl` command).
+pub struct TlsFiles {
+    /// The CA's certificate, PEM.
+    pub ca: PathBuf,
+    /// The server's certificate, PEM.
+    pub cert: PathBuf,
+    /// The server's private key, PEM.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes a fresh CA and server certificate in `dir`.
+    pub fn make(dir: &std::path::Path) -> Self {
+        let path = |name: &str| dir.join(name);
+        let s = |p: &PathBuf| p.to_str().expect("utf-8 path").to_string();
+        let (ca_key, ca, key, csr, cert, ext) = (
+            path("ca.key"),
+            path("ca.pem"),
+            path("server.key"),
+            path("server.csr"),
+            path("server.pem"),
+            path("server.ext"),
+        );
+        tool(
+            "openssl",
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=wasmtwin test CA",
+                "-keyout",
+                &s(&ca_key),
+                "-out",
+                &s(&ca),
+            ],
+        );
+        tool(
+            "openssl",
+            "openssl",
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                &s(&key),
+                "-out",
+                &s(&csr),
+            ],
+        );
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("writing the certificate extensions");
+        tool(
+            "openssl",
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &s(&csr),
+                "-CA",
+                &s(&ca),
+                "-CAkey",
+                &s(&ca_key),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &s(&ext),
+                "-out",
+                &s(&cert),
+            ],
+        );
+        Self { ca, cert, key }
+    }
+}
+
+/// A Mosquitto broker serving on 127.0.0.1.
+pub struct Mosquitto {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    /// With TLS: the files, so clients can trust it.
+    pub tls: Option<TlsFiles>,
+    dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts a broker open to anonymous clients.
+    pub fn start() -> Self {
+        Self::start_with(None, false)
+    }
+
+    /// Starts a broker that speaks only TLS and wants `user`/`password`.
+    pub fn start_secured(user: &str, password: &str) -> Self {
+        Self::start_with(Some((user, password)), true)
+    }
+
+    fn start_with(login: Option<(&str, &str)>, tls: bool) -> Self {
+        let mosquitto = require("mosquitto", "mosquitto");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut config = format!(
+            "listener {port} 127.0.0.1\npersistence false\nlog_dest none\nmax_queued_messages 100000\n"
+        );
+        // Started as root, Mosquitto would switch to its own user, which
+        // cannot read our temporary files.
+        let uid = Command::new("id").arg("-u").output().map(|o| o.stdout);
+        if uid.is_ok_and(|id| id == b"0\n") {
+            config.push_str("user root\n");
+        }
+        match login {
+            Some((user, password)) => {
+                let file = dir.path().join("passwd");
+                std::fs::write(&file, "").expect("creating the password file");
+                tool(
+                    "mosquitto_passwd",
+                    "mosquitto",
+                    &["-b", file.to_str().expect("utf-8 path"), user, password],
+                );
+                config.push_str(&format!(
+                    "allow_anonymous false\npassword_file {}\n",
+                    file.display()
+                ));
+            }
+            None => config.push_str("allow_anonymous true\n"),
+        }
+        let tls = tls.then(|| {
+            let files = TlsFiles::make(dir.path());
+            config.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\n",
+                files.ca.display(),
+                files.cert.display(),
+                files.key.display()
+            ));
+            files
+        });
+        let file = dir.path().join("mosquitto.conf");
+        std::fs::write(&file, config).expect("writing the Mosquitto config");
+        let mut child = Command::new(mosquitto)
+            .arg("-c")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mosquitto");
+        wait_for_port(port, &mut child, "mosquitto");
+        Self {
+            child,
+            port,
+            tls,
+            dir,
+        }
+    }
+
+    /// Arguments for `mosquitto_pub`/`mosquitto_sub` to reach this broker.
+    pub fn client_args(&self, login: Option<(&str, &str)>) -> Vec<String> {
+        let mut args = vec![
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            self.port.to_string(),
+        ];
+        if let Some(tls) = &self.tls {
+            args.extend(["--cafile".into(), tls.ca.display().to_string()]);
+        }
+        if let Some((user, password)) = login {
+            args.extend(["-u".into(), user.into(), "-P".into(), password.into()]);
+        }
+        args
+    }
+
+    /// A scratch directory that lives as long as the broker.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Prometheus server scraping one target every second.
+pub struct Prometheus {
+    child: Child,
+    /// Its HTTP port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `target` (`HOST:PORT`, path `/metrics`).
+    pub fn start(target: &str) -> Self {
+        let prometheus = require("prometheus", "prometheus");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: wasmtwin\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("writing the Prometheus config");
+        let mut child = Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus");
+        wait_for_port(port, &mut child, "prometheus");
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

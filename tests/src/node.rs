@@ -1,0 +1,123 @@
+//! A running `wasmtwin` node (from `up` or `host`) and its HTTP APIs, as
+//! the end-to-end tests drive them.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Waits up to 30 s for `condition`.
+pub fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A node's HTTP APIs, called with a bearer token.
+pub struct Api {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The token.
+    pub token: String,
+    /// The client.
+    pub http: reqwest::blocking::Client,
+}
+
+impl Api {
+    /// The APIs at `base`.
+    pub fn new(base: String, token: &str) -> Self {
+        Self {
+            base,
+            token: token.to_string(),
+            http: reqwest::blocking::Client::new(),
+        }
+    }
+
+    /// `GET path`: status (0 when unreachable) and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let request = self.http.get(format!("{}{path}", self.base));
+        Self::send(request.bearer_auth(&self.token))
+    }
+
+    /// `POST path` with `body`: status and body.
+    pub fn post(&self, path: &str, body: &str) -> (u16, String) {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .body(body.to_string());
+        Self::send(request.bearer_auth(&self.token))
+    }
+
+    fn send(request: reqwest::blocking::RequestBuilder) -> (u16, String) {
+        match request.send() {
+            Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// `GET path`, which must answer 200 with JSON.
+    pub fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("a JSON answer")
+    }
+
+    /// `GET path` as JSON if it answers 200.
+    pub fn json_or_none(&self, path: &str) -> Option<Value> {
+        let (status, body) = self.get(path);
+        (status == 200).then(|| serde_json::from_str(&body).expect("a JSON answer"))
+    }
+
+    /// Waits until `twin` has applied at least `n` updates.
+    pub fn wait_for_updates(&self, twin: &str, n: u64) {
+        wait_for(
+            || {
+                self.json_or_none(&format!("/v1/twins/{twin}"))
+                    .and_then(|t| t["updatesApplied"].as_u64())
+                    >= Some(n)
+            },
+            &format!("{twin} to apply {n} updates"),
+        );
+    }
+}
+
+/// A `wasmtwin` process serving HTTP; killed when dropped.
+pub struct Node {
+    /// The process.
+    pub child: Child,
+    /// Its APIs.
+    pub api: Api,
+}
+
+impl Node {
+    /// Runs `bin` with `args` (which make it serve HTTP on `http_port`) and
+    /// waits until it answers `/healthz`.
+    pub fn spawn(bin: &str, args: &[String], http_port: u16, token: &str) -> Self {
+        let child = Command::new(bin)
+            .args(args)
+            .env("WASMTWIN_LOG", "warn")
+            .env_remove("WASMTWIN_TRUST")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting wasmtwin");
+        let node = Self {
+            child,
+            api: Api::new(format!("http://127.0.0.1:{http_port}"), token),
+        };
+        wait_for(
+            || node.api.get("/healthz").0 == 200,
+            "the node to serve HTTP",
+        );
+        node
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
