@@ -219,6 +219,26 @@ spec:
     // The spec as the node runs it.
     let running = up.json("/v1/twins/motor-2/spec");
     assert_eq!(running["spec"]["model"]["config"]["temperature_alarm"], 80);
+
+    // Another topic is another twin: replaced, and it starts anew.
+    let moved = spec("{}").replace("[plant/motor-2/telemetry]", "[plant/motor-2b/telemetry]");
+    assert!(ok(apply(&moved)).contains("\"replaced\""));
+    let running = up.json("/v1/twins/motor-2/spec");
+    assert_eq!(
+        running["spec"]["physical"]["topics"][0],
+        "plant/motor-2b/telemetry"
+    );
+    assert_eq!(up.json("/v1/twins/motor-2")["updatesApplied"], 0);
+    let (status, _) = up.get("/v1/twins/motor-2");
+    assert_eq!(status, 200);
+    let deleted = up
+        .http
+        .delete(format!("{}/v1/twins/motor-2", up.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    assert_eq!(up.get("/v1/twins/motor-2").0, 404);
 }
 
 /// Reads server-sent events from `response` until `n` of kind `event` came,

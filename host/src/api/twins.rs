@@ -304,9 +304,11 @@ fn spec_error(e: SpecError) -> Response {
 }
 
 async fn delete(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
-    match node.delete(&name) {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => node_error(e),
+    // Waits for the twin's worker to finish: off the I/O threads.
+    match tokio::task::spawn_blocking(move || node.delete(&name)).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => node_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -203,7 +203,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
             },
             runtime,
             store,
-        ));
+        )?);
         resume(&node).await?;
         serve(node, args.http, auth, args.max_requests).await
     })?;

@@ -144,7 +144,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
             },
             runtime,
             store,
-        ));
+        )?);
         super::host::resume(&node).await?;
         let applying = node.clone();
         tokio::task::spawn_blocking(move || applying.apply(spec)).await??;
@@ -179,6 +179,11 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         println!(
             "                curl -X POST -H 'Authorization: Bearer {token}' {base}/v1/twins/motor-1/actions/stop"
         );
+        println!(
+            "                curl -N -H 'Authorization: Bearer {token}' {base}/v1/twins/motor-1/stream"
+        );
+        println!("  history:      {base}/v1/twins/motor-1/history?property=temperature");
+        println!("  description:  {base}/v1/twins/motor-1/td");
         super::host::serve(
             node,
             args.http,

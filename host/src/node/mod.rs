@@ -55,7 +55,8 @@ struct Hosted {
     shared: Arc<Mutex<Shared>>,
     changes: broadcast::Sender<Change>,
     link: Link,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Signalled when the worker has finished.
+    finished: std::sync::mpsc::Receiver<()>,
 }
 
 /// A twin ready to connect: components compiled, instance created.
@@ -64,6 +65,18 @@ struct Prepared {
     adapter: crate::runtime::AdapterComponent,
     limits: Limits,
     twin: Twin,
+}
+
+/// The workers' runtime, shut down without waiting when the node goes (a
+/// runtime cannot be dropped from async code, where nodes end).
+struct WorkerRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for WorkerRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 fn spec_op(spec: &TwinSpec) -> anyhow::Result<Op> {
@@ -105,6 +118,10 @@ pub enum NodeError {
 pub struct Node {
     config: NodeConfig,
     runtime: Runtime,
+    /// Runs the twins' workers: one thread per core, whatever the number
+    /// of twins (10,000 idle twins cost no threads).
+    workers: tokio::runtime::Handle,
+    _workers: WorkerRuntime,
     store: Store,
     metrics: Arc<Metrics>,
     twins: Mutex<HashMap<String, Hosted>>,
@@ -117,14 +134,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Node {
     /// A node with no twins running yet; [`Node::resume`] starts those its
     /// store remembers.
-    pub fn new(config: NodeConfig, runtime: Runtime, store: Store) -> Self {
-        Self {
+    pub fn new(config: NodeConfig, runtime: Runtime, store: Store) -> anyhow::Result<Self> {
+        let workers = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("twin-worker")
+            .enable_time()
+            .build()
+            .context("starting the twins' worker threads")?;
+        Ok(Self {
             config,
             runtime,
+            workers: workers.handle().clone(),
+            _workers: WorkerRuntime(Some(workers)),
             store,
             metrics: Arc::new(Metrics::default()),
             twins: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// Starts every twin the store remembers, each from its last checkpoint
@@ -391,30 +415,30 @@ impl Node {
                 max_rows: history.max_points,
             },
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("twin-{name}"))
-            .spawn(move || worker.run(queue))
-            .context("starting the twin's worker")?;
+        let (done, finished) = std::sync::mpsc::channel();
+        self.workers.spawn(async move {
+            worker.run(queue).await;
+            let _ = done.send(());
+        });
         Ok(Hosted {
             spec: spec.clone(),
             jobs,
             shared,
             changes,
             link,
-            thread: Some(thread),
+            finished,
         })
     }
 
     /// Stops a twin's worker and session and waits for the worker to end;
     /// what it had not yet applied stays unacknowledged at the broker.
     fn stop(&self, name: &str) -> Option<TwinSpec> {
-        let mut hosted = lock(&self.twins).remove(name)?;
+        let hosted = lock(&self.twins).remove(name)?;
         hosted.link.close();
         let _ = hosted.jobs.try_send(Job::Stop);
         drop(hosted.jobs);
-        if let Some(thread) = hosted.thread.take()
-            && thread.join().is_err()
-        {
+        // Disconnected without a word: the worker panicked.
+        if hosted.finished.recv().is_err() {
             tracing::error!(twin = %name, "the twin's worker panicked");
         }
         self.metrics.forget(name);

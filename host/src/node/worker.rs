@@ -1,4 +1,4 @@
-//! A twin's worker: one thread that owns the twin's component instances and
+//! A twin's worker: one task that owns the twin's component instances and
 //! applies, in order, what its queue brings — PT messages, actions,
 //! reconfigurations. Nothing else touches the instances, so the state
 //! machine needs no locks and data flows one way: physical → adapter →
@@ -104,8 +104,10 @@ impl Worker {
         AdapterInstance::new(&self.runtime, &self.adapter, &self.name, self.limits)
     }
 
-    /// Serves the queue until it closes.
-    pub fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+    /// Serves the queue until it closes. Runs on the node's twin runtime,
+    /// whose threads exist for this CPU-bound work: a call into the guest
+    /// runs inline, bounded by its fuel and deadline.
+    pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let mut adapter = match self.new_adapter() {
             Ok(adapter) => adapter,
             Err(e) => return self.failed(&format!("{e:#}")),
@@ -116,7 +118,7 @@ impl Worker {
         let mut checkpoint = self.checkpoint(&mut ops);
         self.store.write(ops, None);
         let mut since_checkpoint: Vec<Vec<Update>> = Vec::new();
-        while let Some(job) = jobs.blocking_recv() {
+        while let Some(job) = jobs.recv().await {
             self.metrics
                 .queue_depth
                 .get_or_create(&self.label())

@@ -85,29 +85,72 @@ pub struct Inbound {
 }
 
 /// The handle a twin's worker uses: acknowledge and send commands.
+///
+/// Both go, in order, through a queue that a task of the session drains
+/// into the MQTT client, waiting for room there rather than failing when
+/// the client is busy (a dropped acknowledgement would hold the broker's
+/// in-flight window shut for good). The queue needs no bound of its own:
+/// acknowledgements are bounded by the messages the broker has in flight to
+/// us, which the twin's bounded queues hold, and commands by the actions
+/// admission control lets through.
 #[derive(Clone)]
 pub struct Link {
-    client: AsyncClient,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+}
+
+enum Outgoing {
+    Ack(rumqttc::Publish),
+    Command { topic: String, payload: Vec<u8> },
+    Disconnect,
 }
 
 impl Link {
+    fn new(client: AsyncClient) -> Self {
+        let (outgoing, mut queue) = mpsc::unbounded_channel();
+        let sender = client.clone();
+        tokio::spawn(async move {
+            while let Some(item) = queue.recv().await {
+                let sent = match item {
+                    Outgoing::Ack(packet) => sender.ack(&packet).await,
+                    Outgoing::Command { topic, payload } => {
+                        sender
+                            .publish(topic, QoS::AtLeastOnce, false, payload)
+                            .await
+                    }
+                    Outgoing::Disconnect => {
+                        let _ = sender.disconnect().await;
+                        break;
+                    }
+                };
+                if sent.is_err() {
+                    break; // the session is closed
+                }
+            }
+        });
+        Self { outgoing }
+    }
+
     /// Acknowledges a committed message.
     pub fn ack(&self, packet: &rumqttc::Publish) {
-        if let Err(e) = self.client.try_ack(packet) {
-            tracing::warn!("cannot acknowledge an MQTT message: {e}");
+        if self.outgoing.send(Outgoing::Ack(packet.clone())).is_err() {
+            tracing::debug!("not acknowledging a message: the session is closed");
         }
     }
 
     /// Publishes a command to the device (QoS 1).
     pub fn send(&self, topic: &str, payload: Vec<u8>) -> anyhow::Result<()> {
-        self.client
-            .try_publish(topic, QoS::AtLeastOnce, false, payload)
-            .with_context(|| format!("publishing a command on {topic}"))
+        self.outgoing
+            .send(Outgoing::Command {
+                topic: topic.to_string(),
+                payload,
+            })
+            .map_err(|_| anyhow::anyhow!("cannot publish on {topic}: the session is closed"))
     }
 
-    /// Closes the session.
+    /// Closes the session, after the acknowledgements and commands queued
+    /// before.
     pub fn close(&self) {
-        let _ = self.client.try_disconnect();
+        let _ = self.outgoing.send(Outgoing::Disconnect);
     }
 }
 
@@ -182,7 +225,7 @@ pub fn connect(
             "the broker has not confirmed the subscription yet; still trying"
         );
     }
-    Ok(Link { client })
+    Ok(Link::new(client))
 }
 
 /// One twin's MQTT session, driven by its event loop.

@@ -1,0 +1,552 @@
+//! Ingest benchmark: PT messages through a real MQTT broker (Mosquitto, on
+//! loopback) into twins on one node, against the broker's own
+//! publish→subscribe floor measured in the same run with the same
+//! publishers and payloads. And the resident memory of idle twins, against
+//! bare model instances, each in a fresh child process.
+//!
+//! `cargo bench -p wasmtwin --bench ingest` prints Markdown tables. Needs
+//! `mosquitto` on the PATH (Debian: `apt-get install mosquitto`).
+//! `WASMTWIN_BENCH_QUICK=1` runs a small smoke version.
+//!
+//! What is measured, for 1, 100 and 1,000 twins (machine model + JSON
+//! adapter, QoS 1, every message journalled to the node's store before it
+//! is acknowledged):
+//! - timeliness: publish → the twin's state has changed (its change stream
+//!   fires), at a steady offered load, p50 and p99;
+//! - throughput: a burst published as fast as the publishers can, divided
+//!   by the time until the last message was applied.
+//!
+//! The floor is one subscriber on a wildcard over as many topics: what the
+//! broker alone costs.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use serde_json::json;
+use wasmtwin::node::{Node, NodeConfig};
+use wasmtwin::physical::BrokerAddress;
+use wasmtwin::runtime::{Limits, Runtime, RuntimeConfig};
+use wasmtwin::signing::{self, Metadata, TrustPolicy, TrustSet};
+use wasmtwin::spec::TwinSpec;
+use wasmtwin::store::Store;
+use wasmtwin::twin::Twin;
+use wasmtwin_tests::servers::Mosquitto;
+
+/// Child-process mode for the memory measurements: `twins:N:PORT` or
+/// `instances:N`.
+const CHILD: &str = "WASMTWIN_BENCH_CHILD";
+
+fn quick() -> bool {
+    std::env::var_os("WASMTWIN_BENCH_QUICK").is_some()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Publish times of messages in flight, and the latencies of those that
+/// arrived.
+struct Tracker {
+    sent: Mutex<HashMap<(usize, u64), Instant>>,
+    latencies_us: Mutex<Histogram<u64>>,
+    arrived: AtomicU64,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Tracker {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            sent: Mutex::new(HashMap::new()),
+            latencies_us: Mutex::new(Histogram::new(3).expect("histogram")),
+            arrived: AtomicU64::new(0),
+            last: Mutex::new(None),
+        })
+    }
+
+    fn reset(&self) {
+        self.sent.lock().unwrap().clear();
+        self.latencies_us.lock().unwrap().reset();
+        self.arrived.store(0, Ordering::SeqCst);
+        *self.last.lock().unwrap() = None;
+    }
+
+    fn published(&self, twin: usize, seq: u64) {
+        self.sent
+            .lock()
+            .unwrap()
+            .insert((twin, seq), Instant::now());
+    }
+
+    fn arrived(&self, twin: usize, seq: u64) {
+        let now = Instant::now();
+        if let Some(at) = self.sent.lock().unwrap().remove(&(twin, seq)) {
+            let us = now.duration_since(at).as_micros() as u64;
+            let _ = self.latencies_us.lock().unwrap().record(us.max(1));
+            *self.last.lock().unwrap() = Some(now);
+            self.arrived.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// `missed` changes went by before the stream could report them (the
+    /// subscriber fell behind a burst): they arrived, by now at the latest.
+    fn lagged(&self, missed: u64) {
+        *self.last.lock().unwrap() = Some(Instant::now());
+        self.arrived.fetch_add(missed, Ordering::SeqCst);
+    }
+
+    async fn wait_for(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.arrived.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} messages arrived",
+                self.arrived.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// MQTT clients publishing PT telemetry; twin `i` always goes through the
+/// same client, so its messages stay in order.
+struct Publishers {
+    clients: Vec<AsyncClient>,
+    seqs: Vec<u64>,
+}
+
+impl Publishers {
+    fn connect(port: u16, count: usize) -> Self {
+        let clients = (0..count)
+            .map(|i| {
+                let mut options = MqttOptions::new(format!("bench-pub-{i}"), "127.0.0.1", port);
+                options
+                    .set_inflight(1000)
+                    .set_keep_alive(Duration::from_secs(30));
+                let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+                tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+                client
+            })
+            .collect();
+        Self {
+            clients,
+            seqs: Vec::new(),
+        }
+    }
+
+    /// Publishes `total` messages round-robin over `twins` topics under
+    /// `prefix`, at `rate` per second or as fast as possible.
+    async fn offer(
+        &mut self,
+        prefix: &str,
+        twins: usize,
+        total: usize,
+        rate: Option<f64>,
+        tracker: &Tracker,
+    ) -> Instant {
+        self.seqs.resize(self.seqs.len().max(twins), 0);
+        let started = Instant::now();
+        for k in 0..total {
+            if let Some(rate) = rate {
+                let at = started + Duration::from_secs_f64(k as f64 / rate);
+                tokio::time::sleep_until(at.into()).await;
+            }
+            let twin = k % twins;
+            self.seqs[twin] += 1;
+            let seq = self.seqs[twin];
+            let payload = json!({
+                "seq": seq,
+                "ts_ms": now_ms(),
+                "temperature": 20.0 + (k % 50) as f64 / 10.0,
+                "rpm": 1450,
+                "running": true,
+            })
+            .to_string();
+            tracker.published(twin, seq);
+            self.clients[twin % self.clients.len()]
+                .publish(
+                    format!("{prefix}/{twin}/telemetry"),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await
+                .expect("publishing");
+        }
+        started
+    }
+}
+
+/// What one configuration measured.
+struct Measured {
+    p50_us: u64,
+    p99_us: u64,
+    throughput: f64,
+}
+
+/// Steady load, then a burst, through whatever delivers to `tracker`.
+async fn measure(
+    publishers: &mut Publishers,
+    prefix: &str,
+    twins: usize,
+    tracker: &Tracker,
+) -> Measured {
+    let (rate, seconds, burst) = if quick() {
+        (200.0, 1.0, 1_000)
+    } else {
+        (1_000.0, 5.0, 20_000)
+    };
+    // Warm up every path once.
+    tracker.reset();
+    publishers.offer(prefix, twins, twins, None, tracker).await;
+    tracker.wait_for(twins as u64).await;
+
+    tracker.reset();
+    let steady = (rate * seconds) as usize;
+    publishers
+        .offer(prefix, twins, steady, Some(rate), tracker)
+        .await;
+    tracker.wait_for(steady as u64).await;
+    let (p50_us, p99_us) = {
+        let h = tracker.latencies_us.lock().unwrap();
+        (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
+    };
+
+    tracker.reset();
+    let started = publishers.offer(prefix, twins, burst, None, tracker).await;
+    tracker.wait_for(burst as u64).await;
+    let last = tracker.last.lock().unwrap().expect("something arrived");
+    Measured {
+        p50_us,
+        p99_us,
+        throughput: burst as f64 / last.duration_since(started).as_secs_f64(),
+    }
+}
+
+/// A subscriber on `floor/+/telemetry` reporting arrivals to `tracker`.
+fn floor_subscriber(port: u16, tracker: Arc<Tracker>) {
+    let mut options = MqttOptions::new("bench-floor", "127.0.0.1", port);
+    options.set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    tokio::spawn(async move {
+        let _client = client.clone();
+        while let Ok(event) = eventloop.poll().await {
+            match event {
+                Event::Incoming(Incoming::ConnAck(_)) => {
+                    let _ = client
+                        .subscribe("floor/+/telemetry", QoS::AtLeastOnce)
+                        .await;
+                }
+                Event::Incoming(Incoming::SubAck(_)) => {
+                    let _ = ready_tx.send(());
+                }
+                Event::Incoming(Incoming::Publish(p)) => {
+                    let twin = p
+                        .topic
+                        .split('/')
+                        .nth(1)
+                        .and_then(|t| t.parse().ok())
+                        .expect("a twin index in the topic");
+                    let body: serde_json::Value = serde_json::from_slice(&p.payload).expect("JSON");
+                    tracker.arrived(twin, body["seq"].as_u64().expect("seq"));
+                }
+                _ => {}
+            }
+        }
+    });
+    ready
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the floor subscriber to subscribe");
+}
+
+/// Signed machine model and JSON adapter, and the trust policy for them.
+fn signed_plugins(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, TrustPolicy) {
+    let key = signing::generate().expect("key");
+    let sign = |plugin: &str, file: &str| {
+        let bytes = std::fs::read(wasmtwin_tests::plugin(plugin)).expect("plugin");
+        let metadata = Metadata {
+            name: plugin.into(),
+            version: "0.0.0".into(),
+            publisher: "bench".into(),
+            signed_at: "2026-01-01T00:00:00Z".into(),
+        };
+        let signed = signing::sign(&bytes, &key, &metadata).expect("signing");
+        let path = dir.join(file);
+        std::fs::write(&path, signed).expect("writing");
+        path
+    };
+    let model = sign("machine", "machine.wasm");
+    let adapter = sign("json-adapter", "json_adapter.wasm");
+    let mut trust = TrustSet::default();
+    trust.add(key.verifying_key(), dir.join("bench.pub"));
+    (model, adapter, TrustPolicy::Require(trust))
+}
+
+fn node(dir: &Path, port: u16, queue: usize) -> (Arc<Node>, impl Fn(usize) -> TwinSpec) {
+    let (model, adapter, policy) = signed_plugins(dir);
+    let runtime = Runtime::new(RuntimeConfig {
+        fuel: true,
+        cache_dir: None,
+    })
+    .expect("runtime");
+    let store = Store::open(&dir.join("node")).expect("store");
+    let broker = BrokerAddress {
+        host: "127.0.0.1".into(),
+        port,
+        tls: false,
+        credentials: None,
+        ca_pem: None,
+    };
+    let node = Arc::new(
+        Node::new(
+            NodeConfig {
+                name: "bench".into(),
+                broker,
+                policy,
+                queue_capacity: queue,
+            },
+            runtime,
+            store,
+        )
+        .expect("node"),
+    );
+    let spec = move |i: usize| {
+        let text = json!({
+            "apiVersion": wasmtwin::spec::API_VERSION,
+            "kind": wasmtwin::spec::KIND,
+            "metadata": { "name": format!("twin-{i}") },
+            "spec": {
+                "model": { "ref": model.display().to_string() },
+                "physical": {
+                    "topics": [format!("bench/{i}/telemetry")],
+                    "adapter": { "ref": adapter.display().to_string() },
+                },
+            },
+        })
+        .to_string();
+        TwinSpec::parse(&text).expect("bench spec")
+    };
+    (node, spec)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn mappings() -> u64 {
+    std::fs::read_to_string("/proc/self/maps")
+        .map(|m| m.lines().count() as u64)
+        .unwrap_or(0)
+}
+
+/// Child process: creates `n` idle twins (or bare instances) and prints the
+/// growth of its resident memory in KiB and of its memory mappings.
+fn child(mode: &str) {
+    let parts: Vec<&str> = mode.split(':').collect();
+    let n: usize = parts[1].parse().expect("count");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let io = tokio::runtime::Runtime::new().expect("tokio");
+    let _enter = io.enter();
+    let (before, maps_before);
+    match parts[0] {
+        "twins" => {
+            let port: u16 = parts[2].parse().expect("port");
+            let (node, spec) = node(dir.path(), port, 64);
+            // Load the components before the baseline, as for instances.
+            node.apply(spec(0)).expect("a twin");
+            (before, maps_before) = (rss_kib(), mappings());
+            for i in 1..=n {
+                node.apply(spec(i)).expect("a twin");
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            println!(
+                "{} {}",
+                rss_kib().saturating_sub(before),
+                mappings().saturating_sub(maps_before)
+            );
+            std::mem::forget(node); // exit without tearing 10k sessions down
+        }
+        _ => {
+            let runtime = Runtime::new(RuntimeConfig {
+                fuel: true,
+                cache_dir: None,
+            })
+            .expect("runtime");
+            let bytes = std::fs::read(wasmtwin_tests::plugin("machine")).expect("plugin");
+            let model = runtime.load_model(&bytes).expect("model");
+            let config = json!({});
+            let first = Twin::create(&runtime, &model, "t", Limits::default(), &config);
+            (before, maps_before) = (rss_kib(), mappings());
+            let twins: Vec<Twin> = (0..n)
+                .map(|i| {
+                    Twin::create(
+                        &runtime,
+                        &model,
+                        &format!("t{i}"),
+                        Limits::default(),
+                        &config,
+                    )
+                    .expect("instance")
+                })
+                .collect();
+            println!(
+                "{} {}",
+                rss_kib().saturating_sub(before),
+                mappings().saturating_sub(maps_before)
+            );
+            drop((first, twins));
+        }
+    }
+}
+
+/// Resident KiB and memory mappings a child's twins or instances added.
+fn idle_memory(mode: &str) -> (u64, u64) {
+    let output = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .env(CHILD, mode)
+        .env("WASMTWIN_LOG", "error")
+        .output()
+        .expect("running the memory child");
+    assert!(
+        output.status.success(),
+        "{mode}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut numbers = text
+        .split_whitespace()
+        .map(|n| n.parse().expect("a number"));
+    (
+        numbers.next().expect("KiB"),
+        numbers.next().expect("mappings"),
+    )
+}
+
+/// Each idle twin holds about ten memory mappings (its instances' linear
+/// memories and their guards), so many twins need more than Linux's
+/// default 65,530.
+fn check_map_count(twins: usize) {
+    let limit: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(usize::MAX);
+    let needed = twins * 10 + 10_000;
+    assert!(
+        limit >= needed,
+        "vm.max_map_count is {limit}; {twins} twins need about {needed} memory mappings: \
+         sysctl -w vm.max_map_count=262144"
+    );
+}
+
+fn fmt_us(us: u64) -> String {
+    if us >= 1000 {
+        format!("{:.2} ms", us as f64 / 1000.0)
+    } else {
+        format!("{us} µs")
+    }
+}
+
+fn main() {
+    if let Ok(mode) = std::env::var(CHILD) {
+        return child(&mode);
+    }
+    let broker = Mosquitto::start();
+    let io = tokio::runtime::Runtime::new().expect("tokio");
+    let _enter = io.enter();
+    let counts: &[usize] = if quick() { &[1, 10] } else { &[1, 100, 1000] };
+    let idle = if quick() { 200 } else { 10_000 };
+
+    let mut publishers = Publishers::connect(broker.port, 4);
+    let floor = Tracker::new();
+    floor_subscriber(broker.port, floor.clone());
+    let floors: Vec<Measured> = counts
+        .iter()
+        .map(|&n| io.block_on(measure(&mut publishers, "floor", n, &floor)))
+        .collect();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, spec) = node(dir.path(), broker.port, 1024);
+    let twins = Tracker::new();
+    let mut hosted = 0;
+    let mut publishers = Publishers::connect(broker.port, 4);
+    println!(
+        "\n## Ingest through Mosquitto on loopback (`cargo bench -p wasmtwin --bench ingest`)\n"
+    );
+    println!(
+        "| twins | path | timeliness p50 | p99 | throughput (msg/s) | vs floor |\n|---:|---|---:|---:|---:|---:|"
+    );
+    for (&n, floor) in counts.iter().zip(&floors) {
+        while hosted < n {
+            node.apply(spec(hosted)).expect("applying a bench twin");
+            let mut changes = node.subscribe(&format!("twin-{hosted}")).expect("stream");
+            let tracker = twins.clone();
+            let index = hosted;
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match changes.recv().await {
+                        Ok(change) => tracker.arrived(index, change.seq),
+                        Err(RecvError::Lagged(missed)) => tracker.lagged(missed),
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            });
+            hosted += 1;
+        }
+        let m = io.block_on(measure(&mut publishers, "bench", n, &twins));
+        println!(
+            "| {n} | broker floor | {} | {} | {:.0} | 1.00× |",
+            fmt_us(floor.p50_us),
+            fmt_us(floor.p99_us),
+            floor.throughput
+        );
+        println!(
+            "| {n} | twins | {} | {} | {:.0} | {:.2}× |",
+            fmt_us(m.p50_us),
+            fmt_us(m.p99_us),
+            m.throughput,
+            m.throughput / floor.throughput
+        );
+    }
+    drop(node);
+
+    check_map_count(idle);
+    let (twin_kib, twin_maps) = idle_memory(&format!("twins:{idle}:{}", broker.port));
+    let (instance_kib, instance_maps) = idle_memory(&format!("instances:{idle}"));
+    println!("\n## Resident memory of {idle} idle twins on one node\n");
+    println!("| what | total | per twin | mappings per twin |\n|---|---:|---:|---:|");
+    for (what, kib, maps) in [
+        (
+            "bare model instances (baseline)",
+            instance_kib,
+            instance_maps,
+        ),
+        (
+            "hosted twins (model + adapter instances, MQTT session, queues, store)",
+            twin_kib,
+            twin_maps,
+        ),
+    ] {
+        println!(
+            "| {what} | {:.1} MiB | {:.1} KiB | {:.1} |",
+            kib as f64 / 1024.0,
+            kib as f64 / idle as f64,
+            maps as f64 / idle as f64
+        );
+    }
+}
