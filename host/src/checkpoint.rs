@@ -34,6 +34,14 @@ const HEADER_MAX: u32 = 1 << 20;
 pub const GUEST_SECTION: &str = "guest";
 /// The section holding the host's view of the twin, as JSON.
 pub const TWIN_SECTION: &str = "twin";
+/// In bundles a node exports: the twin's spec, as JSON.
+pub const SPEC_SECTION: &str = "spec";
+/// In bundles a node exports: the twin's history, one JSON row per line.
+pub const HISTORY_SECTION: &str = "history";
+/// Optionally, the model component itself.
+pub const MODEL_SECTION: &str = "model-component";
+/// Optionally, the adapter component itself.
+pub const ADAPTER_SECTION: &str = "adapter-component";
 
 /// Why a bundle was refused.
 #[derive(Debug, thiserror::Error)]

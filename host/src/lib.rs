@@ -10,6 +10,7 @@
 pub mod api;
 pub mod broker;
 pub mod checkpoint;
+pub mod client;
 pub mod digest;
 pub mod monitoring;
 pub mod node;

@@ -35,6 +35,8 @@ const JOURNAL: TableDefinition<(&str, u64), &str> = TableDefinition::new("journa
 const HISTORY: TableDefinition<(&str, u64, u64), &str> = TableDefinition::new("history");
 /// name → rows in HISTORY.
 const HISTORY_ROWS: TableDefinition<&str, u64> = TableDefinition::new("history_rows");
+/// name → the API of the node a twin moved to.
+const MOVED: TableDefinition<&str, &str> = TableDefinition::new("moved");
 
 /// Called once a write is on disk (or failed).
 pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -59,6 +61,10 @@ pub enum Op {
         bundle: Vec<u8>,
         through_seq: Option<u64>,
     },
+    /// Add history rows brought from another node.
+    ImportHistory { name: String, rows: Vec<HistoryRow> },
+    /// The twin now lives on the node at `to`; forget everything else.
+    Moved { name: String, to: String },
     /// Drop history older than `before_ms` and beyond `max_rows`.
     Prune {
         name: String,
@@ -76,6 +82,18 @@ pub struct Point {
     pub seq: u64,
     /// The property's new value.
     pub value: Value,
+}
+
+/// One applied message's changes, as history keeps them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryRow {
+    /// When the PT produced the message, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The properties it changed, with their values.
+    pub changes: BTreeMap<String, Value>,
 }
 
 /// What a twin left behind: enough to resume it.
@@ -164,6 +182,11 @@ impl Store {
             .map_err(|e| anyhow::anyhow!(e))
     }
 
+    /// Waits until every write queued before is durable.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.write_now(Vec::new())
+    }
+
     /// Every twin the store knows, with what is needed to resume it.
     pub fn saved(&self) -> anyhow::Result<Vec<(String, Saved)>> {
         let read = self.inner.db.begin_read()?;
@@ -200,6 +223,40 @@ impl Store {
             ));
         }
         Ok(saved)
+    }
+
+    /// Every history row of a twin, oldest first (for its checkpoint bundle).
+    pub fn history_rows(&self, name: &str) -> anyhow::Result<Vec<HistoryRow>> {
+        let read = self.inner.db.begin_read()?;
+        let Some(table) = open_read(&read, HISTORY)? else {
+            return Ok(Vec::new());
+        };
+        let mut rows = Vec::new();
+        for entry in table.range((name, 0, 0)..=(name, u64::MAX, u64::MAX))? {
+            let (key, changes) = entry?;
+            let (_, ts_ms, seq) = key.value();
+            rows.push(HistoryRow {
+                ts_ms,
+                seq,
+                changes: serde_json::from_str(changes.value())
+                    .context("a history row is malformed")?,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// The twins that moved away, and where to.
+    pub fn moved(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let read = self.inner.db.begin_read()?;
+        let Some(table) = open_read(&read, MOVED)? else {
+            return Ok(Vec::new());
+        };
+        let mut moved = Vec::new();
+        for entry in table.iter()? {
+            let (name, to) = entry?;
+            moved.push((name.value().to_string(), to.value().to_string()));
+        }
+        Ok(moved)
     }
 
     /// A property's history between `from_ms` and `to_ms` (inclusive), oldest
@@ -253,16 +310,41 @@ fn write_loop(db: &Database, queue: &std_mpsc::Receiver<Write>) {
                 Err(_) => break,
             }
         }
-        let result = commit(db, group.iter().flat_map(|(ops, _)| ops)).map_err(|e| {
-            tracing::error!("the node's store could not write: {e:#}");
-            format!("{e:#}")
-        });
+        // A group of empty writes (flushes) needs no transaction: the
+        // groups before it are already committed.
+        let result = if group.iter().all(|(ops, _)| ops.is_empty()) {
+            Ok(())
+        } else {
+            commit(db, group.iter().flat_map(|(ops, _)| ops)).map_err(|e| {
+                tracing::error!("the node's store could not write: {e:#}");
+                format!("{e:#}")
+            })
+        };
         for (_, done) in group {
             if let Some(done) = done {
                 done(result.clone());
             }
         }
     }
+}
+
+type Table<'t, K, V> = redb::Table<'t, K, V>;
+
+/// Removes everything the store holds of twin `n` but its moved marker.
+fn forget(
+    n: &str,
+    specs: &mut Table<&str, &str>,
+    checkpoints: &mut Table<&str, &[u8]>,
+    journal: &mut Table<(&str, u64), &str>,
+    history: &mut Table<(&str, u64, u64), &str>,
+    rows: &mut Table<&str, u64>,
+) -> anyhow::Result<()> {
+    specs.remove(n)?;
+    checkpoints.remove(n)?;
+    rows.remove(n)?;
+    journal.retain_in((n, 0)..=(n, u64::MAX), |_, _| false)?;
+    history.retain_in((n, 0, 0)..=(n, u64::MAX, u64::MAX), |_, _| false)?;
+    Ok(())
 }
 
 fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Result<()> {
@@ -274,18 +356,53 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
         let mut journal = tx.open_table(JOURNAL)?;
         let mut history = tx.open_table(HISTORY)?;
         let mut rows = tx.open_table(HISTORY_ROWS)?;
+        let mut moved = tx.open_table(MOVED)?;
         for op in ops {
             match op {
                 Op::Spec { name, json } => {
                     specs.insert(name.as_str(), json.as_str())?;
+                    moved.remove(name.as_str())?;
                 }
                 Op::Forget { name } => {
                     let n = name.as_str();
-                    specs.remove(n)?;
-                    checkpoints.remove(n)?;
-                    rows.remove(n)?;
-                    journal.retain_in((n, 0)..=(n, u64::MAX), |_, _| false)?;
-                    history.retain_in((n, 0, 0)..=(n, u64::MAX, u64::MAX), |_, _| false)?;
+                    moved.remove(n)?;
+                    forget(
+                        n,
+                        &mut specs,
+                        &mut checkpoints,
+                        &mut journal,
+                        &mut history,
+                        &mut rows,
+                    )?;
+                }
+                Op::Moved { name, to } => {
+                    let n = name.as_str();
+                    forget(
+                        n,
+                        &mut specs,
+                        &mut checkpoints,
+                        &mut journal,
+                        &mut history,
+                        &mut rows,
+                    )?;
+                    moved.insert(n, to.as_str())?;
+                }
+                Op::ImportHistory {
+                    name,
+                    rows: imported,
+                } => {
+                    let n = name.as_str();
+                    let mut count = rows.get(n)?.map(|c| c.value()).unwrap_or(0);
+                    for row in imported {
+                        let json = serde_json::to_string(&row.changes)?;
+                        if history
+                            .insert((n, row.ts_ms, row.seq), json.as_str())?
+                            .is_none()
+                        {
+                            count += 1;
+                        }
+                    }
+                    rows.insert(n, count)?;
                 }
                 Op::Applied {
                     name,
@@ -325,17 +442,22 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
                     let n = name.as_str();
                     let count = rows.get(n)?.map(|c| c.value()).unwrap_or(0);
                     let mut excess = count.saturating_sub(*max_rows);
-                    let mut removed = 0u64;
-                    // Oldest first: rows are keyed by timestamp.
-                    history.retain_in((n, 0, 0)..=(n, u64::MAX, u64::MAX), |(_, ts, _), _| {
-                        let gone = excess > 0 || ts < *before_ms;
-                        if gone {
-                            excess = excess.saturating_sub(1);
-                            removed += 1;
+                    // Oldest first, stopping at the first row to keep: rows
+                    // are keyed by timestamp, so this reads only what goes.
+                    let mut gone = Vec::new();
+                    for entry in history.range((n, 0, 0)..=(n, u64::MAX, u64::MAX))? {
+                        let (key, _) = entry?;
+                        let (_, ts, seq) = key.value();
+                        if excess == 0 && ts >= *before_ms {
+                            break;
                         }
-                        !gone
-                    })?;
-                    rows.insert(n, count - removed.min(count))?;
+                        excess = excess.saturating_sub(1);
+                        gone.push((ts, seq));
+                    }
+                    for (ts, seq) in &gone {
+                        history.remove((n, *ts, *seq))?;
+                    }
+                    rows.insert(n, count.saturating_sub(gone.len() as u64))?;
                 }
             }
         }

@@ -30,36 +30,49 @@ fn now_ms() -> u64 {
 
 /// A publisher key and the machine model and JSON adapter signed with it.
 struct Signed {
+    keys: PathBuf,
     trust: PathBuf,
     model: PathBuf,
     adapter: PathBuf,
 }
 
-fn sign_plugins(dir: &Path) -> Signed {
-    let keys = dir.join("keys");
-    wasmtwin(&["keygen", "--out", arg(&keys)]);
-    let sign = |plugin_name: &str, file: &str| {
-        let out = dir.join(file);
+impl Signed {
+    /// Signs the component at `source` into `dir/file`.
+    fn sign(&self, source: &Path, file: &str) -> PathBuf {
+        let out = self.keys.parent().unwrap().join(file);
         wasmtwin(&[
             "sign",
-            arg(&plugin(plugin_name)),
+            arg(source),
             "--key",
-            arg(&keys.join("wasmtwin.key")),
+            arg(&self.keys.join("wasmtwin.key")),
             "--out",
             arg(&out),
         ]);
         out
-    };
-    Signed {
-        trust: keys.join("wasmtwin.pub"),
-        model: sign("machine", "machine.wasm"),
-        adapter: sign("json-adapter", "json_adapter.wasm"),
     }
+}
+
+fn sign_plugins(dir: &Path) -> Signed {
+    let keys = dir.join("keys");
+    wasmtwin(&["keygen", "--out", arg(&keys)]);
+    let mut signed = Signed {
+        trust: keys.join("wasmtwin.pub"),
+        keys,
+        model: PathBuf::new(),
+        adapter: PathBuf::new(),
+    };
+    signed.model = signed.sign(&plugin("machine"), "machine.wasm");
+    signed.adapter = signed.sign(&plugin("json-adapter"), "json_adapter.wasm");
+    signed
 }
 
 /// Starts `wasmtwin host` on `broker` with `extra` arguments.
 fn host(dir: &Path, signed: &Signed, broker: &str, extra: &[String]) -> Node {
-    let http = free_port();
+    host_on(free_port(), &dir.join("node"), signed, broker, extra)
+}
+
+/// Starts `wasmtwin host` serving on `http`, keeping its twins in `data`.
+fn host_on(http: u16, data: &Path, signed: &Signed, broker: &str, extra: &[String]) -> Node {
     let mut args: Vec<String> = [
         "host",
         "--http",
@@ -67,13 +80,13 @@ fn host(dir: &Path, signed: &Signed, broker: &str, extra: &[String]) -> Node {
         "--mqtt",
         broker,
         "--data",
-        arg(&dir.join("node")),
+        arg(data),
         "--trust",
         arg(&signed.trust),
         "--token",
         TOKEN,
         "--cache-dir",
-        arg(&dir.join("cache")),
+        arg(&data.join("cache")),
     ]
     .map(String::from)
     .to_vec();
@@ -301,5 +314,166 @@ fn prometheus_scrapes_the_metrics() {
     assert!(
         buckets["data"]["result"].as_array().map(Vec::len) > Some(5),
         "{buckets}"
+    );
+}
+
+/// A `pt-sim` process, stopped if the test fails before it ends.
+struct Device(std::process::Child);
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `wasmtwin` with `args` and the test token; its standard output.
+fn cli(args: &[&str]) -> String {
+    let mut all = args.to_vec();
+    all.extend(["--token", TOKEN]);
+    wasmtwin(&all)
+}
+
+#[test]
+#[ignore = "needs Debian's mosquitto; run by .ci/run"]
+fn a_twin_moves_swaps_and_survives_a_crash_without_losing_an_update() {
+    const N: u64 = 10_000;
+    let broker = Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let dir = broker.dir().to_path_buf();
+    let signed = sign_plugins(&dir);
+    let prime = signed.sign(&plugin("prime"), "prime.wasm");
+    let prime_next = signed.sign(&wasmtwin_tests::prime_next_release(), "prime-next.wasm");
+    let (port_a, port_b) = (free_port(), free_port());
+    let start = |port: u16, name: &str| {
+        host_on(
+            port,
+            &dir.join(name),
+            &signed,
+            &url,
+            &["--name".into(), name.into()],
+        )
+    };
+    let mut a = start(port_a, "a");
+    let b = start(port_b, "b");
+    let (base_a, base_b) = (a.api.base.clone(), b.api.base.clone());
+
+    let spec = dir.join("p.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: wasmtwin.dev/v1alpha1\nkind: DigitalTwin\nmetadata:\n  name: p\nspec:\n  model:\n    ref: {}\n    config: {{primes: 10}}\n  physical:\n    topics: [plant/p/telemetry]\n    adapter:\n      ref: {}\n  requirements:\n    expectedRateHz: 1000\n  history:\n    maxPoints: 100000\n",
+            prime.display(),
+            signed.adapter.display()
+        ),
+    )
+    .unwrap();
+    cli(&["apply", "-f", arg(&spec), "--host", &base_a]);
+
+    // The device: N sequence-numbered updates at 1,000 per second.
+    let mut device = Device(
+        Command::new(BIN)
+            .args(["pt-sim", "--broker", &url, "--topic", "plant/p/telemetry"])
+            .args([
+                "--rate",
+                "1000",
+                "--count",
+                &N.to_string(),
+                "--client-id",
+                "sim-p",
+            ])
+            .env("WASMTWIN_LOG", "warn")
+            .spawn()
+            .expect("starting pt-sim"),
+    );
+    a.api.wait_for_updates("p", 300);
+
+    // Back and forth, twice, while the updates flow.
+    for (from, to) in [(&base_a, &base_b), (&base_b, &base_a)]
+        .into_iter()
+        .cycle()
+        .take(4)
+    {
+        let out = cli(&["migrate", "p", "--from", from, "--to", to]);
+        assert!(out.contains("moved"), "{out}");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // B answers for the twin with a redirect to A.
+    let redirected = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{base_b}/v1/twins/p?max_age_ms=5000"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(
+        redirected.status().as_u16(),
+        308,
+        "a moved twin is redirected"
+    );
+    assert_eq!(
+        redirected.headers()["location"],
+        format!("{base_a}/v1/twins/p?max_age_ms=5000").as_str()
+    );
+
+    // A new release of the model, and back.
+    let out = cli(&["swap", "p", "--model", arg(&prime_next), "--host", &base_a]);
+    assert!(out.contains("prime 0.2.0-next"), "{out}");
+    assert_eq!(a.api.json("/v1/twins/p")["model"]["version"], "0.2.0-next");
+    std::thread::sleep(Duration::from_millis(400));
+    let out = cli(&["swap", "p", "--rollback", "--host", &base_a]);
+    assert!(out.contains("prime 0.1.0"), "{out}");
+    // Another model cannot take prime's state: refused, prime goes on.
+    let refused = wasmtwin_tests::cli::run(
+        BIN,
+        &[
+            "swap",
+            "p",
+            "--model",
+            arg(&signed.model),
+            "--host",
+            &base_a,
+            "--token",
+            TOKEN,
+        ],
+        &[],
+    );
+    let err = wasmtwin_tests::cli::refused(refused);
+    assert!(err.contains("refused the twin's state"), "{err}");
+    assert_eq!(a.api.json("/v1/twins/p")["model"]["name"], "prime");
+
+    // The node dies (no clean shutdown) and comes back.
+    std::thread::sleep(Duration::from_millis(400));
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    std::thread::sleep(Duration::from_millis(700));
+    drop(a);
+    let a = start(port_a, "a");
+
+    let status = device.0.wait().unwrap();
+    assert!(status.success(), "pt-sim failed");
+    wait_for(
+        || a.api.json("/v1/twins/p")["lastSeq"].as_u64() == Some(N),
+        "the twin to apply the last update",
+    );
+    let twin = a.api.json("/v1/twins/p");
+    assert_eq!(
+        twin["updatesApplied"], N,
+        "each update applied once: {twin}"
+    );
+    let history = a
+        .api
+        .json("/v1/twins/p/history?property=last_seq&limit=100000");
+    let seqs: Vec<u64> = history["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=N).collect::<Vec<_>>(),
+        "updates 1..N, in order, once each"
     );
 }

@@ -405,3 +405,71 @@ fn a_killed_node_resumes_its_twins_from_the_store() {
     );
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
 }
+
+#[test]
+fn a_checkpoint_bundle_restores_the_twin_and_a_damaged_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    up.wait_for(
+        || up.json("/v1/twins/motor-1")["updatesApplied"].as_u64() >= Some(10),
+        "10 updates",
+    );
+    let bundle = dir.path().join("motor-1.ckpt");
+    let wasmtwin = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--host", &up.base, "--token", TOKEN]);
+        wasmtwin_tests::cli::run(env!("CARGO_BIN_EXE_wasmtwin"), &all, &[])
+    };
+    let out = ok(wasmtwin(&[
+        "checkpoint",
+        "motor-1",
+        "-o",
+        arg(&bundle),
+        "--with-component",
+    ]));
+    assert!(out.contains("components included"), "{out}");
+    let saved = std::fs::read(&bundle).unwrap();
+
+    // The twin goes; the bundle brings it back with its state and history.
+    let deleted = up
+        .http
+        .delete(format!("{}/v1/twins/motor-1", up.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    assert!(ok(wasmtwin(&["restore", arg(&bundle)])).contains("restored"));
+    let twin = up.json("/v1/twins/motor-1");
+    assert!(twin["updatesApplied"].as_u64() >= Some(10), "{twin}");
+    let history = up.json("/v1/twins/motor-1/history?property=rpm");
+    assert!(history["points"].as_array().unwrap().len() >= 10);
+
+    // Restoring over a running twin needs --replace.
+    let err = wasmtwin_tests::cli::refused(wasmtwin(&["restore", arg(&bundle)]));
+    assert!(err.contains("already runs here"), "{err}");
+
+    // One flipped byte: refused before the node is asked, with the reason.
+    let mut damaged = saved.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x55;
+    let bad = dir.path().join("damaged.ckpt");
+    std::fs::write(&bad, &damaged).unwrap();
+    let err = wasmtwin_tests::cli::refused(wasmtwin(&["restore", arg(&bad), "--replace"]));
+    assert!(
+        err.contains("corrupted") || err.contains("malformed"),
+        "{err}"
+    );
+    // Sent straight to the API, it is refused there too, and nothing changes.
+    let response = up
+        .http
+        .put(format!(
+            "{}/v1/twins/motor-1/checkpoint?replace=true",
+            up.base
+        ))
+        .bearer_auth(TOKEN)
+        .body(damaged)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 422);
+    assert!(up.json("/v1/twins/motor-1")["updatesApplied"].as_u64() >= Some(10));
+}

@@ -56,6 +56,36 @@ pub fn plugin(name: &str) -> PathBuf {
     built_plugins().join(format!("{}.wasm", name.replace('-', "_")))
 }
 
+/// `prime` built as its next release (`--features next-release`: another
+/// version, the same state layout), for hot-swap tests.
+pub fn prime_next_release() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let root = workspace_root();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"))
+            .join("prime-next-release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+            .args(["-p", "prime", "--features", "next-release", "--target-dir"])
+            .arg(&target)
+            .status()
+            .expect("running cargo to build prime's next release");
+        assert!(
+            status.success(),
+            "building prime's next release failed: {status}"
+        );
+        target
+            .join("wasm32-wasip2")
+            .join("release")
+            .join("prime.wasm")
+    })
+    .clone()
+}
+
 /// The bytes of plugin `name`'s component.
 pub fn plugin_bytes(name: &str) -> Vec<u8> {
     let path = plugin(name);

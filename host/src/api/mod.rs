@@ -7,6 +7,7 @@
 
 mod admission;
 mod auth;
+mod mobility;
 mod stream;
 mod td;
 mod twins;
@@ -20,6 +21,7 @@ use axum::routing::get;
 
 pub use admission::Admission;
 pub use auth::Auth;
+pub use mobility::BUNDLE_TYPE;
 pub use td::thing_description;
 
 use crate::node::Node;
@@ -35,6 +37,11 @@ pub fn router(node: Arc<Node>, auth: Auth, max_requests: usize) -> Router {
     // Layers run outside in: authentication before admission, so an
     // unauthenticated flood cannot take places.
     let protected = twins::routes()
+        .merge(mobility::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            mobility::redirect_moved,
+        ))
         .layer(axum::Extension(security))
         .layer(axum::middleware::from_fn_with_state(
             admission,

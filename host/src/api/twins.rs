@@ -30,7 +30,7 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/v1/twins/{name}/actions/{action}", post(act))
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
@@ -44,6 +44,19 @@ pub(super) fn node_error(e: NodeError) -> Response {
         )
             .into_response(),
         NodeError::Refused(_) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        NodeError::Conflict(_) => error(StatusCode::CONFLICT, e.to_string()),
+        NodeError::Moving(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+        NodeError::Moved(ref location) => (
+            StatusCode::PERMANENT_REDIRECT,
+            [(header::LOCATION, location.clone())],
+            Json(json!({ "error": e.to_string(), "location": location })),
+        )
+            .into_response(),
     }
 }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use wasmtwin::client::NodeClient;
 use wasmtwin::spec::TwinSpec;
 
 /// Where the node is and how to authenticate.
@@ -20,13 +21,13 @@ pub struct Target {
 }
 
 impl Target {
+    /// A client of the node.
+    pub fn client(&self) -> NodeClient {
+        NodeClient::new(&self.host, self.token.clone())
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let url = format!("{}{path}", self.host.trim_end_matches('/'));
-        let request = reqwest::Client::new().request(method, url);
-        match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        }
+        self.client().request(method, path)
     }
 }
 
@@ -80,7 +81,7 @@ fn finish(status: reqwest::StatusCode, body: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn io() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn io() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

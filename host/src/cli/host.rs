@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::Args;
 use wasmtwin::api::{self, Auth};
 use wasmtwin::node::Node;
@@ -154,7 +155,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(http)
         .await
-        .with_context(|| format!("listening on {http}"))?;
+        .with_context(|| format!("listening on {http}"))?
+        // Small answers go out at once: with Nagle's algorithm and delayed
+        // ACKs each request/response exchange could wait ~40 ms.
+        .tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        });
     let evaluator = node.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -4,6 +4,7 @@
 mod client;
 mod host;
 mod keys;
+mod mobility;
 mod pt_sim;
 mod registry;
 mod run;
@@ -79,6 +80,14 @@ enum Command {
     Apply(client::ApplyArgs),
     /// Read twins from a node.
     Get(client::GetArgs),
+    /// Save a running twin's checkpoint bundle (state, spec, history).
+    Checkpoint(mobility::CheckpointArgs),
+    /// Start a twin on a node from a checkpoint bundle.
+    Restore(mobility::RestoreArgs),
+    /// Move a twin to another node while it runs, losing no update.
+    Migrate(mobility::MigrateArgs),
+    /// Replace a twin's model while it runs (or roll back).
+    Swap(mobility::SwapArgs),
     /// Simulate a motor publishing telemetry over MQTT.
     PtSim(pt_sim::PtSimArgs),
     /// Run a model component against recorded updates (for plugin authors).
@@ -132,6 +141,10 @@ impl Cli {
             Command::Host(args) => host::run(&self.global, args),
             Command::Apply(args) => client::apply(args),
             Command::Get(args) => client::get(args),
+            Command::Checkpoint(args) => mobility::checkpoint(args),
+            Command::Restore(args) => mobility::restore(args),
+            Command::Migrate(args) => mobility::migrate(args),
+            Command::Swap(args) => mobility::swap(args),
             Command::PtSim(args) => pt_sim::run(args),
             Command::Run(args) => run::run(&self.global, args),
             Command::Keygen(args) => keys::keygen(args),

@@ -5,6 +5,7 @@
 //! journals and history live in the node's [`Store`], from which
 //! [`Node::resume`] brings every twin back after a restart.
 
+mod mobility;
 mod view;
 mod worker;
 
@@ -16,7 +17,9 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+pub use mobility::Bundle;
 pub use view::{Change, PropertyView, TwinReport};
+pub use worker::SwapReport;
 
 use crate::checkpoint::Checkpoint;
 use crate::digest::Digest;
@@ -51,6 +54,8 @@ pub struct NodeConfig {
 
 struct Hosted {
     spec: TwinSpec,
+    /// The model it ran before its last swap, for a rollback.
+    previous_model: Option<ComponentRef>,
     jobs: mpsc::Sender<Job>,
     shared: Arc<Mutex<Shared>>,
     changes: broadcast::Sender<Change>,
@@ -59,12 +64,41 @@ struct Hosted {
     finished: std::sync::mpsc::Receiver<()>,
 }
 
-/// A twin ready to connect: components compiled, instance created.
-struct Prepared {
+/// A spec's components, verified and compiled, and the limits they run
+/// under.
+struct Components {
     model: ModelComponent,
     adapter: crate::runtime::AdapterComponent,
     limits: Limits,
+}
+
+/// A twin ready to connect: components compiled, instance created.
+struct Prepared {
+    components: Components,
     twin: Twin,
+}
+
+/// Where a twin being started comes from.
+enum Origin {
+    /// A new twin, initialised with its spec's configuration.
+    Fresh,
+    /// What this node's store saved (after a restart, or an aborted move).
+    Saved(Saved),
+    /// A checkpoint from elsewhere (a bundle, a migration).
+    Checkpoint(Checkpoint),
+}
+
+/// A twin's MQTT session and the job queue it feeds.
+struct Session {
+    link: Link,
+    jobs: mpsc::Sender<Job>,
+    queue: mpsc::Receiver<Job>,
+    /// The first message that arrived (topic, payload): where a migrating
+    /// twin's buffer starts.
+    first: Arc<Mutex<Option<(String, bytes::Bytes)>>>,
+    /// The twin's change stream, open before the twin starts so that
+    /// applications can attach to a twin still arriving.
+    changes: broadcast::Sender<Change>,
 }
 
 /// The workers' runtime, shut down without waiting when the node goes (a
@@ -112,6 +146,15 @@ pub enum NodeError {
     /// The twin refused the request.
     #[error("{0}")]
     Refused(String),
+    /// The twin lives on another node now, at this URL.
+    #[error("the twin moved to {0}")]
+    Moved(String),
+    /// The twin is moving to another node; ask again shortly.
+    #[error("twin `{0}` is moving to another node; retry shortly")]
+    Moving(String),
+    /// The request clashes with what is here.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// A running node.
@@ -125,6 +168,12 @@ pub struct Node {
     store: Store,
     metrics: Arc<Metrics>,
     twins: Mutex<HashMap<String, Hosted>>,
+    /// Twins that moved away, and the API of their new node.
+    moved: Mutex<HashMap<String, String>>,
+    /// Twins being handed over, with their specs.
+    in_transit: Mutex<HashMap<String, TwinSpec>>,
+    /// Twins arriving from another node.
+    incoming: Mutex<HashMap<String, mobility::Incoming>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -148,6 +197,9 @@ impl Node {
             store,
             metrics: Arc::new(Metrics::default()),
             twins: Mutex::new(HashMap::new()),
+            moved: Mutex::new(HashMap::new()),
+            in_transit: Mutex::new(HashMap::new()),
+            incoming: Mutex::new(HashMap::new()),
         })
     }
 
@@ -156,12 +208,13 @@ impl Node {
     /// store (a corrected spec applied later replaces it); the names of the
     /// twins resumed are returned.
     pub fn resume(&self) -> anyhow::Result<Vec<String>> {
+        lock(&self.moved).extend(self.store.moved()?);
         let mut resumed = Vec::new();
         for (name, saved) in self.store.saved()? {
             let started = TwinSpec::parse(&saved.spec)
                 .map_err(anyhow::Error::from)
                 .and_then(|spec| {
-                    let prepared = self.prepare(&spec, Some(saved))?;
+                    let prepared = self.prepare(&spec, Origin::Saved(saved))?;
                     self.launch(&spec, prepared)
                 });
             match started {
@@ -181,8 +234,7 @@ impl Node {
         &self.metrics
     }
 
-    /// Fetches a component named in a spec, checks its digest and its
-    /// signature, and returns its bytes.
+    /// Fetches a component named in a spec and checks it.
     fn fetch(
         &self,
         component: &ComponentRef,
@@ -198,15 +250,29 @@ impl Node {
             std::fs::read(PathBuf::from(reference))
                 .with_context(|| format!("reading the {what} {reference}"))?
         };
+        self.check(&bytes, component, publisher_key, what)?;
+        Ok(bytes)
+    }
+
+    /// Checks a component's bytes against the spec's digest, the node's
+    /// trust policy and the spec's publisher key, before anything runs.
+    fn check(
+        &self,
+        bytes: &[u8],
+        component: &ComponentRef,
+        publisher_key: Option<&str>,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let reference = &component.reference;
         if let Some(expected) = &component.digest {
-            let actual = Digest::of(&bytes).to_string();
+            let actual = Digest::of(bytes).to_string();
             if &actual != expected {
                 bail!(
                     "the {what} {reference} has digest {actual}, but the spec requires {expected}"
                 );
             }
         }
-        let verified = self.config.policy.check(&bytes, reference)?;
+        let verified = self.config.policy.check(bytes, reference)?;
         if let (Some(key), Some(verified)) = (publisher_key, verified) {
             let trust = TrustSet::load(std::path::Path::new(key))
                 .with_context(|| format!("spec.model.publisherKey {key}"))?;
@@ -217,7 +283,7 @@ impl Node {
                 );
             }
         }
-        Ok(bytes)
+        Ok(())
     }
 
     /// Creates or replaces a twin from `spec`. Applying the same spec
@@ -250,7 +316,7 @@ impl Node {
             }
         };
         // Everything that can fail happens before the old twin stops.
-        let prepared = self.prepare(&spec, None)?;
+        let prepared = self.prepare(&spec, Origin::Fresh)?;
         if replacing {
             // The old session and the new one share a client id, and the
             // old twin's last writes must land before the new twin's.
@@ -261,6 +327,7 @@ impl Node {
             .write_now(vec![Op::Forget { name: name.clone() }, spec_op(&spec)?])?;
         let hosted = self.launch(&spec, prepared)?;
         lock(&self.twins).insert(name.clone(), hosted);
+        lock(&self.moved).remove(&name);
         tracing::info!(twin = %name, replacing, "twin started");
         Ok(if replacing {
             Applied::Replaced
@@ -284,89 +351,167 @@ impl Node {
             .map_err(|e| NodeError::Refused(e).into())
     }
 
-    /// Fetches, verifies and compiles a spec's components and creates its
-    /// twin — fresh, or from what the store saved — without connecting it
-    /// to anything.
-    fn prepare(&self, spec: &TwinSpec, saved: Option<Saved>) -> anyhow::Result<Prepared> {
-        let name = spec.name();
-        let model_bytes = self.fetch(
-            &spec.spec.model.component,
-            spec.spec.model.publisher_key.as_deref(),
-            "model",
-        )?;
-        let adapter_bytes = self.fetch(&spec.spec.physical.adapter, None, "adapter")?;
-        let model = self.runtime.load_model(&model_bytes)?;
-        let adapter = self.runtime.load_adapter(&adapter_bytes)?;
+    /// Fetches (unless `carried` brings them), verifies and compiles a
+    /// spec's components.
+    fn components(
+        &self,
+        spec: &TwinSpec,
+        carried: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> anyhow::Result<Components> {
+        let (model_bytes, adapter_bytes) = match carried {
+            Some((model, adapter)) => {
+                let key = spec.spec.model.publisher_key.as_deref();
+                self.check(&model, &spec.spec.model.component, key, "model")?;
+                self.check(&adapter, &spec.spec.physical.adapter, None, "adapter")?;
+                (model, adapter)
+            }
+            None => (
+                self.fetch(
+                    &spec.spec.model.component,
+                    spec.spec.model.publisher_key.as_deref(),
+                    "model",
+                )?,
+                self.fetch(&spec.spec.physical.adapter, None, "adapter")?,
+            ),
+        };
         let resources = &spec.spec.resources;
-        let limits = Limits {
-            fuel_per_call: resources.fuel_per_update,
-            memory_bytes: resources
-                .memory
-                .parse::<bytesize::ByteSize>()
-                .map(|b| b.as_u64())
-                .unwrap_or(64 << 20),
-            deadline: std::time::Duration::from_millis(resources.deadline_ms),
-        };
-        let twin = match saved {
-            Some(saved) => self.restore(&model, name, limits, spec, saved)?,
-            None => Twin::create(&self.runtime, &model, name, limits, &spec.spec.model.config)?,
-        };
-        Ok(Prepared {
-            model,
-            adapter,
-            limits,
-            twin,
+        Ok(Components {
+            model: self.runtime.load_model(&model_bytes)?,
+            adapter: self.runtime.load_adapter(&adapter_bytes)?,
+            limits: Limits {
+                fuel_per_call: resources.fuel_per_update,
+                memory_bytes: resources
+                    .memory
+                    .parse::<bytesize::ByteSize>()
+                    .map(|b| b.as_u64())
+                    .unwrap_or(64 << 20),
+                deadline: std::time::Duration::from_millis(resources.deadline_ms),
+            },
         })
     }
 
-    /// A twin as the store saved it: its last checkpoint (into the
-    /// component the spec names now, which may be a newer build of the same
-    /// model) plus the messages journalled since.
-    fn restore(
-        &self,
-        model: &ModelComponent,
-        name: &str,
-        limits: Limits,
-        spec: &TwinSpec,
-        saved: Saved,
-    ) -> anyhow::Result<Twin> {
-        let mut twin = match &saved.checkpoint {
-            Some(bytes) => {
-                let checkpoint = Checkpoint::read_from(bytes.as_slice())
-                    .with_context(|| format!("twin `{name}`'s stored checkpoint"))?;
-                Twin::restore(
-                    &self.runtime,
-                    model,
-                    &checkpoint,
-                    limits,
-                    RestorePolicy::Upgrade,
-                )?
-            }
-            None => Twin::create(&self.runtime, model, name, limits, &spec.spec.model.config)?,
-        };
-        for message in &saved.journal {
-            if let Err(e) = twin.apply_message(message) {
-                tracing::warn!(twin = %name, "replaying the journal: {e}");
-            }
-        }
-        Ok(twin)
+    /// Fetches, verifies and compiles a spec's components and creates its
+    /// twin from `origin`, without connecting it to anything.
+    fn prepare(&self, spec: &TwinSpec, origin: Origin) -> anyhow::Result<Prepared> {
+        let components = self.components(spec, None)?;
+        let twin = self.make_twin(spec, &components, origin)?;
+        Ok(Prepared { components, twin })
     }
 
-    /// Connects a prepared twin to its broker and starts its worker.
-    fn launch(&self, spec: &TwinSpec, prepared: Prepared) -> anyhow::Result<Hosted> {
-        let name = spec.name().to_string();
-        let Prepared {
-            model,
-            adapter,
-            limits,
-            twin,
-        } = prepared;
+    /// The twin `origin` describes. A checkpoint is restored into the
+    /// component the spec names now, which may be a newer build of the same
+    /// model; a store's journal is replayed after it.
+    fn make_twin(
+        &self,
+        spec: &TwinSpec,
+        components: &Components,
+        origin: Origin,
+    ) -> anyhow::Result<Twin> {
+        let name = spec.name();
+        let (model, limits) = (&components.model, components.limits);
+        let fresh = || Twin::create(&self.runtime, model, name, limits, &spec.spec.model.config);
+        let restore = |checkpoint: &Checkpoint| {
+            if checkpoint.twin != name {
+                bail!(
+                    "the checkpoint is of twin `{}`, not `{name}`",
+                    checkpoint.twin
+                );
+            }
+            Twin::restore(
+                &self.runtime,
+                model,
+                checkpoint,
+                limits,
+                RestorePolicy::Upgrade,
+            )
+        };
+        match origin {
+            Origin::Fresh => fresh(),
+            Origin::Checkpoint(checkpoint) => restore(&checkpoint),
+            Origin::Saved(saved) => {
+                let mut twin = match &saved.checkpoint {
+                    Some(bytes) => restore(
+                        &Checkpoint::read_from(bytes.as_slice())
+                            .with_context(|| format!("twin `{name}`'s stored checkpoint"))?,
+                    )?,
+                    None => fresh()?,
+                };
+                for message in &saved.journal {
+                    if let Err(e) = twin.apply_message(message) {
+                        tracing::warn!(twin = %name, "replaying the journal: {e}");
+                    }
+                }
+                Ok(twin)
+            }
+        }
+    }
+
+    /// Opens a twin's MQTT session into a job queue that no worker reads
+    /// yet: until one does, messages wait there and then at the broker.
+    fn connect(&self, spec: &TwinSpec) -> anyhow::Result<Session> {
+        let (broker, client_id) = self.session_of(spec)?;
+        let (jobs, queue) = mpsc::channel(self.config.queue_capacity);
+        // PT messages share the job queue; actions queue behind them.
+        let (inbound_tx, mut inbound_rx) = mpsc::channel(self.config.queue_capacity);
+        let link = physical::connect(
+            &broker,
+            &client_id,
+            spec.spec.physical.topics.clone(),
+            spec.spec.physical.qos,
+            inbound_tx,
+        )?;
+        let first = Arc::new(Mutex::new(None));
+        let seen = first.clone();
+        let forward = jobs.clone();
+        tokio::spawn(async move {
+            while let Some(message) = inbound_rx.recv().await {
+                lock(&seen).get_or_insert_with(|| (message.topic.clone(), message.payload.clone()));
+                if forward.send(Job::Message(message)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Session {
+            link,
+            jobs,
+            queue,
+            first,
+            changes: broadcast::channel(CHANGE_BUFFER).0,
+        })
+    }
+
+    /// The broker a twin's session is with, and its client id there.
+    fn session_of(&self, spec: &TwinSpec) -> anyhow::Result<(BrokerAddress, String)> {
         let broker = match &spec.spec.physical.broker {
             Some(url) => url
                 .parse::<BrokerAddress>()?
                 .with_login_of(&self.config.broker),
             None => self.config.broker.clone(),
         };
+        Ok((
+            broker,
+            format!("wasmtwin-{}-{}", self.config.name, spec.name()),
+        ))
+    }
+
+    /// Has the broker discard the twin's persistent session here (it lives
+    /// elsewhere now), in the background.
+    fn forget_session(&self, spec: &TwinSpec) {
+        if let Ok((broker, client_id)) = self.session_of(spec) {
+            tokio::spawn(physical::forget_session(broker, client_id));
+        }
+    }
+
+    /// Starts the worker of a prepared twin on its session; `stored` is the
+    /// checkpoint of its current state if the store already has it.
+    fn start(
+        &self,
+        spec: &TwinSpec,
+        prepared: Prepared,
+        session: Session,
+        stored: Option<Checkpoint>,
+    ) -> Hosted {
+        let Prepared { components, twin } = prepared;
         let shared = Arc::new(Mutex::new(Shared {
             state: twin.state().clone(),
             model: twin.model().clone(),
@@ -375,35 +520,16 @@ impl Node {
             guest_errors: 0,
             last_error: None,
         }));
-        let (jobs, queue) = mpsc::channel(self.config.queue_capacity);
-        // PT messages share the job queue; actions queue behind them.
-        let (inbound_tx, mut inbound_rx) = mpsc::channel(self.config.queue_capacity);
-        let client_id = format!("wasmtwin-{}-{name}", self.config.name);
-        let link = physical::connect(
-            &broker,
-            &client_id,
-            spec.spec.physical.topics.clone(),
-            spec.spec.physical.qos,
-            inbound_tx,
-        )?;
-        let forward = jobs.clone();
-        tokio::spawn(async move {
-            while let Some(message) = inbound_rx.recv().await {
-                if forward.send(Job::Message(message)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        let changes = session.changes;
         let history = &spec.spec.history;
         let worker = Worker {
-            name: name.clone(),
+            name: spec.name().to_string(),
             runtime: self.runtime.clone(),
-            model,
-            adapter,
-            limits,
+            model: components.model,
+            adapter: components.adapter,
+            limits: components.limits,
             twin,
-            link: link.clone(),
+            link: session.link.clone(),
             command_topic: spec.spec.physical.command_topic.clone(),
             shared: shared.clone(),
             metrics: self.metrics.clone(),
@@ -414,20 +540,30 @@ impl Node {
                     .unwrap_or(std::time::Duration::MAX),
                 max_rows: history.max_points,
             },
+            recovery: stored,
+            since_recovery: Vec::new(),
         };
         let (done, finished) = std::sync::mpsc::channel();
+        let queue = session.queue;
         self.workers.spawn(async move {
             worker.run(queue).await;
             let _ = done.send(());
         });
-        Ok(Hosted {
+        Hosted {
             spec: spec.clone(),
-            jobs,
+            previous_model: None,
+            jobs: session.jobs,
             shared,
             changes,
-            link,
+            link: session.link,
             finished,
-        })
+        }
+    }
+
+    /// Connects a prepared twin to its broker and starts its worker.
+    fn launch(&self, spec: &TwinSpec, prepared: Prepared) -> anyhow::Result<Hosted> {
+        let session = self.connect(spec)?;
+        Ok(self.start(spec, prepared, session, None))
     }
 
     /// Stops a twin's worker and session and waits for the worker to end;
@@ -445,10 +581,14 @@ impl Node {
         Some(hosted.spec)
     }
 
-    /// Stops and removes a twin, and forgets it.
+    /// Stops and removes a twin (or the marker of one that moved away),
+    /// and forgets it.
     pub fn delete(&self, name: &str) -> Result<(), NodeError> {
-        self.stop(name)
-            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        let was_here = self.stop(name).is_some();
+        let had_moved = lock(&self.moved).remove(name).is_some();
+        if !was_here && !had_moved {
+            return Err(NodeError::NotFound(name.to_string()));
+        }
         self.store
             .write_now(vec![Op::Forget {
                 name: name.to_string(),
@@ -470,7 +610,7 @@ impl Node {
         lock(&self.twins)
             .get(name)
             .map(|h| h.spec.clone())
-            .ok_or_else(|| NodeError::NotFound(name.to_string()))
+            .ok_or_else(|| self.missing(name))
     }
 
     /// A twin's state and entanglement now; updates its gauges and logs a
@@ -479,7 +619,7 @@ impl Node {
         let shared = lock(&self.twins)
             .get(name)
             .map(|h| h.shared.clone())
-            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+            .ok_or_else(|| self.missing(name))?;
         let (report, transition) = lock(&shared).report(name, physical::now_us());
         let label = TwinLabel {
             twin: name.to_string(),
@@ -507,12 +647,14 @@ impl Node {
         Ok(report)
     }
 
-    /// A stream of the changes a twin applies from now on.
+    /// A stream of the changes a twin applies from now on (also of a twin
+    /// still arriving from another node).
     pub fn subscribe(&self, name: &str) -> Result<broadcast::Receiver<Change>, NodeError> {
-        lock(&self.twins)
-            .get(name)
-            .map(|h| h.changes.subscribe())
-            .ok_or_else(|| NodeError::NotFound(name.to_string()))
+        if let Some(hosted) = lock(&self.twins).get(name) {
+            return Ok(hosted.changes.subscribe());
+        }
+        self.subscribe_arriving(name)
+            .ok_or_else(|| self.missing(name))
     }
 
     /// What a twin's model offers.
@@ -520,7 +662,7 @@ impl Node {
         let shared = lock(&self.twins)
             .get(name)
             .map(|h| h.shared.clone())
-            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+            .ok_or_else(|| self.missing(name))?;
         let description = lock(&shared).description.clone();
         Ok(description)
     }
@@ -535,10 +677,13 @@ impl Node {
         limit: usize,
     ) -> Result<Vec<Point>, NodeError> {
         if !lock(&self.twins).contains_key(name) {
-            return Err(NodeError::NotFound(name.to_string()));
+            return Err(self.missing(name));
         }
+        // History is written behind the twin; include everything applied
+        // until now.
         self.store
-            .history(name, property, from_ms, to_ms, limit)
+            .flush()
+            .and_then(|()| self.store.history(name, property, from_ms, to_ms, limit))
             .map_err(|e| NodeError::Refused(format!("reading the history: {e:#}")))
     }
 
@@ -560,7 +705,7 @@ impl Node {
         let jobs = lock(&self.twins)
             .get(name)
             .map(|h| h.jobs.clone())
-            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+            .ok_or_else(|| self.missing(name))?;
         let (reply, answer) = oneshot::channel();
         let job = Job::Act {
             name: action.to_string(),
@@ -578,7 +723,7 @@ impl Node {
         })?;
         answer
             .await
-            .map_err(|_| NodeError::NotFound(name.to_string()))?
+            .map_err(|_| self.missing(name))?
             .map_err(NodeError::Refused)
     }
 }

@@ -46,6 +46,29 @@ pub enum Job {
     },
     /// Stop: the twin is being replaced or deleted.
     Stop,
+    /// A checkpoint of the twin as it is now.
+    Checkpoint {
+        /// Where it goes.
+        reply: oneshot::Sender<Result<Checkpoint, String>>,
+    },
+    /// Apply messages until `until` (or, without one, nothing more), then
+    /// checkpoint, answer and stop: the twin moves elsewhere. Not reaching
+    /// it `within` answers an error and the twin goes on.
+    Handover {
+        /// The last sequence number this node must apply.
+        until: Option<u64>,
+        /// How long to wait for it.
+        within: std::time::Duration,
+        /// Where the final checkpoint goes.
+        reply: oneshot::Sender<Result<Checkpoint, String>>,
+    },
+    /// Replace the model by this component, keeping the state.
+    Swap {
+        /// The new model, compiled.
+        model: ModelComponent,
+        /// Where the result goes.
+        reply: oneshot::Sender<Result<SwapReport, String>>,
+    },
     /// A new model configuration.
     Reconfigure {
         /// The configuration.
@@ -70,6 +93,46 @@ pub struct Worker {
     pub store: Store,
     pub changes: broadcast::Sender<Change>,
     pub history: HistoryPolicy,
+    /// The last checkpoint, to recover from if the instance fails (given
+    /// at start when the node already stored it)…
+    pub recovery: Option<Checkpoint>,
+    /// …followed by the messages applied since.
+    pub since_recovery: Vec<Vec<Update>>,
+}
+
+/// A handover waiting for the twin to reach a sequence number.
+struct Handover {
+    until: Option<u64>,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Checkpoint, String>>,
+}
+
+impl Handover {
+    fn reached(&self, last_seq: Option<u64>) -> bool {
+        self.until
+            .is_none_or(|until| last_seq.unwrap_or(0) >= until)
+    }
+
+    fn fail(self, last_seq: Option<u64>) {
+        let _ = self.reply.send(Err(format!(
+            "the twin did not reach update {} in time (it is at {}); it stays here",
+            self.until.unwrap_or(0),
+            last_seq.map_or("none".into(), |s| s.to_string())
+        )));
+    }
+}
+
+/// What a hot swap did.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwapReport {
+    /// The model before.
+    pub from: crate::checkpoint::ModelInfo,
+    /// The model now.
+    pub to: crate::checkpoint::ModelInfo,
+    /// How long updates waited: checkpoint of the old instance and restore
+    /// into the new one, µs.
+    pub pause_us: u64,
 }
 
 /// How long a twin's history is kept.
@@ -104,87 +167,162 @@ impl Worker {
         AdapterInstance::new(&self.runtime, &self.adapter, &self.name, self.limits)
     }
 
-    /// Serves the queue until it closes. Runs on the node's twin runtime,
-    /// whose threads exist for this CPU-bound work: a call into the guest
-    /// runs inline, bounded by its fuel and deadline.
+    /// Serves the queue until it closes, a stop, or a handover. Runs on the
+    /// node's twin runtime, whose threads exist for this CPU-bound work: a
+    /// call into the guest runs inline, bounded by its fuel and deadline.
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let mut adapter = match self.new_adapter() {
             Ok(adapter) => adapter,
             Err(e) => return self.failed(&format!("{e:#}")),
         };
         // The starting point, durable before the first message: a new twin,
-        // or a resumed one with its journal replayed.
-        let mut ops = Vec::new();
-        let mut checkpoint = self.checkpoint(&mut ops);
-        self.store.write(ops, None);
-        let mut since_checkpoint: Vec<Vec<Update>> = Vec::new();
-        while let Some(job) = jobs.recv().await {
+        // or a resumed one with its journal replayed. A twin that arrived
+        // from another node brings its own (the node stored the bundle).
+        if self.recovery.is_none() {
+            self.new_recovery_point(Vec::new());
+        }
+        let mut handover: Option<Handover> = None;
+        loop {
+            let next = match &handover {
+                Some(h) => match tokio::time::timeout_at(h.deadline.into(), jobs.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        if let Some(h) = handover.take() {
+                            h.fail(self.twin.state().last_seq);
+                        }
+                        continue;
+                    }
+                },
+                None => jobs.recv().await,
+            };
+            let Some(job) = next else { break };
             self.metrics
                 .queue_depth
                 .get_or_create(&self.label())
                 .set(jobs.len() as i64);
             match job {
-                Job::Message(message) => {
-                    let mut ops = Vec::new();
-                    if adapter.is_poisoned() {
-                        match self.new_adapter() {
-                            Ok(fresh) => adapter = fresh,
-                            Err(e) => self.failed(&format!("{e:#}")),
-                        }
-                    }
-                    match adapter.decode(&message.topic, &message.payload) {
-                        Ok(updates) => {
-                            if let Some(op) =
-                                self.apply(&updates, checkpoint.as_ref(), &since_checkpoint)
-                            {
-                                ops.push(op);
-                                since_checkpoint.push(updates);
-                            }
-                        }
-                        Err(e) => {
-                            self.failed(&format!("dropping a message on {}: {e}", message.topic))
-                        }
-                    }
-                    if since_checkpoint.len() >= CHECKPOINT_EVERY
-                        && let Some(c) = self.checkpoint(&mut ops)
-                    {
-                        checkpoint = Some(c);
-                        since_checkpoint.clear();
-                    }
-                    // Acknowledged only once the message's effects (or its
-                    // refusal for good) are durable.
-                    let ack = message.packet.map(|packet| {
-                        let link = self.link.clone();
-                        Box::new(move |written: Result<(), String>| {
-                            if written.is_ok() {
-                                link.ack(&packet);
-                            }
-                        }) as crate::store::Done
-                    });
-                    self.store.write(ops, ack);
-                }
+                Job::Message(message) => self.on_message(&mut adapter, message),
                 Job::Stop => break,
                 Job::Act { name, input, reply } => {
-                    let outcome = self.act(&mut adapter, &name, &input);
-                    let _ = reply.send(outcome);
+                    let _ = reply.send(self.act(&mut adapter, &name, &input));
                 }
                 Job::Reconfigure { config, reply } => {
                     let result = self.twin.reconfigure(&config).map_err(|e| e.to_string());
                     if result.is_ok() {
-                        // The configuration is part of the state: start a
-                        // new recovery point.
-                        let mut ops = Vec::new();
-                        if let Some(c) = self.checkpoint(&mut ops) {
-                            checkpoint = Some(c);
-                            since_checkpoint.clear();
-                        }
-                        self.store.write(ops, None);
+                        // The configuration is part of the state.
+                        self.new_recovery_point(Vec::new());
                     }
                     let _ = reply.send(result);
                 }
+                Job::Checkpoint { reply } => {
+                    let _ = reply.send(self.twin.checkpoint().map_err(|e| format!("{e:#}")));
+                }
+                Job::Swap { model, reply } => {
+                    let _ = reply.send(self.swap(model));
+                }
+                Job::Handover {
+                    until,
+                    within,
+                    reply,
+                } => {
+                    handover = Some(Handover {
+                        until,
+                        deadline: Instant::now() + within,
+                        reply,
+                    });
+                }
+            }
+            if let Some(h) = handover.take_if(|h| h.reached(self.twin.state().last_seq)) {
+                // The last state this node applies; the worker stops here.
+                // (Should the move fail, the store's last checkpoint plus
+                // its journal bring the twin back to this same state.)
+                let _ = h
+                    .reply
+                    .send(self.twin.checkpoint().map_err(|e| format!("{e:#}")));
+                break;
             }
         }
         self.link.close();
+    }
+
+    /// Applies one PT message and makes it durable; its acknowledgement
+    /// waits for that.
+    fn on_message(&mut self, adapter: &mut AdapterInstance, message: Inbound) {
+        let mut ops = Vec::new();
+        if adapter.is_poisoned() {
+            match self.new_adapter() {
+                Ok(fresh) => *adapter = fresh,
+                Err(e) => self.failed(&format!("{e:#}")),
+            }
+        }
+        match adapter.decode(&message.topic, &message.payload) {
+            Ok(updates) => {
+                if let Some(op) = self.apply(&updates) {
+                    ops.push(op);
+                    self.since_recovery.push(updates);
+                }
+            }
+            Err(e) => self.failed(&format!("dropping a message on {}: {e}", message.topic)),
+        }
+        let ack = message.packet.map(|packet| {
+            let link = self.link.clone();
+            Box::new(move |written: Result<(), String>| {
+                if written.is_ok() {
+                    link.ack(&packet);
+                }
+            }) as crate::store::Done
+        });
+        if self.since_recovery.len() >= CHECKPOINT_EVERY {
+            self.new_recovery_point(ops);
+            // The checkpoint's writes carry this message's too.
+            self.store.write(Vec::new(), ack);
+        } else {
+            self.store.write(ops, ack);
+        }
+    }
+
+    /// Takes a checkpoint, makes it durable together with `ops`, and
+    /// recovers from it (plus what follows) if the instance fails.
+    fn new_recovery_point(&mut self, mut ops: Vec<Op>) -> Option<Checkpoint> {
+        let checkpoint = self.checkpoint(&mut ops);
+        self.store.write(ops, None);
+        if let Some(c) = &checkpoint {
+            self.recovery = Some(c.clone());
+            self.since_recovery.clear();
+        }
+        checkpoint
+    }
+
+    /// Replaces the model between two updates: the old instance's
+    /// checkpoint is restored into the new component; if that fails, the
+    /// old instance goes on as if nothing happened.
+    fn swap(&mut self, model: ModelComponent) -> Result<SwapReport, String> {
+        let started = Instant::now();
+        let checkpoint = self.twin.checkpoint().map_err(|e| format!("{e:#}"))?;
+        let twin = Twin::restore(
+            &self.runtime,
+            &model,
+            &checkpoint,
+            self.limits,
+            RestorePolicy::Upgrade,
+        )
+        .map_err(|e| format!("the new model refused the twin's state: {e:#}"))?;
+        let from = self.twin.model().clone();
+        self.twin = twin;
+        self.model = model;
+        let pause = started.elapsed();
+        {
+            let mut shared = self.shared();
+            shared.model = self.twin.model().clone();
+            shared.description = self.twin.description().clone();
+        }
+        self.new_recovery_point(Vec::new());
+        tracing::info!(twin = %self.name, from = %from.component, to = %self.twin.model().component, ?pause, "model swapped");
+        Ok(SwapReport {
+            from,
+            to: self.twin.model().clone(),
+            pause_us: u64::try_from(pause.as_micros()).unwrap_or(u64::MAX),
+        })
     }
 
     /// Takes a checkpoint and adds its store writes (checkpoint, journal
@@ -216,12 +354,7 @@ impl Worker {
 
     /// Applies one PT message; if it changed the state, returns the store
     /// write that records it.
-    fn apply(
-        &mut self,
-        updates: &[Update],
-        checkpoint: Option<&Checkpoint>,
-        replay: &[Vec<Update>],
-    ) -> Option<Op> {
+    fn apply(&mut self, updates: &[Update]) -> Option<Op> {
         let update = updates.first()?;
         let started = Instant::now();
         match self.twin.apply_message(updates) {
@@ -280,7 +413,7 @@ impl Worker {
             Err(error) => {
                 self.failed(&error.to_string());
                 if error.failure.poisons() {
-                    self.recover(&error, checkpoint, replay);
+                    self.recover(&error);
                 }
                 None
             }
@@ -289,13 +422,8 @@ impl Worker {
 
     /// Rebuilds the twin from the last checkpoint and the updates applied
     /// since, after the instance failed.
-    fn recover(
-        &mut self,
-        error: &GuestError,
-        checkpoint: Option<&Checkpoint>,
-        replay: &[Vec<Update>],
-    ) {
-        let Some(from) = checkpoint else {
+    fn recover(&mut self, error: &GuestError) {
+        let Some(from) = &self.recovery else {
             return self.failed(&format!("cannot recover after `{error}`: no checkpoint"));
         };
         self.shared().entanglement.set_available(false, now_us());
@@ -308,14 +436,14 @@ impl Worker {
         );
         match restored {
             Ok(mut twin) => {
-                for message in replay.iter() {
+                for message in &self.since_recovery {
                     if let Err(e) = twin.apply_message(message) {
                         self.failed(&format!("replay after recovery failed: {e}"));
                         break;
                     }
                 }
                 self.twin = twin;
-                tracing::info!(twin = %self.name, replayed = replay.len(), "recovered from the last checkpoint");
+                tracing::info!(twin = %self.name, replayed = self.since_recovery.len(), "recovered from the last checkpoint");
             }
             Err(e) => self.failed(&format!("cannot recover after `{error}`: {e:#}")),
         }

@@ -171,8 +171,8 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// restarted node gets what it had not acknowledged. Reconnects with
 /// exponential backoff until the returned link is closed.
 ///
-/// Returns once the broker has confirmed the subscription, so nothing
-/// published after that is missed (or after [`SUBSCRIBE_WAIT`], with a
+/// Returns once the broker has confirmed the subscription (or delivered a
+/// message), so nothing published after that is missed (or after [`SUBSCRIBE_WAIT`], with a
 /// warning, when the broker cannot be reached yet). Blocks: call it off the
 /// async threads.
 pub fn connect(
@@ -182,26 +182,7 @@ pub fn connect(
     qos: u8,
     inbound: mpsc::Sender<Inbound>,
 ) -> anyhow::Result<Link> {
-    let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
-    options
-        .set_keep_alive(Duration::from_secs(15))
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        .set_max_packet_size(1 << 20, 1 << 20)
-        .set_inflight(100);
-    if let Some((user, password)) = &broker.credentials {
-        options.set_credentials(user.clone(), password.clone());
-    }
-    if broker.tls {
-        options.set_transport(match &broker.ca_pem {
-            Some(ca) => rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
-                ca: ca.clone(),
-                alpn: None,
-                client_auth: None,
-            }),
-            None => rumqttc::Transport::tls_with_default_config(),
-        });
-    }
+    let options = options(broker, client_id, false);
     let (client, eventloop) = AsyncClient::new(options, 256);
     let qos = if qos == 0 {
         QoS::AtMostOnce
@@ -226,6 +207,60 @@ pub fn connect(
         );
     }
     Ok(Link::new(client))
+}
+
+/// Session options for `client_id` at `broker`; a persistent session
+/// unless `clean`.
+fn options(broker: &BrokerAddress, client_id: &str, clean: bool) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    options
+        .set_keep_alive(Duration::from_secs(15))
+        .set_clean_session(clean)
+        .set_manual_acks(true)
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_inflight(100);
+    if let Some((user, password)) = &broker.credentials {
+        options.set_credentials(user.clone(), password.clone());
+    }
+    if broker.tls {
+        options.set_transport(match &broker.ca_pem {
+            Some(ca) => rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
+                ca: ca.clone(),
+                alpn: None,
+                client_auth: None,
+            }),
+            None => rumqttc::Transport::tls_with_default_config(),
+        });
+    }
+    options
+}
+
+/// Makes the broker discard the persistent session of `client_id` (its
+/// subscriptions and the messages queued for it), by connecting once with
+/// a clean session: done when a twin has moved to another node, so the
+/// broker stops keeping its messages here.
+pub async fn forget_session(broker: BrokerAddress, client_id: String) {
+    let (client, mut eventloop) = AsyncClient::new(options(&broker, &client_id, true), 10);
+    let done = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    let _ = client.disconnect().await;
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => tracing::debug!(client = %client_id, "broker session discarded"),
+        Ok(Err(e)) => tracing::warn!(client = %client_id, "cannot discard the broker session: {e}"),
+        Err(_) => {
+            tracing::warn!(client = %client_id, "cannot discard the broker session: timed out")
+        }
+    }
 }
 
 /// One twin's MQTT session, driven by its event loop.
@@ -259,6 +294,10 @@ impl Session {
                     let _ = self.subscribed.send(());
                 }
                 Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                    // A message proves the subscription too: a persistent
+                    // session's backlog may fill the queue before the
+                    // SUBACK is read.
+                    let _ = self.subscribed.send(());
                     let packet = (publish.qos != QoS::AtMostOnce).then(|| publish.clone());
                     let message = Inbound {
                         topic: publish.topic,

@@ -11,6 +11,8 @@ mod layout;
 mod oci;
 mod progress;
 
+pub use progress::bar as progress_bar;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};

@@ -1,6 +1,8 @@
 //! The seed paper's twin model: every update costs the computation of the
 //! first N prime numbers before the state changes, so the work a twin does
 //! per update is a knob (`{"primes": N}`) that can be turned at runtime.
+//! `{"state_kib": K}` pads the state with K KiB, to measure what moving a
+//! twin of a given size costs.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -22,30 +24,47 @@ pub struct Prime {
     last_value: Value,
     /// The largest prime computed for the last update.
     last_prime: u64,
+    /// Padding that makes the state `state_kib` KiB larger.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    ballast: String,
 }
 
-/// `{"primes": N}`; N defaults to 1000.
+/// The largest state padding accepted, in KiB.
+pub const MAX_STATE_KIB: u32 = 64 * 1024;
+
+/// `{"primes": N, "state_kib": K}`; N defaults to 1000, K to 0.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     primes: u32,
+    state_kib: u32,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { primes: 1000 }
+        Config {
+            primes: 1000,
+            state_kib: 0,
+        }
     }
 }
 
 impl Config {
-    fn checked(self) -> Result<u32, Error> {
+    /// The primes per update and the state padding, if both are in range.
+    fn checked(self) -> Result<(u32, String), Error> {
         if self.primes == 0 || self.primes > MAX_PRIMES {
             return Err(Error::new(format!(
                 "primes must be between 1 and {MAX_PRIMES}, got {}",
                 self.primes
             )));
         }
-        Ok(self.primes)
+        if self.state_kib > MAX_STATE_KIB {
+            return Err(Error::new(format!(
+                "state_kib must be at most {MAX_STATE_KIB}, got {}",
+                self.state_kib
+            )));
+        }
+        Ok((self.primes, "x".repeat(self.state_kib as usize * 1024)))
     }
 }
 
@@ -70,7 +89,11 @@ pub fn nth_prime(n: u32) -> u64 {
 impl Model for Prime {
     type Config = Config;
     const NAME: &'static str = "prime";
-    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const VERSION: &'static str = if cfg!(feature = "next-release") {
+        "0.2.0-next"
+    } else {
+        env!("CARGO_PKG_VERSION")
+    };
     const PROPERTIES: &'static [PropertyInfo] = &[
         PropertyInfo::new(
             "updates_applied",
@@ -95,17 +118,19 @@ impl Model for Prime {
     }];
 
     fn init(config: Config) -> Result<Self, Error> {
+        let (primes, ballast) = config.checked()?;
         Ok(Prime {
-            primes: config.checked()?,
+            primes,
             updates_applied: 0,
             last_seq: None,
             last_value: Value::Null,
             last_prime: 0,
+            ballast,
         })
     }
 
     fn reconfigure(&mut self, config: Config) -> Result<(), Error> {
-        self.primes = config.checked()?;
+        (self.primes, self.ballast) = config.checked()?;
         Ok(())
     }
 
@@ -159,9 +184,32 @@ mod tests {
         assert_eq!(nth_prime(1000), 7919);
     }
 
+    fn primes(primes: u32) -> Config {
+        Config {
+            primes,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn pads_the_state_as_configured() {
+        let model = Prime::init(Config {
+            primes: 1,
+            state_kib: 3,
+        })
+        .unwrap();
+        let bytes = wasmtwin_sdk::snapshot(&model).unwrap();
+        assert!(bytes.len() > 3 * 1024 && bytes.len() < 3 * 1024 + 200);
+        let too_big = Config {
+            primes: 1,
+            state_kib: MAX_STATE_KIB + 1,
+        };
+        assert!(Prime::init(too_big).is_err());
+    }
+
     #[test]
     fn counts_updates_and_keeps_the_last() {
-        let mut model = Prime::init(Config { primes: 10 }).unwrap();
+        let mut model = Prime::init(primes(10)).unwrap();
         let mut effects = Effects::default();
         model.on_update(&update(1), &mut effects).unwrap();
         model.on_update(&update(2), &mut effects).unwrap();
@@ -174,19 +222,18 @@ mod tests {
     #[test]
     fn refuses_zero_primes_and_keeps_the_old_setting() {
         let mut model = Prime::init(Config::default()).unwrap();
-        assert!(model.reconfigure(Config { primes: 0 }).is_err());
+        assert!(model.reconfigure(primes(0)).is_err());
         assert_eq!(model.primes, 1000);
-        assert!(
-            Prime::init(Config {
-                primes: MAX_PRIMES + 1
-            })
-            .is_err()
-        );
+        assert!(Prime::init(primes(MAX_PRIMES + 1)).is_err());
     }
 
     #[test]
     fn snapshot_round_trips() {
-        let mut model = Prime::init(Config { primes: 5 }).unwrap();
+        let mut model = Prime::init(Config {
+            primes: 5,
+            state_kib: 2,
+        })
+        .unwrap();
         model
             .on_update(&update(7), &mut Effects::default())
             .unwrap();

@@ -1,0 +1,452 @@
+//! Mobility benchmark: live migration of a twin between two `wasmtwin host`
+//! processes sharing a Mosquitto broker, against the slow way measured in
+//! the same run — stop the twin, write its checkpoint to a file, start a
+//! fresh host process and restore the file there — and the pause of a
+//! model hot-swap.
+//!
+//! `cargo bench -p wasmtwin --bench mobility` prints Markdown tables. Needs
+//! `mosquitto` on the PATH. `WASMTWIN_BENCH_QUICK=1` runs a small smoke
+//! version.
+//!
+//! A publisher sends 1,000 sequence-numbered updates per second throughout.
+//! Downtime is the time from the last update the source applied to the
+//! first the target applied, both seen on the nodes' change streams (the
+//! target's is open while the twin is still arriving). Guest state is
+//! padded to 1 KiB, 1 MiB and 16 MiB (`prime`'s `state_kib`); histories of
+//! 0, 10,000 and 100,000 points travel with the twin.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use serde_json::{Value, json};
+use wasmtwin::client::{self, NodeClient};
+use wasmtwin::node::Bundle;
+use wasmtwin::signing::{self, Metadata};
+use wasmtwin::store::HistoryRow;
+use wasmtwin_tests::servers::{Mosquitto, free_port};
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+const TOPIC: &str = "bench/p/telemetry";
+
+fn quick() -> bool {
+    std::env::var_os("WASMTWIN_BENCH_QUICK").is_some()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A `wasmtwin host` process.
+struct Host {
+    child: Child,
+    client: NodeClient,
+}
+
+impl Host {
+    async fn start(name: &str, port: u16, data: &Path, trust: &Path, broker: u16) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_wasmtwin"))
+            .args(["host", "--name", name, "--token", TOKEN])
+            .args(["--http", &format!("127.0.0.1:{port}")])
+            .args(["--mqtt", &format!("mqtt://127.0.0.1:{broker}")])
+            .arg("--data")
+            .arg(data)
+            .arg("--trust")
+            .arg(trust)
+            .arg("--cache-dir")
+            .arg(data.parent().expect("a parent").join("cache"))
+            .env("WASMTWIN_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting wasmtwin host");
+        let client = NodeClient::new(&format!("http://127.0.0.1:{port}"), Some(TOKEN.into()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client
+            .send(client.request(reqwest::Method::GET, "/healthz"))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "the host did not start");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Self { child, client }
+    }
+
+    async fn twin(&self) -> Option<Value> {
+        let response = self
+            .client
+            .send(self.client.request(reqwest::Method::GET, "/v1/twins/p"))
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
+    /// Waits until the twin has applied an update after `seq`; when.
+    async fn applied_after(&self, seq: u64) -> Instant {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let last = self.twin().await.and_then(|t| t["lastSeq"].as_u64());
+            if last.is_some_and(|last| last > seq) {
+                return Instant::now();
+            }
+            assert!(Instant::now() < deadline, "the twin did not go on");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publishes sequence-numbered updates at 1,000 per second until dropped.
+fn publisher(port: u16) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut options = MqttOptions::new("bench-device", "127.0.0.1", port);
+        options.set_inflight(1000);
+        let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+        tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        for seq in 1.. {
+            tick.tick().await;
+            let payload = json!({ "seq": seq, "ts_ms": now_ms(), "v": seq }).to_string();
+            if client
+                .publish(TOPIC, QoS::AtLeastOnce, false, payload)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    })
+}
+
+/// The changes a stream delivered: when each arrived, and its sequence.
+type Seen = Arc<Mutex<Vec<(Instant, u64)>>>;
+
+/// Records the changes a node's stream of twin `p` delivers. Retries until
+/// the stream opens (a twin still arriving has one).
+fn watch(node: NodeClient) -> (Seen, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let task = tokio::spawn(async move {
+        let response = loop {
+            match node
+                .send(node.request(reqwest::Method::GET, "/v1/twins/p/stream"))
+                .await
+            {
+                Ok(response) => break response,
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        };
+        let mut response = response;
+        let mut text = String::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            let at = Instant::now();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                if event.contains("event: moved") {
+                    return;
+                }
+                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: "))
+                    && event.contains("event: change")
+                    && let Some(seq) = serde_json::from_str::<Value>(data)
+                        .ok()
+                        .and_then(|c| c["seq"].as_u64())
+                {
+                    record.lock().unwrap().push((at, seq));
+                }
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// p50 and p99 (nearest rank) of `samples`.
+fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort();
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    (at(0.5), at(0.99))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn spec(model: &Path, adapter: &Path, state_kib: u32) -> String {
+    json!({
+        "apiVersion": wasmtwin::spec::API_VERSION,
+        "kind": wasmtwin::spec::KIND,
+        "metadata": { "name": "p" },
+        "spec": {
+            "model": { "ref": model.display().to_string(), "config": { "primes": 1, "state_kib": state_kib } },
+            "physical": { "topics": [TOPIC], "adapter": { "ref": adapter.display().to_string() } },
+            "requirements": { "expectedRateHz": 1000 },
+            "resources": { "memory": "256MiB" },
+            "history": { "maxPoints": 200000 },
+        },
+    })
+    .to_string()
+}
+
+/// Gives twin `p` on `node` a history of `points` rows, by restoring its
+/// own bundle with them added.
+async fn give_history(node: &NodeClient, points: u64) {
+    if points == 0 {
+        return;
+    }
+    let bytes = node.checkpoint("p", false).await.expect("a checkpoint");
+    let mut bundle = Bundle::from_bytes(&bytes).expect("a bundle");
+    // Recent timestamps (one per ms up to now), inside the retention.
+    let first = now_ms() - points;
+    bundle.history = (1..=points)
+        .map(|i| HistoryRow {
+            ts_ms: first + i,
+            seq: i,
+            changes: [("last_value".to_string(), json!(i))].into(),
+        })
+        .collect();
+    let bytes = bundle.to_bytes().expect("a bundle");
+    node.restore("p", bytes, true)
+        .await
+        .expect("restoring with history");
+}
+
+/// One live migration from `from` to `to`: (downtime, total).
+async fn migrate_once(from: &Host, to: &Host) -> Option<(Duration, Duration)> {
+    let (source, watching_source) = watch(from.client.clone());
+    let (target, watching_target) = watch(to.client.clone());
+    // Let the source stream connect and see a change.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while source.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no change on the source");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let moved = client::migrate("p", &from.client, &to.client)
+        .await
+        .expect("a migration");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while target.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no change on the target");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), watching_source).await;
+    watching_target.abort();
+    let (last_at, last_seq) = *source.lock().unwrap().last().expect("a last change");
+    let (first_at, first_seq) = *target.lock().unwrap().first().expect("a first change");
+    // Only a run whose first target change directly follows the source's
+    // last is measured; otherwise the target's stream opened late.
+    (first_seq == last_seq + 1).then(|| (first_at.saturating_duration_since(last_at), moved.total))
+}
+
+struct Setup {
+    broker: Mosquitto,
+    dir: tempfile::TempDir,
+    trust: PathBuf,
+    model: PathBuf,
+    next_model: PathBuf,
+    adapter: PathBuf,
+}
+
+fn setup() -> Setup {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = signing::generate().expect("a key");
+    signing::write_pair(&dir.path().join("keys"), &key, false).expect("keys");
+    let sign = |source: PathBuf, name: &str| {
+        let metadata = Metadata {
+            name: name.into(),
+            version: "0.0.0".into(),
+            publisher: "bench".into(),
+            signed_at: "2026-01-01T00:00:00Z".into(),
+        };
+        let signed = signing::sign(&std::fs::read(source).expect("plugin"), &key, &metadata)
+            .expect("signing");
+        let path = dir.path().join(format!("{name}.wasm"));
+        std::fs::write(&path, signed).expect("writing");
+        path
+    };
+    Setup {
+        model: sign(wasmtwin_tests::plugin("prime"), "prime"),
+        next_model: sign(wasmtwin_tests::prime_next_release(), "prime-next"),
+        adapter: sign(wasmtwin_tests::plugin("json-adapter"), "json_adapter"),
+        trust: dir.path().join("keys").join(signing::PUBLIC_KEY_FILE),
+        broker,
+        dir,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let s = setup();
+    let (states, histories, runs): (&[u32], &[u64], usize) = if quick() {
+        (&[1], &[0, 1000], 3)
+    } else {
+        (&[1, 1024, 16 * 1024], &[0, 10_000, 100_000], 20)
+    };
+    let data = |name: &str| s.dir.path().join(name);
+    let port_a = free_port();
+    let mut a = Host::start("a", port_a, &data("a-0"), &s.trust, s.broker.port).await;
+    let b = Host::start("b", free_port(), &data("b"), &s.trust, s.broker.port).await;
+    let _device = publisher(s.broker.port);
+    let mut fresh = 0;
+
+    println!("\n## Moving a twin (`cargo bench -p wasmtwin --bench mobility`)\n");
+    println!(
+        "Live migration between two host processes vs. the slow way (fresh host process + restore from a checkpoint file), {runs} runs each.\n"
+    );
+    println!(
+        "| guest state | history | live: downtime p50 | p99 | total p50 | slow way: downtime p50 | p99 | live / slow (p50) |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut swaps = Vec::new();
+    for &kib in states {
+        for &points in histories {
+            let text = spec(&s.model, &s.adapter, kib);
+            let created = a
+                .client
+                .send(
+                    a.client
+                        .request(reqwest::Method::PUT, "/v1/twins/p")
+                        .body(text),
+                )
+                .await;
+            created.expect("creating the twin");
+            give_history(&a.client, points).await;
+            a.applied_after(0).await;
+
+            let mut live = Vec::new();
+            let mut totals = Vec::new();
+            let mut on_a = true;
+            for _ in 0..runs * 3 {
+                if live.len() == runs {
+                    break;
+                }
+                let (from, to) = if on_a { (&a, &b) } else { (&b, &a) };
+                if let Some((downtime, total)) = migrate_once(from, to).await {
+                    live.push(downtime);
+                    totals.push(total);
+                }
+                on_a = !on_a;
+            }
+            assert_eq!(
+                live.len(),
+                runs,
+                "too many runs where the target's stream opened late"
+            );
+            if !on_a {
+                client::migrate("p", &b.client, &a.client)
+                    .await
+                    .expect("back to A");
+            }
+
+            // Hot-swap pauses, to the next release and back.
+            if points == 0 {
+                for i in 0..runs {
+                    let to = if i % 2 == 0 {
+                        Some((s.next_model.to_str().expect("utf-8"), None))
+                    } else {
+                        None
+                    };
+                    let report = a.client.swap("p", to).await.expect("a swap");
+                    swaps.push((
+                        kib,
+                        Duration::from_micros(report["pauseUs"].as_u64().unwrap_or(0)),
+                    ));
+                }
+            }
+
+            // The slow way: stop, checkpoint to a file, fresh process, restore.
+            let mut slow = Vec::new();
+            for _ in 0..runs {
+                let (source, watching) = watch(a.client.clone());
+                while source.lock().unwrap().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let handover = a
+                    .client
+                    .request(reqwest::Method::POST, "/v1/twins/p/handover");
+                let bundle = a
+                    .client
+                    .send(handover)
+                    .await
+                    .expect("stopping the twin")
+                    .bytes()
+                    .await
+                    .expect("its checkpoint");
+                let _ = tokio::time::timeout(Duration::from_secs(1), watching).await;
+                let file = s.dir.path().join("p.ckpt");
+                std::fs::write(&file, &bundle).expect("writing the checkpoint");
+                let (last_at, last_seq) = *source.lock().unwrap().last().expect("a change");
+                drop(a);
+                fresh += 1;
+                a = Host::start(
+                    "a",
+                    port_a,
+                    &data(&format!("a-{fresh}")),
+                    &s.trust,
+                    s.broker.port,
+                )
+                .await;
+                let bytes = std::fs::read(&file).expect("reading the checkpoint");
+                a.client
+                    .restore("p", bytes, false)
+                    .await
+                    .expect("restoring");
+                let first_at = a.applied_after(last_seq).await;
+                slow.push(first_at.saturating_duration_since(last_at));
+            }
+
+            let (live_p50, live_p99) = percentiles(&mut live);
+            let (total_p50, _) = percentiles(&mut totals);
+            let (slow_p50, slow_p99) = percentiles(&mut slow);
+            println!(
+                "| {} | {points} | {} | {} | {} | {} | {} | {:.3}× |",
+                if kib >= 1024 {
+                    format!("{} MiB", kib / 1024)
+                } else {
+                    format!("{kib} KiB")
+                },
+                ms(live_p50),
+                ms(live_p99),
+                ms(total_p50),
+                ms(slow_p50),
+                ms(slow_p99),
+                live_p50.as_secs_f64() / slow_p50.as_secs_f64()
+            );
+            let deleted = a.client.request(reqwest::Method::DELETE, "/v1/twins/p");
+            a.client.send(deleted).await.expect("deleting the twin");
+            let cleared = b.client.request(reqwest::Method::DELETE, "/v1/twins/p");
+            let _ = b.client.send(cleared).await;
+        }
+    }
+    println!("\n## Hot-swap pause (checkpoint of the old instance + restore into the new)\n");
+    println!("| guest state | p50 | p99 |\n|---:|---:|---:|");
+    for &kib in states {
+        let mut pauses: Vec<Duration> = swaps
+            .iter()
+            .filter(|(k, _)| *k == kib)
+            .map(|(_, d)| *d)
+            .collect();
+        let (p50, p99) = percentiles(&mut pauses);
+        println!(
+            "| {} | {} | {} |",
+            if kib >= 1024 {
+                format!("{} MiB", kib / 1024)
+            } else {
+                format!("{kib} KiB")
+            },
+            ms(p50),
+            ms(p99)
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! Routes for a twin's movements: its checkpoint bundle out and in, the
+//! steps of a live migration on either node, and model hot-swap. Twins that
+//! moved away are answered with a redirect to their new node.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::twins::{error, node_error};
+use crate::node::{Node, NodeError};
+use crate::spec::{ComponentRef, TwinSpec};
+
+/// The media type of checkpoint bundles.
+pub const BUNDLE_TYPE: &str = "application/vnd.wasmtwin.checkpoint";
+
+/// Largest bundle accepted (guest state and history together).
+const BUNDLE_MAX: usize = 1 << 30;
+
+pub fn routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/v1/twins/{name}/checkpoint", get(checkpoint).put(restore))
+        .route("/v1/twins/{name}/handover", post(handover))
+        .route("/v1/twins/{name}/resume", post(resume))
+        .route("/v1/twins/{name}/moved", post(moved))
+        .route("/v1/twins/{name}/swap", post(swap))
+        .route(
+            "/v1/migrations/{name}",
+            put(receive).get(first_buffered).post(accept).delete(refuse),
+        )
+        .layer(DefaultBodyLimit::max(BUNDLE_MAX))
+}
+
+/// Middleware: a read or action on a twin that moved away is redirected
+/// (308, same method and body) to the same path on its new node.
+pub async fn redirect_moved(
+    State(node): State<Arc<Node>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method();
+    if method == Method::GET || method == Method::POST {
+        let path = request.uri().path();
+        let mut parts = path.trim_start_matches('/').splitn(4, '/');
+        if let (Some("v1"), Some("twins"), Some(name)) = (parts.next(), parts.next(), parts.next())
+            && let Some(to) = node.moved(name)
+        {
+            let query = request
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            let location = format!("{}{path}{query}", to.trim_end_matches('/'));
+            return (
+                StatusCode::PERMANENT_REDIRECT,
+                [(header::LOCATION, location.clone())],
+                Json(json!({ "error": format!("twin `{name}` moved"), "location": location })),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn bundle(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, BUNDLE_TYPE)], bytes).into_response()
+}
+
+/// Runs blocking node work off the I/O threads; errors become statuses.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(match e.downcast::<NodeError>() {
+            Ok(e) => node_error(e),
+            Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+        }),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CheckpointQuery {
+    /// Carry the model and adapter components in the bundle.
+    #[serde(default)]
+    components: bool,
+}
+
+async fn checkpoint(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(query): Query<CheckpointQuery>,
+) -> Response {
+    match node.export(&name, query.components).await {
+        Ok(bytes) => bundle(bytes),
+        Err(e) => node_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RestoreQuery {
+    /// Overwrite a twin of that name running here.
+    #[serde(default)]
+    replace: bool,
+}
+
+async fn restore(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(query): Query<RestoreQuery>,
+    body: Bytes,
+) -> Response {
+    let restored = blocking(move || node.restore_bundle(&body, query.replace)).await;
+    match restored {
+        Ok(twin) if twin == name => {
+            (StatusCode::CREATED, Json(json!({ "twin": twin }))).into_response()
+        }
+        Ok(twin) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the bundle restored twin `{twin}`, not `{name}`"),
+        ),
+        Err(response) => response,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct HandoverQuery {
+    /// Apply messages up to this sequence number before handing over.
+    until: Option<u64>,
+}
+
+async fn handover(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(query): Query<HandoverQuery>,
+) -> Response {
+    match node.handover(&name, query.until).await {
+        Ok(bytes) => bundle(bytes),
+        Err(e) => node_error(e),
+    }
+}
+
+async fn resume(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
+    match blocking(move || node.resume_twin(&name)).await {
+        Ok(()) => Json(json!({ "resumed": true })).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct MovedBody {
+    /// The API of the twin's new node.
+    to: String,
+}
+
+async fn moved(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Json(body): Json<MovedBody>,
+) -> Response {
+    if !(body.to.starts_with("http://") || body.to.starts_with("https://")) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`to` must be an http(s) URL, got `{}`", body.to),
+        );
+    }
+    match blocking(move || node.mark_moved(&name, &body.to)).await {
+        Ok(()) => Json(json!({ "moved": true })).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwapBody {
+    /// The new model (a path, `file://` or `oci://`)…
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+    /// …with its expected digest.
+    digest: Option<String>,
+    /// Or back to the model before the last swap.
+    #[serde(default)]
+    rollback: bool,
+}
+
+async fn swap(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Json(body): Json<SwapBody>,
+) -> Response {
+    let to = match (body.reference, body.rollback) {
+        (Some(reference), false) => Some(ComponentRef {
+            reference,
+            digest: body.digest,
+        }),
+        (None, true) => None,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give either `ref` (and optionally `digest`) or `rollback: true`",
+            );
+        }
+    };
+    match node.swap(&name, to).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => node_error(e),
+    }
+}
+
+async fn receive(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: String,
+) -> Response {
+    let spec = match TwinSpec::parse(&body) {
+        Ok(spec) if spec.name() == name => spec,
+        Ok(spec) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the spec names `{}`, the URL `{name}`", spec.name()),
+            );
+        }
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    match blocking(move || node.receive(spec)).await {
+        Ok(()) => Json(json!({ "receiving": name })).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn first_buffered(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
+    match blocking(move || Ok(node.first_buffered(&name)?)).await {
+        Ok(first) => Json(json!({ "firstSeq": first })).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn accept(State(node): State<Arc<Node>>, Path(name): Path<String>, body: Bytes) -> Response {
+    let twin = name.clone();
+    match blocking(move || node.accept(&twin, &body)).await {
+        Ok(()) => Json(json!({ "arrived": name })).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn refuse(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
+    match node.refuse(&name) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => node_error(e),
+    }
+}

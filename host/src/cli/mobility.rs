@@ -1,0 +1,156 @@
+//! `wasmtwin checkpoint`, `restore`, `migrate` and `swap`: a twin's
+//! movements, from the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use wasmtwin::client::{self, NodeClient};
+use wasmtwin::node::Bundle;
+use wasmtwin::runtime::write_atomically;
+
+use super::client::{Target, io};
+
+/// Arguments of `wasmtwin checkpoint`.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// The twin.
+    name: String,
+    /// Where to write the bundle.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
+    /// Put the model and adapter components in the bundle too, so it can be
+    /// restored where they cannot be fetched.
+    #[arg(long)]
+    with_component: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Arguments of `wasmtwin restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The bundle (from `wasmtwin checkpoint`).
+    file: PathBuf,
+    /// Overwrite a twin of the same name on the node.
+    #[arg(long)]
+    replace: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Arguments of `wasmtwin migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The twin.
+    name: String,
+    /// The node it runs on now.
+    #[arg(long, value_name = "URL")]
+    from: String,
+    /// The node it moves to.
+    #[arg(long, value_name = "URL")]
+    to: String,
+    /// Bearer token for both nodes (also `WASMTWIN_TOKEN`).
+    #[arg(long, env = "WASMTWIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Token for the source node, if it differs.
+    #[arg(long, hide_env_values = true)]
+    from_token: Option<String>,
+    /// Token for the target node, if it differs.
+    #[arg(long, hide_env_values = true)]
+    to_token: Option<String>,
+}
+
+/// Arguments of `wasmtwin swap`.
+#[derive(Debug, Args)]
+pub struct SwapArgs {
+    /// The twin.
+    name: String,
+    /// The new model: a path on the node, `file://` or `oci://`.
+    #[arg(long, value_name = "REF", required_unless_present = "rollback")]
+    model: Option<String>,
+    /// The new model's expected digest.
+    #[arg(long, requires = "model")]
+    digest: Option<String>,
+    /// Swap back to the model that ran before the last swap.
+    #[arg(long, conflicts_with = "model")]
+    rollback: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Saves a running twin's bundle.
+pub fn checkpoint(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
+    let client = args.target.client();
+    let bundle = io()?.block_on(client.checkpoint(&args.name, args.with_component))?;
+    let parsed = Bundle::from_bytes(&bundle).context("the node sent a damaged bundle")?;
+    write_atomically(&args.output, &bundle)?;
+    println!(
+        "{}: twin `{}`, model {} {}, {} history rows{}, {} bytes",
+        args.output.display(),
+        args.name,
+        parsed.checkpoint.model.name,
+        parsed.checkpoint.model.version,
+        parsed.history.len(),
+        if parsed.components.is_some() {
+            ", components included"
+        } else {
+            ""
+        },
+        bundle.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts a twin on a node from a bundle.
+pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let bundle =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    // Refuse a damaged bundle here, with the reason, before the node is asked.
+    let parsed = Bundle::from_bytes(&bundle)
+        .with_context(|| format!("{} is not a usable bundle", args.file.display()))?;
+    let name = parsed.spec.name().to_string();
+    io()?.block_on(args.target.client().restore(&name, bundle, args.replace))?;
+    println!("twin `{name}` restored");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Moves a twin between nodes, live.
+pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let from = NodeClient::new(&args.from, args.from_token.or(args.token.clone()));
+    let to = NodeClient::new(&args.to, args.to_token.or(args.token));
+    let moved = io()?.block_on(client::migrate(&args.name, &from, &to))?;
+    println!(
+        "twin `{}` moved from {} to {}: updates paused {:.1} ms, {:.1} ms in all, {} byte bundle{}",
+        args.name,
+        from.base(),
+        to.base(),
+        moved.pause.as_secs_f64() * 1e3,
+        moved.total.as_secs_f64() * 1e3,
+        moved.bundle_bytes,
+        moved
+            .first_buffered
+            .map(|seq| format!(", the target went on from update {seq}"))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replaces a twin's model while it runs.
+pub fn swap(args: SwapArgs) -> anyhow::Result<ExitCode> {
+    let to = args
+        .model
+        .as_deref()
+        .map(|model| (model, args.digest.as_deref()));
+    let report = io()?.block_on(args.target.client().swap(&args.name, to))?;
+    println!(
+        "twin `{}` now runs {} {} ({}); updates paused {} µs",
+        args.name,
+        report["to"]["name"].as_str().unwrap_or("?"),
+        report["to"]["version"].as_str().unwrap_or("?"),
+        report["to"]["component"].as_str().unwrap_or("?"),
+        report["pauseUs"]
+    );
+    Ok(ExitCode::SUCCESS)
+}

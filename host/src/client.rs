@@ -1,0 +1,243 @@
+//! A client of a node's HTTP API, and the live migration it drives between
+//! two nodes (the steps are in [`crate::node`]'s mobility module; this is
+//! the conductor, used by `wasmtwin migrate` and the benchmarks).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::spec::TwinSpec;
+
+/// A node's API and the token to call it with.
+#[derive(Debug, Clone)]
+pub struct NodeClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl NodeClient {
+    /// The API at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                // A redirect is an answer here (the twin moved), not
+                // something to follow with our token.
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// A request to `path` on the node, authenticated.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends `request`; a non-success answer becomes an error quoting the
+    /// node's reason.
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("reaching the node at {}", self.base))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        let reason = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(String::from))
+            .unwrap_or(body);
+        bail!("{} answered {status}: {}", self.base, reason.trim())
+    }
+
+    async fn json(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Value> {
+        let response = self.send(self.request(method, path)).await?;
+        response.json().await.context("reading the node's answer")
+    }
+
+    /// Downloads the body of `request`, drawing a progress bar on a
+    /// terminal for large transfers.
+    async fn download(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<Vec<u8>> {
+        let mut response = self.send(request).await?;
+        let total = response.content_length();
+        let bar = crate::registry::progress_bar(what, total);
+        let mut bytes = Vec::with_capacity(total.unwrap_or(0) as usize);
+        while let Some(chunk) = response.chunk().await.context("receiving the bundle")? {
+            bytes.extend_from_slice(&chunk);
+            bar.set_position(bytes.len() as u64);
+        }
+        bar.finish_and_clear();
+        Ok(bytes)
+    }
+
+    /// The spec twin `name` runs under.
+    pub async fn spec(&self, name: &str) -> anyhow::Result<TwinSpec> {
+        let value = self
+            .json(reqwest::Method::GET, &format!("/v1/twins/{name}/spec"))
+            .await?;
+        TwinSpec::parse(&value.to_string()).map_err(Into::into)
+    }
+
+    /// A checkpoint bundle of twin `name`, which keeps running.
+    pub async fn checkpoint(&self, name: &str, with_components: bool) -> anyhow::Result<Vec<u8>> {
+        let path = format!("/v1/twins/{name}/checkpoint?components={with_components}");
+        self.download(self.request(reqwest::Method::GET, &path), "checkpoint")
+            .await
+    }
+
+    /// Starts twin `name` on the node from `bundle`.
+    pub async fn restore(&self, name: &str, bundle: Vec<u8>, replace: bool) -> anyhow::Result<()> {
+        let path = format!("/v1/twins/{name}/checkpoint?replace={replace}");
+        let request = self
+            .request(reqwest::Method::PUT, &path)
+            .header(reqwest::header::CONTENT_TYPE, crate::api::BUNDLE_TYPE)
+            .body(bundle);
+        self.send(request).await.map(drop)
+    }
+
+    /// Hot-swaps twin `name`'s model to `reference` (or back, with `None`).
+    pub async fn swap(
+        &self,
+        name: &str,
+        reference: Option<(&str, Option<&str>)>,
+    ) -> anyhow::Result<Value> {
+        let body = match reference {
+            Some((reference, digest)) => json!({ "ref": reference, "digest": digest }),
+            None => json!({ "rollback": true }),
+        };
+        let request = self
+            .request(reqwest::Method::POST, &format!("/v1/twins/{name}/swap"))
+            .json(&body);
+        self.send(request)
+            .await?
+            .json()
+            .await
+            .context("reading the swap report")
+    }
+}
+
+/// What a migration did.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// Size of the bundle handed over.
+    pub bundle_bytes: usize,
+    /// The first sequence number the target buffered (so the last the
+    /// source applied is the one before), if the device sent any.
+    pub first_buffered: Option<u64>,
+    /// From the source starting its handover to the target running the
+    /// twin: the longest updates could wait.
+    pub pause: Duration,
+    /// The whole move.
+    pub total: Duration,
+}
+
+/// Moves twin `name` from node `from` to node `to`, live: the target
+/// subscribes and buffers before the source stops, the source applies
+/// everything up to the target's first buffered message and hands over,
+/// the target restores and goes on from its buffer. If a step fails, the
+/// twin stays (or resumes) on the source and the error says which.
+pub async fn migrate(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow::Result<Migration> {
+    let started = Instant::now();
+    let spec = from.spec(name).await.context("reading the twin's spec")?;
+    let spec_json = serde_json::to_string(&spec)?;
+    let arriving = format!("/v1/migrations/{name}");
+    to.send(to.request(reqwest::Method::PUT, &arriving).body(spec_json))
+        .await
+        .context("the target cannot host the twin; nothing changed")?;
+
+    // Wait (about three update periods) for the target's buffer to start,
+    // so the source knows where to stop.
+    let rate = spec.spec.requirements.expected_rate_hz.max(0.1);
+    let wait = Duration::from_secs_f64((3.0 / rate).clamp(0.05, 5.0));
+    let mut first_buffered = None;
+    while started.elapsed() < wait {
+        let answer = to.json(reqwest::Method::GET, &arriving).await;
+        if let Some(seq) = answer.as_ref().ok().and_then(|v| v["firstSeq"].as_u64()) {
+            first_buffered = Some(seq);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    let paused_at = Instant::now();
+    let until = first_buffered
+        .map(|seq| format!("?until={}", seq.saturating_sub(1)))
+        .unwrap_or_default();
+    let handover = from.request(
+        reqwest::Method::POST,
+        &format!("/v1/twins/{name}/handover{until}"),
+    );
+    let bundle = match from.download(handover, "handing over").await {
+        Ok(bundle) => bundle,
+        Err(e) => {
+            let _ = to
+                .send(to.request(reqwest::Method::DELETE, &arriving))
+                .await;
+            return Err(e.context(format!(
+                "the handover failed; the twin stays on {}",
+                from.base
+            )));
+        }
+    };
+    let bundle_bytes = bundle.len();
+    let accepted = to
+        .send(
+            to.request(reqwest::Method::POST, &arriving)
+                .header(reqwest::header::CONTENT_TYPE, crate::api::BUNDLE_TYPE)
+                .body(bundle),
+        )
+        .await;
+    if let Err(e) = accepted {
+        let resumed = from
+            .send(from.request(reqwest::Method::POST, &format!("/v1/twins/{name}/resume")))
+            .await;
+        let _ = to
+            .send(to.request(reqwest::Method::DELETE, &arriving))
+            .await;
+        return Err(match resumed {
+            Ok(_) => e.context(format!(
+                "the target could not start the twin; it resumed on {}",
+                from.base
+            )),
+            Err(r) => e.context(format!(
+                "the target could not start the twin, and resuming it on {} failed too ({r:#})",
+                from.base
+            )),
+        });
+    }
+    let pause = paused_at.elapsed();
+    from.send(
+        from.request(reqwest::Method::POST, &format!("/v1/twins/{name}/moved"))
+            .json(&json!({ "to": to.base })),
+    )
+    .await
+    .context("the twin runs on the target, but the source could not record the move")?;
+    Ok(Migration {
+        bundle_bytes,
+        first_buffered,
+        pause,
+        total: started.elapsed(),
+    })
+}

@@ -1,0 +1,501 @@
+//! A twin's movements: its checkpoint bundle out and in, live migration
+//! between nodes, and hot-swap of its model.
+//!
+//! A migration is driven from outside (`wasmtwin migrate`) in steps that
+//! each node takes on its own side, so that a failure at any step leaves
+//! the twin running where it was:
+//!
+//! 1. target [`Node::receive`]: fetch, verify and compile the components,
+//!    and open the twin's MQTT session, whose messages wait in the queue of
+//!    a worker not yet started;
+//! 2. target [`Node::first_buffered`]: the sequence number the buffer
+//!    starts at, once a message came;
+//! 3. source [`Node::handover`]: apply every message up to just before
+//!    that, checkpoint, stop, and return the bundle;
+//! 4. target [`Node::accept`]: restore the bundle and start the worker on
+//!    the buffer, whose already-applied messages drop as duplicates;
+//! 5. source [`Node::mark_moved`] (reads are redirected to the target), or,
+//!    if step 4 failed, [`Node::resume_twin`] (the twin carries on from its
+//!    handover checkpoint, and its session redelivers the rest).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::sync::oneshot;
+
+use super::worker::{Job, SwapReport};
+use super::{Components, Node, NodeError, Origin, Prepared, Session, lock, spec_op};
+use crate::checkpoint::{
+    ADAPTER_SECTION, Checkpoint, HISTORY_SECTION, MODEL_SECTION, SPEC_SECTION,
+};
+use crate::runtime::AdapterInstance;
+use crate::spec::{ComponentRef, TwinSpec};
+use crate::store::{HistoryRow, Op};
+
+/// How long a handover may wait for the source to catch up with the
+/// target's buffer.
+const HANDOVER_WITHIN: Duration = Duration::from_secs(10);
+
+/// A twin arriving: its components compiled and its session buffering.
+pub(super) struct Incoming {
+    spec: TwinSpec,
+    components: Components,
+    session: Session,
+}
+
+/// What a checkpoint bundle holds beyond the twin's own checkpoint.
+pub struct Bundle {
+    /// The spec the twin ran under.
+    pub spec: TwinSpec,
+    /// Guest snapshot and host-side twin state.
+    pub checkpoint: Checkpoint,
+    /// Its history, oldest first.
+    pub history: Vec<HistoryRow>,
+    /// The model and adapter components, when the bundle carries them.
+    pub components: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Bundle {
+    /// Writes the bundle: the checkpoint format, with the spec, the
+    /// history and (optionally) the components as further sections.
+    pub fn to_bytes(mut self) -> anyhow::Result<Vec<u8>> {
+        let mut history = Vec::new();
+        for row in &self.history {
+            serde_json::to_writer(&mut history, row)?;
+            history.push(b'\n');
+        }
+        let sections = &mut self.checkpoint.sections;
+        sections.push((SPEC_SECTION.into(), serde_json::to_vec(&self.spec)?));
+        sections.push((HISTORY_SECTION.into(), history));
+        if let Some((model, adapter)) = self.components {
+            sections.push((MODEL_SECTION.into(), model));
+            sections.push((ADAPTER_SECTION.into(), adapter));
+        }
+        Ok(self.checkpoint.to_bytes()?)
+    }
+
+    /// Reads and checks a bundle (every checksum, the spec, the history).
+    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<Self> {
+        let mut checkpoint = Checkpoint::read_from(bytes)?;
+        let mut take = |name: &str| {
+            let at = checkpoint.sections.iter().position(|(n, _)| n == name)?;
+            Some(checkpoint.sections.remove(at).1)
+        };
+        let spec = take(SPEC_SECTION).context(
+            "the bundle has no spec: it is a bare checkpoint (from `wasmtwin run`), not a twin's",
+        )?;
+        let spec = TwinSpec::parse(std::str::from_utf8(&spec).context("the bundle's spec")?)
+            .context("the bundle's spec")?;
+        let history = match take(HISTORY_SECTION) {
+            Some(lines) => lines
+                .split(|&b| b == b'\n')
+                .filter(|line| !line.is_empty())
+                .map(serde_json::from_slice)
+                .collect::<Result<_, _>>()
+                .context("the bundle's history is malformed")?,
+            None => Vec::new(),
+        };
+        let components = match (take(MODEL_SECTION), take(ADAPTER_SECTION)) {
+            (Some(model), Some(adapter)) => Some((model, adapter)),
+            (None, None) => None,
+            _ => bail!("the bundle carries only one of its two components"),
+        };
+        if checkpoint.twin != spec.name() {
+            bail!(
+                "the bundle's checkpoint is of twin `{}` but its spec names `{}`",
+                checkpoint.twin,
+                spec.name()
+            );
+        }
+        Ok(Self {
+            spec,
+            checkpoint,
+            history,
+            components,
+        })
+    }
+}
+
+impl Node {
+    fn jobs(&self, name: &str) -> Result<tokio::sync::mpsc::Sender<Job>, NodeError> {
+        lock(&self.twins)
+            .get(name)
+            .map(|h| h.jobs.clone())
+            .ok_or_else(|| self.missing(name))
+    }
+
+    /// The error for a twin that is not here: moving, moved, or unknown.
+    pub(super) fn missing(&self, name: &str) -> NodeError {
+        if let Some(to) = self.moved(name) {
+            NodeError::Moved(format!("{}/v1/twins/{name}", to.trim_end_matches('/')))
+        } else if lock(&self.in_transit).contains_key(name) {
+            NodeError::Moving(name.to_string())
+        } else {
+            NodeError::NotFound(name.to_string())
+        }
+    }
+
+    /// Where a twin that moved away lives now.
+    pub fn moved(&self, name: &str) -> Option<String> {
+        lock(&self.moved).get(name).cloned()
+    }
+
+    fn bundle(
+        &self,
+        spec: TwinSpec,
+        checkpoint: Checkpoint,
+        with_components: bool,
+    ) -> anyhow::Result<Vec<u8>> {
+        let components = if with_components {
+            let model = &spec.spec.model;
+            Some((
+                self.fetch(&model.component, model.publisher_key.as_deref(), "model")?,
+                self.fetch(&spec.spec.physical.adapter, None, "adapter")?,
+            ))
+        } else {
+            None
+        };
+        // History rows are written behind the worker: wait for those of
+        // every update the checkpoint holds.
+        self.store.flush()?;
+        let history = self.store.history_rows(spec.name())?;
+        Bundle {
+            spec,
+            checkpoint,
+            history,
+            components,
+        }
+        .to_bytes()
+    }
+
+    /// A bundle of a running twin as it is between two updates, which keeps
+    /// running.
+    pub async fn export(&self, name: &str, with_components: bool) -> Result<Vec<u8>, NodeError> {
+        let jobs = self.jobs(name)?;
+        let spec = self.spec(name)?;
+        let (reply, answer) = oneshot::channel();
+        jobs.send(Job::Checkpoint { reply })
+            .await
+            .map_err(|_| self.missing(name))?;
+        let checkpoint = answer
+            .await
+            .map_err(|_| self.missing(name))?
+            .map_err(NodeError::Refused)?;
+        self.bundle(spec, checkpoint, with_components)
+            .map_err(|e| NodeError::Refused(format!("{e:#}")))
+    }
+
+    /// Starts a twin from a bundle. Its components (carried, or fetched as
+    /// its spec says) must pass this node's trust policy before anything
+    /// runs; a twin of that name already here is refused unless `replace`.
+    pub fn restore_bundle(&self, bytes: &[u8], replace: bool) -> anyhow::Result<String> {
+        let bundle = Bundle::from_bytes(bytes)?;
+        let name = bundle.spec.name().to_string();
+        if !replace && lock(&self.twins).contains_key(&name) {
+            return Err(NodeError::Conflict(format!(
+                "twin `{name}` already runs here; restore with replace to overwrite it"
+            ))
+            .into());
+        }
+        let components = self.components(&bundle.spec, bundle.components)?;
+        let twin = self.make_twin(
+            &bundle.spec,
+            &components,
+            Origin::Checkpoint(bundle.checkpoint),
+        )?;
+        self.stop(&name);
+        self.store.write_now(vec![
+            Op::Forget { name: name.clone() },
+            spec_op(&bundle.spec)?,
+            Op::ImportHistory {
+                name: name.clone(),
+                rows: bundle.history,
+            },
+        ])?;
+        let hosted = self.launch(&bundle.spec, Prepared { components, twin })?;
+        lock(&self.twins).insert(name.clone(), hosted);
+        lock(&self.moved).remove(&name);
+        tracing::info!(twin = %name, "twin restored from a bundle");
+        Ok(name)
+    }
+
+    /// Source, step 3: applies messages up to `until`, checkpoints, stops
+    /// the twin and returns its bundle. Requests meanwhile get "moving".
+    /// If the twin cannot get there, it goes on here and the error says why.
+    pub async fn handover(
+        self: &Arc<Self>,
+        name: &str,
+        until: Option<u64>,
+    ) -> Result<Vec<u8>, NodeError> {
+        let jobs = self.jobs(name)?;
+        let (reply, answer) = oneshot::channel();
+        lock(&self.in_transit).insert(name.to_string(), self.spec(name)?);
+        let sent = jobs
+            .send(Job::Handover {
+                until,
+                within: HANDOVER_WITHIN,
+                reply,
+            })
+            .await;
+        let checkpoint = match sent {
+            Ok(()) => answer.await.map_err(|_| self.missing(name)),
+            Err(_) => Err(self.missing(name)),
+        };
+        let checkpoint = match checkpoint {
+            Ok(Ok(checkpoint)) => checkpoint,
+            Ok(Err(e)) => {
+                lock(&self.in_transit).remove(name);
+                return Err(NodeError::Refused(e));
+            }
+            Err(e) => {
+                lock(&self.in_transit).remove(name);
+                return Err(e);
+            }
+        };
+        // The worker has stopped; take the twin down around it.
+        let spec = {
+            let name = name.to_string();
+            let node = self.clone();
+            tokio::task::spawn_blocking(move || node.stop(&name))
+                .await
+                .ok()
+                .flatten()
+        };
+        let Some(spec) = spec else {
+            lock(&self.in_transit).remove(name);
+            return Err(NodeError::NotFound(name.to_string()));
+        };
+        self.bundle(spec, checkpoint, false)
+            .map_err(|e| NodeError::Refused(format!("{e:#}")))
+    }
+
+    /// Source, step 5 when the target failed: the twin carries on here from
+    /// its handover checkpoint.
+    pub fn resume_twin(&self, name: &str) -> anyhow::Result<()> {
+        if lock(&self.twins).contains_key(name) {
+            return Ok(());
+        }
+        let saved = self
+            .store
+            .saved()?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, saved)| saved)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        let spec = TwinSpec::parse(&saved.spec)?;
+        let prepared = self.prepare(&spec, Origin::Saved(saved))?;
+        let hosted = self.launch(&spec, prepared)?;
+        lock(&self.twins).insert(name.to_string(), hosted);
+        lock(&self.in_transit).remove(name);
+        tracing::info!(twin = %name, "twin resumed after a failed move");
+        Ok(())
+    }
+
+    /// Source, step 5: the twin lives at `to` now. Reads and actions are
+    /// redirected there; this node forgets the rest, its broker session
+    /// included.
+    pub fn mark_moved(&self, name: &str, to: &str) -> anyhow::Result<()> {
+        if lock(&self.twins).contains_key(name) {
+            bail!("twin `{name}` still runs here; hand it over first");
+        }
+        self.store.write_now(vec![Op::Moved {
+            name: name.to_string(),
+            to: to.to_string(),
+        }])?;
+        lock(&self.moved).insert(name.to_string(), to.to_string());
+        if let Some(spec) = lock(&self.in_transit).remove(name) {
+            self.forget_session(&spec);
+        }
+        tracing::info!(twin = %name, %to, "twin moved away");
+        Ok(())
+    }
+
+    /// The change stream of a twin still arriving.
+    pub(super) fn subscribe_arriving(
+        &self,
+        name: &str,
+    ) -> Option<tokio::sync::broadcast::Receiver<super::Change>> {
+        lock(&self.incoming)
+            .get(name)
+            .map(|a| a.session.changes.subscribe())
+    }
+
+    /// Target, step 1: gets ready to receive twin `spec` — components
+    /// verified and compiled, its session subscribed and buffering.
+    pub fn receive(&self, spec: TwinSpec) -> anyhow::Result<()> {
+        spec.validate()?;
+        let name = spec.name().to_string();
+        if lock(&self.twins).contains_key(&name) {
+            return Err(NodeError::Conflict(format!("twin `{name}` already runs here")).into());
+        }
+        let components = self.components(&spec, None)?;
+        let session = self.connect(&spec)?;
+        if let Some(old) = lock(&self.incoming).insert(
+            name,
+            Incoming {
+                spec,
+                components,
+                session,
+            },
+        ) {
+            old.session.link.close();
+        }
+        Ok(())
+    }
+
+    /// Target, step 2: the sequence number of the first message buffered,
+    /// once one came.
+    pub fn first_buffered(&self, name: &str) -> Result<Option<u64>, NodeError> {
+        let (first, adapter, limits) = {
+            let incoming = lock(&self.incoming);
+            let arriving = incoming
+                .get(name)
+                .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+            let first = lock(&arriving.session.first).clone();
+            (
+                first,
+                arriving.components.adapter.clone(),
+                arriving.components.limits,
+            )
+        };
+        let Some((topic, payload)) = first else {
+            return Ok(None);
+        };
+        let refused = |e: String| NodeError::Refused(format!("decoding the first message: {e}"));
+        let mut decoder = AdapterInstance::new(&self.runtime, &adapter, name, limits)
+            .map_err(|e| refused(format!("{e:#}")))?;
+        let updates = decoder
+            .decode(&topic, &payload)
+            .map_err(|e| refused(e.to_string()))?;
+        Ok(updates.first().map(|u| u.seq))
+    }
+
+    /// Target, step 4: restores the bundle and starts the twin on what its
+    /// session buffered.
+    pub fn accept(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let bundle = Bundle::from_bytes(bytes)?;
+        let arriving = lock(&self.incoming)
+            .remove(name)
+            .ok_or_else(|| NodeError::NotFound(format!("{name} (nothing is arriving)")))?;
+        if bundle.spec != arriving.spec {
+            arriving.session.link.close();
+            bail!("the bundle's spec is not the one this node was told to receive");
+        }
+        let stored = bundle.checkpoint.clone();
+        let restored = self.make_twin(
+            &arriving.spec,
+            &arriving.components,
+            Origin::Checkpoint(bundle.checkpoint),
+        );
+        let twin = match restored {
+            Ok(twin) => twin,
+            Err(e) => {
+                arriving.session.link.close();
+                self.forget_session(&arriving.spec);
+                return Err(e);
+            }
+        };
+        // Queued, not awaited, and ahead of everything the worker will
+        // write (so of its MQTT acknowledgements too). The bundle as
+        // received is the twin's first checkpoint here: no second snapshot
+        // delays its first update.
+        self.store.write(
+            vec![
+                Op::Forget {
+                    name: name.to_string(),
+                },
+                spec_op(&arriving.spec)?,
+                Op::ImportHistory {
+                    name: name.to_string(),
+                    rows: bundle.history,
+                },
+                Op::Checkpoint {
+                    name: name.to_string(),
+                    bundle: bytes.to_vec(),
+                    through_seq: twin.state().last_seq,
+                },
+            ],
+            None,
+        );
+        let prepared = Prepared {
+            components: arriving.components,
+            twin,
+        };
+        let hosted = self.start(&arriving.spec, prepared, arriving.session, Some(stored));
+        lock(&self.twins).insert(name.to_string(), hosted);
+        lock(&self.moved).remove(name);
+        tracing::info!(twin = %name, "twin arrived");
+        Ok(())
+    }
+
+    /// Target: forgets a twin that will not arrive after all.
+    pub fn refuse(&self, name: &str) -> Result<(), NodeError> {
+        let arriving = lock(&self.incoming)
+            .remove(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        arriving.session.link.close();
+        self.forget_session(&arriving.spec);
+        Ok(())
+    }
+
+    /// Hot-swaps a twin's model: the new component is fetched, verified,
+    /// compiled and instantiated ahead; between two updates the old
+    /// instance's state is restored into it. If the new model refuses the
+    /// state, the old one keeps running and the error says why. `None`
+    /// rolls back to the model before the last swap.
+    pub async fn swap(
+        self: &Arc<Self>,
+        name: &str,
+        to: Option<ComponentRef>,
+    ) -> Result<SwapReport, NodeError> {
+        let (jobs, spec, previous) = {
+            let twins = lock(&self.twins);
+            let hosted = twins.get(name).ok_or_else(|| self.missing(name))?;
+            (
+                hosted.jobs.clone(),
+                hosted.spec.clone(),
+                hosted.previous_model.clone(),
+            )
+        };
+        let target = match to {
+            Some(target) => target,
+            None => previous.ok_or_else(|| {
+                NodeError::Refused(format!(
+                    "twin `{name}` has no earlier model to roll back to"
+                ))
+            })?,
+        };
+        let mut new_spec = spec.clone();
+        new_spec.spec.model.component = target.clone();
+        let components = {
+            let node = self.clone();
+            let new_spec = new_spec.clone();
+            tokio::task::spawn_blocking(move || node.components(&new_spec, None))
+                .await
+                .map_err(|e| NodeError::Refused(e.to_string()))?
+                .map_err(|e| NodeError::Refused(format!("{e:#}")))?
+        };
+        let (reply, answer) = oneshot::channel();
+        jobs.send(Job::Swap {
+            model: components.model,
+            reply,
+        })
+        .await
+        .map_err(|_| self.missing(name))?;
+        let report = answer
+            .await
+            .map_err(|_| self.missing(name))?
+            .map_err(NodeError::Refused)?;
+        self.store
+            .write_now(vec![
+                spec_op(&new_spec).map_err(|e| NodeError::Refused(format!("{e:#}")))?,
+            ])
+            .map_err(|e| NodeError::Refused(format!("{e:#}")))?;
+        if let Some(hosted) = lock(&self.twins).get_mut(name) {
+            hosted.previous_model = Some(spec.spec.model.component.clone());
+            hosted.spec = new_spec;
+        }
+        Ok(report)
+    }
+}
