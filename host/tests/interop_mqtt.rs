@@ -388,6 +388,28 @@ fn a_twin_moves_swaps_and_survives_a_crash_without_losing_an_update() {
     );
     a.api.wait_for_updates("p", 300);
 
+    // A target that cannot be reached: the move fails and says so, and
+    // the twin goes on where it was.
+    let unreachable = format!("http://127.0.0.1:{}", free_port());
+    let failed = wasmtwin_tests::cli::run(
+        BIN,
+        &[
+            "migrate",
+            "p",
+            "--from",
+            &base_a,
+            "--to",
+            &unreachable,
+            "--token",
+            TOKEN,
+        ],
+        &[],
+    );
+    let err = wasmtwin_tests::cli::refused(failed);
+    assert!(err.contains("nothing changed"), "{err}");
+    let before = a.api.json("/v1/twins/p")["lastSeq"].as_u64().unwrap();
+    a.api.wait_for_updates("p", before + 50);
+
     // Back and forth, twice, while the updates flow.
     for (from, to) in [(&base_a, &base_b), (&base_b, &base_a)]
         .into_iter()
