@@ -19,12 +19,15 @@
 //! The floor is one subscriber on a wildcard over as many topics: what the
 //! broker alone costs.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{now_ms, quick};
 use hdrhistogram::Histogram;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde_json::json;
@@ -40,17 +43,6 @@ use wasmtwin_tests::servers::Mosquitto;
 /// Child-process mode for the memory measurements: `twins:N:PORT` or
 /// `instances:N`.
 const CHILD: &str = "WASMTWIN_BENCH_CHILD";
-
-fn quick() -> bool {
-    std::env::var_os("WASMTWIN_BENCH_QUICK").is_some()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Publish times of messages in flight, and the latencies of those that
 /// arrived.

@@ -15,11 +15,14 @@
 //! padded to 1 KiB, 1 MiB and 16 MiB (`prime`'s `state_kib`); histories of
 //! 0, 10,000 and 100,000 points travel with the twin.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{now_ms, quick};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{Value, json};
 use wasmtwin::client::{self, NodeClient};
@@ -30,17 +33,6 @@ use wasmtwin_tests::servers::{Mosquitto, free_port};
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
 const TOPIC: &str = "bench/p/telemetry";
-
-fn quick() -> bool {
-    std::env::var_os("WASMTWIN_BENCH_QUICK").is_some()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// A `wasmtwin host` process.
 struct Host {
@@ -188,6 +180,15 @@ fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
     let at =
         |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
     (at(0.5), at(0.99))
+}
+
+/// A state padding in KiB, as the tables show it.
+fn size(kib: u32) -> String {
+    if kib >= 1024 {
+        format!("{} MiB", kib / 1024)
+    } else {
+        format!("{kib} KiB")
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -434,11 +435,7 @@ async fn main() {
             let (slow_p50, slow_p99) = percentiles(&mut slow);
             println!(
                 "| {}{} | {points} | {} | {} | {} | {} | {} | {:.3}× |",
-                if kib >= 1024 {
-                    format!("{} MiB", kib / 1024)
-                } else {
-                    format!("{kib} KiB")
-                },
+                size(kib),
                 if measured < runs {
                     format!(" ({measured} runs)")
                 } else {
@@ -466,15 +463,6 @@ async fn main() {
             .map(|(_, d)| *d)
             .collect();
         let (p50, p99) = percentiles(&mut pauses);
-        println!(
-            "| {} | {} | {} |",
-            if kib >= 1024 {
-                format!("{} MiB", kib / 1024)
-            } else {
-                format!("{kib} KiB")
-            },
-            ms(p50),
-            ms(p99)
-        );
+        println!("| {} | {} | {} |", size(kib), ms(p50), ms(p99));
     }
 }
