@@ -363,19 +363,7 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
                     specs.insert(name.as_str(), json.as_str())?;
                     moved.remove(name.as_str())?;
                 }
-                Op::Forget { name } => {
-                    let n = name.as_str();
-                    moved.remove(n)?;
-                    forget(
-                        n,
-                        &mut specs,
-                        &mut checkpoints,
-                        &mut journal,
-                        &mut history,
-                        &mut rows,
-                    )?;
-                }
-                Op::Moved { name, to } => {
+                Op::Forget { name } | Op::Moved { name, .. } => {
                     let n = name.as_str();
                     forget(
                         n,
@@ -385,7 +373,11 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
                         &mut history,
                         &mut rows,
                     )?;
-                    moved.insert(n, to.as_str())?;
+                    // A moved twin leaves its new address behind.
+                    match op {
+                        Op::Moved { to, .. } => moved.insert(n, to.as_str())?,
+                        _ => moved.remove(n)?,
+                    };
                 }
                 Op::ImportHistory {
                     name,

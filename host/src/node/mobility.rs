@@ -352,7 +352,7 @@ impl Node {
             let arriving = incoming
                 .get(name)
                 .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
-            let first = lock(&arriving.session.first).clone();
+            let first = arriving.session.first.get().cloned();
             (
                 first,
                 arriving.components.adapter.clone(),

@@ -95,7 +95,7 @@ struct Session {
     queue: mpsc::Receiver<Job>,
     /// The first message that arrived (topic, payload): where a migrating
     /// twin's buffer starts.
-    first: Arc<Mutex<Option<(String, bytes::Bytes)>>>,
+    first: Arc<std::sync::OnceLock<(String, bytes::Bytes)>>,
     /// The twin's change stream, open before the twin starts so that
     /// applications can attach to a twin still arriving.
     changes: broadcast::Sender<Change>,
@@ -460,12 +460,14 @@ impl Node {
             spec.spec.physical.qos,
             inbound_tx,
         )?;
-        let first = Arc::new(Mutex::new(None));
+        let first = Arc::new(std::sync::OnceLock::new());
         let seen = first.clone();
         let forward = jobs.clone();
         tokio::spawn(async move {
             while let Some(message) = inbound_rx.recv().await {
-                lock(&seen).get_or_insert_with(|| (message.topic.clone(), message.payload.clone()));
+                if seen.get().is_none() {
+                    let _ = seen.set((message.topic.clone(), message.payload.clone()));
+                }
                 if forward.send(Job::Message(message)).await.is_err() {
                     break;
                 }

@@ -196,7 +196,7 @@ pub fn connect(
         qos,
         inbound,
         client_id: client_id.to_string(),
-        subscribed,
+        subscribed: Some(subscribed),
     };
     tokio::spawn(session.drive(eventloop));
     if confirmed.recv_timeout(SUBSCRIBE_WAIT).is_err() {
@@ -270,12 +270,20 @@ struct Session {
     qos: QoS,
     inbound: mpsc::Sender<Inbound>,
     client_id: String,
-    subscribed: std::sync::mpsc::Sender<()>,
+    /// Told once the subscription is confirmed, then dropped.
+    subscribed: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Session {
-    async fn drive(self, mut eventloop: EventLoop) {
-        let client_id = &self.client_id;
+    /// Tells `connect` the subscription is in place (the first time only).
+    fn confirm(&mut self) {
+        if let Some(subscribed) = self.subscribed.take() {
+            let _ = subscribed.send(());
+        }
+    }
+
+    async fn drive(mut self, mut eventloop: EventLoop) {
+        let client_id = self.client_id.clone();
         let mut backoff = Duration::from_millis(100);
         loop {
             match eventloop.poll().await {
@@ -290,14 +298,12 @@ impl Session {
                         tracing::warn!(client = %client_id, "cannot subscribe: {e}");
                     }
                 }
-                Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                    let _ = self.subscribed.send(());
-                }
+                Ok(Event::Incoming(Incoming::SubAck(_))) => self.confirm(),
                 Ok(Event::Incoming(Incoming::Publish(publish))) => {
                     // A message proves the subscription too: a persistent
                     // session's backlog may fill the queue before the
                     // SUBACK is read.
-                    let _ = self.subscribed.send(());
+                    self.confirm();
                     let packet = (publish.qos != QoS::AtMostOnce).then(|| publish.clone());
                     let message = Inbound {
                         topic: publish.topic,
