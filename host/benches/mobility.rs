@@ -127,6 +127,17 @@ const LAGGED: u64 = u64::MAX;
 /// The changes a stream delivered: when each arrived, and its sequence.
 type Seen = Arc<Mutex<Vec<(Instant, u64)>>>;
 
+/// The last change a stream saw (not a lag marker).
+fn last_applied(seen: &Seen) -> (Instant, u64) {
+    *seen
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(_, seq)| *seq != LAGGED)
+        .expect("a change")
+}
+
 /// Records the changes a node's stream of twin `p` delivers. Retries until
 /// the stream opens (a twin still arriving has one).
 fn watch(node: NodeClient) -> (Seen, tokio::task::JoinHandle<()>) {
@@ -254,13 +265,7 @@ async fn migrate_once(from: &Host, to: &Host) -> Option<(Duration, Duration)> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), watching_source).await;
     watching_target.abort();
-    let (last_at, last_seq) = *source
-        .lock()
-        .unwrap()
-        .iter()
-        .rev()
-        .find(|(_, seq)| *seq != LAGGED)
-        .expect("a last change");
+    let (last_at, last_seq) = last_applied(&source);
     let (first_at, first_seq) = *target.lock().unwrap().first().expect("a first change");
     // Only a run whose target stream saw the update after the source's
     // last (or lagged behind it, which makes the figure an upper bound) is
@@ -404,13 +409,7 @@ async fn main() {
                 let _ = tokio::time::timeout(Duration::from_secs(1), watching).await;
                 let file = s.dir.path().join("p.ckpt");
                 std::fs::write(&file, &bundle).expect("writing the checkpoint");
-                let (last_at, last_seq) = *source
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .rev()
-                    .find(|(_, seq)| *seq != LAGGED)
-                    .expect("a change");
+                let (last_at, last_seq) = last_applied(&source);
                 drop(a);
                 fresh += 1;
                 a = Host::start(

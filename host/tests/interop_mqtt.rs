@@ -94,6 +94,20 @@ fn host_on(http: u16, data: &Path, signed: &Signed, broker: &str, extra: &[Strin
     Node::spawn(BIN, &args, http, TOKEN)
 }
 
+/// A plain Mosquitto, signed plugins, and a node using both.
+fn node_on_mosquitto() -> (Mosquitto, PathBuf, Signed, Node) {
+    let broker = Mosquitto::start();
+    let dir = broker.dir().to_path_buf();
+    let signed = sign_plugins(&dir);
+    let node = host(
+        &dir,
+        &signed,
+        &format!("mqtt://127.0.0.1:{}", broker.port),
+        &[],
+    );
+    (broker, dir, signed, node)
+}
+
 /// Applies a machine twin `name` listening on `plant/{name}/telemetry`.
 fn apply(node: &Node, dir: &Path, signed: &Signed, name: &str, requirements: &str) {
     let spec = format!(
@@ -164,15 +178,7 @@ impl Publisher {
 #[test]
 #[ignore = "needs Debian's mosquitto and mosquitto-clients; run by .ci/run"]
 fn mosquitto_feeds_a_twin_carries_its_commands_and_reveals_disentanglement() {
-    let broker = Mosquitto::start();
-    let dir = broker.dir().to_path_buf();
-    let signed = sign_plugins(&dir);
-    let node = host(
-        &dir,
-        &signed,
-        &format!("mqtt://127.0.0.1:{}", broker.port),
-        &[],
-    );
+    let (broker, dir, signed, node) = node_on_mosquitto();
     apply(
         &node,
         &dir,
@@ -270,15 +276,7 @@ fn mosquitto_over_tls_with_a_password() {
 #[test]
 #[ignore = "needs Debian's prometheus and mosquitto; run by .ci/run"]
 fn prometheus_scrapes_the_metrics() {
-    let broker = Mosquitto::start();
-    let dir = broker.dir().to_path_buf();
-    let signed = sign_plugins(&dir);
-    let node = host(
-        &dir,
-        &signed,
-        &format!("mqtt://127.0.0.1:{}", broker.port),
-        &[],
-    );
+    let (broker, dir, signed, node) = node_on_mosquitto();
     apply(&node, &dir, &signed, "press-3", "{}");
     let mut publisher = Publisher::start(&broker, None, "plant/press-3/telemetry");
     for seq in 1..=7 {
@@ -484,15 +482,7 @@ fn a_twin_moves_swaps_and_survives_a_crash_without_losing_an_update() {
         twin["updatesApplied"], N,
         "each update applied once: {twin}"
     );
-    let history = a
-        .api
-        .json("/v1/twins/p/history?property=last_seq&limit=100000");
-    let seqs: Vec<u64> = history["points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = a.api.history_seqs("p", "last_seq");
     assert_eq!(
         seqs,
         (1..=N).collect::<Vec<_>>(),

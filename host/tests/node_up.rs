@@ -391,13 +391,7 @@ fn a_killed_node_resumes_its_twins_from_the_store() {
         twin["lastSeq"], twin["updatesApplied"],
         "no gap and no duplicate across the crash: {twin}"
     );
-    let history = up.json("/v1/twins/motor-1/history?property=temperature&limit=100000");
-    let seqs: Vec<u64> = history["points"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = up.history_seqs("motor-1", "temperature");
     assert!(
         seqs.len() as u64 >= applied,
         "history survived: {}",

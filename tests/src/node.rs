@@ -70,6 +70,19 @@ impl Api {
         (status == 200).then(|| serde_json::from_str(&body).expect("a JSON answer"))
     }
 
+    /// The sequence numbers of `twin`'s history of `property`, oldest first.
+    pub fn history_seqs(&self, twin: &str, property: &str) -> Vec<u64> {
+        let history = self.json(&format!(
+            "/v1/twins/{twin}/history?property={property}&limit=100000"
+        ));
+        history["points"]
+            .as_array()
+            .expect("a list of points")
+            .iter()
+            .map(|p| p["seq"].as_u64().expect("a sequence number"))
+            .collect()
+    }
+
     /// Waits until `twin` has applied at least `n` updates.
     pub fn wait_for_updates(&self, twin: &str, n: u64) {
         wait_for(
