@@ -4,18 +4,21 @@
 //!
 //! ```text
 //! "WTWINCKP"                 8 bytes of magic
-//! format version             u32 (this code writes 1)
+//! format version             u32 (this code writes 2)
 //! header length              u32
 //! header                     JSON: twin, model, component digest, state
 //!                            version, and the list of sections with the
 //!                            length and SHA-256 of each
 //! section bodies             in the order the header lists them
-//! trailer                    SHA-256 of every byte above
+//! trailer                    SHA-256 of every byte before the bodies
 //! ```
 //!
 //! The JSON header makes a bundle self-describing (`head -c 4096` shows
 //! what it is); the per-section digests say which part is damaged; the
-//! trailer catches anything else, including truncation.
+//! trailer seals the header, and with it those digests, so every byte is
+//! covered while the bodies are hashed only once — they are most of a
+//! bundle, and hashing them twice was a visible part of a migration's
+//! pause. Version 1, whose trailer hashed the bodies again, is still read.
 
 use std::io::{Read, Write};
 
@@ -25,10 +28,15 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::Digest;
 
 const MAGIC: &[u8; 8] = b"WTWINCKP";
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes.
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format, whose trailer hashes the section bodies too.
+const FORMAT_VERSION_1: u32 = 1;
 /// Largest header accepted, so a corrupt length cannot exhaust memory.
 const HEADER_MAX: u32 = 1 << 20;
+/// Most reserved up front for a section; a longer one grows as it is
+/// read, so a lying length fails as truncation before it allocates.
+const RESERVE_MAX: u64 = 64 << 20;
 
 /// The section holding the guest's own snapshot bytes.
 pub const GUEST_SECTION: &str = "guest";
@@ -38,6 +46,8 @@ pub const TWIN_SECTION: &str = "twin";
 pub const SPEC_SECTION: &str = "spec";
 /// In bundles a node exports: the twin's history, one JSON row per line.
 pub const HISTORY_SECTION: &str = "history";
+/// In bundles a node exports: the twin's entanglement window, as JSON.
+pub const ENTANGLEMENT_SECTION: &str = "entanglement";
 /// Optionally, the model component itself.
 pub const MODEL_SECTION: &str = "model-component";
 /// Optionally, the adapter component itself.
@@ -51,7 +61,7 @@ pub enum CheckpointError {
     NotACheckpoint,
     /// Written by a newer or unknown format.
     #[error(
-        "checkpoint format version {0} is not supported (this wasmtwin reads version {FORMAT_VERSION})"
+        "checkpoint format version {0} is not supported (this wasmtwin reads versions 1 and {FORMAT_VERSION})"
     )]
     UnsupportedVersion(u32),
     /// The bytes end early.
@@ -145,14 +155,19 @@ struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     fn exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), CheckpointError> {
+        self.unhashed(buf, what)?;
+        self.hash.update(&*buf);
+        Ok(())
+    }
+
+    /// Reads without adding to the trailer's hash.
+    fn unhashed(&mut self, buf: &mut [u8], what: &str) -> Result<(), CheckpointError> {
         self.inner.read_exact(buf).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => {
                 CheckpointError::Truncated(format!("it ends inside {what}"))
             }
             _ => CheckpointError::Io(e),
-        })?;
-        self.hash.update(&*buf);
-        Ok(())
+        })
     }
 
     fn u32(&mut self, what: &str) -> Result<u32, CheckpointError> {
@@ -203,10 +218,10 @@ impl Checkpoint {
         w.write_all(&FORMAT_VERSION.to_le_bytes())?;
         w.write_all(&header_len.to_le_bytes())?;
         w.write_all(&header)?;
-        for (_, body) in &self.sections {
-            w.write_all(body)?;
-        }
         let trailer = w.hash.finalize();
+        for (_, body) in &self.sections {
+            w.inner.write_all(body)?;
+        }
         w.inner.write_all(&trailer)?;
         w.inner.flush()?;
         Ok(())
@@ -235,7 +250,7 @@ impl Checkpoint {
         }
         r.hash.update(magic);
         let version = r.u32("the format version")?;
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
             return Err(CheckpointError::UnsupportedVersion(version));
         }
         let header_len = r.u32("the header length")?;
@@ -248,20 +263,29 @@ impl Checkpoint {
         r.exact(&mut header, "the header")?;
         let header: Header = serde_json::from_slice(&header)
             .map_err(|e| CheckpointError::BadHeader(e.to_string()))?;
+        // Version 2 seals the header here; version 1 goes on over the bodies.
+        let sealed = (version == FORMAT_VERSION).then(|| r.hash.clone().finalize());
         let mut sections = Vec::with_capacity(header.sections.len());
         for info in &header.sections {
-            // Read in bounded steps so a lying length fails as truncation
-            // instead of allocating it up front.
-            let mut body = Vec::new();
+            // Read in steps, each hashed as it comes, while still in cache.
+            let what = format!("section `{}`", info.name);
+            let mut body =
+                Vec::with_capacity(usize::try_from(info.len.min(RESERVE_MAX)).unwrap_or(0));
+            let mut digest = Sha256::new();
             let mut left = info.len;
-            let mut chunk = vec![0u8; 64 * 1024];
             while left > 0 {
-                let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
-                r.exact(&mut chunk[..n], &format!("section `{}`", info.name))?;
-                body.extend_from_slice(&chunk[..n]);
+                let n = usize::try_from(left.min(64 * 1024)).unwrap_or(64 * 1024);
+                let at = body.len();
+                body.resize(at + n, 0);
+                if sealed.is_some() {
+                    r.unhashed(&mut body[at..], &what)?;
+                } else {
+                    r.exact(&mut body[at..], &what)?;
+                }
+                digest.update(&body[at..]);
                 left -= n as u64;
             }
-            if Digest::of(&body) != info.digest {
+            if Digest::from_hash(digest.finalize().into()) != info.digest {
                 return Err(CheckpointError::Corrupted(format!(
                     "section `{}` does not match its checksum",
                     info.name
@@ -269,7 +293,7 @@ impl Checkpoint {
             }
             sections.push((info.name.clone(), body));
         }
-        let expected = r.hash.finalize();
+        let expected = sealed.unwrap_or_else(|| r.hash.finalize());
         let mut trailer = [0u8; 32];
         r.inner
             .read_exact(&mut trailer)
@@ -319,6 +343,21 @@ mod tests {
     fn round_trips() {
         let bytes = sample().to_bytes().unwrap();
         assert_eq!(Checkpoint::read_from(&bytes[..]).unwrap(), sample());
+    }
+
+    #[test]
+    fn reads_version_1() {
+        // Version 1's trailer hashes the bodies too: rebuild one from a
+        // version 2 bundle (same header and bodies).
+        let v2 = sample().to_bytes().unwrap();
+        let mut v1 = v2[..v2.len() - 32].to_vec();
+        v1[8..12].copy_from_slice(&FORMAT_VERSION_1.to_le_bytes());
+        let trailer = Sha256::digest(&v1);
+        v1.extend_from_slice(&trailer);
+        assert_eq!(Checkpoint::read_from(&v1[..]).unwrap(), sample());
+        let last_body_byte = v1.len() - 33;
+        v1[last_body_byte] ^= 1;
+        assert!(Checkpoint::read_from(&v1[..]).is_err());
     }
 
     #[test]

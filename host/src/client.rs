@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use futures_util::TryStreamExt;
 use serde_json::{Value, json};
 
 use crate::spec::TwinSpec;
@@ -153,10 +154,46 @@ pub struct Migration {
     pub total: Duration,
 }
 
+/// Streams twin `name`'s history from `from` to `to`, which is receiving
+/// it; the mark of the last row copied, if there was any.
+async fn copy_history(
+    name: &str,
+    from: &NodeClient,
+    to: &NodeClient,
+) -> anyhow::Result<Option<String>> {
+    let rows = from
+        .send(from.request(
+            reqwest::Method::GET,
+            &format!("/v1/twins/{name}/history/rows"),
+        ))
+        .await?;
+    let bar = crate::registry::progress_bar("copying history", None);
+    let counted = bar.clone();
+    let relayed = rows
+        .bytes_stream()
+        .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
+    let answer = to
+        .send(
+            to.request(
+                reqwest::Method::PUT,
+                &format!("/v1/migrations/{name}/history"),
+            )
+            .body(reqwest::Body::wrap_stream(relayed)),
+        )
+        .await;
+    bar.finish_and_clear();
+    let answer: Value = answer?
+        .json()
+        .await
+        .context("reading the target's answer")?;
+    Ok(answer["through"].as_str().map(String::from))
+}
+
 /// Moves twin `name` from node `from` to node `to`, live: the target
-/// subscribes and buffers before the source stops, the source applies
-/// everything up to the target's first buffered message and hands over,
-/// the target restores and goes on from its buffer. If a step fails, the
+/// subscribes and buffers before the source stops and copies the twin's
+/// history while it still runs there; the source applies everything up to
+/// the target's first buffered message and hands over the rest; the target
+/// restores and goes on from its buffer. If a step fails, the
 /// twin stays (or resumes) on the source and the error says which.
 pub async fn migrate(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow::Result<Migration> {
     let started = Instant::now();
@@ -167,12 +204,26 @@ pub async fn migrate(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow::
         .await
         .context("the target cannot host the twin; nothing changed")?;
 
+    let copied = match copy_history(name, from, to).await {
+        Ok(copied) => copied,
+        Err(e) => {
+            let _ = to
+                .send(to.request(reqwest::Method::DELETE, &arriving))
+                .await;
+            return Err(e.context(format!(
+                "copying the twin's history failed; the twin stays on {}",
+                from.base
+            )));
+        }
+    };
+
     // Wait (about three update periods) for the target's buffer to start,
     // so the source knows where to stop.
     let rate = spec.spec.requirements.expected_rate_hz.max(0.1);
     let wait = Duration::from_secs_f64((3.0 / rate).clamp(0.05, 5.0));
+    let waiting = Instant::now();
     let mut first_buffered = None;
-    while started.elapsed() < wait {
+    while waiting.elapsed() < wait {
         let answer = to.json(reqwest::Method::GET, &arriving).await;
         if let Some(seq) = answer.as_ref().ok().and_then(|v| v["firstSeq"].as_u64()) {
             first_buffered = Some(seq);
@@ -182,16 +233,22 @@ pub async fn migrate(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow::
     }
 
     let paused_at = Instant::now();
-    let until = first_buffered
-        .map(|seq| format!("?until={}", seq.saturating_sub(1)))
-        .unwrap_or_default();
-    let handover = from.request(
-        reqwest::Method::POST,
-        &format!("/v1/twins/{name}/handover{until}"),
-    );
-    let bundle = match from.download(handover, "handing over").await {
+    let mut handover = from.request(reqwest::Method::POST, &format!("/v1/twins/{name}/handover"));
+    if let Some(seq) = first_buffered {
+        handover = handover.query(&[("until", seq.saturating_sub(1))]);
+    }
+    if let Some(mark) = &copied {
+        handover = handover.query(&[("historyAfter", mark)]);
+    }
+    let resume = format!("/v1/twins/{name}/resume");
+    let bundle = match from.send(handover).await {
         Ok(bundle) => bundle,
         Err(e) => {
+            // Had the source stopped the twin before failing, it resumes
+            // (a twin still running there is left as it is).
+            let _ = from
+                .send(from.request(reqwest::Method::POST, &resume))
+                .await;
             let _ = to
                 .send(to.request(reqwest::Method::DELETE, &arriving))
                 .await;
@@ -201,28 +258,36 @@ pub async fn migrate(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow::
             )));
         }
     };
-    let bundle_bytes = bundle.len();
+    // The bundle streams from the source to the target as it comes: no
+    // second full transfer inside the pause.
+    let bar = crate::registry::progress_bar("handing over", bundle.content_length());
+    let counted = bar.clone();
+    let relayed = bundle
+        .bytes_stream()
+        .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
     let accepted = to
         .send(
             to.request(reqwest::Method::POST, &arriving)
                 .header(reqwest::header::CONTENT_TYPE, crate::api::BUNDLE_TYPE)
-                .body(bundle),
+                .body(reqwest::Body::wrap_stream(relayed)),
         )
         .await;
+    bar.finish_and_clear();
+    let bundle_bytes = usize::try_from(bar.position()).unwrap_or(usize::MAX);
     if let Err(e) = accepted {
         let resumed = from
-            .send(from.request(reqwest::Method::POST, &format!("/v1/twins/{name}/resume")))
+            .send(from.request(reqwest::Method::POST, &resume))
             .await;
         let _ = to
             .send(to.request(reqwest::Method::DELETE, &arriving))
             .await;
         return Err(match resumed {
             Ok(_) => e.context(format!(
-                "the target could not start the twin; it resumed on {}",
+                "the bundle did not reach the target or the target could not start the twin; it resumed on {}",
                 from.base
             )),
             Err(r) => e.context(format!(
-                "the target could not start the twin, and resuming it on {} failed too ({r:#})",
+                "the bundle did not reach the target or the target could not start the twin, and resuming it on {} failed too ({r:#})",
                 from.base
             )),
         });

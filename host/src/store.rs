@@ -47,6 +47,9 @@ pub enum Op {
     Spec { name: String, json: String },
     /// Forget everything about a twin.
     Forget { name: String },
+    /// A twin is about to arrive from another node: clear what an earlier
+    /// attempt left, but keep any moved marker until it has arrived.
+    Arriving { name: String },
     /// A message applied: journal it and record the changes it made.
     Applied {
         name: String,
@@ -94,6 +97,48 @@ pub struct HistoryRow {
     pub seq: u64,
     /// The properties it changed, with their values.
     pub changes: BTreeMap<String, Value>,
+}
+
+/// Where a history row sits: rows are ordered by the PT's timestamp, then
+/// its sequence number. Written `TS:SEQ`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HistoryMark {
+    /// The row's PT timestamp, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// The row's sequence number.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for HistoryMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.ts_ms, self.seq)
+    }
+}
+
+impl std::str::FromStr for HistoryMark {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ts, seq) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}` is not a history mark (TS:SEQ)"))?;
+        let number = |part: &str| {
+            part.parse::<u64>()
+                .map_err(|_| format!("`{s}` is not a history mark (TS:SEQ, both whole numbers)"))
+        };
+        Ok(Self {
+            ts_ms: number(ts)?,
+            seq: number(seq)?,
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HistoryMark {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// What a twin left behind: enough to resume it.
@@ -225,24 +270,89 @@ impl Store {
         Ok(saved)
     }
 
-    /// Every history row of a twin, oldest first (for its checkpoint bundle).
-    pub fn history_rows(&self, name: &str) -> anyhow::Result<Vec<HistoryRow>> {
+    /// A twin's history rows after `after` (all of them without), oldest
+    /// first (for its checkpoint bundle).
+    pub fn history_rows(
+        &self,
+        name: &str,
+        after: Option<HistoryMark>,
+    ) -> anyhow::Result<Vec<HistoryRow>> {
+        let mut rows = Vec::new();
+        self.history_range(name, after, |mark, changes| {
+            rows.push(HistoryRow {
+                ts_ms: mark.ts_ms,
+                seq: mark.seq,
+                changes: serde_json::from_str(changes).context("a history row is malformed")?,
+            });
+            Ok(true)
+        })?;
+        Ok(rows)
+    }
+
+    /// A twin's history rows after `after`, oldest first, as JSON lines
+    /// (each a [`HistoryRow`]) handed to `sink` in chunks of about 64 KiB,
+    /// all from one snapshot of the store; stops early when `sink` answers
+    /// false. Returns the mark of the last row handed over. Rows are never
+    /// all in memory at once, so any history can be copied this way.
+    pub fn history_lines(
+        &self,
+        name: &str,
+        after: Option<HistoryMark>,
+        mut sink: impl FnMut(Vec<u8>) -> bool,
+    ) -> anyhow::Result<Option<HistoryMark>> {
+        const CHUNK: usize = 64 * 1024;
+        let mut chunk = Vec::with_capacity(CHUNK + 1024);
+        let mut last = None;
+        let mut open = true;
+        self.history_range(name, after, |mark, changes| {
+            // The stored changes are already JSON: no parse and re-encode.
+            chunk.extend_from_slice(
+                format!(
+                    "{{\"tsMs\":{},\"seq\":{},\"changes\":{changes}}}\n",
+                    mark.ts_ms, mark.seq
+                )
+                .as_bytes(),
+            );
+            last = Some(mark);
+            if chunk.len() >= CHUNK {
+                open = sink(std::mem::replace(
+                    &mut chunk,
+                    Vec::with_capacity(CHUNK + 1024),
+                ));
+            }
+            Ok(open)
+        })?;
+        if open && !chunk.is_empty() {
+            sink(chunk);
+        }
+        Ok(last)
+    }
+
+    /// Calls `row` with each of a twin's history rows after `after`, oldest
+    /// first, until it answers false.
+    fn history_range(
+        &self,
+        name: &str,
+        after: Option<HistoryMark>,
+        mut row: impl FnMut(HistoryMark, &str) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        use std::ops::Bound;
         let read = self.inner.db.begin_read()?;
         let Some(table) = open_read(&read, HISTORY)? else {
-            return Ok(Vec::new());
+            return Ok(());
         };
-        let mut rows = Vec::new();
-        for entry in table.range((name, 0, 0)..=(name, u64::MAX, u64::MAX))? {
+        let start = match after {
+            Some(m) => Bound::Excluded((name, m.ts_ms, m.seq)),
+            None => Bound::Included((name, 0, 0)),
+        };
+        for entry in table.range((start, Bound::Included((name, u64::MAX, u64::MAX))))? {
             let (key, changes) = entry?;
             let (_, ts_ms, seq) = key.value();
-            rows.push(HistoryRow {
-                ts_ms,
-                seq,
-                changes: serde_json::from_str(changes.value())
-                    .context("a history row is malformed")?,
-            });
+            if !row(HistoryMark { ts_ms, seq }, changes.value())? {
+                break;
+            }
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// The twins that moved away, and where to.
@@ -363,7 +473,7 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
                     specs.insert(name.as_str(), json.as_str())?;
                     moved.remove(name.as_str())?;
                 }
-                Op::Forget { name } | Op::Moved { name, .. } => {
+                Op::Forget { name } | Op::Moved { name, .. } | Op::Arriving { name } => {
                     let n = name.as_str();
                     forget(
                         n,
@@ -376,6 +486,7 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
                     // A moved twin leaves its new address behind.
                     match op {
                         Op::Moved { to, .. } => moved.insert(n, to.as_str())?,
+                        Op::Arriving { .. } => None,
                         _ => moved.remove(n)?,
                     };
                 }

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use wasmtwin_tests::cli::{arg, ok};
+use wasmtwin_tests::faults::FaultProxy;
 use wasmtwin_tests::node::{Node, wait_for};
 use wasmtwin_tests::plugin;
 use wasmtwin_tests::servers::{Mosquitto, Prometheus, free_port};
@@ -408,6 +409,35 @@ fn a_twin_moves_swaps_and_survives_a_crash_without_losing_an_update() {
     let before = a.api.json("/v1/twins/p")["lastSeq"].as_u64().unwrap();
     a.api.wait_for_updates("p", before + 50);
 
+    // A target that dies as the bundle reaches it, after the source has
+    // stopped and handed over: the twin resumes on the source, and its
+    // session there redelivers what came meanwhile.
+    let dying = FaultProxy::start(port_b, b"POST /v1/migrations/p ");
+    let failed = wasmtwin_tests::cli::run(
+        BIN,
+        &[
+            "migrate",
+            "p",
+            "--from",
+            &base_a,
+            "--to",
+            &dying.url(),
+            "--token",
+            TOKEN,
+        ],
+        &[],
+    );
+    let err = wasmtwin_tests::cli::refused(failed);
+    assert_eq!(dying.cuts(), 1, "the handover reached the target: {err}");
+    assert!(err.contains(&format!("resumed on {base_a}")), "{err}");
+    let before = a.api.json("/v1/twins/p")["lastSeq"].as_u64().unwrap();
+    a.api.wait_for_updates("p", before + 50);
+    assert_eq!(
+        b.api.get("/v1/twins/p").0,
+        404,
+        "nothing stays on the target"
+    );
+
     // Back and forth, twice, while the updates flow.
     for (from, to) in [(&base_a, &base_b), (&base_b, &base_a)]
         .into_iter()
@@ -436,6 +466,14 @@ fn a_twin_moves_swaps_and_survives_a_crash_without_losing_an_update() {
         redirected.headers()["location"],
         format!("{base_a}/v1/twins/p?max_age_ms=5000").as_str()
     );
+
+    // The entanglement window came along each time (and stayed through
+    // the failed move): it holds the updates applied before the moves, not
+    // only those since the last.
+    let twin = a.api.json("/v1/twins/p");
+    let last = twin["lastSeq"].as_u64().unwrap();
+    let in_window = twin["entanglement"]["updatesInWindow"].as_u64().unwrap();
+    assert!(in_window + 100 >= last, "{twin}");
 
     // A new release of the model, and back.
     let out = cli(&["swap", "p", "--model", arg(&prime_next), "--host", &base_a]);

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub mod cli;
+pub mod faults;
 pub mod node;
 pub mod servers;
 

@@ -11,12 +11,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::twins::{error, node_error};
 use crate::node::{Node, NodeError};
 use crate::spec::{ComponentRef, TwinSpec};
+use crate::store::{HistoryMark, HistoryRow};
+
+/// The media type of a history copy: one JSON row per line.
+const ROWS_TYPE: &str = "application/x-ndjson";
+
+/// Rows stored per write while a history copy arrives.
+const IMPORT_BATCH: usize = 4096;
 
 /// The media type of checkpoint bundles.
 pub const BUNDLE_TYPE: &str = "application/vnd.wasmtwin.checkpoint";
@@ -28,6 +36,7 @@ pub fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/v1/twins/{name}/checkpoint", get(checkpoint).put(restore))
         .route("/v1/twins/{name}/handover", post(handover))
+        .route("/v1/twins/{name}/history/rows", get(history_rows))
         .route("/v1/twins/{name}/resume", post(resume))
         .route("/v1/twins/{name}/moved", post(moved))
         .route("/v1/twins/{name}/swap", post(swap))
@@ -35,6 +44,7 @@ pub fn routes() -> Router<Arc<Node>> {
             "/v1/migrations/{name}",
             put(receive).get(first_buffered).post(accept).delete(refuse),
         )
+        .route("/v1/migrations/{name}/history", put(import_history))
         .layer(DefaultBodyLimit::max(BUNDLE_MAX))
 }
 
@@ -132,9 +142,12 @@ async fn restore(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct HandoverQuery {
     /// Apply messages up to this sequence number before handing over.
     until: Option<u64>,
+    /// The bundle carries only the history rows after this mark.
+    history_after: Option<HistoryMark>,
 }
 
 async fn handover(
@@ -142,7 +155,7 @@ async fn handover(
     Path(name): Path<String>,
     Query(query): Query<HandoverQuery>,
 ) -> Response {
-    match node.handover(&name, query.until).await {
+    match node.handover(&name, query.until, query.history_after).await {
         Ok(bytes) => bundle(bytes),
         Err(e) => node_error(e),
     }
@@ -256,4 +269,132 @@ async fn refuse(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Resp
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => node_error(e),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct RowsQuery {
+    /// Only the rows after this mark (`TS:SEQ`).
+    after: Option<HistoryMark>,
+}
+
+/// A twin's history rows, streamed as JSON lines from one snapshot of the
+/// store, for a target to copy ahead of a handover.
+async fn history_rows(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(query): Query<RowsQuery>,
+) -> Response {
+    // A few chunks in flight: the store is read as fast as the client takes.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let (started, first) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let mut started = Some(started);
+        let result = node.history_lines(&name, query.after, |chunk| {
+            if let Some(started) = started.take() {
+                let _ = started.send(Ok(()));
+            }
+            tx.blocking_send(chunk).is_ok()
+        });
+        match (result, started) {
+            // Nothing was sent yet: the error can still be the answer.
+            (Err(e), Some(started)) => {
+                let _ = started.send(Err(e));
+            }
+            (Err(e), None) => tracing::warn!(twin = %name, "history copy cut short: {e:#}"),
+            (Ok(_), Some(started)) => {
+                let _ = started.send(Ok(()));
+            }
+            (Ok(_), None) => {}
+        }
+    });
+    match first.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return match e.downcast::<NodeError>() {
+                Ok(e) => node_error(e),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+            };
+        }
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the history reader stopped",
+            );
+        }
+    }
+    let chunks = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(Ok::<_, std::convert::Infallible>);
+    (
+        [(header::CONTENT_TYPE, ROWS_TYPE)],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response()
+}
+
+/// Stores the history rows of a twin arriving, as they stream in, a batch
+/// at a time; answers how many came and the mark of the last.
+async fn import_history(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: axum::body::Body,
+) -> Response {
+    let mut stream = body.into_data_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    let mut count = 0u64;
+    let mut last = None;
+    loop {
+        let chunk = match stream.next().await {
+            Some(Ok(chunk)) => Some(chunk),
+            Some(Err(e)) => {
+                return error(StatusCode::BAD_REQUEST, format!("reading the history: {e}"));
+            }
+            None => None,
+        };
+        let done = chunk.is_none();
+        match chunk {
+            Some(chunk) => pending.extend_from_slice(&chunk),
+            // A last line without its newline.
+            None if !pending.is_empty() => pending.push(b'\n'),
+            None => {}
+        }
+        let complete = pending
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |at| at + 1);
+        for line in pending[..complete]
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            match serde_json::from_slice::<HistoryRow>(line) {
+                Ok(row) => batch.push(row),
+                Err(e) => {
+                    return error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!(
+                            "history row {} is malformed: {e}",
+                            count + batch.len() as u64 + 1
+                        ),
+                    );
+                }
+            }
+        }
+        pending.drain(..complete);
+        if batch.len() >= IMPORT_BATCH || (done && !batch.is_empty()) {
+            let rows = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));
+            count += rows.len() as u64;
+            last = rows.last().map(|r| HistoryMark {
+                ts_ms: r.ts_ms,
+                seq: r.seq,
+            });
+            let (node, name) = (node.clone(), name.clone());
+            if let Err(response) = blocking(move || node.import_history(&name, rows)).await {
+                return response;
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    Json(json!({ "rows": count, "through": last.map(|m| m.to_string()) })).into_response()
 }

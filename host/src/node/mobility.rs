@@ -8,6 +8,9 @@
 //! 1. target [`Node::receive`]: fetch, verify and compile the components,
 //!    and open the twin's MQTT session, whose messages wait in the queue of
 //!    a worker not yet started;
+//!    (source [`Node::history_lines`] → target [`Node::import_history`]:
+//!    the twin's history is copied, streamed, while it still runs, so the
+//!    pause below carries only the rows written since);
 //! 2. target [`Node::first_buffered`]: the sequence number the buffer
 //!    starts at, once a message came;
 //! 3. source [`Node::handover`]: apply every message up to just before
@@ -27,15 +30,23 @@ use tokio::sync::oneshot;
 use super::worker::{Job, SwapReport};
 use super::{Components, Node, NodeError, Origin, Prepared, Session, lock, spec_op};
 use crate::checkpoint::{
-    ADAPTER_SECTION, Checkpoint, HISTORY_SECTION, MODEL_SECTION, SPEC_SECTION,
+    ADAPTER_SECTION, Checkpoint, ENTANGLEMENT_SECTION, HISTORY_SECTION, MODEL_SECTION, SPEC_SECTION,
 };
 use crate::runtime::AdapterInstance;
 use crate::spec::{ComponentRef, TwinSpec};
-use crate::store::{HistoryRow, Op};
+use crate::store::{HistoryMark, HistoryRow, Op};
+use crate::twin::entanglement::Window;
 
 /// How long a handover may wait for the source to catch up with the
 /// target's buffer.
 const HANDOVER_WITHIN: Duration = Duration::from_secs(10);
+
+/// A twin being handed over: its spec, and once its worker stopped, its
+/// entanglement window (kept should the twin resume here).
+pub(super) struct Leaving {
+    spec: TwinSpec,
+    window: Option<Window>,
+}
 
 /// A twin arriving: its components compiled and its session buffering.
 pub(super) struct Incoming {
@@ -52,6 +63,8 @@ pub struct Bundle {
     pub checkpoint: Checkpoint,
     /// Its history, oldest first.
     pub history: Vec<HistoryRow>,
+    /// Its entanglement window, so its measures go on where it arrives.
+    pub entanglement: Option<Window>,
     /// The model and adapter components, when the bundle carries them.
     pub components: Option<(Vec<u8>, Vec<u8>)>,
 }
@@ -68,6 +81,9 @@ impl Bundle {
         let sections = &mut self.checkpoint.sections;
         sections.push((SPEC_SECTION.into(), serde_json::to_vec(&self.spec)?));
         sections.push((HISTORY_SECTION.into(), history));
+        if let Some(window) = &self.entanglement {
+            sections.push((ENTANGLEMENT_SECTION.into(), serde_json::to_vec(window)?));
+        }
         if let Some((model, adapter)) = self.components {
             sections.push((MODEL_SECTION.into(), model));
             sections.push((ADAPTER_SECTION.into(), adapter));
@@ -96,6 +112,10 @@ impl Bundle {
                 .context("the bundle's history is malformed")?,
             None => Vec::new(),
         };
+        let entanglement = take(ENTANGLEMENT_SECTION)
+            .map(|json| serde_json::from_slice(&json))
+            .transpose()
+            .context("the bundle's entanglement window is malformed")?;
         let components = match (take(MODEL_SECTION), take(ADAPTER_SECTION)) {
             (Some(model), Some(adapter)) => Some((model, adapter)),
             (None, None) => None,
@@ -112,6 +132,7 @@ impl Bundle {
             spec,
             checkpoint,
             history,
+            entanglement,
             components,
         })
     }
@@ -141,11 +162,22 @@ impl Node {
         lock(&self.moved).get(name).cloned()
     }
 
+    /// The entanglement window of a twin here, as it leaves now.
+    fn window(&self, name: &str) -> Option<Window> {
+        let shared = lock(&self.twins).get(name)?.shared.clone();
+        let window = lock(&shared).entanglement.leave(crate::physical::now_us());
+        Some(window)
+    }
+
+    /// The bundle of `checkpoint` and `window`, with the history rows
+    /// after `history_after` (all of them without).
     fn bundle(
         &self,
         spec: TwinSpec,
         checkpoint: Checkpoint,
+        window: Option<Window>,
         with_components: bool,
+        history_after: Option<HistoryMark>,
     ) -> anyhow::Result<Vec<u8>> {
         let components = if with_components {
             let model = &spec.spec.model;
@@ -159,11 +191,12 @@ impl Node {
         // History rows are written behind the worker: wait for those of
         // every update the checkpoint holds.
         self.store.flush()?;
-        let history = self.store.history_rows(spec.name())?;
+        let history = self.store.history_rows(spec.name(), history_after)?;
         Bundle {
             spec,
             checkpoint,
             history,
+            entanglement: window,
             components,
         }
         .to_bytes()
@@ -182,7 +215,7 @@ impl Node {
             .await
             .map_err(|_| self.missing(name))?
             .map_err(NodeError::Refused)?;
-        self.bundle(spec, checkpoint, with_components)
+        self.bundle(spec, checkpoint, self.window(name), with_components, None)
             .map_err(|e| NodeError::Refused(format!("{e:#}")))
     }
 
@@ -213,7 +246,12 @@ impl Node {
                 rows: bundle.history,
             },
         ])?;
-        let hosted = self.launch(&bundle.spec, Prepared { components, twin })?;
+        let prepared = Prepared {
+            components,
+            twin,
+            window: bundle.entanglement,
+        };
+        let hosted = self.launch(&bundle.spec, prepared)?;
         lock(&self.twins).insert(name.clone(), hosted);
         lock(&self.moved).remove(&name);
         tracing::info!(twin = %name, "twin restored from a bundle");
@@ -221,16 +259,24 @@ impl Node {
     }
 
     /// Source, step 3: applies messages up to `until`, checkpoints, stops
-    /// the twin and returns its bundle. Requests meanwhile get "moving".
-    /// If the twin cannot get there, it goes on here and the error says why.
+    /// the twin and returns its bundle, whose history holds only the rows
+    /// after `history_after` (the target copied the rest ahead, see
+    /// [`Node::history_lines`]). Requests meanwhile get "moving". If the
+    /// twin cannot get there, it goes on here and the error says why.
     pub async fn handover(
         self: &Arc<Self>,
         name: &str,
         until: Option<u64>,
+        history_after: Option<HistoryMark>,
     ) -> Result<Vec<u8>, NodeError> {
+        let started = std::time::Instant::now();
         let jobs = self.jobs(name)?;
         let (reply, answer) = oneshot::channel();
-        lock(&self.in_transit).insert(name.to_string(), self.spec(name)?);
+        let leaving = Leaving {
+            spec: self.spec(name)?,
+            window: None,
+        };
+        lock(&self.in_transit).insert(name.to_string(), leaving);
         let sent = jobs
             .send(Job::Handover {
                 until,
@@ -253,6 +299,11 @@ impl Node {
                 return Err(e);
             }
         };
+        let snapshot = started.elapsed();
+        let window = self.window(name);
+        if let Some(leaving) = lock(&self.in_transit).get_mut(name) {
+            leaving.window = window.clone();
+        }
         // The worker has stopped; take the twin down around it.
         let spec = {
             let name = name.to_string();
@@ -266,8 +317,12 @@ impl Node {
             lock(&self.in_transit).remove(name);
             return Err(NodeError::NotFound(name.to_string()));
         };
-        self.bundle(spec, checkpoint, false)
-            .map_err(|e| NodeError::Refused(format!("{e:#}")))
+        let bundle = self
+            .bundle(spec, checkpoint, window, false, history_after)
+            .map_err(|e| NodeError::Refused(format!("{e:#}")))?;
+        // Both figures are inside the twin's pause.
+        tracing::info!(twin = %name, ?snapshot, took = ?started.elapsed(), bytes = bundle.len(), "twin handed over");
+        Ok(bundle)
     }
 
     /// Source, step 5 when the target failed: the twin carries on here from
@@ -284,7 +339,10 @@ impl Node {
             .map(|(_, saved)| saved)
             .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
         let spec = TwinSpec::parse(&saved.spec)?;
-        let prepared = self.prepare(&spec, Origin::Saved(saved))?;
+        let mut prepared = self.prepare(&spec, Origin::Saved(saved))?;
+        prepared.window = lock(&self.in_transit)
+            .get(name)
+            .and_then(|leaving| leaving.window.clone());
         let hosted = self.launch(&spec, prepared)?;
         lock(&self.twins).insert(name.to_string(), hosted);
         lock(&self.in_transit).remove(name);
@@ -304,8 +362,8 @@ impl Node {
             to: to.to_string(),
         }])?;
         lock(&self.moved).insert(name.to_string(), to.to_string());
-        if let Some(spec) = lock(&self.in_transit).remove(name) {
-            self.forget_session(&spec);
+        if let Some(leaving) = lock(&self.in_transit).remove(name) {
+            self.forget_session(&leaving.spec);
         }
         tracing::info!(twin = %name, %to, "twin moved away");
         Ok(())
@@ -330,6 +388,9 @@ impl Node {
             return Err(NodeError::Conflict(format!("twin `{name}` already runs here")).into());
         }
         let components = self.components(&spec, None)?;
+        // The history copied ahead lands on a clean slate.
+        self.store
+            .write_now(vec![Op::Arriving { name: name.clone() }])?;
         let session = self.connect(&spec)?;
         if let Some(old) = lock(&self.incoming).insert(
             name,
@@ -342,6 +403,33 @@ impl Node {
             old.session.link.close();
         }
         Ok(())
+    }
+
+    /// Source, step 1½: a running twin's history after `after`, as JSON
+    /// lines in chunks (see [`crate::store::Store::history_lines`]), for
+    /// the target to copy before the handover so that the pause carries
+    /// only the rows written since.
+    pub fn history_lines(
+        &self,
+        name: &str,
+        after: Option<HistoryMark>,
+        sink: impl FnMut(Vec<u8>) -> bool,
+    ) -> anyhow::Result<Option<HistoryMark>> {
+        if !lock(&self.twins).contains_key(name) {
+            return Err(self.missing(name).into());
+        }
+        self.store.history_lines(name, after, sink)
+    }
+
+    /// Target, step 1½: stores history rows of a twin arriving.
+    pub fn import_history(&self, name: &str, rows: Vec<HistoryRow>) -> anyhow::Result<()> {
+        if !lock(&self.incoming).contains_key(name) {
+            return Err(NodeError::NotFound(format!("{name} (nothing is arriving)")).into());
+        }
+        self.store.write_now(vec![Op::ImportHistory {
+            name: name.to_string(),
+            rows,
+        }])
     }
 
     /// Target, step 2: the sequence number of the first message buffered,
@@ -374,6 +462,7 @@ impl Node {
     /// Target, step 4: restores the bundle and starts the twin on what its
     /// session buffered.
     pub fn accept(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
         let bundle = Bundle::from_bytes(bytes)?;
         let arriving = lock(&self.incoming)
             .remove(name)
@@ -400,11 +489,10 @@ impl Node {
         // write (so of its MQTT acknowledgements too). The bundle as
         // received is the twin's first checkpoint here: no second snapshot
         // delays its first update.
+        // Its store was cleared when it started arriving, and holds the
+        // history copied ahead: this adds the rest.
         self.store.write(
             vec![
-                Op::Forget {
-                    name: name.to_string(),
-                },
                 spec_op(&arriving.spec)?,
                 Op::ImportHistory {
                     name: name.to_string(),
@@ -421,11 +509,12 @@ impl Node {
         let prepared = Prepared {
             components: arriving.components,
             twin,
+            window: bundle.entanglement,
         };
         let hosted = self.start(&arriving.spec, prepared, arriving.session, Some(stored));
         lock(&self.twins).insert(name.to_string(), hosted);
         lock(&self.moved).remove(name);
-        tracing::info!(twin = %name, "twin arrived");
+        tracing::info!(twin = %name, took = ?started.elapsed(), "twin arrived");
         Ok(())
     }
 

@@ -30,7 +30,7 @@ use crate::runtime::{ActionOutcome, Description, Limits, ModelComponent, Runtime
 use crate::signing::{TrustPolicy, TrustSet};
 use crate::spec::{ComponentRef, TwinSpec};
 use crate::store::{Op, Point, Saved, Store};
-use crate::twin::entanglement::{Entanglement, Status};
+use crate::twin::entanglement::{Entanglement, Status, Window};
 use crate::twin::{RestorePolicy, Twin};
 use view::Shared;
 use worker::{HistoryPolicy, Job, Worker};
@@ -76,6 +76,8 @@ struct Components {
 struct Prepared {
     components: Components,
     twin: Twin,
+    /// The entanglement window it brings from another node.
+    window: Option<Window>,
 }
 
 /// Where a twin being started comes from.
@@ -170,8 +172,8 @@ pub struct Node {
     twins: Mutex<HashMap<String, Hosted>>,
     /// Twins that moved away, and the API of their new node.
     moved: Mutex<HashMap<String, String>>,
-    /// Twins being handed over, with their specs.
-    in_transit: Mutex<HashMap<String, TwinSpec>>,
+    /// Twins being handed over.
+    in_transit: Mutex<HashMap<String, mobility::Leaving>>,
     /// Twins arriving from another node.
     incoming: Mutex<HashMap<String, mobility::Incoming>>,
 }
@@ -395,7 +397,11 @@ impl Node {
     fn prepare(&self, spec: &TwinSpec, origin: Origin) -> anyhow::Result<Prepared> {
         let components = self.components(spec, None)?;
         let twin = self.make_twin(spec, &components, origin)?;
-        Ok(Prepared { components, twin })
+        Ok(Prepared {
+            components,
+            twin,
+            window: None,
+        })
     }
 
     /// The twin `origin` describes. A checkpoint is restored into the
@@ -513,12 +519,21 @@ impl Node {
         session: Session,
         stored: Option<Checkpoint>,
     ) -> Hosted {
-        let Prepared { components, twin } = prepared;
+        let Prepared {
+            components,
+            twin,
+            window,
+        } = prepared;
+        let requirements = spec.spec.requirements.clone();
+        let entanglement = match window {
+            Some(window) => Entanglement::resume(requirements, window, physical::now_us()),
+            None => Entanglement::new(requirements, physical::now_us()),
+        };
         let shared = Arc::new(Mutex::new(Shared {
             state: twin.state().clone(),
             model: twin.model().clone(),
             description: twin.description().clone(),
-            entanglement: Entanglement::new(spec.spec.requirements.clone(), physical::now_us()),
+            entanglement,
             guest_errors: 0,
             last_error: None,
         }));

@@ -19,12 +19,12 @@
 use std::collections::VecDeque;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::spec::Requirements;
 
 /// Whether the twin meets its application's requirements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Every requirement met.
@@ -73,6 +73,7 @@ pub struct Report {
     pub reasons: Vec<String>,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Sample {
     committed_us: u64,
     seq: u64,
@@ -92,6 +93,20 @@ pub struct Entanglement {
 
 const US_PER_MS: u64 = 1_000;
 
+/// A window's measuring state, carried in a twin's bundle so that its
+/// measures go on where they were on the node it moves to. Times are each
+/// node's clock: synchronised nodes (NTP) keep the error to milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Window {
+    started_us: u64,
+    samples: Vec<Sample>,
+    outages: Vec<(u64, u64)>,
+    /// When the twin stopped being available: it left, or was already down.
+    away_since_us: u64,
+    status: Option<Status>,
+}
+
 impl Entanglement {
     /// Starts measuring at `now_us` (µs since the Unix epoch).
     pub fn new(requirements: Requirements, now_us: u64) -> Self {
@@ -102,6 +117,32 @@ impl Entanglement {
             outages: VecDeque::new(),
             outage_since: None,
             status: None,
+        }
+    }
+
+    /// The window of a twin leaving at `now_us`.
+    pub fn leave(&self, now_us: u64) -> Window {
+        Window {
+            started_us: self.started_us,
+            samples: self.samples.iter().cloned().collect(),
+            outages: self.outages.iter().copied().collect(),
+            away_since_us: self.outage_since.unwrap_or(now_us),
+            status: self.status,
+        }
+    }
+
+    /// Goes on measuring `window`, the twin back at `now_us`: the time it
+    /// was away counts against its availability.
+    pub fn resume(requirements: Requirements, window: Window, now_us: u64) -> Self {
+        let mut outages = VecDeque::from(window.outages);
+        outages.push_back((window.away_since_us.min(now_us), now_us));
+        Self {
+            requirements,
+            started_us: window.started_us.min(now_us),
+            samples: window.samples.into(),
+            outages,
+            outage_since: None,
+            status: window.status,
         }
     }
 
@@ -302,6 +343,35 @@ mod tests {
 
     fn paper() -> Requirements {
         Requirements::default()
+    }
+
+    #[test]
+    fn a_moved_twin_keeps_its_window_and_counts_the_move_as_an_outage() {
+        let mut e = Entanglement::new(paper(), T0);
+        let last = feed(&mut e, 0, 60, 1, 13, 0, |_| false);
+        let (before, _) = e.evaluate(T0 + 60 * S);
+        // Six seconds away, carried as JSON like a bundle carries it.
+        let carried = serde_json::to_string(&e.leave(T0 + 60 * S)).unwrap();
+        let window: Window = serde_json::from_str(&carried).unwrap();
+        let mut moved = Entanglement::resume(paper(), window, T0 + 66 * S);
+        feed(&mut moved, 66, 1, 1, 13, last + 6, |_| false);
+        let (after, changed) = moved.evaluate(T0 + 67 * S);
+        assert_eq!(before.status, Status::Entangled);
+        assert_eq!(
+            changed,
+            Some(Some(Status::Entangled)),
+            "the status goes on from where it was, not from nothing: {after:?}"
+        );
+        // The 23 updates of 37…59 s it brought along, and the one since.
+        assert_eq!(after.updates_in_window, 24, "{after:?}");
+        assert!(
+            (after.availability - 0.8).abs() < 0.01,
+            "six of thirty seconds away: {after:?}"
+        );
+        // A fresh window would know nothing of the minute before.
+        let mut fresh = Entanglement::new(paper(), T0 + 66 * S);
+        feed(&mut fresh, 66, 1, 1, 13, last + 6, |_| false);
+        assert_eq!(fresh.evaluate(T0 + 67 * S).0.updates_in_window, 1);
     }
 
     #[test]
