@@ -26,7 +26,7 @@ use common::{now_ms, quick};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{Value, json};
 use wasmtwin::client::{self, NodeClient};
-use wasmtwin::node::Bundle;
+use wasmtwin::node::{Bundle, History};
 use wasmtwin::signing::{self, Metadata};
 use wasmtwin::store::HistoryRow;
 use wasmtwin_tests::servers::{Mosquitto, free_port};
@@ -228,17 +228,22 @@ async fn give_history(node: &NodeClient, points: u64) {
     if points == 0 {
         return;
     }
-    let bytes = node.checkpoint("p", false).await.expect("a checkpoint");
+    let mut bytes = Vec::new();
+    node.checkpoint("p", false, &mut bytes)
+        .await
+        .expect("a checkpoint");
     let mut bundle = Bundle::from_bytes(&bytes).expect("a bundle");
     // Recent timestamps (one per ms up to now), inside the retention.
     let first = now_ms() - points;
-    bundle.history = (1..=points)
-        .map(|i| HistoryRow {
-            ts_ms: first + i,
-            seq: i,
-            changes: [("last_value".to_string(), json!(i))].into(),
-        })
-        .collect();
+    bundle.history = History::Rows(
+        (1..=points)
+            .map(|i| HistoryRow {
+                ts_ms: first + i,
+                seq: i,
+                changes: [("last_value".to_string(), json!(i))].into(),
+            })
+            .collect(),
+    );
     let bytes = bundle.to_bytes().expect("a bundle");
     node.restore("p", bytes, true)
         .await

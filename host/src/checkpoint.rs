@@ -20,7 +20,7 @@
 //! bundle, and hashing them twice was a visible part of a migration's
 //! pause. Version 1, whose trailer hashed the bodies again, is still read.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -34,6 +34,8 @@ pub const FORMAT_VERSION: u32 = 2;
 const FORMAT_VERSION_1: u32 = 1;
 /// Largest header accepted, so a corrupt length cannot exhaust memory.
 const HEADER_MAX: u32 = 1 << 20;
+/// Bodies are read in steps of this size.
+const STEP: usize = 64 * 1024;
 /// Most reserved up front for a section; a longer one grows as it is
 /// read, so a lying length fails as truncation before it allocates.
 const RESERVE_MAX: u64 = 64 << 20;
@@ -129,16 +131,88 @@ pub struct Checkpoint {
     pub sections: Vec<(String, Vec<u8>)>,
 }
 
-/// Hashes everything written through it.
-struct HashingWriter<W> {
-    inner: W,
-    hash: Sha256,
+/// Writes a streamed section's body.
+pub type WriteBody<'a> = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send + 'a>;
+
+/// A section too large to hold in memory, written as the bundle is: its
+/// length and digest are known ahead (from a first pass over its source),
+/// and `write` produces exactly those bytes.
+pub struct StreamedSection<'a> {
+    /// What the section holds.
+    pub name: String,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its SHA-256.
+    pub digest: Digest,
+    /// Writes the body.
+    pub write: WriteBody<'a>,
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+enum Body<'a> {
+    Held(&'a [u8]),
+    Streamed(StreamedSection<'a>),
+}
+
+/// A bundle whose header is sealed: its length is known, and writing it
+/// holds no more in memory than its sections already were.
+pub struct Sealed<'a> {
+    head: Vec<u8>,
+    bodies: Vec<Body<'a>>,
+    trailer: [u8; 32],
+}
+
+impl Sealed<'_> {
+    /// The bundle's length in bytes.
+    pub fn size(&self) -> u64 {
+        let bodies: u64 = self
+            .bodies
+            .iter()
+            .map(|b| match b {
+                Body::Held(bytes) => bytes.len() as u64,
+                Body::Streamed(s) => s.len,
+            })
+            .sum();
+        self.head.len() as u64 + bodies + self.trailer.len() as u64
+    }
+
+    /// Writes it. A streamed section that produces other than its
+    /// announced length fails the write (the bundle would not read back).
+    pub fn write_to(self, mut writer: impl Write) -> Result<(), CheckpointError> {
+        writer.write_all(&self.head)?;
+        for body in self.bodies {
+            match body {
+                Body::Held(bytes) => writer.write_all(bytes)?,
+                Body::Streamed(section) => {
+                    let mut counted = Counted {
+                        inner: &mut writer,
+                        written: 0,
+                    };
+                    (section.write)(&mut counted)?;
+                    if counted.written != section.len {
+                        return Err(CheckpointError::Io(std::io::Error::other(format!(
+                            "section `{}` came out {} bytes long, not the {} announced",
+                            section.name, counted.written, section.len
+                        ))));
+                    }
+                }
+            }
+        }
+        writer.write_all(&self.trailer)?;
+        writer.flush()?;
+        Ok(())
+    }
+}
+
+/// Counts what is written through it.
+struct Counted<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
+        self.written += n as u64;
         Ok(n)
     }
 
@@ -188,19 +262,35 @@ impl Checkpoint {
 
     /// Writes the bundle.
     pub fn write_to(&self, writer: impl Write) -> Result<(), CheckpointError> {
+        self.seal(Vec::new())?.write_to(writer)
+    }
+
+    /// The bundle of these sections followed by `streamed` ones, ready to
+    /// write: its header sealed, so its length is known before a byte goes
+    /// out.
+    pub fn seal<'a>(
+        &'a self,
+        streamed: Vec<StreamedSection<'a>>,
+    ) -> Result<Sealed<'a>, CheckpointError> {
+        let mut sections: Vec<SectionInfo> = self
+            .sections
+            .iter()
+            .map(|(name, body)| SectionInfo {
+                name: name.clone(),
+                len: body.len() as u64,
+                digest: Digest::of(body),
+            })
+            .collect();
+        sections.extend(streamed.iter().map(|s| SectionInfo {
+            name: s.name.clone(),
+            len: s.len,
+            digest: s.digest,
+        }));
         let header = Header {
             twin: self.twin.clone(),
             created_ms: self.created_ms,
             model: self.model.clone(),
-            sections: self
-                .sections
-                .iter()
-                .map(|(name, body)| SectionInfo {
-                    name: name.clone(),
-                    len: body.len() as u64,
-                    digest: Digest::of(body),
-                })
-                .collect(),
+            sections,
         };
         let header = serde_json::to_vec_pretty(&header)
             .map_err(|e| CheckpointError::BadHeader(e.to_string()))?;
@@ -210,21 +300,23 @@ impl Checkpoint {
             .ok_or_else(|| {
                 CheckpointError::BadHeader(format!("header of {} bytes is too large", header.len()))
             })?;
-        let mut w = HashingWriter {
-            inner: writer,
-            hash: Sha256::new(),
-        };
-        w.write_all(MAGIC)?;
-        w.write_all(&FORMAT_VERSION.to_le_bytes())?;
-        w.write_all(&header_len.to_le_bytes())?;
-        w.write_all(&header)?;
-        let trailer = w.hash.finalize();
-        for (_, body) in &self.sections {
-            w.inner.write_all(body)?;
-        }
-        w.inner.write_all(&trailer)?;
-        w.inner.flush()?;
-        Ok(())
+        let mut head = Vec::with_capacity(16 + header.len());
+        head.extend_from_slice(MAGIC);
+        head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        head.extend_from_slice(&header_len.to_le_bytes());
+        head.extend_from_slice(&header);
+        let trailer = Sha256::digest(&head).into();
+        let mut bodies: Vec<Body<'a>> = self
+            .sections
+            .iter()
+            .map(|(_, b)| Body::Held(b.as_slice()))
+            .collect();
+        bodies.extend(streamed.into_iter().map(Body::Streamed));
+        Ok(Sealed {
+            head,
+            bodies,
+            trailer,
+        })
     }
 
     /// Writes the bundle into a byte vector.
@@ -237,6 +329,17 @@ impl Checkpoint {
     /// Reads and checks a bundle: magic, version, header, every section's
     /// digest and the trailer. Anything off is refused with the reason.
     pub fn read_from(reader: impl Read) -> Result<Self, CheckpointError> {
+        Self::read_spilling(reader, |_| false).map(|(checkpoint, _)| checkpoint)
+    }
+
+    /// Reads and checks a bundle like [`Checkpoint::read_from`], but the
+    /// sections `spill` picks go to anonymous temporary files (rewound, in
+    /// bundle order) instead of memory: a bundle's history can be larger
+    /// than the node should hold.
+    pub fn read_spilling(
+        reader: impl Read,
+        spill: impl Fn(&SectionInfo) -> bool,
+    ) -> Result<(Self, Vec<(String, std::fs::File)>), CheckpointError> {
         let mut r = HashingReader {
             inner: reader,
             hash: Sha256::new(),
@@ -266,23 +369,42 @@ impl Checkpoint {
         // Version 2 seals the header here; version 1 goes on over the bodies.
         let sealed = (version == FORMAT_VERSION).then(|| r.hash.clone().finalize());
         let mut sections = Vec::with_capacity(header.sections.len());
+        let mut spilled = Vec::new();
+        let mut chunk = vec![0u8; STEP];
         for info in &header.sections {
             // Read in steps, each hashed as it comes, while still in cache.
             let what = format!("section `{}`", info.name);
-            let mut body =
-                Vec::with_capacity(usize::try_from(info.len.min(RESERVE_MAX)).unwrap_or(0));
+            let mut to_file = if spill(info) {
+                Some(std::io::BufWriter::new(tempfile::tempfile()?))
+            } else {
+                None
+            };
+            let mut body = Vec::with_capacity(if to_file.is_some() {
+                0
+            } else {
+                usize::try_from(info.len.min(RESERVE_MAX)).unwrap_or(0)
+            });
             let mut digest = Sha256::new();
             let mut left = info.len;
             while left > 0 {
-                let n = usize::try_from(left.min(64 * 1024)).unwrap_or(64 * 1024);
-                let at = body.len();
-                body.resize(at + n, 0);
+                let n = usize::try_from(left.min(STEP as u64)).unwrap_or(STEP);
+                let step = match &to_file {
+                    Some(_) => &mut chunk[..n],
+                    None => {
+                        let at = body.len();
+                        body.resize(at + n, 0);
+                        &mut body[at..]
+                    }
+                };
                 if sealed.is_some() {
-                    r.unhashed(&mut body[at..], &what)?;
+                    r.unhashed(step, &what)?;
                 } else {
-                    r.exact(&mut body[at..], &what)?;
+                    r.exact(step, &what)?;
                 }
-                digest.update(&body[at..]);
+                digest.update(&*step);
+                if let Some(file) = &mut to_file {
+                    file.write_all(&chunk[..n])?;
+                }
                 left -= n as u64;
             }
             if Digest::from_hash(digest.finalize().into()) != info.digest {
@@ -291,7 +413,14 @@ impl Checkpoint {
                     info.name
                 )));
             }
-            sections.push((info.name.clone(), body));
+            match to_file {
+                Some(file) => {
+                    let mut file = file.into_inner().map_err(|e| e.into_error())?;
+                    file.seek(std::io::SeekFrom::Start(0))?;
+                    spilled.push((info.name.clone(), file));
+                }
+                None => sections.push((info.name.clone(), body)),
+            }
         }
         let expected = sealed.unwrap_or_else(|| r.hash.finalize());
         let mut trailer = [0u8; 32];
@@ -309,12 +438,13 @@ impl Checkpoint {
                 "there are bytes after the final checksum".into(),
             ));
         }
-        Ok(Checkpoint {
+        let checkpoint = Checkpoint {
             twin: header.twin,
             created_ms: header.created_ms,
             model: header.model,
             sections,
-        })
+        };
+        Ok((checkpoint, spilled))
     }
 }
 
@@ -343,6 +473,46 @@ mod tests {
     fn round_trips() {
         let bytes = sample().to_bytes().unwrap();
         assert_eq!(Checkpoint::read_from(&bytes[..]).unwrap(), sample());
+    }
+
+    #[test]
+    fn a_streamed_section_is_sealed_ahead_and_can_be_spilled() {
+        let body = b"row 1\nrow 2\n";
+        let streamed = StreamedSection {
+            name: "history".into(),
+            len: body.len() as u64,
+            digest: Digest::of(body),
+            write: Box::new(|w| w.write_all(body)),
+        };
+        let checkpoint = sample();
+        let sealed = checkpoint.seal(vec![streamed]).unwrap();
+        let size = sealed.size();
+        let mut bytes = Vec::new();
+        sealed.write_to(&mut bytes).unwrap();
+        assert_eq!(bytes.len() as u64, size, "the length announced is the length");
+        let (read, mut spilled) =
+            Checkpoint::read_spilling(&bytes[..], |info| info.name == "history").unwrap();
+        assert_eq!(read, sample());
+        let mut text = String::new();
+        spilled[0].1.read_to_string(&mut text).unwrap();
+        assert_eq!(text.as_bytes(), body);
+    }
+
+    #[test]
+    fn a_streamed_section_that_breaks_its_word_fails_the_write() {
+        let streamed = StreamedSection {
+            name: "history".into(),
+            len: 5,
+            digest: Digest::of(b"12345"),
+            write: Box::new(|w| w.write_all(b"1234")),
+        };
+        let checkpoint = sample();
+        let err = checkpoint
+            .seal(vec![streamed])
+            .unwrap()
+            .write_to(Vec::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("4 bytes long, not the 5"), "{err}");
     }
 
     #[test]

@@ -74,23 +74,23 @@ impl NodeClient {
         response.json().await.context("reading the node's answer")
     }
 
-    /// Downloads the body of `request`, drawing a progress bar on a
-    /// terminal for large transfers.
+    /// Downloads the body of `request` into `into` as it comes, drawing a
+    /// progress bar on a terminal; the bytes written.
     async fn download(
         &self,
         request: reqwest::RequestBuilder,
         what: &str,
-    ) -> anyhow::Result<Vec<u8>> {
+        into: &mut impl std::io::Write,
+    ) -> anyhow::Result<u64> {
         let mut response = self.send(request).await?;
-        let total = response.content_length();
-        let bar = crate::registry::progress_bar(what, total);
-        let mut bytes = Vec::with_capacity(total.unwrap_or(0) as usize);
+        let bar = crate::registry::progress_bar(what, response.content_length());
         while let Some(chunk) = response.chunk().await.context("receiving the bundle")? {
-            bytes.extend_from_slice(&chunk);
-            bar.set_position(bytes.len() as u64);
+            into.write_all(&chunk).context("storing the bundle")?;
+            bar.inc(chunk.len() as u64);
         }
+        into.flush().context("storing the bundle")?;
         bar.finish_and_clear();
-        Ok(bytes)
+        Ok(bar.position())
     }
 
     /// The spec twin `name` runs under.
@@ -101,21 +101,65 @@ impl NodeClient {
         TwinSpec::parse(&value.to_string()).map_err(Into::into)
     }
 
-    /// A checkpoint bundle of twin `name`, which keeps running.
-    pub async fn checkpoint(&self, name: &str, with_components: bool) -> anyhow::Result<Vec<u8>> {
+    /// A checkpoint bundle of twin `name`, which keeps running, written
+    /// into `into` as it streams; its length.
+    pub async fn checkpoint(
+        &self,
+        name: &str,
+        with_components: bool,
+        into: &mut impl std::io::Write,
+    ) -> anyhow::Result<u64> {
         let path = format!("/v1/twins/{name}/checkpoint?components={with_components}");
-        self.download(self.request(reqwest::Method::GET, &path), "checkpoint")
-            .await
+        self.download(
+            self.request(reqwest::Method::GET, &path),
+            "checkpoint",
+            into,
+        )
+        .await
     }
 
     /// Starts twin `name` on the node from `bundle`.
-    pub async fn restore(&self, name: &str, bundle: Vec<u8>, replace: bool) -> anyhow::Result<()> {
+    pub async fn restore(
+        &self,
+        name: &str,
+        bundle: impl Into<reqwest::Body>,
+        replace: bool,
+    ) -> anyhow::Result<()> {
         let path = format!("/v1/twins/{name}/checkpoint?replace={replace}");
         let request = self
             .request(reqwest::Method::PUT, &path)
             .header(reqwest::header::CONTENT_TYPE, crate::api::BUNDLE_TYPE)
             .body(bundle);
         self.send(request).await.map(drop)
+    }
+
+    /// Starts twin `name` on the node from the bundle in `file`, streamed
+    /// with a progress bar.
+    pub async fn restore_file(
+        &self,
+        name: &str,
+        file: std::fs::File,
+        replace: bool,
+    ) -> anyhow::Result<()> {
+        let len = file.metadata().ok().map(|m| m.len());
+        let bar = crate::registry::progress_bar("restoring", len);
+        let counted = bar.clone();
+        let chunks = futures_util::stream::try_unfold(
+            tokio::fs::File::from_std(file),
+            |mut file| async move {
+                use tokio::io::AsyncReadExt;
+                let mut chunk = vec![0u8; 64 * 1024];
+                let n = file.read(&mut chunk).await?;
+                chunk.truncate(n);
+                Ok::<_, std::io::Error>((n > 0).then_some((chunk, file)))
+            },
+        )
+        .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
+        let restored = self
+            .restore(name, reqwest::Body::wrap_stream(chunks), replace)
+            .await;
+        bar.finish_and_clear();
+        restored
     }
 
     /// Hot-swaps twin `name`'s model to `reference` (or back, with `None`).

@@ -23,6 +23,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::checkpoint::Checkpoint;
 use crate::runtime::Update;
 
 /// name → spec JSON.
@@ -59,9 +60,10 @@ pub enum Op {
         changes: BTreeMap<String, Value>,
     },
     /// A new checkpoint; the journal up to `through_seq` is no longer needed.
+    /// (Encoded by the writer thread, off the twin's update path.)
     Checkpoint {
         name: String,
-        bundle: Vec<u8>,
+        checkpoint: Arc<Checkpoint>,
         through_seq: Option<u64>,
     },
     /// Add history rows brought from another node.
@@ -138,6 +140,91 @@ impl<'de> serde::Deserialize<'de> for HistoryMark {
         String::deserialize(d)?
             .parse()
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One twin's history rows after a mark, from one snapshot of the store:
+/// read as often as needed (a bundle measures its history section, then
+/// writes it), always the same rows.
+pub struct HistorySnapshot {
+    read: redb::ReadTransaction,
+    name: String,
+    after: Option<HistoryMark>,
+}
+
+impl HistorySnapshot {
+    /// The rows, oldest first (for a bundle small enough to hold).
+    pub fn rows(&self) -> anyhow::Result<Vec<HistoryRow>> {
+        let mut rows = Vec::new();
+        self.each(|mark, changes| {
+            rows.push(HistoryRow {
+                ts_ms: mark.ts_ms,
+                seq: mark.seq,
+                changes: serde_json::from_str(changes).context("a history row is malformed")?,
+            });
+            Ok(true)
+        })?;
+        Ok(rows)
+    }
+
+    /// The rows, oldest first, as JSON lines (each a [`HistoryRow`])
+    /// handed to `sink` in chunks of about 64 KiB; stops early when `sink`
+    /// answers false. Returns the mark of the last row handed over. Rows
+    /// are never all in memory at once, so any history can be copied so.
+    pub fn lines(
+        &self,
+        mut sink: impl FnMut(Vec<u8>) -> bool,
+    ) -> anyhow::Result<Option<HistoryMark>> {
+        const CHUNK: usize = 64 * 1024;
+        let mut chunk = Vec::with_capacity(CHUNK + 1024);
+        let mut last = None;
+        let mut open = true;
+        self.each(|mark, changes| {
+            // The stored changes are already JSON: no parse and re-encode.
+            chunk.extend_from_slice(
+                format!(
+                    "{{\"tsMs\":{},\"seq\":{},\"changes\":{changes}}}\n",
+                    mark.ts_ms, mark.seq
+                )
+                .as_bytes(),
+            );
+            last = Some(mark);
+            if chunk.len() >= CHUNK {
+                open = sink(std::mem::replace(
+                    &mut chunk,
+                    Vec::with_capacity(CHUNK + 1024),
+                ));
+            }
+            Ok(open)
+        })?;
+        if open && !chunk.is_empty() {
+            sink(chunk);
+        }
+        Ok(last)
+    }
+
+    /// Calls `row` with each row, oldest first, until it answers false.
+    fn each(
+        &self,
+        mut row: impl FnMut(HistoryMark, &str) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        use std::ops::Bound;
+        let Some(table) = open_read(&self.read, HISTORY)? else {
+            return Ok(());
+        };
+        let name = self.name.as_str();
+        let start = match self.after {
+            Some(m) => Bound::Excluded((name, m.ts_ms, m.seq)),
+            None => Bound::Included((name, 0, 0)),
+        };
+        for entry in table.range((start, Bound::Included((name, u64::MAX, u64::MAX))))? {
+            let (key, changes) = entry?;
+            let (_, ts_ms, seq) = key.value();
+            if !row(HistoryMark { ts_ms, seq }, changes.value())? {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -270,89 +357,18 @@ impl Store {
         Ok(saved)
     }
 
-    /// A twin's history rows after `after` (all of them without), oldest
-    /// first (for its checkpoint bundle).
-    pub fn history_rows(
+    /// A twin's history rows after `after` (all of them without), as they
+    /// are now; reading them later sees none written since.
+    pub fn history_snapshot(
         &self,
         name: &str,
         after: Option<HistoryMark>,
-    ) -> anyhow::Result<Vec<HistoryRow>> {
-        let mut rows = Vec::new();
-        self.history_range(name, after, |mark, changes| {
-            rows.push(HistoryRow {
-                ts_ms: mark.ts_ms,
-                seq: mark.seq,
-                changes: serde_json::from_str(changes).context("a history row is malformed")?,
-            });
-            Ok(true)
-        })?;
-        Ok(rows)
-    }
-
-    /// A twin's history rows after `after`, oldest first, as JSON lines
-    /// (each a [`HistoryRow`]) handed to `sink` in chunks of about 64 KiB,
-    /// all from one snapshot of the store; stops early when `sink` answers
-    /// false. Returns the mark of the last row handed over. Rows are never
-    /// all in memory at once, so any history can be copied this way.
-    pub fn history_lines(
-        &self,
-        name: &str,
-        after: Option<HistoryMark>,
-        mut sink: impl FnMut(Vec<u8>) -> bool,
-    ) -> anyhow::Result<Option<HistoryMark>> {
-        const CHUNK: usize = 64 * 1024;
-        let mut chunk = Vec::with_capacity(CHUNK + 1024);
-        let mut last = None;
-        let mut open = true;
-        self.history_range(name, after, |mark, changes| {
-            // The stored changes are already JSON: no parse and re-encode.
-            chunk.extend_from_slice(
-                format!(
-                    "{{\"tsMs\":{},\"seq\":{},\"changes\":{changes}}}\n",
-                    mark.ts_ms, mark.seq
-                )
-                .as_bytes(),
-            );
-            last = Some(mark);
-            if chunk.len() >= CHUNK {
-                open = sink(std::mem::replace(
-                    &mut chunk,
-                    Vec::with_capacity(CHUNK + 1024),
-                ));
-            }
-            Ok(open)
-        })?;
-        if open && !chunk.is_empty() {
-            sink(chunk);
-        }
-        Ok(last)
-    }
-
-    /// Calls `row` with each of a twin's history rows after `after`, oldest
-    /// first, until it answers false.
-    fn history_range(
-        &self,
-        name: &str,
-        after: Option<HistoryMark>,
-        mut row: impl FnMut(HistoryMark, &str) -> anyhow::Result<bool>,
-    ) -> anyhow::Result<()> {
-        use std::ops::Bound;
-        let read = self.inner.db.begin_read()?;
-        let Some(table) = open_read(&read, HISTORY)? else {
-            return Ok(());
-        };
-        let start = match after {
-            Some(m) => Bound::Excluded((name, m.ts_ms, m.seq)),
-            None => Bound::Included((name, 0, 0)),
-        };
-        for entry in table.range((start, Bound::Included((name, u64::MAX, u64::MAX))))? {
-            let (key, changes) = entry?;
-            let (_, ts_ms, seq) = key.value();
-            if !row(HistoryMark { ts_ms, seq }, changes.value())? {
-                break;
-            }
-        }
-        Ok(())
+    ) -> anyhow::Result<HistorySnapshot> {
+        Ok(HistorySnapshot {
+            read: self.inner.db.begin_read()?,
+            name: name.to_string(),
+            after,
+        })
     }
 
     /// The twins that moved away, and where to.
@@ -528,11 +544,11 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
                 }
                 Op::Checkpoint {
                     name,
-                    bundle,
+                    checkpoint,
                     through_seq,
                 } => {
                     let n = name.as_str();
-                    checkpoints.insert(n, bundle.as_slice())?;
+                    checkpoints.insert(n, checkpoint.to_bytes()?.as_slice())?;
                     if let Some(through) = *through_seq {
                         journal.retain_in((n, 0)..=(n, through), |_, _| false)?;
                     }
@@ -572,7 +588,23 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::ModelInfo;
+    use crate::digest::Digest;
     use serde_json::json;
+
+    fn sample_checkpoint() -> Checkpoint {
+        Checkpoint {
+            twin: "a".into(),
+            created_ms: 1,
+            model: ModelInfo {
+                name: "m".into(),
+                version: "1".into(),
+                component: Digest::of(b"m"),
+                state_version: 1,
+            },
+            sections: vec![("guest".into(), b"{}".to_vec())],
+        }
+    }
 
     fn applied(name: &str, seq: u64, ts_ms: u64, value: f64) -> Op {
         Op::Applied {
@@ -607,7 +639,7 @@ mod tests {
             store
                 .write_now(vec![Op::Checkpoint {
                     name: "a".into(),
-                    bundle: b"ckp".to_vec(),
+                    checkpoint: Arc::new(sample_checkpoint()),
                     through_seq: Some(3),
                 }])
                 .unwrap();
@@ -617,7 +649,8 @@ mod tests {
         assert_eq!(saved.len(), 1);
         let (name, a) = &saved[0];
         assert_eq!(name, "a");
-        assert_eq!(a.checkpoint.as_deref(), Some(&b"ckp"[..]));
+        let checkpoint = Checkpoint::read_from(a.checkpoint.as_deref().unwrap()).unwrap();
+        assert_eq!(checkpoint, sample_checkpoint());
         let seqs: Vec<u64> = a.journal.iter().map(|m| m[0].seq).collect();
         assert_eq!(seqs, [4, 5], "only what came after the checkpoint");
     }

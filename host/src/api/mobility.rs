@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::twins::{error, node_error};
-use crate::node::{Node, NodeError};
+use crate::node::{Node, NodeError, Outgoing};
 use crate::spec::{ComponentRef, TwinSpec};
 use crate::store::{HistoryMark, HistoryRow};
 
@@ -79,8 +79,69 @@ pub async fn redirect_moved(
     next.run(request).await
 }
 
-fn bundle(bytes: Vec<u8>) -> Response {
-    ([(header::CONTENT_TYPE, BUNDLE_TYPE)], bytes).into_response()
+/// A bundle as it streams out, its length announced.
+fn bundle(outgoing: Outgoing) -> Response {
+    let mut chunks = outgoing.chunks;
+    let body = futures_util::stream::poll_fn(move |cx| chunks.poll_recv(cx))
+        .map(Ok::<_, std::convert::Infallible>);
+    (
+        [
+            (header::CONTENT_TYPE, BUNDLE_TYPE.to_string()),
+            (header::CONTENT_LENGTH, outgoing.len.to_string()),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// A request body as a blocking reader, for bundles read as they arrive
+/// (on a blocking thread). More than [`BUNDLE_MAX`] bytes is an error.
+struct BodyReader {
+    chunks: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+    current: Bytes,
+    read: usize,
+}
+
+impl BodyReader {
+    fn new(body: axum::body::Body) -> Self {
+        let (tx, chunks) = tokio::sync::mpsc::channel(8);
+        let mut stream = body.into_data_stream();
+        tokio::spawn(async move {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| e.to_string());
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Self {
+            chunks,
+            current: Bytes::new(),
+            read: 0,
+        }
+    }
+}
+
+impl std::io::Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(std::io::Error::other(format!("receiving: {e}"))),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        self.read += n;
+        if self.read > BUNDLE_MAX {
+            return Err(std::io::Error::other(format!(
+                "the bundle is larger than the {BUNDLE_MAX} bytes accepted"
+            )));
+        }
+        Ok(n)
+    }
 }
 
 /// Runs blocking node work off the I/O threads; errors become statuses.
@@ -126,9 +187,10 @@ async fn restore(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
     Query(query): Query<RestoreQuery>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let restored = blocking(move || node.restore_bundle(&body, query.replace)).await;
+    let reader = BodyReader::new(body);
+    let restored = blocking(move || node.restore_bundle(reader, query.replace)).await;
     match restored {
         Ok(twin) if twin == name => {
             (StatusCode::CREATED, Json(json!({ "twin": twin }))).into_response()
@@ -256,9 +318,14 @@ async fn first_buffered(State(node): State<Arc<Node>>, Path(name): Path<String>)
     }
 }
 
-async fn accept(State(node): State<Arc<Node>>, Path(name): Path<String>, body: Bytes) -> Response {
+async fn accept(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: axum::body::Body,
+) -> Response {
     let twin = name.clone();
-    match blocking(move || node.accept(&twin, &body)).await {
+    let reader = BodyReader::new(body);
+    match blocking(move || node.accept(&twin, reader)).await {
         Ok(()) => Json(json!({ "arrived": name })).into_response(),
         Err(response) => response,
     }

@@ -8,7 +8,6 @@ use anyhow::Context;
 use clap::Args;
 use wasmtwin::client::{self, NodeClient};
 use wasmtwin::node::Bundle;
-use wasmtwin::runtime::write_atomically;
 
 use super::client::{Target, io};
 
@@ -80,38 +79,54 @@ pub struct SwapArgs {
     target: Target,
 }
 
-/// Saves a running twin's bundle.
+/// Saves a running twin's bundle, streamed to a file next to the output,
+/// checked, then moved into place.
 pub fn checkpoint(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
     let client = args.target.client();
-    let bundle = io()?.block_on(client.checkpoint(&args.name, args.with_component))?;
-    let parsed = Bundle::from_bytes(&bundle).context("the node sent a damaged bundle")?;
-    write_atomically(&args.output, &bundle)?;
+    let dir = match args.output.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    let mut file = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    let len = io()?.block_on(client.checkpoint(&args.name, args.with_component, &mut file))?;
+    file.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    let parsed = Bundle::read(std::io::BufReader::new(file.reopen()?))
+        .context("the node sent a damaged bundle")?;
+    file.persist(&args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
     println!(
-        "{}: twin `{}`, model {} {}, {} history rows{}, {} bytes",
+        "{}: twin `{}`, model {} {}, {} history rows{}, {len} bytes",
         args.output.display(),
         args.name,
         parsed.checkpoint.model.name,
         parsed.checkpoint.model.version,
-        parsed.history.len(),
+        parsed.history.rows().unwrap_or(0),
         if parsed.components.is_some() {
             ", components included"
         } else {
             ""
         },
-        bundle.len()
     );
     Ok(ExitCode::SUCCESS)
 }
 
 /// Starts a twin on a node from a bundle.
 pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let bundle =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let open = || {
+        std::fs::File::open(&args.file).with_context(|| format!("reading {}", args.file.display()))
+    };
     // Refuse a damaged bundle here, with the reason, before the node is asked.
-    let parsed = Bundle::from_bytes(&bundle)
+    let parsed = Bundle::read(std::io::BufReader::new(open()?))
         .with_context(|| format!("{} is not a usable bundle", args.file.display()))?;
     let name = parsed.spec.name().to_string();
-    io()?.block_on(args.target.client().restore(&name, bundle, args.replace))?;
+    io()?.block_on(
+        args.target
+            .client()
+            .restore_file(&name, open()?, args.replace),
+    )?;
     println!("twin `{name}` restored");
     Ok(ExitCode::SUCCESS)
 }

@@ -21,21 +21,24 @@
 //!    if step 4 failed, [`Node::resume_twin`] (the twin carries on from its
 //!    handover checkpoint, and its session redelivers the rest).
 
+use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use tokio::sync::oneshot;
 
+use super::bundle::{Bundle, History, Outgoing};
 use super::worker::{Job, SwapReport};
 use super::{Components, Node, NodeError, Origin, Prepared, Session, lock, spec_op};
-use crate::checkpoint::{
-    ADAPTER_SECTION, Checkpoint, ENTANGLEMENT_SECTION, HISTORY_SECTION, MODEL_SECTION, SPEC_SECTION,
-};
+use crate::checkpoint::Checkpoint;
 use crate::runtime::AdapterInstance;
 use crate::spec::{ComponentRef, TwinSpec};
 use crate::store::{HistoryMark, HistoryRow, Op};
 use crate::twin::entanglement::Window;
+
+/// Rows stored per write when a history is imported.
+const IMPORT_BATCH: usize = 4096;
 
 /// How long a handover may wait for the source to catch up with the
 /// target's buffer.
@@ -53,89 +56,6 @@ pub(super) struct Incoming {
     spec: TwinSpec,
     components: Components,
     session: Session,
-}
-
-/// What a checkpoint bundle holds beyond the twin's own checkpoint.
-pub struct Bundle {
-    /// The spec the twin ran under.
-    pub spec: TwinSpec,
-    /// Guest snapshot and host-side twin state.
-    pub checkpoint: Checkpoint,
-    /// Its history, oldest first.
-    pub history: Vec<HistoryRow>,
-    /// Its entanglement window, so its measures go on where it arrives.
-    pub entanglement: Option<Window>,
-    /// The model and adapter components, when the bundle carries them.
-    pub components: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl Bundle {
-    /// Writes the bundle: the checkpoint format, with the spec, the
-    /// history and (optionally) the components as further sections.
-    pub fn to_bytes(mut self) -> anyhow::Result<Vec<u8>> {
-        let mut history = Vec::new();
-        for row in &self.history {
-            serde_json::to_writer(&mut history, row)?;
-            history.push(b'\n');
-        }
-        let sections = &mut self.checkpoint.sections;
-        sections.push((SPEC_SECTION.into(), serde_json::to_vec(&self.spec)?));
-        sections.push((HISTORY_SECTION.into(), history));
-        if let Some(window) = &self.entanglement {
-            sections.push((ENTANGLEMENT_SECTION.into(), serde_json::to_vec(window)?));
-        }
-        if let Some((model, adapter)) = self.components {
-            sections.push((MODEL_SECTION.into(), model));
-            sections.push((ADAPTER_SECTION.into(), adapter));
-        }
-        Ok(self.checkpoint.to_bytes()?)
-    }
-
-    /// Reads and checks a bundle (every checksum, the spec, the history).
-    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<Self> {
-        let mut checkpoint = Checkpoint::read_from(bytes)?;
-        let mut take = |name: &str| {
-            let at = checkpoint.sections.iter().position(|(n, _)| n == name)?;
-            Some(checkpoint.sections.remove(at).1)
-        };
-        let spec = take(SPEC_SECTION).context(
-            "the bundle has no spec: it is a bare checkpoint (from `wasmtwin run`), not a twin's",
-        )?;
-        let spec = TwinSpec::parse(std::str::from_utf8(&spec).context("the bundle's spec")?)
-            .context("the bundle's spec")?;
-        let history = match take(HISTORY_SECTION) {
-            Some(lines) => lines
-                .split(|&b| b == b'\n')
-                .filter(|line| !line.is_empty())
-                .map(serde_json::from_slice)
-                .collect::<Result<_, _>>()
-                .context("the bundle's history is malformed")?,
-            None => Vec::new(),
-        };
-        let entanglement = take(ENTANGLEMENT_SECTION)
-            .map(|json| serde_json::from_slice(&json))
-            .transpose()
-            .context("the bundle's entanglement window is malformed")?;
-        let components = match (take(MODEL_SECTION), take(ADAPTER_SECTION)) {
-            (Some(model), Some(adapter)) => Some((model, adapter)),
-            (None, None) => None,
-            _ => bail!("the bundle carries only one of its two components"),
-        };
-        if checkpoint.twin != spec.name() {
-            bail!(
-                "the bundle's checkpoint is of twin `{}` but its spec names `{}`",
-                checkpoint.twin,
-                spec.name()
-            );
-        }
-        Ok(Self {
-            spec,
-            checkpoint,
-            history,
-            entanglement,
-            components,
-        })
-    }
 }
 
 impl Node {
@@ -178,7 +98,7 @@ impl Node {
         window: Option<Window>,
         with_components: bool,
         history_after: Option<HistoryMark>,
-    ) -> anyhow::Result<Vec<u8>> {
+    ) -> anyhow::Result<Bundle> {
         let components = if with_components {
             let model = &spec.spec.model;
             Some((
@@ -191,20 +111,23 @@ impl Node {
         // History rows are written behind the worker: wait for those of
         // every update the checkpoint holds.
         self.store.flush()?;
-        let history = self.store.history_rows(spec.name(), history_after)?;
-        Bundle {
+        let history = self.store.history_snapshot(spec.name(), history_after)?;
+        Ok(Bundle {
             spec,
             checkpoint,
-            history,
+            history: History::Store(history),
             entanglement: window,
             components,
-        }
-        .to_bytes()
+        })
     }
 
     /// A bundle of a running twin as it is between two updates, which keeps
-    /// running.
-    pub async fn export(&self, name: &str, with_components: bool) -> Result<Vec<u8>, NodeError> {
+    /// running; streamed, its history straight from the store.
+    pub async fn export(
+        self: &Arc<Self>,
+        name: &str,
+        with_components: bool,
+    ) -> Result<Outgoing, NodeError> {
         let jobs = self.jobs(name)?;
         let spec = self.spec(name)?;
         let (reply, answer) = oneshot::channel();
@@ -215,15 +138,22 @@ impl Node {
             .await
             .map_err(|_| self.missing(name))?
             .map_err(NodeError::Refused)?;
-        self.bundle(spec, checkpoint, self.window(name), with_components, None)
-            .map_err(|e| NodeError::Refused(format!("{e:#}")))
+        let window = self.window(name);
+        let node = self.clone();
+        let bundle = tokio::task::spawn_blocking(move || {
+            node.bundle(spec, checkpoint, window, with_components, None)
+        })
+        .await
+        .map_err(|e| NodeError::Refused(e.to_string()))?
+        .map_err(|e| NodeError::Refused(format!("{e:#}")))?;
+        stream(bundle).await
     }
 
     /// Starts a twin from a bundle. Its components (carried, or fetched as
     /// its spec says) must pass this node's trust policy before anything
     /// runs; a twin of that name already here is refused unless `replace`.
-    pub fn restore_bundle(&self, bytes: &[u8], replace: bool) -> anyhow::Result<String> {
-        let bundle = Bundle::from_bytes(bytes)?;
+    pub fn restore_bundle(&self, reader: impl Read, replace: bool) -> anyhow::Result<String> {
+        let bundle = Bundle::read(reader)?;
         let name = bundle.spec.name().to_string();
         if !replace && lock(&self.twins).contains_key(&name) {
             return Err(NodeError::Conflict(format!(
@@ -235,17 +165,15 @@ impl Node {
         let twin = self.make_twin(
             &bundle.spec,
             &components,
-            Origin::Checkpoint(bundle.checkpoint),
+            Origin::Checkpoint(Arc::new(bundle.checkpoint)),
         )?;
         self.stop(&name);
-        self.store.write_now(vec![
-            Op::Forget { name: name.clone() },
-            spec_op(&bundle.spec)?,
-            Op::ImportHistory {
-                name: name.clone(),
-                rows: bundle.history,
-            },
-        ])?;
+        // The spec goes last: should the node stop midway, no half-restored
+        // twin resumes.
+        self.store
+            .write_now(vec![Op::Forget { name: name.clone() }])?;
+        self.import(&name, bundle.history)?;
+        self.store.write_now(vec![spec_op(&bundle.spec)?])?;
         let prepared = Prepared {
             components,
             twin,
@@ -258,6 +186,16 @@ impl Node {
         Ok(name)
     }
 
+    /// Stores history rows of twin `name`, a batch per write.
+    fn import(&self, name: &str, history: History) -> anyhow::Result<()> {
+        history.batches(IMPORT_BATCH, |rows| {
+            self.store.write_now(vec![Op::ImportHistory {
+                name: name.to_string(),
+                rows,
+            }])
+        })
+    }
+
     /// Source, step 3: applies messages up to `until`, checkpoints, stops
     /// the twin and returns its bundle, whose history holds only the rows
     /// after `history_after` (the target copied the rest ahead, see
@@ -268,7 +206,7 @@ impl Node {
         name: &str,
         until: Option<u64>,
         history_after: Option<HistoryMark>,
-    ) -> Result<Vec<u8>, NodeError> {
+    ) -> Result<Outgoing, NodeError> {
         let started = std::time::Instant::now();
         let jobs = self.jobs(name)?;
         let (reply, answer) = oneshot::channel();
@@ -320,9 +258,10 @@ impl Node {
         let bundle = self
             .bundle(spec, checkpoint, window, false, history_after)
             .map_err(|e| NodeError::Refused(format!("{e:#}")))?;
-        // Both figures are inside the twin's pause.
-        tracing::info!(twin = %name, ?snapshot, took = ?started.elapsed(), bytes = bundle.len(), "twin handed over");
-        Ok(bundle)
+        let outgoing = stream(bundle).await?;
+        // Both figures are inside the twin's pause; the bundle streams on.
+        tracing::info!(twin = %name, ?snapshot, took = ?started.elapsed(), bytes = outgoing.len, "twin handing over");
+        Ok(outgoing)
     }
 
     /// Source, step 5 when the target failed: the twin carries on here from
@@ -418,7 +357,7 @@ impl Node {
         if !lock(&self.twins).contains_key(name) {
             return Err(self.missing(name).into());
         }
-        self.store.history_lines(name, after, sink)
+        self.store.history_snapshot(name, after)?.lines(sink)
     }
 
     /// Target, step 1½: stores history rows of a twin arriving.
@@ -426,10 +365,7 @@ impl Node {
         if !lock(&self.incoming).contains_key(name) {
             return Err(NodeError::NotFound(format!("{name} (nothing is arriving)")).into());
         }
-        self.store.write_now(vec![Op::ImportHistory {
-            name: name.to_string(),
-            rows,
-        }])
+        self.import(name, History::Rows(rows))
     }
 
     /// Target, step 2: the sequence number of the first message buffered,
@@ -461,22 +397,25 @@ impl Node {
 
     /// Target, step 4: restores the bundle and starts the twin on what its
     /// session buffered.
-    pub fn accept(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    pub fn accept(&self, name: &str, reader: impl Read) -> anyhow::Result<()> {
+        let bundle = Bundle::read(reader)?;
+        // Timed from here: before, the bundle was still on its way.
         let started = std::time::Instant::now();
-        let bundle = Bundle::from_bytes(bytes)?;
         let arriving = lock(&self.incoming)
             .remove(name)
             .ok_or_else(|| NodeError::NotFound(format!("{name} (nothing is arriving)")))?;
-        if bundle.spec != arriving.spec {
-            arriving.session.link.close();
-            bail!("the bundle's spec is not the one this node was told to receive");
-        }
-        let stored = bundle.checkpoint.clone();
-        let restored = self.make_twin(
-            &arriving.spec,
-            &arriving.components,
-            Origin::Checkpoint(bundle.checkpoint),
-        );
+        let stored = Arc::new(bundle.checkpoint);
+        let restored = if bundle.spec == arriving.spec {
+            self.make_twin(
+                &arriving.spec,
+                &arriving.components,
+                Origin::Checkpoint(stored.clone()),
+            )
+        } else {
+            Err(anyhow::anyhow!(
+                "the bundle's spec is not the one this node was told to receive"
+            ))
+        };
         let twin = match restored {
             Ok(twin) => twin,
             Err(e) => {
@@ -485,22 +424,30 @@ impl Node {
                 return Err(e);
             }
         };
+        // Its store was cleared when it started arriving and holds the
+        // history copied ahead; the bundle brings the rest, normally a few
+        // rows (a large history not copied ahead is stored first).
+        let rows = match bundle.history {
+            History::Rows(rows) => rows,
+            history => {
+                self.import(name, history)?;
+                Vec::new()
+            }
+        };
         // Queued, not awaited, and ahead of everything the worker will
-        // write (so of its MQTT acknowledgements too). The bundle as
-        // received is the twin's first checkpoint here: no second snapshot
-        // delays its first update.
-        // Its store was cleared when it started arriving, and holds the
-        // history copied ahead: this adds the rest.
+        // write (so of its MQTT acknowledgements too). The checkpoint
+        // received is the twin's first here: no second snapshot delays its
+        // first update, and the store's writer encodes it.
         self.store.write(
             vec![
                 spec_op(&arriving.spec)?,
                 Op::ImportHistory {
                     name: name.to_string(),
-                    rows: bundle.history,
+                    rows,
                 },
                 Op::Checkpoint {
                     name: name.to_string(),
-                    bundle: bytes.to_vec(),
+                    checkpoint: stored.clone(),
                     through_seq: twin.state().last_seq,
                 },
             ],
@@ -587,4 +534,12 @@ impl Node {
         }
         Ok(report)
     }
+}
+
+/// Starts streaming `bundle` out.
+async fn stream(bundle: Bundle) -> Result<Outgoing, NodeError> {
+    bundle
+        .stream()
+        .await
+        .map_err(|e| NodeError::Refused(format!("{e:#}")))
 }

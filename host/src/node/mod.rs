@@ -5,6 +5,7 @@
 //! journals and history live in the node's [`Store`], from which
 //! [`Node::resume`] brings every twin back after a restart.
 
+mod bundle;
 mod mobility;
 mod view;
 mod worker;
@@ -17,7 +18,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use mobility::Bundle;
+pub use bundle::{Bundle, History, Outgoing};
 pub use view::{Change, PropertyView, TwinReport};
 pub use worker::SwapReport;
 
@@ -87,7 +88,7 @@ enum Origin {
     /// What this node's store saved (after a restart, or an aborted move).
     Saved(Saved),
     /// A checkpoint from elsewhere (a bundle, a migration).
-    Checkpoint(Checkpoint),
+    Checkpoint(Arc<Checkpoint>),
 }
 
 /// A twin's MQTT session and the job queue it feeds.
@@ -517,7 +518,7 @@ impl Node {
         spec: &TwinSpec,
         prepared: Prepared,
         session: Session,
-        stored: Option<Checkpoint>,
+        stored: Option<Arc<Checkpoint>>,
     ) -> Hosted {
         let Prepared {
             components,

@@ -95,7 +95,7 @@ pub struct Worker {
     pub history: HistoryPolicy,
     /// The last checkpoint, to recover from if the instance fails (given
     /// at start when the node already stored it)…
-    pub recovery: Option<Checkpoint>,
+    pub recovery: Option<Arc<Checkpoint>>,
     /// …followed by the messages applied since.
     pub since_recovery: Vec<Vec<Update>>,
 }
@@ -283,7 +283,7 @@ impl Worker {
 
     /// Takes a checkpoint, makes it durable together with `ops`, and
     /// recovers from it (plus what follows) if the instance fails.
-    fn new_recovery_point(&mut self, mut ops: Vec<Op>) -> Option<Checkpoint> {
+    fn new_recovery_point(&mut self, mut ops: Vec<Op>) -> Option<Arc<Checkpoint>> {
         let checkpoint = self.checkpoint(&mut ops);
         self.store.write(ops, None);
         if let Some(c) = &checkpoint {
@@ -327,15 +327,15 @@ impl Worker {
 
     /// Takes a checkpoint and adds its store writes (checkpoint, journal
     /// truncation, history pruning) to `ops`.
-    fn checkpoint(&mut self, ops: &mut Vec<Op>) -> Option<Checkpoint> {
-        let taken = self.twin.checkpoint().and_then(|c| Ok((c.to_bytes()?, c)));
-        match taken {
-            Ok((bundle, checkpoint)) => {
+    fn checkpoint(&mut self, ops: &mut Vec<Op>) -> Option<Arc<Checkpoint>> {
+        match self.twin.checkpoint() {
+            Ok(checkpoint) => {
+                let checkpoint = Arc::new(checkpoint);
                 let retention_ms =
                     u64::try_from(self.history.retention.as_millis()).unwrap_or(u64::MAX);
                 ops.push(Op::Checkpoint {
                     name: self.name.clone(),
-                    bundle,
+                    checkpoint: checkpoint.clone(),
                     through_seq: self.twin.state().last_seq,
                 });
                 ops.push(Op::Prune {
