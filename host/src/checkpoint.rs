@@ -489,7 +489,11 @@ mod tests {
         let size = sealed.size();
         let mut bytes = Vec::new();
         sealed.write_to(&mut bytes).unwrap();
-        assert_eq!(bytes.len() as u64, size, "the length announced is the length");
+        assert_eq!(
+            bytes.len() as u64,
+            size,
+            "the length announced is the length"
+        );
         let (read, mut spilled) =
             Checkpoint::read_spilling(&bytes[..], |info| info.name == "history").unwrap();
         assert_eq!(read, sample());

@@ -240,6 +240,28 @@ async fn copy_history(
 /// restores and goes on from its buffer. If a step fails, the
 /// twin stays (or resumes) on the source and the error says which.
 pub async fn migrate(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow::Result<Migration> {
+    migrate_observed(name, from, to, async |_| {}).await
+}
+
+/// A step of a live migration, reported as it is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The target has verified and compiled the components, copied the
+    /// history, and listens to the device; the twin still runs on the
+    /// source.
+    TargetReady,
+    /// The source is stopping the twin and handing it over.
+    HandingOver,
+}
+
+/// [`migrate`], awaiting `observe` at each [`Step`] (to report progress,
+/// or to get ready for the twin's arrival).
+pub async fn migrate_observed(
+    name: &str,
+    from: &NodeClient,
+    to: &NodeClient,
+    mut observe: impl AsyncFnMut(Step),
+) -> anyhow::Result<Migration> {
     let started = Instant::now();
     let spec = from.spec(name).await.context("reading the twin's spec")?;
     let spec_json = serde_json::to_string(&spec)?;
@@ -248,18 +270,28 @@ pub async fn migrate(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow::
         .await
         .context("the target cannot host the twin; nothing changed")?;
 
-    let copied = match copy_history(name, from, to).await {
+    // The target listens to the device last, so that little of what it
+    // buffers is what the source still applies.
+    let copied = async {
+        let copied = copy_history(name, from, to).await?;
+        let listen = format!("{arriving}/session");
+        to.send(to.request(reqwest::Method::POST, &listen)).await?;
+        anyhow::Ok(copied)
+    };
+    let copied = match copied.await {
         Ok(copied) => copied,
         Err(e) => {
             let _ = to
                 .send(to.request(reqwest::Method::DELETE, &arriving))
                 .await;
             return Err(e.context(format!(
-                "copying the twin's history failed; the twin stays on {}",
+                "getting the target ready failed; the twin stays on {}",
                 from.base
             )));
         }
     };
+
+    observe(Step::TargetReady).await;
 
     // Wait (about three update periods) for the target's buffer to start,
     // so the source knows where to stop.
@@ -276,6 +308,7 @@ pub async fn migrate(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow::
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 
+    observe(Step::HandingOver).await;
     let paused_at = Instant::now();
     let mut handover = from.request(reqwest::Method::POST, &format!("/v1/twins/{name}/handover"));
     if let Some(seq) = first_buffered {

@@ -258,7 +258,7 @@ impl Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let mut config = format!(
-            "listener {port} 127.0.0.1\npersistence false\nlog_dest none\nmax_queued_messages 100000\n"
+            "listener {port} 127.0.0.1\npersistence false\nlog_dest none\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
         );
         // Started as root, Mosquitto would switch to its own user, which
         // cannot read our temporary files.

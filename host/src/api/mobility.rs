@@ -45,6 +45,7 @@ pub fn routes() -> Router<Arc<Node>> {
             put(receive).get(first_buffered).post(accept).delete(refuse),
         )
         .route("/v1/migrations/{name}/history", put(import_history))
+        .route("/v1/migrations/{name}/session", post(listen))
         .layer(DefaultBodyLimit::max(BUNDLE_MAX))
 }
 
@@ -59,7 +60,10 @@ pub async fn redirect_moved(
     if method == Method::GET || method == Method::POST {
         let path = request.uri().path();
         let mut parts = path.trim_start_matches('/').splitn(4, '/');
+        // A twin coming back is served here (its stream opens while it
+        // arrives), not sent away to where it is leaving.
         if let (Some("v1"), Some("twins"), Some(name)) = (parts.next(), parts.next(), parts.next())
+            && !node.arriving(name)
             && let Some(to) = node.moved(name)
         {
             let query = request
@@ -307,6 +311,13 @@ async fn receive(
     };
     match blocking(move || node.receive(spec)).await {
         Ok(()) => Json(json!({ "receiving": name })).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn listen(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
+    match blocking(move || node.listen(&name)).await {
+        Ok(()) => Json(json!({ "listening": true })).into_response(),
         Err(response) => response,
     }
 }

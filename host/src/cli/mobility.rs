@@ -135,7 +135,16 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let from = NodeClient::new(&args.from, args.from_token.or(args.token.clone()));
     let to = NodeClient::new(&args.to, args.to_token.or(args.token));
-    let moved = io()?.block_on(client::migrate(&args.name, &from, &to))?;
+    let report = async |step| match step {
+        client::Step::TargetReady => {
+            eprintln!(
+                "{}: components verified, history copied, listening",
+                to.base()
+            )
+        }
+        client::Step::HandingOver => eprintln!("{}: handing the twin over", from.base()),
+    };
+    let moved = io()?.block_on(client::migrate_observed(&args.name, &from, &to, report))?;
     println!(
         "twin `{}` moved from {} to {}: updates paused {:.1} ms, {:.1} ms in all, {} byte bundle{}",
         args.name,

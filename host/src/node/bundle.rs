@@ -468,6 +468,9 @@ mod tests {
         b.history = History::Rows(Vec::new());
         // Two history sections: the bundle's own (empty) and the bad one.
         let err = Bundle::from_bytes(&b.to_bytes().unwrap()).err().unwrap();
-        assert!(format!("{err:#}").contains("history is malformed"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("history is malformed"),
+            "{err:#}"
+        );
     }
 }

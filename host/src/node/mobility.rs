@@ -5,12 +5,13 @@
 //! each node takes on its own side, so that a failure at any step leaves
 //! the twin running where it was:
 //!
-//! 1. target [`Node::receive`]: fetch, verify and compile the components,
-//!    and open the twin's MQTT session, whose messages wait in the queue of
-//!    a worker not yet started;
-//!    (source [`Node::history_lines`] → target [`Node::import_history`]:
+//! 1. target [`Node::receive`]: fetch, verify and compile the components;
+//!    source [`Node::history_lines`] → target [`Node::import_history`]:
 //!    the twin's history is copied, streamed, while it still runs, so the
-//!    pause below carries only the rows written since);
+//!    pause below carries only the rows written since; target
+//!    [`Node::listen`]: open the twin's MQTT session, whose messages wait
+//!    in the queue of a worker not yet started (last, so that few of them
+//!    are ones the source still applies);
 //! 2. target [`Node::first_buffered`]: the sequence number the buffer
 //!    starts at, once a message came;
 //! 3. source [`Node::handover`]: apply every message up to just before
@@ -26,11 +27,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use super::bundle::{Bundle, History, Outgoing};
 use super::worker::{Job, SwapReport};
-use super::{Components, Node, NodeError, Origin, Prepared, Session, lock, spec_op};
+use super::{Change, Components, Node, NodeError, Origin, Prepared, Session, lock, spec_op};
 use crate::checkpoint::Checkpoint;
 use crate::runtime::AdapterInstance;
 use crate::spec::{ComponentRef, TwinSpec};
@@ -51,11 +52,28 @@ pub(super) struct Leaving {
     window: Option<Window>,
 }
 
-/// A twin arriving: its components compiled and its session buffering.
+/// A twin arriving: its components compiled and, once it listens, its
+/// session buffering.
 pub(super) struct Incoming {
     spec: TwinSpec,
     components: Components,
-    session: Session,
+    session: Option<Session>,
+    /// Its change stream, open from the start so that applications can
+    /// attach to a twin still arriving.
+    changes: broadcast::Sender<Change>,
+}
+
+impl Incoming {
+    /// Closes its session, if it opened one; `forget` has the broker
+    /// discard it too.
+    fn close(self, node: &Node, forget: bool) {
+        if let Some(session) = self.session {
+            session.link.close();
+            if forget {
+                node.forget_session(&self.spec);
+            }
+        }
+    }
 }
 
 impl Node {
@@ -308,6 +326,11 @@ impl Node {
         Ok(())
     }
 
+    /// Whether twin `name` is on its way here.
+    pub fn arriving(&self, name: &str) -> bool {
+        lock(&self.incoming).contains_key(name)
+    }
+
     /// The change stream of a twin still arriving.
     pub(super) fn subscribe_arriving(
         &self,
@@ -315,11 +338,11 @@ impl Node {
     ) -> Option<tokio::sync::broadcast::Receiver<super::Change>> {
         lock(&self.incoming)
             .get(name)
-            .map(|a| a.session.changes.subscribe())
+            .map(|a| a.changes.subscribe())
     }
 
-    /// Target, step 1: gets ready to receive twin `spec` — components
-    /// verified and compiled, its session subscribed and buffering.
+    /// Target, step 1: gets ready to receive twin `spec`: its components
+    /// verified and compiled, its store cleared for the history to come.
     pub fn receive(&self, spec: TwinSpec) -> anyhow::Result<()> {
         spec.validate()?;
         let name = spec.name().to_string();
@@ -330,18 +353,39 @@ impl Node {
         // The history copied ahead lands on a clean slate.
         self.store
             .write_now(vec![Op::Arriving { name: name.clone() }])?;
-        let session = self.connect(&spec)?;
-        if let Some(old) = lock(&self.incoming).insert(
-            name,
-            Incoming {
-                spec,
-                components,
-                session,
-            },
-        ) {
-            old.session.link.close();
+        let arriving = Incoming {
+            spec,
+            components,
+            session: None,
+            changes: broadcast::channel(super::CHANGE_BUFFER).0,
+        };
+        if let Some(old) = lock(&self.incoming).insert(name, arriving) {
+            old.close(self, false);
         }
         Ok(())
+    }
+
+    /// Target, end of step 1: opens the arriving twin's MQTT session, whose
+    /// messages wait for the twin to start. Again is a no-op.
+    pub fn listen(&self, name: &str) -> anyhow::Result<()> {
+        let spec = match lock(&self.incoming).get(name) {
+            Some(arriving) if arriving.session.is_some() => return Ok(()),
+            Some(arriving) => arriving.spec.clone(),
+            None => return Err(NodeError::NotFound(format!("{name} (nothing is arriving)")).into()),
+        };
+        let mut session = self.connect(&spec)?;
+        match lock(&self.incoming).get_mut(name) {
+            Some(arriving) if arriving.session.is_none() => {
+                session.changes = arriving.changes.clone();
+                arriving.session = Some(session);
+                Ok(())
+            }
+            // Refused or replaced meanwhile.
+            _ => {
+                session.link.close();
+                Err(NodeError::NotFound(format!("{name} (nothing is arriving)")).into())
+            }
+        }
     }
 
     /// Source, step 1½: a running twin's history after `after`, as JSON
@@ -376,7 +420,10 @@ impl Node {
             let arriving = incoming
                 .get(name)
                 .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
-            let first = arriving.session.first.get().cloned();
+            let first = arriving
+                .session
+                .as_ref()
+                .and_then(|session| session.first.get().cloned());
             (
                 first,
                 arriving.components.adapter.clone(),
@@ -404,6 +451,9 @@ impl Node {
         let arriving = lock(&self.incoming)
             .remove(name)
             .ok_or_else(|| NodeError::NotFound(format!("{name} (nothing is arriving)")))?;
+        let Some(session) = arriving.session else {
+            bail!("twin `{name}` is not listening to its device yet; nothing was started");
+        };
         let stored = Arc::new(bundle.checkpoint);
         let restored = if bundle.spec == arriving.spec {
             self.make_twin(
@@ -419,7 +469,7 @@ impl Node {
         let twin = match restored {
             Ok(twin) => twin,
             Err(e) => {
-                arriving.session.link.close();
+                session.link.close();
                 self.forget_session(&arriving.spec);
                 return Err(e);
             }
@@ -458,7 +508,7 @@ impl Node {
             twin,
             window: bundle.entanglement,
         };
-        let hosted = self.start(&arriving.spec, prepared, arriving.session, Some(stored));
+        let hosted = self.start(&arriving.spec, prepared, session, Some(stored));
         lock(&self.twins).insert(name.to_string(), hosted);
         lock(&self.moved).remove(name);
         tracing::info!(twin = %name, took = ?started.elapsed(), "twin arrived");
@@ -470,8 +520,7 @@ impl Node {
         let arriving = lock(&self.incoming)
             .remove(name)
             .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
-        arriving.session.link.close();
-        self.forget_session(&arriving.spec);
+        arriving.close(self, true);
         Ok(())
     }
 
