@@ -3,10 +3,10 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use std::sync::atomic::AtomicU64;
 
 /// The label every per-twin metric carries.
@@ -34,6 +34,8 @@ pub type Ratio = Gauge<f64, AtomicU64>;
 /// All metrics of a node.
 pub struct Metrics {
     registry: Registry,
+    /// Every per-twin family, to forget a twin's series.
+    per_twin: Vec<Box<dyn TwinSeries>>,
     /// PT timestamp → state committed.
     pub timeliness: Family<TwinLabel, Histogram, fn() -> Histogram>,
     /// Time spent in the model per update.
@@ -60,84 +62,116 @@ pub struct Metrics {
     pub requests_shed: Family<ClassLabel, Counter>,
 }
 
+/// A per-twin family, as far as forgetting a twin goes.
+trait TwinSeries: Send + Sync {
+    fn forget(&self, label: &TwinLabel);
+}
+
+impl<M, C> TwinSeries for Family<TwinLabel, M, C>
+where
+    M: Send + Sync,
+    C: MetricConstructor<M> + Send + Sync,
+{
+    fn forget(&self, label: &TwinLabel) {
+        self.remove(label);
+    }
+}
+
+/// Registers per-twin families and keeps them, so that one list serves
+/// both exposing them and forgetting a twin's series.
+struct PerTwin<'a> {
+    registry: &'a mut Registry,
+    families: Vec<Box<dyn TwinSeries>>,
+}
+
+impl PerTwin<'_> {
+    fn add<F>(&mut self, name: &str, help: &str, family: &F)
+    where
+        F: Metric + TwinSeries + Clone,
+    {
+        self.registry.register(name, help, family.clone());
+        self.families.push(Box::new(family.clone()));
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut root = Registry::default();
-        let metrics = Self {
-            timeliness: Family::new_with_constructor(latency_histogram),
-            model_seconds: Family::new_with_constructor(latency_histogram),
-            updates: Family::default(),
-            duplicates: Family::default(),
-            fuel: Family::default(),
-            guest_errors: Family::default(),
-            shed: Family::default(),
-            queue_depth: Family::default(),
-            reliability: Family::default(),
-            odte: Family::default(),
-            entangled: Family::default(),
-            requests_shed: Family::default(),
-            registry: Registry::default(),
-        };
+        let requests_shed = Family::default();
         root.sub_registry_with_prefix("wasmtwin_node").register(
             "requests_shed",
             "HTTP requests refused by admission control under overload",
-            metrics.requests_shed.clone(),
+            requests_shed.clone(),
         );
-        let registry = root.sub_registry_with_prefix("wasmtwin_twin");
-        registry.register(
+        let (timeliness, model_seconds) = (
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        );
+        let (updates, duplicates, fuel, guest_errors, shed) = Default::default();
+        let (queue_depth, entangled, reliability, odte) = Default::default();
+        let mut per_twin = PerTwin {
+            registry: root.sub_registry_with_prefix("wasmtwin_twin"),
+            families: Vec::new(),
+        };
+        per_twin.add(
             "timeliness_seconds",
             "From the PT producing an update to the twin committing its state change",
-            metrics.timeliness.clone(),
+            &timeliness,
         );
-        registry.register(
+        per_twin.add(
             "model_seconds",
             "Time the model took per update",
-            metrics.model_seconds.clone(),
+            &model_seconds,
         );
-        registry.register("updates", "Updates applied", metrics.updates.clone());
-        registry.register(
+        per_twin.add("updates", "Updates applied", &updates);
+        per_twin.add(
             "duplicates",
             "Updates dropped as already applied",
-            metrics.duplicates.clone(),
+            &duplicates,
         );
-        registry.register(
-            "fuel_consumed",
-            "Fuel burned by the model",
-            metrics.fuel.clone(),
-        );
-        registry.register(
+        per_twin.add("fuel_consumed", "Fuel burned by the model", &fuel);
+        per_twin.add(
             "guest_errors",
             "Failed calls into the twin's components",
-            metrics.guest_errors.clone(),
+            &guest_errors,
         );
-        registry.register(
+        per_twin.add(
             "shed_requests",
             "Requests refused because the twin was overloaded",
-            metrics.shed.clone(),
+            &shed,
         );
-        registry.register(
+        per_twin.add(
             "queue_depth",
             "PT messages waiting for the twin",
-            metrics.queue_depth.clone(),
+            &queue_depth,
         );
-        registry.register(
+        per_twin.add(
             "reliability_ratio",
             "Updates received over expected, in the window",
-            metrics.reliability.clone(),
+            &reliability,
         );
-        registry.register(
-            "odte_ratio",
-            "Overall DT entanglement in the window",
-            metrics.odte.clone(),
-        );
-        registry.register(
+        per_twin.add("odte_ratio", "Overall DT entanglement in the window", &odte);
+        per_twin.add(
             "entangled",
             "1 while the twin meets its requirements",
-            metrics.entangled.clone(),
+            &entangled,
         );
+        let per_twin = per_twin.families;
         Self {
             registry: root,
-            ..metrics
+            per_twin,
+            timeliness,
+            model_seconds,
+            updates,
+            duplicates,
+            fuel,
+            guest_errors,
+            shed,
+            queue_depth,
+            reliability,
+            odte,
+            entangled,
+            requests_shed,
         }
     }
 }
@@ -156,16 +190,8 @@ impl Metrics {
         let label = TwinLabel {
             twin: twin.to_string(),
         };
-        self.timeliness.remove(&label);
-        self.model_seconds.remove(&label);
-        self.updates.remove(&label);
-        self.duplicates.remove(&label);
-        self.fuel.remove(&label);
-        self.guest_errors.remove(&label);
-        self.shed.remove(&label);
-        self.queue_depth.remove(&label);
-        self.reliability.remove(&label);
-        self.odte.remove(&label);
-        self.entangled.remove(&label);
+        for family in &self.per_twin {
+            family.forget(&label);
+        }
     }
 }

@@ -238,6 +238,24 @@ fn mosquitto_feeds_a_twin_carries_its_commands_and_reveals_disentanglement() {
     assert!(reasons.contains("reliability"), "{reasons}");
     let (status, body) = node.api.get("/v1/twins/press-1?min_reliability=0.9");
     assert_eq!(status, 412, "{body}");
+
+    // Deleted, the twin's broker session goes too: what the device sends
+    // meanwhile is not handed to a new twin of the same name.
+    let (status, body) = node.api.delete("/v1/twins/press-1");
+    assert_eq!(status, 204, "{body}");
+    let mut publisher = Publisher::start(&broker, None, "plant/press-1/telemetry");
+    for seq in 71..=80 {
+        publisher.send(seq, 30.0);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    apply(&node, &dir, &signed, "press-1", "{expectedRateHz: 20}");
+    publisher.send(81, 31.0);
+    publisher.finish();
+    node.api.wait_for_updates("press-1", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let twin = node.api.json("/v1/twins/press-1");
+    assert_eq!(twin["updatesApplied"], 1, "no stale backlog: {twin}");
+    assert_eq!(twin["lastSeq"], 81, "{twin}");
 }
 
 #[test]

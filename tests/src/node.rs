@@ -50,6 +50,12 @@ impl Api {
         Self::send(request.bearer_auth(&self.token))
     }
 
+    /// `DELETE path`: status and body.
+    pub fn delete(&self, path: &str) -> (u16, String) {
+        let request = self.http.delete(format!("{}{path}", self.base));
+        Self::send(request.bearer_auth(&self.token))
+    }
+
     fn send(request: reqwest::blocking::RequestBuilder) -> (u16, String) {
         match request.send() {
             Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),

@@ -600,9 +600,19 @@ impl Node {
     }
 
     /// Stops and removes a twin (or the marker of one that moved away),
-    /// and forgets it.
+    /// and forgets it; on a blocking thread of the node's runtime.
     pub fn delete(&self, name: &str) -> Result<(), NodeError> {
-        let was_here = self.stop(name).is_some();
+        let stopped = self.stop(name);
+        // Its persistent session at the broker goes too, before a new twin
+        // of that name could open it: left there, it would queue the
+        // device's messages for nobody, and hand that stale backlog to the
+        // next twin so named. (Called on a blocking thread.)
+        if let Some(spec) = &stopped
+            && let Ok((broker, client_id)) = self.session_of(spec)
+        {
+            tokio::runtime::Handle::current().block_on(physical::forget_session(broker, client_id));
+        }
+        let was_here = stopped.is_some();
         let had_moved = lock(&self.moved).remove(name).is_some();
         if !was_here && !had_moved {
             return Err(NodeError::NotFound(name.to_string()));
