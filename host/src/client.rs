@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::TryStreamExt;
+use indicatif::ProgressBar;
 use serde_json::{Value, json};
 
 use crate::spec::TwinSpec;
@@ -198,6 +199,17 @@ pub struct Migration {
     pub total: Duration,
 }
 
+/// The body of `response` as the body of another request, relayed as it
+/// comes, with a progress bar of it.
+fn relay(response: reqwest::Response, what: &str) -> (reqwest::Body, ProgressBar) {
+    let bar = crate::registry::progress_bar(what, response.content_length());
+    let counted = bar.clone();
+    let chunks = response
+        .bytes_stream()
+        .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
+    (reqwest::Body::wrap_stream(chunks), bar)
+}
+
 /// Streams twin `name`'s history from `from` to `to`, which is receiving
 /// it; the mark of the last row copied, if there was any.
 async fn copy_history(
@@ -211,18 +223,14 @@ async fn copy_history(
             &format!("/v1/twins/{name}/history/rows"),
         ))
         .await?;
-    let bar = crate::registry::progress_bar("copying history", None);
-    let counted = bar.clone();
-    let relayed = rows
-        .bytes_stream()
-        .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
+    let (relayed, bar) = relay(rows, "copying history");
     let answer = to
         .send(
             to.request(
                 reqwest::Method::PUT,
                 &format!("/v1/migrations/{name}/history"),
             )
-            .body(reqwest::Body::wrap_stream(relayed)),
+            .body(relayed),
         )
         .await;
     bar.finish_and_clear();
@@ -337,16 +345,12 @@ pub async fn migrate_observed(
     };
     // The bundle streams from the source to the target as it comes: no
     // second full transfer inside the pause.
-    let bar = crate::registry::progress_bar("handing over", bundle.content_length());
-    let counted = bar.clone();
-    let relayed = bundle
-        .bytes_stream()
-        .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
+    let (relayed, bar) = relay(bundle, "handing over");
     let accepted = to
         .send(
             to.request(reqwest::Method::POST, &arriving)
                 .header(reqwest::header::CONTENT_TYPE, crate::api::BUNDLE_TYPE)
-                .body(reqwest::Body::wrap_stream(relayed)),
+                .body(relayed),
         )
         .await;
     bar.finish_and_clear();

@@ -405,24 +405,16 @@ fn a_twin_moves_swaps_and_survives_a_crash_without_losing_an_update() {
     );
     a.api.wait_for_updates("p", 300);
 
+    // A move to `to` that must fail: what the command said.
+    let refused_move = |to: &str| {
+        let args = ["migrate", "p", "--from", &base_a, "--to", to];
+        let failed = wasmtwin_tests::cli::run(BIN, &[&args[..], &["--token", TOKEN]].concat(), &[]);
+        wasmtwin_tests::cli::refused(failed)
+    };
+
     // A target that cannot be reached: the move fails and says so, and
     // the twin goes on where it was.
-    let unreachable = format!("http://127.0.0.1:{}", free_port());
-    let failed = wasmtwin_tests::cli::run(
-        BIN,
-        &[
-            "migrate",
-            "p",
-            "--from",
-            &base_a,
-            "--to",
-            &unreachable,
-            "--token",
-            TOKEN,
-        ],
-        &[],
-    );
-    let err = wasmtwin_tests::cli::refused(failed);
+    let err = refused_move(&format!("http://127.0.0.1:{}", free_port()));
     assert!(err.contains("nothing changed"), "{err}");
     let before = a.api.json("/v1/twins/p")["lastSeq"].as_u64().unwrap();
     a.api.wait_for_updates("p", before + 50);
@@ -431,21 +423,7 @@ fn a_twin_moves_swaps_and_survives_a_crash_without_losing_an_update() {
     // stopped and handed over: the twin resumes on the source, and its
     // session there redelivers what came meanwhile.
     let dying = FaultProxy::start(port_b, b"POST /v1/migrations/p ");
-    let failed = wasmtwin_tests::cli::run(
-        BIN,
-        &[
-            "migrate",
-            "p",
-            "--from",
-            &base_a,
-            "--to",
-            &dying.url(),
-            "--token",
-            TOKEN,
-        ],
-        &[],
-    );
-    let err = wasmtwin_tests::cli::refused(failed);
+    let err = refused_move(&dying.url());
     assert_eq!(dying.cuts(), 1, "the handover reached the target: {err}");
     assert!(err.contains(&format!("resumed on {base_a}")), "{err}");
     let before = a.api.json("/v1/twins/p")["lastSeq"].as_u64().unwrap();

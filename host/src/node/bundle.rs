@@ -386,15 +386,8 @@ mod tests {
     use crate::checkpoint::ModelInfo;
 
     fn bundle(rows: u64) -> Bundle {
-        let spec = TwinSpec::parse(
-            r#"{"apiVersion": "wasmtwin.dev/v1alpha1", "kind": "DigitalTwin",
-                "metadata": {"name": "p"},
-                "spec": {"model": {"ref": "prime.wasm"},
-                         "physical": {"topics": ["d/p"], "adapter": {"ref": "a.wasm"}}}}"#,
-        )
-        .unwrap();
         Bundle {
-            spec,
+            spec: crate::spec::minimal(),
             checkpoint: Checkpoint {
                 twin: "p".into(),
                 created_ms: 1,

@@ -266,6 +266,18 @@ impl TwinSpec {
     }
 }
 
+/// Twin `p`: a `prime.wasm` model fed from `d/p`, everything else default.
+#[cfg(test)]
+pub(crate) fn minimal() -> TwinSpec {
+    TwinSpec::parse(
+        r#"{"apiVersion": "wasmtwin.dev/v1alpha1", "kind": "DigitalTwin",
+            "metadata": {"name": "p"},
+            "spec": {"model": {"ref": "prime.wasm"},
+                     "physical": {"topics": ["d/p"], "adapter": {"ref": "json_adapter.wasm"}}}}"#,
+    )
+    .expect("the minimal spec parses")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,13 +302,7 @@ mod tests {
 
     #[test]
     fn a_minimal_spec_takes_the_defaults() {
-        let spec = TwinSpec::parse(
-            r#"{"apiVersion": "wasmtwin.dev/v1alpha1", "kind": "DigitalTwin",
-                "metadata": {"name": "p"},
-                "spec": {"model": {"ref": "prime.wasm"},
-                         "physical": {"topics": ["d/p"], "adapter": {"ref": "json_adapter.wasm"}}}}"#,
-        )
-        .unwrap();
+        let spec = minimal();
         assert_eq!(spec.spec.requirements, Requirements::default());
         assert_eq!(spec.spec.replicas, 1);
         assert_eq!(spec.spec.physical.qos, 1);
