@@ -484,10 +484,11 @@ impl Node {
                 Vec::new()
             }
         };
-        // Queued, not awaited, and ahead of everything the worker will
-        // write (so of its MQTT acknowledgements too). The checkpoint
-        // received is the twin's first here: no second snapshot delays its
-        // first update, and the store's writer encodes it.
+        // Queued ahead of everything the worker will write (so of its MQTT
+        // acknowledgements too), and awaited only once the worker runs. The
+        // checkpoint received is the twin's first here: no second snapshot
+        // delays its first update, and the store's writer encodes it.
+        let (written, durable) = std::sync::mpsc::channel();
         self.store.write(
             vec![
                 spec_op(&arriving.spec)?,
@@ -501,7 +502,9 @@ impl Node {
                     through_seq: twin.state().last_seq,
                 },
             ],
-            None,
+            Some(Box::new(move |result| {
+                let _ = written.send(result);
+            })),
         );
         let prepared = Prepared {
             components: arriving.components,
@@ -510,8 +513,23 @@ impl Node {
         };
         let hosted = self.start(&arriving.spec, prepared, session, Some(stored));
         lock(&self.twins).insert(name.to_string(), hosted);
-        lock(&self.moved).remove(name);
+        let left_for = lock(&self.moved).remove(name);
         tracing::info!(twin = %name, took = ?started.elapsed(), "twin arrived");
+        // The source forgets the twin once this answers: answer only once
+        // the twin is durable here. If it cannot be, it must not run here
+        // while it resumes there.
+        let stored = durable
+            .recv()
+            .unwrap_or_else(|_| Err("the store's writer stopped".into()));
+        if let Err(e) = stored {
+            if let Some(spec) = self.stop(name) {
+                self.forget_session(&spec);
+            }
+            if let Some(to) = left_for {
+                lock(&self.moved).insert(name.to_string(), to);
+            }
+            bail!("the twin started but could not be stored here ({e}); it was stopped");
+        }
         Ok(())
     }
 
