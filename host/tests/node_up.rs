@@ -467,3 +467,54 @@ fn a_checkpoint_bundle_restores_the_twin_and_a_damaged_one_is_refused() {
     assert_eq!(response.status().as_u16(), 422);
     assert!(up.json("/v1/twins/motor-1")["updatesApplied"].as_u64() >= Some(10));
 }
+
+#[test]
+fn a_history_copy_for_an_arriving_twin_refuses_bad_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    // A second twin like the demo's, announced as arriving.
+    let mut spec = up.json("/v1/twins/motor-1/spec");
+    spec["metadata"]["name"] = "motor-2".into();
+    let put = |path: &str, body: Vec<u8>| {
+        let response = up
+            .http
+            .put(format!("{}{path}", up.base))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.text().unwrap_or_default(),
+        )
+    };
+    let (status, body) = put("/v1/migrations/motor-2", spec.to_string().into_bytes());
+    assert_eq!(status, 200, "{body}");
+
+    let good = r#"{"tsMs": 1000, "seq": 1, "changes": {"rpm": 1450}}"#;
+    let (status, body) = put(
+        "/v1/migrations/motor-2/history",
+        format!("{good}\nnot a row\n").into_bytes(),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("history row 2 is malformed"), "{body}");
+    let (status, body) = put(
+        "/v1/migrations/motor-2/history",
+        vec![b'x'; (1 << 20) + (64 << 10)],
+    );
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("longer than"), "{body}");
+    let (status, body) = put("/v1/migrations/motor-9/history", good.as_bytes().to_vec());
+    assert_eq!(status, 404, "nothing is arriving: {body}");
+    let (status, body) = put("/v1/migrations/motor-2/history", good.as_bytes().to_vec());
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""rows":1"#), "{body}");
+
+    let refused = up
+        .http
+        .delete(format!("{}/v1/migrations/motor-2", up.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 204);
+}

@@ -16,15 +16,15 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::twins::{error, node_error};
-use crate::node::{Node, NodeError, Outgoing};
+use crate::node::{IMPORT_BATCH, Node, NodeError, Outgoing};
 use crate::spec::{ComponentRef, TwinSpec};
 use crate::store::{HistoryMark, HistoryRow};
 
 /// The media type of a history copy: one JSON row per line.
 const ROWS_TYPE: &str = "application/x-ndjson";
 
-/// Rows stored per write while a history copy arrives.
-const IMPORT_BATCH: usize = 4096;
+/// Longest history row accepted, so an endless line cannot exhaust memory.
+const ROW_MAX: usize = 1 << 20;
 
 /// The media type of checkpoint bundles.
 pub const BUNDLE_TYPE: &str = "application/vnd.wasmtwin.checkpoint";
@@ -440,6 +440,12 @@ async fn import_history(
             .iter()
             .rposition(|&b| b == b'\n')
             .map_or(0, |at| at + 1);
+        if complete == 0 && pending.len() > ROW_MAX {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a history row is longer than {ROW_MAX} bytes"),
+            );
+        }
         for line in pending[..complete]
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())

@@ -39,7 +39,7 @@ use crate::store::{HistoryMark, HistoryRow, Op};
 use crate::twin::entanglement::Window;
 
 /// Rows stored per write when a history is imported.
-const IMPORT_BATCH: usize = 4096;
+pub(crate) const IMPORT_BATCH: usize = 4096;
 
 /// How long a handover may wait for the source to catch up with the
 /// target's buffer.

@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use bundle::{Bundle, History, Outgoing};
+pub(crate) use mobility::IMPORT_BATCH;
 pub use view::{Change, PropertyView, TwinReport};
 pub use worker::SwapReport;
 
