@@ -274,6 +274,12 @@ pub async fn migrate_observed(
     let spec = from.spec(name).await.context("reading the twin's spec")?;
     let spec_json = serde_json::to_string(&spec)?;
     let arriving = format!("/v1/migrations/{name}");
+    // Any failure after the target was told: it forgets the arrival.
+    let refuse_arrival = async || {
+        let _ = to
+            .send(to.request(reqwest::Method::DELETE, &arriving))
+            .await;
+    };
     to.send(to.request(reqwest::Method::PUT, &arriving).body(spec_json))
         .await
         .context("the target cannot host the twin; nothing changed")?;
@@ -289,9 +295,7 @@ pub async fn migrate_observed(
     let copied = match copied.await {
         Ok(copied) => copied,
         Err(e) => {
-            let _ = to
-                .send(to.request(reqwest::Method::DELETE, &arriving))
-                .await;
+            refuse_arrival().await;
             return Err(e.context(format!(
                 "getting the target ready failed; the twin stays on {}",
                 from.base
@@ -334,9 +338,7 @@ pub async fn migrate_observed(
             let _ = from
                 .send(from.request(reqwest::Method::POST, &resume))
                 .await;
-            let _ = to
-                .send(to.request(reqwest::Method::DELETE, &arriving))
-                .await;
+            refuse_arrival().await;
             return Err(e.context(format!(
                 "the handover failed; the twin stays on {}",
                 from.base
@@ -359,9 +361,7 @@ pub async fn migrate_observed(
         let resumed = from
             .send(from.request(reqwest::Method::POST, &resume))
             .await;
-        let _ = to
-            .send(to.request(reqwest::Method::DELETE, &arriving))
-            .await;
+        refuse_arrival().await;
         return Err(match resumed {
             Ok(_) => e.context(format!(
                 "the bundle did not reach the target or the target could not start the twin; it resumed on {}",

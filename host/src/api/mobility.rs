@@ -83,17 +83,21 @@ pub async fn redirect_moved(
     next.run(request).await
 }
 
+/// A response body of the chunks a blocking writer sends, as they come.
+fn streamed(mut chunks: tokio::sync::mpsc::Receiver<Vec<u8>>) -> axum::body::Body {
+    let chunks = futures_util::stream::poll_fn(move |cx| chunks.poll_recv(cx))
+        .map(Ok::<_, std::convert::Infallible>);
+    axum::body::Body::from_stream(chunks)
+}
+
 /// A bundle as it streams out, its length announced.
 fn bundle(outgoing: Outgoing) -> Response {
-    let mut chunks = outgoing.chunks;
-    let body = futures_util::stream::poll_fn(move |cx| chunks.poll_recv(cx))
-        .map(Ok::<_, std::convert::Infallible>);
     (
         [
             (header::CONTENT_TYPE, BUNDLE_TYPE.to_string()),
             (header::CONTENT_LENGTH, outgoing.len.to_string()),
         ],
-        axum::body::Body::from_stream(body),
+        streamed(outgoing.chunks),
     )
         .into_response()
 }
@@ -363,7 +367,7 @@ async fn history_rows(
     Query(query): Query<RowsQuery>,
 ) -> Response {
     // A few chunks in flight: the store is read as fast as the client takes.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let (started, first) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
         let mut started = Some(started);
@@ -400,13 +404,7 @@ async fn history_rows(
             );
         }
     }
-    let chunks = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        .map(Ok::<_, std::convert::Infallible>);
-    (
-        [(header::CONTENT_TYPE, ROWS_TYPE)],
-        axum::body::Body::from_stream(chunks),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, ROWS_TYPE)], streamed(rx)).into_response()
 }
 
 /// Stores the history rows of a twin arriving, as they stream in, a batch
