@@ -94,22 +94,8 @@ impl History {
                     }
                 }
             }
-            History::Store(snapshot) => {
-                let mut failed = None;
-                snapshot.lines(|chunk| {
-                    let rows = chunk.split(|&b| b == b'\n').filter(|l| !l.is_empty());
-                    for line in rows {
-                        if let Err(e) = parse_row(line).and_then(|row| push(row, &mut batch)) {
-                            failed = Some(e);
-                            return false;
-                        }
-                    }
-                    true
-                })?;
-                if let Some(e) = failed {
-                    return Err(e);
-                }
-            }
+            // Only histories that came from elsewhere are imported.
+            History::Store(_) => bail!("a history still in this node's store is not imported"),
         }
         if !batch.is_empty() {
             each(batch)?;
