@@ -39,6 +39,7 @@ use wasmtwin::spec::TwinSpec;
 use wasmtwin::store::Store;
 use wasmtwin::twin::Twin;
 use wasmtwin_tests::servers::Mosquitto;
+use wasmtwin_tests::wait;
 
 /// Child-process mode for the memory measurements: `twins:N:PORT` or
 /// `instances:N`.
@@ -304,6 +305,7 @@ fn node(dir: &Path, port: u16, queue: usize) -> (Arc<Node>, impl Fn(usize) -> Tw
                 broker,
                 policy,
                 queue_capacity: queue,
+                ceilings: wasmtwin::spec::Ceilings::default(),
             },
             runtime,
             store,
@@ -361,10 +363,10 @@ fn child(mode: &str) {
             let port: u16 = parts[2].parse().expect("port");
             let (node, spec) = node(dir.path(), port, 64);
             // Load the components before the baseline, as for instances.
-            node.apply(spec(0)).expect("a twin");
+            node.apply(spec(0), false).expect("a twin");
             (before, maps_before) = (rss_kib(), mappings());
             for i in 1..=n {
-                node.apply(spec(i)).expect("a twin");
+                node.apply(spec(i), false).expect("a twin");
             }
             std::thread::sleep(Duration::from_secs(1));
             println!(
@@ -383,17 +385,23 @@ fn child(mode: &str) {
             let bytes = std::fs::read(wasmtwin_tests::plugin("machine")).expect("plugin");
             let model = runtime.load_model(&bytes).expect("model");
             let config = json!({});
-            let first = Twin::create(&runtime, &model, "t", Limits::default(), &config);
+            let first = wait(Twin::create(
+                &runtime,
+                &model,
+                "t",
+                Limits::default(),
+                &config,
+            ));
             (before, maps_before) = (rss_kib(), mappings());
             let twins: Vec<Twin> = (0..n)
                 .map(|i| {
-                    Twin::create(
+                    wait(Twin::create(
                         &runtime,
                         &model,
                         &format!("t{i}"),
                         Limits::default(),
                         &config,
-                    )
+                    ))
                     .expect("instance")
                 })
                 .collect();
@@ -484,7 +492,8 @@ fn main() {
     );
     for (&n, floor) in counts.iter().zip(&floors) {
         while hosted < n {
-            node.apply(spec(hosted)).expect("applying a bench twin");
+            node.apply(spec(hosted), false)
+                .expect("applying a bench twin");
             let mut changes = node.subscribe(&format!("twin-{hosted}")).expect("stream");
             let tracker = twins.clone();
             let index = hosted;

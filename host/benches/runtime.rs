@@ -10,6 +10,7 @@ use prime::Prime;
 use serde_json::json;
 use wasmtwin::runtime::{CacheOutcome, Limits, ModelInstance, Runtime, RuntimeConfig, Update};
 use wasmtwin_sdk::{Effects, Model};
+use wasmtwin_tests::wait;
 
 fn quick() -> bool {
     std::env::var_os("WASMTWIN_BENCH_QUICK").is_some()
@@ -64,9 +65,14 @@ fn runtime(fuel: bool, cache_dir: Option<std::path::PathBuf>) -> Runtime {
 
 fn wasm_instance(runtime: &Runtime, bytes: &[u8], primes: u32) -> ModelInstance {
     let component = runtime.load_model(bytes).expect("prime loads");
-    let mut instance =
-        ModelInstance::new(runtime, &component, "bench", Limits::default()).expect("instantiate");
-    instance.init(&json!({ "primes": primes })).expect("init");
+    let mut instance = wait(ModelInstance::new(
+        runtime,
+        &component,
+        "bench",
+        Limits::default(),
+    ))
+    .expect("instantiate");
+    wait(instance.init(&json!({ "primes": primes }))).expect("init");
     instance
 }
 
@@ -103,11 +109,11 @@ fn bench_per_update(bytes: &[u8]) {
         });
         let mut off = wasm_instance(&unmetered, bytes, primes);
         let off_t = per_update(batches, per_batch, |seq| {
-            std::hint::black_box(off.on_update(&update(seq)).expect("update"));
+            std::hint::black_box(wait(off.on_update(&update(seq))).expect("update"));
         });
         let mut on = wasm_instance(&metered, bytes, primes);
         let on_t = per_update(batches, per_batch, |seq| {
-            std::hint::black_box(on.on_update(&update(seq)).expect("update"));
+            std::hint::black_box(wait(on.on_update(&update(seq))).expect("update"));
         });
         println!(
             "| {primes} | {} | {} | {} | {:.2}× | {:.2}× |",
@@ -164,9 +170,9 @@ fn bench_compile_and_instantiate(bytes: &[u8]) {
     let mut samples: Vec<Duration> = (0..count)
         .map(|_| {
             let started = Instant::now();
-            let mut instance =
-                ModelInstance::new(&rt, &component, "i", Limits::default()).expect("instantiate");
-            instance.init(&json!({})).expect("init");
+            let mut instance = wait(ModelInstance::new(&rt, &component, "i", Limits::default()))
+                .expect("instantiate");
+            wait(instance.init(&json!({}))).expect("init");
             started.elapsed()
         })
         .collect();
@@ -204,10 +210,14 @@ fn bench_idle_memory(bytes: &[u8]) {
     let before = rss_bytes();
     let instances: Vec<ModelInstance> = (0..count)
         .map(|i| {
-            let mut instance =
-                ModelInstance::new(&rt, &component, &format!("idle-{i}"), Limits::default())
-                    .expect("instantiate");
-            instance.init(&json!({})).expect("init");
+            let mut instance = wait(ModelInstance::new(
+                &rt,
+                &component,
+                &format!("idle-{i}"),
+                Limits::default(),
+            ))
+            .expect("instantiate");
+            wait(instance.init(&json!({}))).expect("init");
             instance
         })
         .collect();

@@ -50,6 +50,10 @@ pub struct Metrics {
     pub guest_errors: Family<TwinLabel, Counter>,
     /// Requests refused because the twin's queue was full.
     pub shed: Family<TwinLabel, Counter>,
+    /// Messages dropped for a payload over the twin's maximum.
+    pub oversized: Family<TwinLabel, Counter>,
+    /// Times the device was seen to restart its sequence numbers.
+    pub sequence_restarts: Family<TwinLabel, Counter>,
     /// Messages waiting for the twin.
     pub queue_depth: Family<TwinLabel, Gauge>,
     /// Received over expected updates, in the window.
@@ -108,6 +112,7 @@ impl Default for Metrics {
             Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         );
         let (updates, duplicates, fuel, guest_errors, shed) = Default::default();
+        let (oversized, sequence_restarts) = Default::default();
         let (queue_depth, entangled, reliability, odte) = Default::default();
         let mut per_twin = PerTwin {
             registry: root.sub_registry_with_prefix("wasmtwin_twin"),
@@ -141,6 +146,16 @@ impl Default for Metrics {
             &shed,
         );
         per_twin.add(
+            "oversized_messages",
+            "PT messages dropped (acknowledged, not applied) for a payload over spec.physical.maxPayload",
+            &oversized,
+        );
+        per_twin.add(
+            "sequence_restarts",
+            "Times the device restarted its sequence numbers (a lower number with a later timestamp)",
+            &sequence_restarts,
+        );
+        per_twin.add(
             "queue_depth",
             "PT messages waiting for the twin",
             &queue_depth,
@@ -167,6 +182,8 @@ impl Default for Metrics {
             fuel,
             guest_errors,
             shed,
+            oversized,
+            sequence_restarts,
             queue_depth,
             reliability,
             odte,

@@ -10,6 +10,18 @@ pub mod faults;
 pub mod node;
 pub mod servers;
 
+/// Runs a future (a guest call: they are async) to completion on this
+/// thread, for tests and benchmarks written as plain functions.
+pub fn wait<F: std::future::Future>(work: F) -> F::Output {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime");
+    }
+    RUNTIME.with(|runtime| runtime.block_on(work))
+}
+
 /// The plugins in `plugins/`, by package name.
 pub const PLUGINS: &[&str] = &["prime", "machine", "json-adapter", "misbehave"];
 

@@ -50,6 +50,15 @@ impl Api {
         Self::send(request.bearer_auth(&self.token))
     }
 
+    /// `PUT path` with `body`: status and body.
+    pub fn put(&self, path: &str, body: &str) -> (u16, String) {
+        let request = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .body(body.to_string());
+        Self::send(request.bearer_auth(&self.token))
+    }
+
     /// `DELETE path`: status and body.
     pub fn delete(&self, path: &str) -> (u16, String) {
         let request = self.http.delete(format!("{}{path}", self.base));

@@ -16,16 +16,18 @@ fn runtime() -> Runtime {
 }
 
 /// An instance of the `machine` model, not yet initialised.
-fn machine() -> ModelInstance {
+async fn machine() -> ModelInstance {
     let runtime = runtime();
     let component = runtime.load_model(&plugin_bytes("machine")).unwrap();
-    ModelInstance::new(&runtime, &component, "m", Limits::default()).unwrap()
+    ModelInstance::new(&runtime, &component, "m", Limits::default())
+        .await
+        .unwrap()
 }
 
-#[test]
-fn machine_describes_itself() {
-    let mut instance = machine();
-    let d = instance.describe().unwrap();
+#[tokio::test]
+async fn machine_describes_itself() {
+    let mut instance = machine().await;
+    let d = instance.describe().await.unwrap();
     assert_eq!(d.name, "machine");
     assert_eq!(d.state_version, 1);
     let temperature = d
@@ -41,12 +43,13 @@ fn machine_describes_itself() {
     assert!(d.events.iter().any(|e| e.name == "health_changed"));
 }
 
-#[test]
-fn machine_actions_produce_device_commands() {
-    let mut instance = machine();
-    instance.init(&json!({})).unwrap();
+#[tokio::test]
+async fn machine_actions_produce_device_commands() {
+    let mut instance = machine().await;
+    instance.init(&json!({})).await.unwrap();
     let outcome = instance
         .on_action("stop", &json!({"reason": "test"}))
+        .await
         .unwrap();
     assert_eq!(
         outcome.commands,
@@ -54,26 +57,33 @@ fn machine_actions_produce_device_commands() {
     );
     let err = instance
         .on_action("set_speed", &json!({"rpm": -5}))
+        .await
         .unwrap_err();
     assert!(matches!(err.failure, Failure::Refused { .. }), "{err}");
 }
 
-#[test]
-fn json_adapter_decodes_and_encodes() {
+#[tokio::test]
+async fn json_adapter_decodes_and_encodes() {
     let runtime = runtime();
     let component = runtime.load_adapter(&plugin_bytes("json-adapter")).unwrap();
-    let mut adapter = AdapterInstance::new(&runtime, &component, "m", Limits::default()).unwrap();
+    let mut adapter = AdapterInstance::new(&runtime, &component, "m", Limits::default())
+        .await
+        .unwrap();
     let updates = adapter
         .decode(
             "plant/motor-1/telemetry",
             br#"{"seq":7,"ts_ms":1000,"temperature":71.5,"running":true}"#,
         )
+        .await
         .unwrap();
     assert_eq!(updates.len(), 2);
     assert!(updates.iter().all(|u| u.seq == 7 && u.ts_ms == 1000));
-    let err = adapter.decode("t", b"{garbage").unwrap_err();
+    let err = adapter.decode("t", b"{garbage").await.unwrap_err();
     assert!(err.to_string().contains("not JSON"), "{err}");
-    let payload = adapter.encode("stop", &json!({"reason": "x"})).unwrap();
+    let payload = adapter
+        .encode("stop", &json!({"reason": "x"}))
+        .await
+        .unwrap();
     let decoded: serde_json::Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(
         decoded,

@@ -27,8 +27,8 @@ fn blocks(readme: &str, lang: &str, containing: &str) -> String {
         .unwrap_or_else(|| panic!("README has no {lang} block containing {containing}"))
 }
 
-#[test]
-fn the_readme_walkthrough_builds_and_runs() {
+#[tokio::test]
+async fn the_readme_walkthrough_builds_and_runs() {
     let root = workspace_root();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -62,7 +62,9 @@ fn the_readme_walkthrough_builds_and_runs() {
     })
     .unwrap();
     let component = runtime.load_model(&bytes).unwrap();
-    let mut twin = Twin::create(&runtime, &component, "t", Limits::default(), &json!({})).unwrap();
+    let mut twin = Twin::create(&runtime, &component, "t", Limits::default(), &json!({}))
+        .await
+        .unwrap();
     for (seq, t) in [(1, 19.5), (2, 22.0)] {
         let update = Update {
             seq,
@@ -70,7 +72,7 @@ fn the_readme_walkthrough_builds_and_runs() {
             property: "temperature".into(),
             value: json!(t),
         };
-        twin.apply(&update).unwrap();
+        twin.apply(&update).await.unwrap();
     }
     // The final state the README shows.
     let state = serde_json::to_value(&twin.state().properties).unwrap();

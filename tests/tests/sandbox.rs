@@ -26,7 +26,7 @@ fn update(seq: u64) -> Update {
 }
 
 /// A `prime` twin computing `primes` primes per update.
-fn prime_twin(runtime: &Runtime, name: &str, primes: u32) -> Twin {
+async fn prime_twin(runtime: &Runtime, name: &str, primes: u32) -> Twin {
     let prime = runtime.load_model(&plugin_bytes("prime")).unwrap();
     Twin::create(
         runtime,
@@ -35,6 +35,7 @@ fn prime_twin(runtime: &Runtime, name: &str, primes: u32) -> Twin {
         Limits::default(),
         &json!({ "primes": primes }),
     )
+    .await
     .unwrap()
 }
 
@@ -43,7 +44,7 @@ fn guest_error(result: anyhow::Result<Applied>) -> GuestError {
     err.downcast::<GuestError>().expect("a guest error")
 }
 
-fn misbehaving(runtime: &Runtime, mode: &str, limits: Limits) -> Twin {
+async fn misbehaving(runtime: &Runtime, mode: &str, limits: Limits) -> Twin {
     let component = runtime.load_model(&plugin_bytes("misbehave")).unwrap();
     Twin::create(
         runtime,
@@ -52,16 +53,17 @@ fn misbehaving(runtime: &Runtime, mode: &str, limits: Limits) -> Twin {
         limits,
         &json!({ "mode": mode }),
     )
+    .await
     .unwrap()
 }
 
 /// Recognises one kind of failure.
 type IsFailure = fn(&Failure) -> bool;
 
-#[test]
-fn each_misbehaviour_is_stopped_and_named_while_a_neighbour_keeps_working() {
+#[tokio::test]
+async fn each_misbehaviour_is_stopped_and_named_while_a_neighbour_keeps_working() {
     let runtime = runtime();
-    let mut good = prime_twin(&runtime, "good", 100);
+    let mut good = prime_twin(&runtime, "good", 100).await;
     let limits = Limits {
         memory_bytes: 16 << 20,
         ..Limits::default()
@@ -74,9 +76,9 @@ fn each_misbehaviour_is_stopped_and_named_while_a_neighbour_keeps_working() {
         ("trap", |f| matches!(f, Failure::Trap { .. }), "trap"),
     ];
     for (seq, (mode, is_expected, word)) in (1u64..).zip(cases) {
-        let mut bad = misbehaving(&runtime, mode, limits);
+        let mut bad = misbehaving(&runtime, mode, limits).await;
         let started = Instant::now();
-        let err = guest_error(bad.apply(&update(1)).map_err(Into::into));
+        let err = guest_error(bad.apply(&update(1)).await.map_err(Into::into));
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{mode} took {:?}",
@@ -94,39 +96,39 @@ fn each_misbehaviour_is_stopped_and_named_while_a_neighbour_keeps_working() {
         );
 
         // The failed instance refuses further work until restored...
-        let again = guest_error(bad.apply(&update(2)).map_err(Into::into));
+        let again = guest_error(bad.apply(&update(2)).await.map_err(Into::into));
         assert_eq!(again.failure, Failure::Poisoned);
         // ...and the neighbour is untouched.
         assert!(matches!(
-            good.apply(&update(seq)).unwrap(),
+            good.apply(&update(seq)).await.unwrap(),
             Applied::Changed(_)
         ));
     }
     assert_eq!(good.state().updates_applied, 4);
 }
 
-#[test]
-fn panics_are_reported_with_the_guest_message() {
+#[tokio::test]
+async fn panics_are_reported_with_the_guest_message() {
     let runtime = runtime();
-    let mut bad = misbehaving(&runtime, "panic", Limits::default());
-    let err = guest_error(bad.apply(&update(1)).map_err(Into::into));
+    let mut bad = misbehaving(&runtime, "panic", Limits::default()).await;
+    let err = guest_error(bad.apply(&update(1)).await.map_err(Into::into));
     assert!(
         err.to_string().contains("misbehave was told to panic"),
         "{err}"
     );
 }
 
-#[test]
-fn the_deadline_stops_a_loop_when_fuel_would_not() {
+#[tokio::test]
+async fn the_deadline_stops_a_loop_when_fuel_would_not() {
     let runtime = runtime();
     let limits = Limits {
         fuel_per_call: u64::MAX / 2,
         deadline: Duration::from_millis(200),
         ..Limits::default()
     };
-    let mut bad = misbehaving(&runtime, "loop", limits);
+    let mut bad = misbehaving(&runtime, "loop", limits).await;
     let started = Instant::now();
-    let err = guest_error(bad.apply(&update(1)).map_err(Into::into));
+    let err = guest_error(bad.apply(&update(1)).await.map_err(Into::into));
     assert!(
         matches!(err.failure, Failure::Deadline { millis: 200 }),
         "{err}"
@@ -138,15 +140,15 @@ fn the_deadline_stops_a_loop_when_fuel_would_not() {
     );
 }
 
-#[test]
-fn a_failed_twin_resumes_from_its_last_checkpoint() {
+#[tokio::test]
+async fn a_failed_twin_resumes_from_its_last_checkpoint() {
     let runtime = runtime();
     let prime = runtime.load_model(&plugin_bytes("prime")).unwrap();
-    let mut twin = prime_twin(&runtime, "p", 500);
+    let mut twin = prime_twin(&runtime, "p", 500).await;
     for seq in 1..=10 {
-        twin.apply(&update(seq)).unwrap();
+        twin.apply(&update(seq)).await.unwrap();
     }
-    let checkpoint = twin.checkpoint().unwrap();
+    let checkpoint = twin.checkpoint().await.unwrap();
 
     // Starve the next call of fuel: the instance fails and is poisoned.
     let mut starved = Twin::restore(
@@ -156,12 +158,13 @@ fn a_failed_twin_resumes_from_its_last_checkpoint() {
         Limits::default(),
         RestorePolicy::SameComponent,
     )
+    .await
     .unwrap();
     starved.set_limits(Limits {
         fuel_per_call: 1_000,
         ..Limits::default()
     });
-    let err = guest_error(starved.apply(&update(11)).map_err(Into::into));
+    let err = guest_error(starved.apply(&update(11)).await.map_err(Into::into));
     assert!(
         matches!(err.failure, Failure::Fuel { budget: 1_000 }),
         "{err}"
@@ -179,17 +182,18 @@ fn a_failed_twin_resumes_from_its_last_checkpoint() {
         Limits::default(),
         RestorePolicy::SameComponent,
     )
+    .await
     .unwrap();
-    resumed.apply(&update(11)).unwrap();
+    resumed.apply(&update(11)).await.unwrap();
     assert_eq!(resumed.state().updates_applied, 11);
     assert_eq!(resumed.state().properties["last_seq"], json!(11));
 }
 
-#[test]
-fn nothing_outside_the_sandbox_is_granted() {
+#[tokio::test]
+async fn nothing_outside_the_sandbox_is_granted() {
     let runtime = runtime();
-    let mut probe = misbehaving(&runtime, "probe", Limits::default());
-    probe.apply(&update(1)).unwrap();
+    let mut probe = misbehaving(&runtime, "probe", Limits::default()).await;
+    probe.apply(&update(1)).await.unwrap();
     let props = &probe.state().properties;
     assert!(
         props["file"].as_str().unwrap().starts_with("denied"),
@@ -202,26 +206,26 @@ fn nothing_outside_the_sandbox_is_granted() {
     );
 }
 
-#[test]
-fn duplicates_are_dropped_by_sequence_number() {
+#[tokio::test]
+async fn duplicates_are_dropped_by_sequence_number() {
     let runtime = runtime();
-    let mut twin = prime_twin(&runtime, "p", 10);
+    let mut twin = prime_twin(&runtime, "p", 10).await;
     for seq in [1, 2, 2, 1, 3] {
-        twin.apply(&update(seq)).unwrap();
+        twin.apply(&update(seq)).await.unwrap();
     }
     assert_eq!(twin.state().updates_applied, 3);
     assert_eq!(twin.state().properties["updates_applied"], json!(3));
 }
 
-#[test]
-fn a_refusal_leaves_the_twin_usable() {
+#[tokio::test]
+async fn a_refusal_leaves_the_twin_usable() {
     let runtime = runtime();
-    let mut twin = prime_twin(&runtime, "p", 10);
-    let err = twin.reconfigure(&json!({"primes": 0})).unwrap_err();
+    let mut twin = prime_twin(&runtime, "p", 10).await;
+    let err = twin.reconfigure(&json!({"primes": 0})).await.unwrap_err();
     assert!(matches!(err.failure, Failure::Refused { .. }), "{err}");
     assert!(err.to_string().contains("primes must be between"), "{err}");
-    twin.apply(&update(1)).unwrap();
-    twin.reconfigure(&json!({"primes": 20})).unwrap();
-    let outcome = twin.act("status", &json!(null)).unwrap();
+    twin.apply(&update(1)).await.unwrap();
+    twin.reconfigure(&json!({"primes": 20})).await.unwrap();
+    let outcome = twin.act("status", &json!(null)).await.unwrap();
     assert_eq!(outcome.result, json!({"updates_applied": 1, "primes": 20}));
 }

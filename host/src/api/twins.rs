@@ -277,7 +277,20 @@ async fn spec(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Respon
     }
 }
 
-async fn apply(State(node): State<Arc<Node>>, Path(name): Path<String>, body: String) -> Response {
+/// How a spec is applied.
+#[derive(Debug, Deserialize)]
+struct ApplyQuery {
+    /// Start the twin anew even if that discards its state and history.
+    #[serde(default)]
+    replace: bool,
+}
+
+async fn apply(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(query): Query<ApplyQuery>,
+    body: String,
+) -> Response {
     let spec = match TwinSpec::parse(&body) {
         Ok(spec) => spec,
         Err(e) => return spec_error(e),
@@ -292,12 +305,15 @@ async fn apply(State(node): State<Arc<Node>>, Path(name): Path<String>, body: St
         );
     }
     // Fetching and compiling components blocks; keep it off the I/O threads.
-    let result = tokio::task::spawn_blocking(move || node.apply(spec)).await;
+    let result = tokio::task::spawn_blocking(move || node.apply(spec, query.replace)).await;
     match result {
         Ok(Ok(applied)) => Json(json!({ "twin": name, "result": applied })).into_response(),
         Ok(Err(e)) => match e.downcast::<SpecError>() {
             Ok(spec_error_value) => spec_error(spec_error_value),
-            Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+            Err(e) => match e.downcast::<NodeError>() {
+                Ok(e) => node_error(e),
+                Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+            },
         },
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

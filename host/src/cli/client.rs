@@ -37,6 +37,10 @@ pub struct ApplyArgs {
     /// The twin spec (YAML or JSON).
     #[arg(short = 'f', long = "file", value_name = "SPEC")]
     file: PathBuf,
+    /// Start the twin anew if the spec changes more than its model's
+    /// configuration, discarding its state and history (refused otherwise).
+    #[arg(long)]
+    replace: bool,
     #[command(flatten)]
     target: Target,
 }
@@ -95,7 +99,10 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     // Refuse a bad spec here, with every problem, before bothering the node.
     let spec =
         TwinSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
-    let path = format!("/v1/twins/{}", spec.name());
+    let mut path = format!("/v1/twins/{}", spec.name());
+    if args.replace {
+        path.push_str("?replace=true");
+    }
     let (status, body) = io()?.block_on(send(
         args.target.request(reqwest::Method::PUT, &path).body(text),
     ))?;

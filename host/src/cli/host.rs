@@ -12,6 +12,7 @@ use clap::Args;
 use wasmtwin::api::{self, Auth};
 use wasmtwin::node::Node;
 use wasmtwin::physical::BrokerAddress;
+use wasmtwin::spec::Ceilings;
 use wasmtwin::store::Store;
 
 /// How the management and digital APIs are protected.
@@ -141,6 +142,41 @@ pub struct HostArgs {
     /// queries are shed first, then reads, then actions (503 + Retry-After).
     #[arg(long, default_value_t = DEFAULT_MAX_REQUESTS)]
     max_requests: usize,
+    #[command(flatten)]
+    ceilings: CeilingArgs,
+}
+
+/// The most any twin on the node may ask for; specs asking more are
+/// refused with the field and the flag.
+#[derive(Debug, Args)]
+pub struct CeilingArgs {
+    /// Largest `spec.resources.fuelPerUpdate` a twin may ask for.
+    #[arg(long, value_name = "FUEL", default_value_t = Ceilings::default().limits.fuel_per_call)]
+    max_fuel_per_update: u64,
+    /// Largest `spec.resources.memory` a twin may ask for.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    max_memory: bytesize::ByteSize,
+    /// Largest `spec.resources.deadlineMs`: no call into a twin runs longer,
+    /// so stopping or deleting a twin never waits longer either.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    max_deadline_ms: u64,
+    /// Largest `spec.physical.maxPayload` a twin may ask for.
+    #[arg(long, value_name = "SIZE", default_value = "16MiB")]
+    max_payload: bytesize::ByteSize,
+}
+
+impl CeilingArgs {
+    /// The ceilings these flags set.
+    pub fn resolve(&self) -> Ceilings {
+        Ceilings {
+            limits: wasmtwin::runtime::Limits {
+                fuel_per_call: self.max_fuel_per_update,
+                memory_bytes: self.max_memory.as_u64(),
+                deadline: Duration::from_millis(self.max_deadline_ms),
+            },
+            payload_bytes: self.max_payload.as_u64(),
+        }
+    }
 }
 
 /// Requests in flight a node admits unless told otherwise.
@@ -208,6 +244,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
                 broker,
                 policy,
                 queue_capacity: args.queue,
+                ceilings: args.ceilings.resolve(),
             },
             runtime,
             store,

@@ -113,6 +113,12 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         deadline: Duration::from_millis(args.deadline_ms),
     };
     let runtime = global.runtime()?;
+    // Guest calls are async (they yield at every epoch tick); one thread
+    // drives them here, as there is nothing else to run meanwhile.
+    let guest = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .context("starting the guest runtime")?;
     let component = runtime
         .load_model(&bytes)
         .with_context(|| format!("loading {}", args.component.display()))?;
@@ -123,9 +129,11 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             } else {
                 RestorePolicy::SameComponent
             };
-            let mut twin = Twin::restore(&runtime, &component, checkpoint, limits, policy)?;
+            let mut twin = guest.block_on(Twin::restore(
+                &runtime, &component, checkpoint, limits, policy,
+            ))?;
             if let Some(config) = &config {
-                twin.reconfigure(config)?;
+                guest.block_on(twin.reconfigure(config))?;
             }
             twin
         }
@@ -136,13 +144,13 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "twin".into())
             });
-            Twin::create(
+            guest.block_on(Twin::create(
                 &runtime,
                 &component,
                 &name,
                 limits,
                 config.as_ref().unwrap_or(&json!({})),
-            )?
+            ))?
         }
     };
 
@@ -164,7 +172,9 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         let update: Update = serde_json::from_str(&line)
             .with_context(|| format!("{}:{line_no}: not an update", args.updates.display()))?;
-        let applied = twin.apply(&update).map_err(anyhow::Error::from);
+        let applied = guest
+            .block_on(twin.apply(&update))
+            .map_err(anyhow::Error::from);
         match applied {
             Ok(Applied::Changed(effects)) => {
                 for (property, value) in effects.changes {
@@ -207,7 +217,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     if let Some(path) = &args.checkpoint {
-        let bytes = twin.checkpoint()?.to_bytes()?;
+        let bytes = guest.block_on(twin.checkpoint())?.to_bytes()?;
         write_atomically(path, &bytes)
             .with_context(|| format!("writing checkpoint {}", path.display()))?;
         tracing::info!(path = %path.display(), bytes = bytes.len(), "checkpoint written");

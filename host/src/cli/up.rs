@@ -70,12 +70,9 @@ fn sign_plugin(
     Ok(path)
 }
 
-fn demo_spec(
-    model: &Path,
-    adapter: &Path,
-    mqtt: SocketAddr,
-    rate: f64,
-) -> anyhow::Result<TwinSpec> {
+/// The demo twin's spec. It names no broker: the twin uses the node's, so
+/// a run with another `--mqtt` resumes the same twin there.
+fn demo_spec(model: &Path, adapter: &Path, rate: f64) -> anyhow::Result<TwinSpec> {
     let text = serde_json::json!({
         "apiVersion": wasmtwin::spec::API_VERSION,
         "kind": wasmtwin::spec::KIND,
@@ -83,7 +80,6 @@ fn demo_spec(
         "spec": {
             "model": { "ref": model.display().to_string(), "config": {} },
             "physical": {
-                "broker": format!("mqtt://{mqtt}"),
                 "topics": ["plant/motor-1/telemetry"],
                 "commandTopic": "plant/motor-1/commands",
                 "adapter": { "ref": adapter.display().to_string() },
@@ -132,7 +128,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         ca_pem: None,
     };
     let store = wasmtwin::store::Store::open(&args.data)?;
-    let spec = demo_spec(&model, &adapter, args.mqtt, args.rate)?;
+    let spec = demo_spec(&model, &adapter, args.rate)?;
     let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
     io.block_on(async move {
         let node = Arc::new(Node::new(
@@ -141,13 +137,19 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
                 broker: broker.clone(),
                 policy: TrustPolicy::Require(trust),
                 queue_capacity: 1024,
+                ceilings: wasmtwin::spec::Ceilings::default(),
             },
             runtime,
             store,
         )?);
         super::host::resume(&node).await?;
         let applying = node.clone();
-        tokio::task::spawn_blocking(move || applying.apply(spec)).await??;
+        // The demo's own spec: a run with another --rate starts the demo
+        // twin anew, and says so.
+        let applied = tokio::task::spawn_blocking(move || applying.apply(spec, true)).await??;
+        if applied == wasmtwin::node::Applied::Replaced {
+            tracing::warn!("the demo twin's spec changed (--rate): motor-1 starts anew");
+        }
         // The simulated motor numbers its updates on from what the twin has
         // (a real device keeps its counter across restarts too).
         let first_seq = node

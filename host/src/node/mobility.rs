@@ -167,11 +167,29 @@ impl Node {
         stream(bundle).await
     }
 
-    /// Starts a twin from a bundle. Its components (carried, or fetched as
-    /// its spec says) must pass this node's trust policy before anything
-    /// runs; a twin of that name already here is refused unless `replace`.
-    pub fn restore_bundle(&self, reader: impl Read, replace: bool) -> anyhow::Result<String> {
+    /// Starts twin `name` from a bundle of it. Its components (carried, or
+    /// fetched as its spec says) must pass this node's trust policy before
+    /// anything runs; a twin of that name already here is refused unless
+    /// `replace`, and a bundle of another twin is refused before anything
+    /// changes.
+    pub fn restore_bundle(
+        &self,
+        name: &str,
+        reader: impl Read,
+        replace: bool,
+    ) -> anyhow::Result<()> {
         let bundle = Bundle::read(reader)?;
+        if bundle.spec.name() != name {
+            return Err(NodeError::Refused(format!(
+                "the bundle is of twin `{}`, not `{name}`; nothing was changed",
+                bundle.spec.name()
+            ))
+            .into());
+        }
+        self.exclusively(name, || self.restore_now(bundle, replace))
+    }
+
+    fn restore_now(&self, bundle: Bundle, replace: bool) -> anyhow::Result<()> {
         let name = bundle.spec.name().to_string();
         if !replace && lock(&self.twins).contains_key(&name) {
             return Err(NodeError::Conflict(format!(
@@ -180,11 +198,11 @@ impl Node {
             .into());
         }
         let components = self.components(&bundle.spec, bundle.components)?;
-        let twin = self.make_twin(
+        let twin = self.run_guest(self.make_twin(
             &bundle.spec,
             &components,
             Origin::Checkpoint(Arc::new(bundle.checkpoint)),
-        )?;
+        ))?;
         self.stop(&name);
         // The spec goes last: should the node stop midway, no half-restored
         // twin resumes.
@@ -201,7 +219,7 @@ impl Node {
         lock(&self.twins).insert(name.clone(), hosted);
         lock(&self.moved).remove(&name);
         tracing::info!(twin = %name, "twin restored from a bundle");
-        Ok(name)
+        Ok(())
     }
 
     /// Stores history rows of twin `name`, a batch per write.
@@ -434,11 +452,15 @@ impl Node {
             return Ok(None);
         };
         let refused = |e: String| NodeError::Refused(format!("decoding the first message: {e}"));
-        let mut decoder = AdapterInstance::new(&self.runtime, &adapter, name, limits)
-            .map_err(|e| refused(format!("{e:#}")))?;
-        let updates = decoder
-            .decode(&topic, &payload)
-            .map_err(|e| refused(e.to_string()))?;
+        let updates = self.run_guest(async {
+            let mut decoder = AdapterInstance::new(&self.runtime, &adapter, name, limits)
+                .await
+                .map_err(|e| refused(format!("{e:#}")))?;
+            decoder
+                .decode(&topic, &payload)
+                .await
+                .map_err(|e| refused(e.to_string()))
+        })?;
         Ok(updates.first().map(|u| u.seq))
     }
 
@@ -456,11 +478,11 @@ impl Node {
         };
         let stored = Arc::new(bundle.checkpoint);
         let restored = if bundle.spec == arriving.spec {
-            self.make_twin(
+            self.run_guest(self.make_twin(
                 &arriving.spec,
                 &arriving.components,
                 Origin::Checkpoint(stored.clone()),
-            )
+            ))
         } else {
             Err(anyhow::anyhow!(
                 "the bundle's spec is not the one this node was told to receive"

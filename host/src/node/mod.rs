@@ -30,7 +30,7 @@ use crate::physical::{self, BrokerAddress, Link};
 use crate::registry::{self, Location};
 use crate::runtime::{ActionOutcome, Description, Limits, ModelComponent, Runtime};
 use crate::signing::{TrustPolicy, TrustSet};
-use crate::spec::{ComponentRef, TwinSpec};
+use crate::spec::{Ceilings, ComponentRef, TwinSpec};
 use crate::store::{Op, Point, Saved, Store};
 use crate::twin::entanglement::{Entanglement, Status, Window};
 use crate::twin::{RestorePolicy, Twin};
@@ -52,7 +52,14 @@ pub struct NodeConfig {
     /// Messages a twin may have waiting before its MQTT session stops
     /// reading (back-pressure onto the broker).
     pub queue_capacity: usize,
+    /// The most any twin may ask for; specs asking more are refused.
+    pub ceilings: Ceilings,
 }
+
+/// How long a stopping twin may take to finish the call under way before
+/// its worker is cancelled (nothing it had not made durable is
+/// acknowledged, so the broker redelivers it to the next owner).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Hosted {
     spec: TwinSpec,
@@ -64,6 +71,8 @@ struct Hosted {
     link: Link,
     /// Signalled when the worker has finished.
     finished: std::sync::mpsc::Receiver<()>,
+    /// Cancels the worker, should it not finish in time.
+    task: tokio::task::AbortHandle,
 }
 
 /// A spec's components, verified and compiled, and the limits they run
@@ -178,6 +187,9 @@ pub struct Node {
     in_transit: Mutex<HashMap<String, mobility::Leaving>>,
     /// Twins arriving from another node.
     incoming: Mutex<HashMap<String, mobility::Incoming>>,
+    /// One lock per twin name that management calls hold while they
+    /// change that twin, so concurrent calls on one name take turns.
+    changing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -204,7 +216,28 @@ impl Node {
             moved: Mutex::new(HashMap::new()),
             in_transit: Mutex::new(HashMap::new()),
             incoming: Mutex::new(HashMap::new()),
+            changing: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Runs `change` while no other management call changes twin `name`:
+    /// six concurrent applies of one new name create one twin, and the
+    /// other five find it there.
+    fn exclusively<T>(&self, name: &str, change: impl FnOnce() -> T) -> T {
+        let turn = lock(&self.changing)
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let result = {
+            let _held = lock(&turn);
+            change()
+        };
+        let mut changing = lock(&self.changing);
+        // Only the map and this call hold it: nobody else waits.
+        if Arc::strong_count(&turn) == 2 {
+            changing.remove(name);
+        }
+        result
     }
 
     /// Starts every twin the store remembers, each from its last checkpoint
@@ -292,10 +325,19 @@ impl Node {
 
     /// Creates or replaces a twin from `spec`. Applying the same spec
     /// twice changes nothing; a spec that differs only in the model's
-    /// configuration reconfigures the running twin. Nothing changes if the
-    /// spec's components cannot be fetched, verified or started.
-    pub fn apply(&self, spec: TwinSpec) -> anyhow::Result<Applied> {
+    /// configuration reconfigures the running twin. Any other difference
+    /// starts the twin anew, which discards its state and history: that is
+    /// refused, naming what differs, for a twin that has applied updates
+    /// unless `replace` says to. Nothing changes if the spec's components
+    /// cannot be fetched, verified or started.
+    pub fn apply(&self, spec: TwinSpec, replace: bool) -> anyhow::Result<Applied> {
         spec.validate()?;
+        spec.check_ceilings(&self.config.ceilings)?;
+        let name = spec.name().to_string();
+        self.exclusively(&name, || self.apply_now(spec, replace))
+    }
+
+    fn apply_now(&self, spec: TwinSpec, replace: bool) -> anyhow::Result<Applied> {
         let name = spec.name().to_string();
         let replacing = {
             let twins = lock(&self.twins);
@@ -313,6 +355,18 @@ impl Node {
                             hosted.spec = spec;
                         }
                         return Ok(Applied::Reconfigured);
+                    }
+                    let applied = lock(&hosted.shared).state.updates_applied;
+                    if applied > 0 && !replace {
+                        return Err(NodeError::Conflict(format!(
+                            "twin `{name}` differs from this spec in {}; applying it would start \
+                             the twin anew and discard its state and history ({applied} updates \
+                             applied). Apply with replace (`wasmtwin apply --replace`, \
+                             `?replace=true`) to do so, or change its model with `wasmtwin swap`, \
+                             which keeps the state",
+                            crate::spec::differences(&hosted.spec, &spec).join(", ")
+                        ))
+                        .into());
                     }
                     true
                 }
@@ -362,6 +416,8 @@ impl Node {
         spec: &TwinSpec,
         carried: Option<(Vec<u8>, Vec<u8>)>,
     ) -> anyhow::Result<Components> {
+        // Every way a twin starts here comes through this check.
+        spec.check_ceilings(&self.config.ceilings)?;
         let (model_bytes, adapter_bytes) = match carried {
             Some((model, adapter)) => {
                 let key = spec.spec.model.publisher_key.as_deref();
@@ -378,19 +434,10 @@ impl Node {
                 self.fetch(&spec.spec.physical.adapter, None, "adapter")?,
             ),
         };
-        let resources = &spec.spec.resources;
         Ok(Components {
             model: self.runtime.load_model(&model_bytes)?,
             adapter: self.runtime.load_adapter(&adapter_bytes)?,
-            limits: Limits {
-                fuel_per_call: resources.fuel_per_update,
-                memory_bytes: resources
-                    .memory
-                    .parse::<bytesize::ByteSize>()
-                    .map(|b| b.as_u64())
-                    .unwrap_or(64 << 20),
-                deadline: std::time::Duration::from_millis(resources.deadline_ms),
-            },
+            limits: spec.limits(),
         })
     }
 
@@ -398,7 +445,7 @@ impl Node {
     /// twin from `origin`, without connecting it to anything.
     fn prepare(&self, spec: &TwinSpec, origin: Origin) -> anyhow::Result<Prepared> {
         let components = self.components(spec, None)?;
-        let twin = self.make_twin(spec, &components, origin)?;
+        let twin = self.run_guest(self.make_twin(spec, &components, origin))?;
         Ok(Prepared {
             components,
             twin,
@@ -409,7 +456,7 @@ impl Node {
     /// The twin `origin` describes. A checkpoint is restored into the
     /// component the spec names now, which may be a newer build of the same
     /// model; a store's journal is replayed after it.
-    fn make_twin(
+    async fn make_twin(
         &self,
         spec: &TwinSpec,
         components: &Components,
@@ -417,8 +464,7 @@ impl Node {
     ) -> anyhow::Result<Twin> {
         let name = spec.name();
         let (model, limits) = (&components.model, components.limits);
-        let fresh = || Twin::create(&self.runtime, model, name, limits, &spec.spec.model.config);
-        let restore = |checkpoint: &Checkpoint| {
+        let restore = async |checkpoint: &Checkpoint| {
             if checkpoint.twin != name {
                 bail!(
                     "the checkpoint is of twin `{}`, not `{name}`",
@@ -432,26 +478,38 @@ impl Node {
                 limits,
                 RestorePolicy::Upgrade,
             )
+            .await
         };
-        match origin {
-            Origin::Fresh => fresh(),
-            Origin::Checkpoint(checkpoint) => restore(&checkpoint),
-            Origin::Saved(saved) => {
-                let mut twin = match &saved.checkpoint {
-                    Some(bytes) => restore(
-                        &Checkpoint::read_from(bytes.as_slice())
-                            .with_context(|| format!("twin `{name}`'s stored checkpoint"))?,
-                    )?,
-                    None => fresh()?,
-                };
-                for message in &saved.journal {
-                    if let Err(e) = twin.apply_message(message) {
-                        tracing::warn!(twin = %name, "replaying the journal: {e}");
-                    }
-                }
-                Ok(twin)
+        let saved = match origin {
+            Origin::Checkpoint(checkpoint) => return restore(&checkpoint).await,
+            Origin::Fresh => None,
+            Origin::Saved(saved) => Some(saved),
+        };
+        let checkpoint = match saved.as_ref().and_then(|s| s.checkpoint.as_ref()) {
+            Some(bytes) => Some(
+                Checkpoint::read_from(bytes.as_slice())
+                    .with_context(|| format!("twin `{name}`'s stored checkpoint"))?,
+            ),
+            None => None,
+        };
+        let mut twin = match &checkpoint {
+            Some(checkpoint) => restore(checkpoint).await?,
+            None => {
+                Twin::create(&self.runtime, model, name, limits, &spec.spec.model.config).await?
+            }
+        };
+        for message in saved.iter().flat_map(|s| &s.journal) {
+            if let Err(e) = twin.apply_message(message).await {
+                tracing::warn!(twin = %name, "replaying the journal: {e}");
             }
         }
+        Ok(twin)
+    }
+
+    /// Runs guest code (instantiation, restore, replay) from the blocking
+    /// threads the management calls run on.
+    fn run_guest<F: std::future::Future>(&self, work: F) -> F::Output {
+        self.workers.block_on(work)
     }
 
     /// Opens a twin's MQTT session into a job queue that no worker reads
@@ -461,19 +519,18 @@ impl Node {
         let (jobs, queue) = mpsc::channel(self.config.queue_capacity);
         // PT messages share the job queue; actions queue behind them.
         let (inbound_tx, mut inbound_rx) = mpsc::channel(self.config.queue_capacity);
-        let link = physical::connect(
-            &broker,
-            &client_id,
-            spec.spec.physical.topics.clone(),
-            spec.spec.physical.qos,
-            inbound_tx,
-        )?;
+        let subscription = physical::Subscription {
+            topics: spec.spec.physical.topics.clone(),
+            qos: spec.spec.physical.qos,
+            max_payload: usize::try_from(spec.max_payload()).unwrap_or(usize::MAX),
+        };
+        let link = physical::connect(&broker, &client_id, subscription, inbound_tx)?;
         let first = Arc::new(std::sync::OnceLock::new());
         let seen = first.clone();
         let forward = jobs.clone();
         tokio::spawn(async move {
             while let Some(message) = inbound_rx.recv().await {
-                if seen.get().is_none() {
+                if seen.get().is_none() && message.oversized.is_none() {
                     let _ = seen.set((message.topic.clone(), message.payload.clone()));
                 }
                 if forward.send(Job::Message(message)).await.is_err() {
@@ -550,6 +607,7 @@ impl Node {
             twin,
             link: session.link.clone(),
             command_topic: spec.spec.physical.command_topic.clone(),
+            max_payload: spec.max_payload(),
             shared: shared.clone(),
             metrics: self.metrics.clone(),
             store: self.store.clone(),
@@ -564,10 +622,13 @@ impl Node {
         };
         let (done, finished) = std::sync::mpsc::channel();
         let queue = session.queue;
-        self.workers.spawn(async move {
-            worker.run(queue).await;
-            let _ = done.send(());
-        });
+        let task = self
+            .workers
+            .spawn(async move {
+                worker.run(queue).await;
+                let _ = done.send(());
+            })
+            .abort_handle();
         Hosted {
             spec: spec.clone(),
             previous_model: None,
@@ -576,6 +637,7 @@ impl Node {
             changes,
             link: session.link,
             finished,
+            task,
         }
     }
 
@@ -592,9 +654,15 @@ impl Node {
         hosted.link.close();
         let _ = hosted.jobs.try_send(Job::Stop);
         drop(hosted.jobs);
-        // Disconnected without a word: the worker panicked.
-        if hosted.finished.recv().is_err() {
-            tracing::error!(twin = %name, "the twin's worker panicked");
+        // The worker finishes the call under way (or, queue full, its
+        // queue); past the grace it is cancelled, which loses nothing: what
+        // it had not made durable was not acknowledged.
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            hosted.finished.recv_timeout(STOP_GRACE)
+        {
+            tracing::warn!(twin = %name, "the twin's worker did not stop within {STOP_GRACE:?}; cancelling it");
+            hosted.task.abort();
+            let _ = hosted.finished.recv();
         }
         self.metrics.forget(name);
         Some(hosted.spec)
@@ -603,6 +671,10 @@ impl Node {
     /// Stops and removes a twin (or the marker of one that moved away),
     /// and forgets it; on a blocking thread of the node's runtime.
     pub fn delete(&self, name: &str) -> Result<(), NodeError> {
+        self.exclusively(name, || self.delete_now(name))
+    }
+
+    fn delete_now(&self, name: &str) -> Result<(), NodeError> {
         let stopped = self.stop(name);
         // Its persistent session at the broker goes too, before a new twin
         // of that name could open it: left there, it would queue the

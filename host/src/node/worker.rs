@@ -94,6 +94,9 @@ pub struct Worker {
     pub twin: Twin,
     pub link: Link,
     pub command_topic: Option<String>,
+    /// The largest payload the twin takes (for the message that says why
+    /// a larger one was dropped).
+    pub max_payload: u64,
     pub shared: Arc<Mutex<Shared>>,
     pub metrics: Arc<Metrics>,
     pub store: Store,
@@ -169,15 +172,22 @@ impl Worker {
         shared.last_error = Some(error.to_string());
     }
 
-    fn new_adapter(&self) -> anyhow::Result<AdapterInstance> {
-        AdapterInstance::new(&self.runtime, &self.adapter, &self.name, self.limits)
+    /// A fresh adapter instance. (The future owns what it needs: a worker
+    /// is not `Sync`, so no `&self` may be held across an await.)
+    fn new_adapter(
+        &self,
+    ) -> impl Future<Output = anyhow::Result<AdapterInstance>> + Send + 'static {
+        let (runtime, adapter) = (self.runtime.clone(), self.adapter.clone());
+        let (name, limits) = (self.name.clone(), self.limits);
+        async move { AdapterInstance::new(&runtime, &adapter, &name, limits).await }
     }
 
     /// Serves the queue until it closes, a stop, or a handover. Runs on the
     /// node's twin runtime, whose threads exist for this CPU-bound work: a
-    /// call into the guest runs inline, bounded by its fuel and deadline.
+    /// call into the guest is awaited, yielding the thread to other twins
+    /// at every epoch tick, and bounded by its fuel and deadline.
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        let mut adapter = match self.new_adapter() {
+        let mut adapter = match self.new_adapter().await {
             Ok(adapter) => adapter,
             Err(e) => return self.failed(&format!("{e:#}")),
         };
@@ -185,7 +195,7 @@ impl Worker {
         // or a resumed one with its journal replayed. A twin that arrived
         // from another node brings its own (the node stored the bundle).
         if self.recovery.is_none() {
-            self.new_recovery_point(Vec::new());
+            self.new_recovery_point(Vec::new()).await;
         }
         let mut handover: Option<Handover> = None;
         loop {
@@ -207,24 +217,29 @@ impl Worker {
                 .get_or_create(&self.label())
                 .set(jobs.len() as i64);
             match job {
-                Job::Message(message) => self.on_message(&mut adapter, message),
+                Job::Message(message) => self.on_message(&mut adapter, message).await,
                 Job::Stop => break,
                 Job::Act { name, input, reply } => {
-                    let _ = reply.send(self.act(&mut adapter, &name, &input));
+                    let _ = reply.send(self.act(&mut adapter, &name, &input).await);
                 }
                 Job::Reconfigure { config, reply } => {
-                    let result = self.twin.reconfigure(&config).map_err(|e| e.to_string());
+                    let result = self
+                        .twin
+                        .reconfigure(&config)
+                        .await
+                        .map_err(|e| e.to_string());
                     if result.is_ok() {
                         // The configuration is part of the state.
-                        self.new_recovery_point(Vec::new());
+                        self.new_recovery_point(Vec::new()).await;
                     }
                     let _ = reply.send(result);
                 }
                 Job::Checkpoint { reply } => {
-                    let _ = reply.send(self.twin.checkpoint().map_err(|e| format!("{e:#}")));
+                    let checkpoint = self.twin.checkpoint().await;
+                    let _ = reply.send(checkpoint.map_err(|e| format!("{e:#}")));
                 }
                 Job::Swap { model, reply } => {
-                    let _ = reply.send(self.swap(model));
+                    let _ = reply.send(self.swap(model).await);
                 }
                 Job::Handover {
                     until,
@@ -242,9 +257,8 @@ impl Worker {
                 // The last state this node applies; the worker stops here.
                 // (Should the move fail, the store's last checkpoint plus
                 // its journal bring the twin back to this same state.)
-                let _ = h
-                    .reply
-                    .send(self.twin.checkpoint().map_err(|e| format!("{e:#}")));
+                let checkpoint = self.twin.checkpoint().await;
+                let _ = h.reply.send(checkpoint.map_err(|e| format!("{e:#}")));
                 break;
             }
         }
@@ -253,22 +267,33 @@ impl Worker {
 
     /// Applies one PT message and makes it durable; its acknowledgement
     /// waits for that.
-    fn on_message(&mut self, adapter: &mut AdapterInstance, message: Inbound) {
+    async fn on_message(&mut self, adapter: &mut AdapterInstance, message: Inbound) {
         let mut ops = Vec::new();
-        if adapter.is_poisoned() {
-            match self.new_adapter() {
-                Ok(fresh) => *adapter = fresh,
-                Err(e) => self.failed(&format!("{e:#}")),
-            }
-        }
-        match adapter.decode(&message.topic, &message.payload) {
-            Ok(updates) => {
-                if let Some(op) = self.apply(&updates) {
-                    ops.push(op);
-                    self.since_recovery.push(updates);
+        if let Some(size) = message.oversized {
+            // Acknowledged below like any other, so the broker forgets it.
+            self.metrics.oversized.get_or_create(&self.label()).inc();
+            self.failed(&format!(
+                "dropping a message of {} on {}: over the twin's maxPayload of {}",
+                bytesize::ByteSize(size as u64).display().iec(),
+                message.topic,
+                bytesize::ByteSize(self.max_payload).display().iec()
+            ));
+        } else {
+            if adapter.is_poisoned() {
+                match self.new_adapter().await {
+                    Ok(fresh) => *adapter = fresh,
+                    Err(e) => self.failed(&format!("{e:#}")),
                 }
             }
-            Err(e) => self.failed(&format!("dropping a message on {}: {e}", message.topic)),
+            match adapter.decode(&message.topic, &message.payload).await {
+                Ok(updates) => {
+                    if let Some(op) = self.apply(&updates).await {
+                        ops.push(op);
+                        self.since_recovery.push(updates);
+                    }
+                }
+                Err(e) => self.failed(&format!("dropping a message on {}: {e}", message.topic)),
+            }
         }
         let ack = message.packet.map(|packet| {
             let link = self.link.clone();
@@ -279,7 +304,7 @@ impl Worker {
             }) as crate::store::Done
         });
         if self.since_recovery.len() >= self.checkpoint_interval() {
-            self.new_recovery_point(ops);
+            self.new_recovery_point(ops).await;
             // The checkpoint's writes carry this message's too.
             self.store.write(Vec::new(), ack);
         } else {
@@ -299,8 +324,8 @@ impl Worker {
 
     /// Takes a checkpoint, makes it durable together with `ops`, and
     /// recovers from it (plus what follows) if the instance fails.
-    fn new_recovery_point(&mut self, mut ops: Vec<Op>) -> Option<Arc<Checkpoint>> {
-        let checkpoint = self.checkpoint(&mut ops);
+    async fn new_recovery_point(&mut self, mut ops: Vec<Op>) -> Option<Arc<Checkpoint>> {
+        let checkpoint = self.checkpoint(&mut ops).await;
         self.store.write(ops, None);
         if let Some(c) = &checkpoint {
             self.recovery = Some(c.clone());
@@ -312,9 +337,9 @@ impl Worker {
     /// Replaces the model between two updates: the old instance's
     /// checkpoint is restored into the new component; if that fails, the
     /// old instance goes on as if nothing happened.
-    fn swap(&mut self, model: ModelComponent) -> Result<SwapReport, String> {
+    async fn swap(&mut self, model: ModelComponent) -> Result<SwapReport, String> {
         let started = Instant::now();
-        let checkpoint = self.twin.checkpoint().map_err(|e| format!("{e:#}"))?;
+        let checkpoint = self.twin.checkpoint().await.map_err(|e| format!("{e:#}"))?;
         let twin = Twin::restore(
             &self.runtime,
             &model,
@@ -322,6 +347,7 @@ impl Worker {
             self.limits,
             RestorePolicy::Upgrade,
         )
+        .await
         .map_err(|e| format!("the new model refused the twin's state: {e:#}"))?;
         let from = self.twin.model().clone();
         self.twin = twin;
@@ -332,7 +358,7 @@ impl Worker {
             shared.model = self.twin.model().clone();
             shared.description = self.twin.description().clone();
         }
-        self.new_recovery_point(Vec::new());
+        self.new_recovery_point(Vec::new()).await;
         tracing::info!(twin = %self.name, from = %from.component, to = %self.twin.model().component, ?pause, "model swapped");
         Ok(SwapReport {
             from,
@@ -343,8 +369,8 @@ impl Worker {
 
     /// Takes a checkpoint and adds its store writes (checkpoint, journal
     /// truncation, history pruning) to `ops`.
-    fn checkpoint(&mut self, ops: &mut Vec<Op>) -> Option<Arc<Checkpoint>> {
-        match self.twin.checkpoint() {
+    async fn checkpoint(&mut self, ops: &mut Vec<Op>) -> Option<Arc<Checkpoint>> {
+        match self.twin.checkpoint().await {
             Ok(checkpoint) => {
                 let checkpoint = Arc::new(checkpoint);
                 let retention_ms =
@@ -370,10 +396,10 @@ impl Worker {
 
     /// Applies one PT message; if it changed the state, returns the store
     /// write that records it.
-    fn apply(&mut self, updates: &[Update]) -> Option<Op> {
+    async fn apply(&mut self, updates: &[Update]) -> Option<Op> {
         let update = updates.first()?;
         let started = Instant::now();
-        match self.twin.apply_message(updates) {
+        match self.twin.apply_message(updates).await {
             Ok((Applied::Changed(effects), refused)) => {
                 for error in refused {
                     self.failed(&error.to_string());
@@ -429,7 +455,7 @@ impl Worker {
             Err(error) => {
                 self.failed(&error.to_string());
                 if error.failure.poisons() {
-                    self.recover(&error);
+                    self.recover(&error).await;
                 }
                 None
             }
@@ -438,7 +464,7 @@ impl Worker {
 
     /// Rebuilds the twin from the last checkpoint and the updates applied
     /// since, after the instance failed.
-    fn recover(&mut self, error: &GuestError) {
+    async fn recover(&mut self, error: &GuestError) {
         let Some(from) = &self.recovery else {
             return self.failed(&format!("cannot recover after `{error}`: no checkpoint"));
         };
@@ -449,11 +475,12 @@ impl Worker {
             from,
             self.limits,
             RestorePolicy::SameComponent,
-        );
+        )
+        .await;
         match restored {
             Ok(mut twin) => {
                 for message in &self.since_recovery {
-                    if let Err(e) = twin.apply_message(message) {
+                    if let Err(e) = twin.apply_message(message).await {
                         self.failed(&format!("replay after recovery failed: {e}"));
                         break;
                     }
@@ -466,13 +493,17 @@ impl Worker {
         self.shared().entanglement.set_available(true, now_us());
     }
 
-    fn act(
+    async fn act(
         &mut self,
         adapter: &mut AdapterInstance,
         name: &str,
         input: &Value,
     ) -> Result<ActionOutcome, String> {
-        let outcome = self.twin.act(name, input).map_err(|e| e.to_string())?;
+        let outcome = self
+            .twin
+            .act(name, input)
+            .await
+            .map_err(|e| e.to_string())?;
         if !outcome.commands.is_empty() {
             let topic = self
                 .command_topic
@@ -481,6 +512,7 @@ impl Worker {
             for (command, payload) in &outcome.commands {
                 let bytes = adapter
                     .encode(command, payload)
+                    .await
                     .map_err(|e| e.to_string())?;
                 self.link.send(topic, bytes).map_err(|e| format!("{e:#}"))?;
             }

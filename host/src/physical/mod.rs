@@ -76,8 +76,11 @@ impl std::str::FromStr for BrokerAddress {
 pub struct Inbound {
     /// The topic it arrived on.
     pub topic: String,
-    /// The raw payload, for the adapter.
+    /// The raw payload, for the adapter (empty when `oversized`).
     pub payload: Bytes,
+    /// The size of a payload over the twin's maximum, which was dropped:
+    /// the message is only to be acknowledged, in its turn, and counted.
+    pub oversized: Option<usize>,
     /// When the node received it, µs since the Unix epoch.
     pub received_us: u64,
     /// The packet, to acknowledge once committed (QoS 1 only).
@@ -96,6 +99,11 @@ pub struct Inbound {
 #[derive(Clone)]
 pub struct Link {
     outgoing: mpsc::UnboundedSender<Outgoing>,
+    /// Set once the link is closed: a session that is not connected then
+    /// stops trying, instead of reconnecting for nobody.
+    closing: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    /// The task driving the session.
+    session: tokio::task::AbortHandle,
 }
 
 enum Outgoing {
@@ -105,7 +113,11 @@ enum Outgoing {
 }
 
 impl Link {
-    fn new(client: AsyncClient) -> Self {
+    fn new(
+        client: AsyncClient,
+        closing: tokio::sync::watch::Sender<bool>,
+        session: tokio::task::AbortHandle,
+    ) -> Self {
         let (outgoing, mut queue) = mpsc::unbounded_channel();
         let sender = client.clone();
         tokio::spawn(async move {
@@ -127,7 +139,17 @@ impl Link {
                 }
             }
         });
-        Self { outgoing }
+        Self {
+            outgoing,
+            closing: std::sync::Arc::new(closing),
+            session,
+        }
+    }
+
+    /// Whether the session has ended (after [`Link::close`], or when the
+    /// twin it fed is gone).
+    pub fn is_ended(&self) -> bool {
+        self.session.is_finished()
     }
 
     /// Acknowledges a committed message.
@@ -151,6 +173,7 @@ impl Link {
     /// before.
     pub fn close(&self) {
         let _ = self.outgoing.send(Outgoing::Disconnect);
+        self.closing.send_replace(true);
     }
 }
 
@@ -160,6 +183,21 @@ pub fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// The largest packet MQTT can carry (its remaining length is at most
+/// 268,435,455 bytes) plus the fixed header.
+const MQTT_MAX_PACKET: usize = 268_435_455 + 5;
+
+/// What a twin's session subscribes to, and what it takes.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Topic filters.
+    pub topics: Vec<String>,
+    /// 0 or 1.
+    pub qos: u8,
+    /// The largest payload passed on; larger ones are dropped.
+    pub max_payload: usize,
 }
 
 /// How long [`connect`] waits for the broker to confirm the subscription
@@ -178,10 +216,14 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 pub fn connect(
     broker: &BrokerAddress,
     client_id: &str,
-    topics: Vec<String>,
-    qos: u8,
+    subscription: Subscription,
     inbound: mpsc::Sender<Inbound>,
 ) -> anyhow::Result<Link> {
+    let Subscription {
+        topics,
+        qos,
+        max_payload,
+    } = subscription;
     let options = options(broker, client_id, false);
     let (client, eventloop) = AsyncClient::new(options, 256);
     let qos = if qos == 0 {
@@ -190,15 +232,18 @@ pub fn connect(
         QoS::AtLeastOnce
     };
     let (subscribed, confirmed) = std::sync::mpsc::channel();
+    let (closing, closed) = tokio::sync::watch::channel(false);
     let session = Session {
+        closed,
         client: client.clone(),
         topics,
         qos,
         inbound,
+        max_payload,
         client_id: client_id.to_string(),
         subscribed: Some(subscribed),
     };
-    tokio::spawn(session.drive(eventloop));
+    let session = tokio::spawn(session.drive(eventloop)).abort_handle();
     if confirmed.recv_timeout(SUBSCRIBE_WAIT).is_err() {
         tracing::warn!(
             client = %client_id,
@@ -206,7 +251,7 @@ pub fn connect(
             "the broker has not confirmed the subscription yet; still trying"
         );
     }
-    Ok(Link::new(client))
+    Ok(Link::new(client, closing, session))
 }
 
 /// Session options for `client_id` at `broker`; a persistent session
@@ -217,7 +262,12 @@ fn options(broker: &BrokerAddress, client_id: &str, clean: bool) -> MqttOptions 
         .set_keep_alive(Duration::from_secs(15))
         .set_clean_session(clean)
         .set_manual_acks(true)
-        .set_max_packet_size(1 << 20, 1 << 20)
+        // The client takes any packet MQTT allows: one it refused would be
+        // redelivered after every reconnect, forever, and block every
+        // message behind it. Payloads over the twin's own maximum are
+        // dropped after reading (bound memory with the broker's
+        // `message_size_limit`).
+        .set_max_packet_size(MQTT_MAX_PACKET, 1 << 20)
         .set_inflight(100);
     if let Some((user, password)) = &broker.credentials {
         options.set_credentials(user.clone(), password.clone());
@@ -269,9 +319,13 @@ struct Session {
     topics: Vec<String>,
     qos: QoS,
     inbound: mpsc::Sender<Inbound>,
+    /// Larger payloads are dropped, not delivered.
+    max_payload: usize,
     client_id: String,
     /// Told once the subscription is confirmed, then dropped.
     subscribed: Option<std::sync::mpsc::Sender<()>>,
+    /// True once the link is closed.
+    closed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Session {
@@ -282,12 +336,34 @@ impl Session {
         }
     }
 
+    /// The next event, or `None` once the link is closed while the
+    /// session is not connected (connected, the link's own disconnect
+    /// request ends it, after the acknowledgements queued before).
+    async fn next(
+        &mut self,
+        eventloop: &mut EventLoop,
+        connected: bool,
+    ) -> Option<Result<Event, rumqttc::ConnectionError>> {
+        if connected {
+            return Some(eventloop.poll().await);
+        }
+        if *self.closed.borrow() {
+            return None;
+        }
+        tokio::select! {
+            event = eventloop.poll() => Some(event),
+            _ = self.closed.changed() => None,
+        }
+    }
+
     async fn drive(mut self, mut eventloop: EventLoop) {
         let client_id = self.client_id.clone();
         let mut backoff = Duration::from_millis(100);
-        loop {
-            match eventloop.poll().await {
+        let mut connected = false;
+        while let Some(event) = self.next(&mut eventloop, connected).await {
+            match event {
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    connected = true;
                     backoff = Duration::from_millis(100);
                     tracing::info!(client = %client_id, "connected to the broker");
                     let filters = self
@@ -305,9 +381,16 @@ impl Session {
                     // SUBACK is read.
                     self.confirm();
                     let packet = (publish.qos != QoS::AtMostOnce).then(|| publish.clone());
+                    let size = publish.payload.len();
+                    let oversized = (size > self.max_payload).then_some(size);
                     let message = Inbound {
                         topic: publish.topic,
-                        payload: publish.payload,
+                        payload: if oversized.is_some() {
+                            Bytes::new()
+                        } else {
+                            publish.payload
+                        },
+                        oversized,
                         received_us: now_us(),
                         packet,
                     };
@@ -320,14 +403,60 @@ impl Session {
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                 Ok(_) => {}
                 Err(e) => {
-                    if self.inbound.is_closed() {
+                    connected = false;
+                    if self.inbound.is_closed() || *self.closed.borrow() {
                         return;
                     }
                     tracing::warn!(client = %client_id, "broker connection lost: {e}; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.closed.changed() => return,
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }
+        tracing::debug!(client = %client_id, "session closed while not connected");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A closed twin's session stops even when its broker cannot be
+    /// reached (it used to reconnect there for the rest of the run).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_closed_link_stops_reconnecting_to_an_unreachable_broker() {
+        // A "broker" that hangs up on every connection.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let broker: BrokerAddress = format!("mqtt://127.0.0.1:{port}").parse().unwrap();
+        let (inbound, _keep) = mpsc::channel(1);
+        let subscription = Subscription {
+            topics: vec!["t".into()],
+            qos: 1,
+            max_payload: 1024,
+        };
+        let link =
+            tokio::task::spawn_blocking(move || connect(&broker, "gone", subscription, inbound))
+                .await
+                .unwrap()
+                .unwrap();
+        assert!(!link.is_ended(), "the session should still be retrying");
+        link.close();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !link.is_ended() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            link.is_ended(),
+            "the session went on after its link was closed"
+        );
     }
 }

@@ -51,21 +51,25 @@ pub struct AdapterInstance {
 
 impl AdapterInstance {
     /// Instantiates `component` on behalf of `twin`.
-    pub fn new(
+    pub async fn new(
         runtime: &Runtime,
         component: &AdapterComponent,
         twin: &str,
         limits: Limits,
     ) -> anyhow::Result<Self> {
         let mut sandbox = Sandbox::new(runtime, twin, limits);
-        let adapter = sandbox
-            .instantiate(|store| component.pre.instantiate(store))
-            .with_context(|| {
-                format!(
-                    "instantiating adapter {} for twin `{twin}`",
-                    component.digest
-                )
-            })?;
+        sandbox.begin_instantiate();
+        let adapter = match component.pre.instantiate_async(sandbox.store()).await {
+            Ok(adapter) => adapter,
+            Err(e) => {
+                return Err(sandbox.instantiate_failed(e)).with_context(|| {
+                    format!(
+                        "instantiating adapter {} for twin `{twin}`",
+                        component.digest
+                    )
+                });
+            }
+        };
         Ok(Self { sandbox, adapter })
     }
 
@@ -75,13 +79,14 @@ impl AdapterInstance {
     }
 
     /// Decodes a raw payload received on `topic` into updates.
-    pub fn decode(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Update>, GuestError> {
-        let adapter = &self.adapter;
-        let (updates, _) = self.sandbox.call("decode", |s| {
-            adapter
-                .wasmtwin_twin_adapter_api()
-                .call_decode(s, topic, payload)
-        })?;
+    pub async fn decode(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Update>, GuestError> {
+        let budget = self.sandbox.begin("decode")?;
+        let outcome = self
+            .adapter
+            .wasmtwin_twin_adapter_api()
+            .call_decode(self.sandbox.store(), topic, payload)
+            .await;
+        let (updates, _) = self.sandbox.finish("decode", budget, outcome)?;
         updates
             .into_iter()
             .map(|u| {
@@ -104,16 +109,19 @@ impl AdapterInstance {
     }
 
     /// Encodes a command for the device.
-    pub fn encode(&mut self, name: &str, payload: &Value) -> Result<Vec<u8>, GuestError> {
+    pub async fn encode(&mut self, name: &str, payload: &Value) -> Result<Vec<u8>, GuestError> {
         let command = types::Command {
             name: name.to_string(),
             payload: payload.to_string(),
         };
-        let adapter = &self.adapter;
+        let budget = self.sandbox.begin("encode")?;
+        let outcome = self
+            .adapter
+            .wasmtwin_twin_adapter_api()
+            .call_encode(self.sandbox.store(), &command)
+            .await;
         self.sandbox
-            .call("encode", |s| {
-                adapter.wasmtwin_twin_adapter_api().call_encode(s, &command)
-            })
+            .finish("encode", budget, outcome)
             .map(|(bytes, _)| bytes)
     }
 }

@@ -5,6 +5,8 @@ pub mod model {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "model",
+        // Exports run on fibers, so a long call yields to the scheduler.
+        exports: { default: async },
     });
 }
 
@@ -13,6 +15,7 @@ pub mod adapter {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "adapter",
+        exports: { default: async },
         with: {
             "wasmtwin:twin/types": super::model::wasmtwin::twin::types,
             "wasmtwin:twin/log": super::model::wasmtwin::twin::log,

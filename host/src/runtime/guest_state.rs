@@ -3,6 +3,7 @@
 //! clock). Every capability a guest gets is granted here and nowhere else.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -83,6 +84,8 @@ pub struct GuestState {
     pub stderr: GuestOutput,
     log_records: u32,
     logs_dropped: u64,
+    /// When the call under way must end.
+    deadline: Instant,
 }
 
 impl GuestState {
@@ -108,6 +111,7 @@ impl GuestState {
             stderr,
             log_records: 0,
             logs_dropped: 0,
+            deadline: Instant::now(),
         }
     }
 
@@ -116,10 +120,17 @@ impl GuestState {
         &self.twin
     }
 
-    /// Resets the per-call budgets; called before each call into the guest.
-    pub fn start_call(&mut self) {
+    /// Resets the per-call budgets and sets the call's deadline; called
+    /// before each call into the guest.
+    pub fn start_call(&mut self, deadline: Instant) {
         self.log_records = 0;
         self.memory.refused = None;
+        self.deadline = deadline;
+    }
+
+    /// When the call under way must end.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
     }
 
     /// How many log records were dropped for exceeding the budget.

@@ -2,6 +2,12 @@
 //! components cached by digest, and one `Store` per twin instance with its
 //! fuel, memory and deadline limits.
 //!
+//! Every call into a guest is async: it runs on a fiber that yields to the
+//! caller's executor at each epoch tick ([`EPOCH_TICK`]), so a long call
+//! never holds one of the twins' shared threads, and a deadline interrupts
+//! it wherever it is. Drive the futures on a tokio runtime (or any
+//! executor); from synchronous code, `block_on` them.
+//!
 //! The runtime knows components and limits, nothing of MQTT, HTTP or specs.
 
 mod adapter;
@@ -31,7 +37,8 @@ pub use model::{ActionOutcome, Description, ModelComponent, ModelInstance, Updat
 
 use crate::digest::Digest;
 
-/// How often the epoch advances; deadlines are enforced to this precision.
+/// How often the epoch advances: deadlines are enforced to this precision,
+/// and a running call yields to other twins this often.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// How a [`Runtime`] is built.
@@ -89,8 +96,11 @@ impl Runtime {
         let cache = cache::ComponentCache::new(&engine, config.cache_dir)?;
 
         // One linker serves both worlds: they import the same interfaces.
+        // WASI is linked in its async form: the sync form blocks on a
+        // runtime of its own inside every stream call, which panics on the
+        // twins' threads (a guest's panic message is such a call).
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
         bindings::model::Model::add_to_linker::<GuestState, HasSelf<GuestState>>(
             &mut linker,
             |s| s,

@@ -4,7 +4,6 @@
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::Value;
-use wasmtime::Store;
 use wasmtime::component::Component;
 
 use super::Runtime;
@@ -106,21 +105,25 @@ fn parse_json(what: &str, text: &str) -> Result<Value, Failure> {
 impl ModelInstance {
     /// Instantiates `component` for `twin`. Nothing of the model runs until
     /// [`init`](Self::init) or [`restore`](Self::restore).
-    pub fn new(
+    pub async fn new(
         runtime: &Runtime,
         component: &ModelComponent,
         twin: &str,
         limits: Limits,
     ) -> anyhow::Result<Self> {
         let mut sandbox = Sandbox::new(runtime, twin, limits);
-        let model = sandbox
-            .instantiate(|store| component.pre.instantiate(store))
-            .with_context(|| {
-                format!(
-                    "instantiating component {} for twin `{twin}`",
-                    component.digest
-                )
-            })?;
+        sandbox.begin_instantiate();
+        let model = match component.pre.instantiate_async(sandbox.store()).await {
+            Ok(model) => model,
+            Err(e) => {
+                return Err(sandbox.instantiate_failed(e)).with_context(|| {
+                    format!(
+                        "instantiating component {} for twin `{twin}`",
+                        component.digest
+                    )
+                });
+            }
+        };
         Ok(Self {
             sandbox,
             model,
@@ -153,44 +156,47 @@ impl ModelInstance {
         self.sandbox.is_poisoned()
     }
 
-    fn call<R>(
-        &mut self,
-        name: &'static str,
-        f: impl FnOnce(&Model, &mut Store<GuestState>) -> wasmtime::Result<Result<R, String>>,
-    ) -> Result<(R, u64), GuestError> {
-        let model = &self.model;
-        self.sandbox.call(name, |store| f(model, store))
-    }
-
     /// Starts a fresh twin from its JSON configuration.
-    pub fn init(&mut self, config: &Value) -> Result<(), GuestError> {
+    pub async fn init(&mut self, config: &Value) -> Result<(), GuestError> {
         let config = config.to_string();
-        self.call("init", |m, s| {
-            m.wasmtwin_twin_model_api().call_init(s, &config)
-        })
-        .map(|_| ())
+        let budget = self.sandbox.begin("init")?;
+        let outcome = self
+            .model
+            .wasmtwin_twin_model_api()
+            .call_init(self.sandbox.store(), &config)
+            .await;
+        self.sandbox.finish("init", budget, outcome).map(|_| ())
     }
 
     /// Reconfigures the running twin.
-    pub fn reconfigure(&mut self, config: &Value) -> Result<(), GuestError> {
+    pub async fn reconfigure(&mut self, config: &Value) -> Result<(), GuestError> {
         let config = config.to_string();
-        self.call("reconfigure", |m, s| {
-            m.wasmtwin_twin_model_api().call_reconfigure(s, &config)
-        })
-        .map(|_| ())
+        let budget = self.sandbox.begin("reconfigure")?;
+        let outcome = self
+            .model
+            .wasmtwin_twin_model_api()
+            .call_reconfigure(self.sandbox.store(), &config)
+            .await;
+        self.sandbox
+            .finish("reconfigure", budget, outcome)
+            .map(|_| ())
     }
 
     /// Applies one update.
-    pub fn on_update(&mut self, update: &Update) -> Result<UpdateEffects, GuestError> {
+    pub async fn on_update(&mut self, update: &Update) -> Result<UpdateEffects, GuestError> {
         let wit_update = types::Update {
             seq: update.seq,
             ts_ms: update.ts_ms,
             property: update.property.clone(),
             value: update.value.to_string(),
         };
-        let (effects, fuel) = self.call("on-update", |m, s| {
-            m.wasmtwin_twin_model_api().call_on_update(s, &wit_update)
-        })?;
+        let budget = self.sandbox.begin("on-update")?;
+        let outcome = self
+            .model
+            .wasmtwin_twin_model_api()
+            .call_on_update(self.sandbox.store(), &wit_update)
+            .await;
+        let (effects, fuel) = self.sandbox.finish("on-update", budget, outcome)?;
         let parsed = (|| {
             let changes = effects
                 .changes
@@ -219,11 +225,19 @@ impl ModelInstance {
     }
 
     /// Carries out an action.
-    pub fn on_action(&mut self, name: &str, input: &Value) -> Result<ActionOutcome, GuestError> {
+    pub async fn on_action(
+        &mut self,
+        name: &str,
+        input: &Value,
+    ) -> Result<ActionOutcome, GuestError> {
         let input = input.to_string();
-        let (outcome, _) = self.call("on-action", |m, s| {
-            m.wasmtwin_twin_model_api().call_on_action(s, name, &input)
-        })?;
+        let budget = self.sandbox.begin("on-action")?;
+        let answer = self
+            .model
+            .wasmtwin_twin_model_api()
+            .call_on_action(self.sandbox.store(), name, &input)
+            .await;
+        let (outcome, _) = self.sandbox.finish("on-action", budget, answer)?;
         let parsed = (|| {
             let result = parse_json("the action's result", &outcome.reply)?;
             let commands = outcome
@@ -241,27 +255,40 @@ impl ModelInstance {
     }
 
     /// Serialises the guest's state.
-    pub fn snapshot(&mut self) -> Result<Vec<u8>, GuestError> {
-        self.call("snapshot", |m, s| {
-            m.wasmtwin_twin_model_api().call_snapshot(s)
-        })
-        .map(|(bytes, _)| bytes)
+    pub async fn snapshot(&mut self) -> Result<Vec<u8>, GuestError> {
+        let budget = self.sandbox.begin("snapshot")?;
+        let outcome = self
+            .model
+            .wasmtwin_twin_model_api()
+            .call_snapshot(self.sandbox.store())
+            .await;
+        self.sandbox
+            .finish("snapshot", budget, outcome)
+            .map(|(bytes, _)| bytes)
     }
 
     /// Rebuilds the guest's state from a snapshot taken at `state_version`.
-    pub fn restore(&mut self, state: &[u8], state_version: u32) -> Result<(), GuestError> {
-        self.call("restore", |m, s| {
-            m.wasmtwin_twin_model_api()
-                .call_restore(s, state, state_version)
-        })
-        .map(|_| ())
+    pub async fn restore(&mut self, state: &[u8], state_version: u32) -> Result<(), GuestError> {
+        let budget = self.sandbox.begin("restore")?;
+        let outcome = self
+            .model
+            .wasmtwin_twin_model_api()
+            .call_restore(self.sandbox.store(), state, state_version)
+            .await;
+        self.sandbox.finish("restore", budget, outcome).map(|_| ())
     }
 
     /// What the model offers.
-    pub fn describe(&mut self) -> Result<Description, GuestError> {
-        self.call("describe", |m, s| {
-            m.wasmtwin_twin_model_api().call_describe(s).map(Ok)
-        })
-        .map(|(d, _)| d)
+    pub async fn describe(&mut self) -> Result<Description, GuestError> {
+        let budget = self.sandbox.begin("describe")?;
+        let outcome = self
+            .model
+            .wasmtwin_twin_model_api()
+            .call_describe(self.sandbox.store())
+            .await
+            .map(Ok);
+        self.sandbox
+            .finish("describe", budget, outcome)
+            .map(|(d, _)| d)
     }
 }

@@ -4,16 +4,20 @@
 //! both go through here, so their failures read the same.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use wasmtime::Store;
+use wasmtime::{Store, UpdateDeadline};
 
+use super::Runtime;
 use super::error::{Failure, GuestError};
 use super::guest_state::GuestState;
 use super::limits::Limits;
-use super::{EPOCH_TICK, Runtime};
 
 /// A store with limits, poisoned by the first failure that may have left the
 /// guest inconsistent.
+///
+/// A call goes `begin` → the async export call on [`Sandbox::store`] →
+/// `finish`, which turns the outcome into effects or a [`GuestError`].
 pub(super) struct Sandbox {
     store: Store<GuestState>,
     limits: Limits,
@@ -30,7 +34,19 @@ impl Sandbox {
         let state = GuestState::new(Arc::from(twin), memory_limit(&limits));
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|state| &mut state.memory);
-        store.epoch_deadline_trap();
+        // At every epoch tick a running call either yields to the executor
+        // (so other twins run on this thread meanwhile) or, past its
+        // deadline, is interrupted, wherever it is.
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline() {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
         Self {
             store,
             limits,
@@ -39,17 +55,21 @@ impl Sandbox {
         }
     }
 
-    /// Instantiates under the same limits as a call: a component's start-up
-    /// code is guest code too.
-    pub(super) fn instantiate<T>(
-        &mut self,
-        f: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<T>,
-    ) -> anyhow::Result<T> {
+    /// The store, for the export call between `begin` and `finish`.
+    pub(super) fn store(&mut self) -> &mut Store<GuestState> {
+        &mut self.store
+    }
+
+    /// Arms the store for instantiation: a component's start-up code is
+    /// guest code too, under the same limits as a call.
+    pub(super) fn begin_instantiate(&mut self) {
         self.arm();
-        f(&mut self.store).map_err(|e| {
-            let failure = self.classify(&e);
-            anyhow::Error::from(self.error("instantiate", failure))
-        })
+    }
+
+    /// Explains a failed instantiation.
+    pub(super) fn instantiate_failed(&mut self, e: wasmtime::Error) -> anyhow::Error {
+        let failure = self.classify(&e);
+        anyhow::Error::from(self.error("instantiate", failure))
     }
 
     pub(super) fn twin(&self) -> &str {
@@ -74,33 +94,36 @@ impl Sandbox {
 
     /// Sets the fuel and deadline for the next call; returns the budget.
     fn arm(&mut self) -> u64 {
-        self.store.data_mut().start_call();
+        let deadline = Instant::now()
+            .checked_add(self.limits.deadline)
+            .unwrap_or_else(far_future);
+        self.store.data_mut().start_call(deadline);
         if self.metered {
             // Fails only when metering is off, which `metered` rules out.
             let _ = self.store.set_fuel(self.limits.fuel_per_call);
         }
-        let ticks = self
-            .limits
-            .deadline
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis())
-            .max(1);
-        self.store
-            .set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        // The callback decides at each tick: yield, or interrupt.
+        self.store.set_epoch_deadline(1);
         self.limits.fuel_per_call
     }
 
-    /// Runs one export; returns its answer and the fuel it burned.
-    pub(super) fn call<R>(
-        &mut self,
-        name: &'static str,
-        f: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<Result<R, String>>,
-    ) -> Result<(R, u64), GuestError> {
+    /// Starts a call of the export `name`: refuses a poisoned instance,
+    /// else arms the limits and returns the fuel budget for `finish`.
+    pub(super) fn begin(&mut self, name: &'static str) -> Result<u64, GuestError> {
         if self.poisoned {
             return Err(self.error(name, Failure::Poisoned));
         }
-        let budget = self.arm();
-        let outcome = f(&mut self.store);
+        Ok(self.arm())
+    }
+
+    /// Ends the call `begin` started: its answer and the fuel it burned, or
+    /// the failure (which poisons the instance if the guest trapped).
+    pub(super) fn finish<R>(
+        &mut self,
+        name: &'static str,
+        budget: u64,
+        outcome: wasmtime::Result<Result<R, String>>,
+    ) -> Result<(R, u64), GuestError> {
         let fuel = if self.metered {
             budget.saturating_sub(self.store.get_fuel().unwrap_or(0))
         } else {
@@ -157,4 +180,9 @@ impl Sandbox {
             },
         }
     }
+}
+
+/// A deadline no call reaches (`Instant` has no maximum).
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(100 * 365 * 24 * 3600)
 }

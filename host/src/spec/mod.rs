@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use validate::{Problem, SpecError};
+pub use validate::{Ceilings, Problem, SpecError};
 
 /// The `apiVersion` this release reads and writes.
 pub const API_VERSION: &str = "wasmtwin.dev/v1alpha1";
@@ -127,6 +127,15 @@ pub struct PhysicalSpec {
     pub qos: u8,
     /// The adapter that decodes the device's payloads.
     pub adapter: ComponentRef,
+    /// The largest message payload the twin takes (e.g. `256KiB`); a
+    /// larger message is acknowledged, dropped, counted and logged, and
+    /// the twin goes on. At most the node's `--max-payload`.
+    #[serde(default = "default_max_payload")]
+    pub max_payload: String,
+}
+
+fn default_max_payload() -> String {
+    "1MiB".into()
 }
 
 fn one_u8() -> u8 {
@@ -264,6 +273,60 @@ impl TwinSpec {
     pub fn name(&self) -> &str {
         &self.metadata.name
     }
+
+    /// The limits each call into the twin's components runs under (the
+    /// spec is validated, so every size parses).
+    pub fn limits(&self) -> crate::runtime::Limits {
+        let resources = &self.spec.resources;
+        let defaults = crate::runtime::Limits::default();
+        crate::runtime::Limits {
+            fuel_per_call: resources.fuel_per_update,
+            memory_bytes: size(&resources.memory).unwrap_or(defaults.memory_bytes),
+            deadline: std::time::Duration::from_millis(resources.deadline_ms),
+        }
+    }
+
+    /// The largest payload the twin takes, in bytes.
+    pub fn max_payload(&self) -> u64 {
+        size(&self.spec.physical.max_payload).unwrap_or(1 << 20)
+    }
+}
+
+/// The field paths where two specs differ (`spec.model.ref`, …), sorted
+/// by key at each level; an array that differs is named whole.
+pub fn differences(running: &TwinSpec, other: &TwinSpec) -> Vec<String> {
+    fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for key in keys {
+                    let null = Value::Null;
+                    let inner = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    walk(
+                        &inner,
+                        a.get(key).unwrap_or(&null),
+                        b.get(key).unwrap_or(&null),
+                        out,
+                    );
+                }
+            }
+            (a, b) if a != b => out.push(path.to_string()),
+            _ => {}
+        }
+    }
+    let as_json = |spec: &TwinSpec| serde_json::to_value(spec).unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    walk("", &as_json(running), &as_json(other), &mut out);
+    out
+}
+
+/// A size such as `64MiB`, in bytes.
+fn size(text: &str) -> Option<u64> {
+    text.parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64())
 }
 
 /// Twin `p`: a `prime.wasm` model fed from `d/p`, everything else default.
@@ -298,6 +361,19 @@ mod tests {
         assert_eq!(spec.spec.model.config["vibration_alarm"], 7.1);
         let json = serde_json::to_string(&spec).unwrap();
         assert_eq!(TwinSpec::parse(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn differences_are_named_by_field_path() {
+        let running = minimal();
+        let mut other = minimal();
+        other.spec.model.component.reference = "prime-2.wasm".into();
+        other.spec.requirements.reliability = 0.5;
+        assert_eq!(
+            differences(&running, &other),
+            ["spec.model.ref", "spec.requirements.reliability"]
+        );
+        assert!(differences(&running, &running).is_empty());
     }
 
     #[test]

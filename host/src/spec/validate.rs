@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use super::{API_VERSION, ComponentRef, KIND, TwinSpec};
 use crate::digest::Digest;
+use crate::runtime::Limits;
 
 /// One thing wrong with a spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +75,16 @@ struct Checker {
 }
 
 impl Checker {
+    fn into_result(self) -> Result<(), SpecError> {
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecError {
+                problems: self.problems,
+            })
+        }
+    }
+
     fn check(&mut self, ok: bool, path: &str, message: impl FnOnce() -> String) {
         if !ok {
             self.problems.push(Problem::new(path, message()));
@@ -178,6 +189,17 @@ impl TwinSpec {
             format!("must be 0 or 1, got {}", physical.qos)
         });
         c.component(&physical.adapter, "spec.physical.adapter");
+        let payload = physical.max_payload.parse::<bytesize::ByteSize>();
+        c.check(
+            payload.as_ref().is_ok_and(|p| p.as_u64() >= 64),
+            "spec.physical.maxPayload",
+            || {
+                format!(
+                    "`{}` must be a size of at least 64B, e.g. 256KiB",
+                    physical.max_payload
+                )
+            },
+        );
 
         let r = &spec.requirements;
         let p = r.timeliness.percentile;
@@ -255,12 +277,83 @@ impl TwinSpec {
             || "must be positive".into(),
         );
 
-        if c.problems.is_empty() {
-            Ok(())
-        } else {
-            Err(SpecError {
-                problems: c.problems,
-            })
+        c.into_result()
+    }
+
+    /// Checks the spec against what a node allows any twin: its per-call
+    /// limits and its largest message payload. Every excess is reported
+    /// with its path and the node's flag that sets the maximum.
+    pub fn check_ceilings(&self, ceilings: &Ceilings) -> Result<(), SpecError> {
+        let mut c = Checker::default();
+        let (asked, max) = (self.limits(), ceilings.limits);
+        c.check(
+            asked.fuel_per_call <= max.fuel_per_call,
+            "spec.resources.fuelPerUpdate",
+            || {
+                format!(
+                    "{} is above this node's maximum of {} (--max-fuel-per-update)",
+                    asked.fuel_per_call, max.fuel_per_call
+                )
+            },
+        );
+        c.check(
+            asked.memory_bytes <= max.memory_bytes,
+            "spec.resources.memory",
+            || {
+                format!(
+                    "{} is above this node's maximum of {} (--max-memory)",
+                    self.spec.resources.memory,
+                    bytesize::ByteSize(max.memory_bytes).display().iec()
+                )
+            },
+        );
+        c.check(
+            asked.deadline <= max.deadline,
+            "spec.resources.deadlineMs",
+            || {
+                format!(
+                    "{} is above this node's maximum of {} (--max-deadline-ms)",
+                    self.spec.resources.deadline_ms,
+                    max.deadline.as_millis()
+                )
+            },
+        );
+        c.check(
+            self.max_payload() <= ceilings.payload_bytes,
+            "spec.physical.maxPayload",
+            || {
+                format!(
+                    "{} is above this node's maximum of {} (--max-payload)",
+                    self.spec.physical.max_payload,
+                    bytesize::ByteSize(ceilings.payload_bytes).display().iec()
+                )
+            },
+        );
+        c.into_result()
+    }
+}
+
+/// The most any twin on a node may ask for; specs asking more are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ceilings {
+    /// The largest per-call limits.
+    pub limits: Limits,
+    /// The largest `spec.physical.maxPayload`, in bytes.
+    pub payload_bytes: u64,
+}
+
+impl Default for Ceilings {
+    /// Room for ten times the heaviest model we run (the paper's `prime`
+    /// at 25,000 primes per update stays within 10^9 fuel), while any call
+    /// still ends within 30 s, and so does stopping or deleting a twin.
+    fn default() -> Self {
+        Self {
+            limits: Limits {
+                fuel_per_call: 10_000_000_000,
+                memory_bytes: 1 << 30,
+                deadline: std::time::Duration::from_secs(30),
+            },
+            payload_bytes: 16 << 20,
         }
     }
 }

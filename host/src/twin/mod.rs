@@ -75,8 +75,8 @@ pub struct Twin {
     state: TwinState,
 }
 
-fn model_info(instance: &mut ModelInstance) -> Result<(ModelInfo, Description), GuestError> {
-    let description = instance.describe()?;
+async fn model_info(instance: &mut ModelInstance) -> Result<(ModelInfo, Description), GuestError> {
+    let description = instance.describe().await?;
     let info = ModelInfo {
         name: description.name.clone(),
         version: description.version.clone(),
@@ -89,16 +89,16 @@ fn model_info(instance: &mut ModelInstance) -> Result<(ModelInfo, Description), 
 impl Twin {
     /// Creates a fresh twin named `name` running `component`, initialised
     /// with `config`.
-    pub fn create(
+    pub async fn create(
         runtime: &Runtime,
         component: &ModelComponent,
         name: &str,
         limits: Limits,
         config: &Value,
     ) -> anyhow::Result<Self> {
-        let mut instance = ModelInstance::new(runtime, component, name, limits)?;
-        let (model, description) = model_info(&mut instance)?;
-        instance.init(config)?;
+        let mut instance = ModelInstance::new(runtime, component, name, limits).await?;
+        let (model, description) = model_info(&mut instance).await?;
+        instance.init(config).await?;
         Ok(Self {
             name: name.to_string(),
             instance,
@@ -113,7 +113,7 @@ impl Twin {
     /// Refused, with the reason, when the checkpoint comes from another
     /// model, from a newer state layout than the component reads, or (under
     /// [`RestorePolicy::SameComponent`]) from another build of the model.
-    pub fn restore(
+    pub async fn restore(
         runtime: &Runtime,
         component: &ModelComponent,
         checkpoint: &Checkpoint,
@@ -129,8 +129,8 @@ impl Twin {
                 .context("checkpoint has no twin state")?,
         )
         .context("checkpoint's twin state is malformed")?;
-        let mut instance = ModelInstance::new(runtime, component, &checkpoint.twin, limits)?;
-        let (model, description) = model_info(&mut instance)?;
+        let mut instance = ModelInstance::new(runtime, component, &checkpoint.twin, limits).await?;
+        let (model, description) = model_info(&mut instance).await?;
         let from = &checkpoint.model;
         if from.name != model.name {
             bail!(
@@ -161,7 +161,7 @@ impl Twin {
                 model.version
             );
         }
-        instance.restore(guest, from.state_version)?;
+        instance.restore(guest, from.state_version).await?;
         Ok(Self {
             name: checkpoint.twin.clone(),
             instance,
@@ -193,11 +193,11 @@ impl Twin {
 
     /// Applies `update` unless its sequence number was already applied. A
     /// refusal leaves the twin as it was, sequence number included.
-    pub fn apply(&mut self, update: &Update) -> Result<Applied, GuestError> {
+    pub async fn apply(&mut self, update: &Update) -> Result<Applied, GuestError> {
         if let Some(last_seq) = self.duplicate_of(update.seq) {
             return Ok(Applied::Duplicate { last_seq });
         }
-        let effects = self.instance.on_update(update)?;
+        let effects = self.instance.on_update(update).await?;
         self.commit(update, &effects);
         Ok(Applied::Changed(effects))
     }
@@ -207,7 +207,7 @@ impl Twin {
     /// refuses are returned beside the effects and skipped; the message
     /// still counts as applied. A failure that poisons the instance stops
     /// the message and is returned as the error.
-    pub fn apply_message(
+    pub async fn apply_message(
         &mut self,
         updates: &[Update],
     ) -> Result<(Applied, Vec<GuestError>), GuestError> {
@@ -220,7 +220,7 @@ impl Twin {
         let mut effects = UpdateEffects::default();
         let mut refused = Vec::new();
         for update in updates {
-            match self.instance.on_update(update) {
+            match self.instance.on_update(update).await {
                 Ok(more) => {
                     effects.changes.extend(more.changes);
                     effects.events.extend(more.events);
@@ -259,18 +259,18 @@ impl Twin {
     }
 
     /// Changes the model's configuration.
-    pub fn reconfigure(&mut self, config: &Value) -> Result<(), GuestError> {
-        self.instance.reconfigure(config)
+    pub async fn reconfigure(&mut self, config: &Value) -> Result<(), GuestError> {
+        self.instance.reconfigure(config).await
     }
 
     /// Carries out an action.
-    pub fn act(&mut self, action: &str, input: &Value) -> Result<ActionOutcome, GuestError> {
-        self.instance.on_action(action, input)
+    pub async fn act(&mut self, action: &str, input: &Value) -> Result<ActionOutcome, GuestError> {
+        self.instance.on_action(action, input).await
     }
 
     /// Captures everything needed to resume the twin.
-    pub fn checkpoint(&mut self) -> anyhow::Result<Checkpoint> {
-        let guest = self.instance.snapshot()?;
+    pub async fn checkpoint(&mut self) -> anyhow::Result<Checkpoint> {
+        let guest = self.instance.snapshot().await?;
         let twin = serde_json::to_vec(&self.state).context("serialising the twin state")?;
         Ok(Checkpoint {
             twin: self.name.clone(),

@@ -1,6 +1,8 @@
 //! A model that misbehaves on purpose, to prove the sandbox holds. With
 //! config `{"mode": "loop" | "hog" | "panic" | "trap"}` its first update
-//! loops forever, allocates without bound, panics, or traps.
+//! loops forever, allocates without bound, panics, or traps; `fragile`
+//! behaves until an update's value is not a number, which it `unwrap()`s
+//! as an ordinary plugin might.
 
 use serde::{Deserialize, Serialize};
 use wasmtwin_sdk::{Effects, Error, Model, Update};
@@ -22,6 +24,9 @@ pub enum Mode {
     Probe,
     /// Behave (so tests can check a healthy instance beside the others).
     Good,
+    /// Sum the updates' values, panicking (an `unwrap()`) on one that is
+    /// not a number.
+    Fragile,
 }
 
 /// `{"mode": ...}`, default `good`.
@@ -74,7 +79,7 @@ impl Model for Misbehave {
         })
     }
 
-    fn on_update(&mut self, _update: &Update, effects: &mut Effects) -> Result<(), Error> {
+    fn on_update(&mut self, update: &Update, effects: &mut Effects) -> Result<(), Error> {
         match self.mode {
             Mode::Loop => spin(),
             Mode::Hog => {
@@ -84,6 +89,10 @@ impl Model for Misbehave {
             Mode::Trap => trap(),
             Mode::Probe => probe(effects),
             Mode::Good => {}
+            Mode::Fragile => {
+                let value = update.value.as_f64().unwrap();
+                effects.set("last_value", value);
+            }
         }
         self.applied += 1;
         effects.set("applied", self.applied);
