@@ -39,6 +39,12 @@ const STEP: usize = 64 * 1024;
 /// Most reserved up front for a section; a longer one grows as it is
 /// read, so a lying length fails as truncation before it allocates.
 const RESERVE_MAX: u64 = 64 << 20;
+/// Most bytes of sections a reader holds in memory, all together: a guest
+/// snapshot at a node's largest memory ceiling (1 GiB) and room for the
+/// rest. A header that declares more is refused before a body is read.
+pub const HELD_MAX: u64 = (1 << 30) + (256 << 20);
+/// Most bytes of one section read into a temporary file (a history).
+pub const SPILLED_MAX: u64 = 16 << 30;
 
 /// The section holding the guest's own snapshot bytes.
 pub const GUEST_SECTION: &str = "guest";
@@ -75,6 +81,9 @@ pub enum CheckpointError {
     /// A checksum does not match.
     #[error("checkpoint is corrupted: {0}")]
     Corrupted(String),
+    /// The header declares more than a reader takes.
+    #[error("checkpoint is too large: {0}")]
+    TooLarge(String),
     /// Reading or writing failed.
     #[error("checkpoint I/O failed: {0}")]
     Io(#[from] std::io::Error),
@@ -366,6 +375,7 @@ impl Checkpoint {
         r.exact(&mut header, "the header")?;
         let header: Header = serde_json::from_slice(&header)
             .map_err(|e| CheckpointError::BadHeader(e.to_string()))?;
+        check_declared(&header.sections, &spill)?;
         // Version 2 seals the header here; version 1 goes on over the bodies.
         let sealed = (version == FORMAT_VERSION).then(|| r.hash.clone().finalize());
         let mut sections = Vec::with_capacity(header.sections.len());
@@ -446,6 +456,39 @@ impl Checkpoint {
         };
         Ok((checkpoint, spilled))
     }
+}
+
+/// Refuses a header whose sections, as declared, exceed what a reader
+/// holds ([`HELD_MAX`] in memory in all, [`SPILLED_MAX`] per spilled
+/// section), before a byte of them is read.
+fn check_declared(
+    sections: &[SectionInfo],
+    spill: &impl Fn(&SectionInfo) -> bool,
+) -> Result<(), CheckpointError> {
+    let size = |n: u64| bytesize::ByteSize(n).display().iec().to_string();
+    let mut held = 0u64;
+    for section in sections {
+        if spill(section) {
+            if section.len > SPILLED_MAX {
+                return Err(CheckpointError::TooLarge(format!(
+                    "section `{}` declares {}, more than the {} allowed",
+                    section.name,
+                    size(section.len),
+                    size(SPILLED_MAX)
+                )));
+            }
+        } else {
+            held = held.saturating_add(section.len);
+        }
+    }
+    if held > HELD_MAX {
+        return Err(CheckpointError::TooLarge(format!(
+            "its sections declare {} to hold in memory, more than the {} allowed; nothing was read",
+            size(held),
+            size(HELD_MAX)
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -545,6 +588,27 @@ mod tests {
                 "flip at byte {i} went unnoticed"
             );
         }
+    }
+
+    /// A header that declares a 2 GB section is refused at once, not after
+    /// reading (and holding) 2 GB.
+    #[test]
+    fn defect_07_declared_lengths_are_checked_before_reading() {
+        let bytes = sample().to_bytes().unwrap();
+        let header_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        let mut header: Header = serde_json::from_slice(&bytes[16..16 + header_len]).unwrap();
+        header.sections[0].len = 2_000_000_000;
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut lying = bytes[..12].to_vec();
+        lying.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        lying.extend_from_slice(&header);
+        // Bodies that go on and on: the reader must not wait for them.
+        let endless = std::io::Read::chain(&lying[..], std::io::repeat(7));
+        let err = Checkpoint::read_from(endless).unwrap_err();
+        assert!(
+            matches!(err, CheckpointError::TooLarge(_)) && err.to_string().contains("1.2 GiB"),
+            "{err}"
+        );
     }
 
     #[test]

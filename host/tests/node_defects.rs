@@ -356,3 +356,39 @@ fn defect_12_a_spec_that_would_discard_a_twins_state_needs_replace() {
     assert!(body.contains("replaced"), "{body}");
     assert_eq!(site.twin("kept")["updatesApplied"], 0);
 }
+
+#[test]
+fn defect_11_a_device_that_restarts_its_count_is_recognised_not_silenced() {
+    let site = Site::start(&[]);
+    created(&site, "counter", &spec("counter", "good", ""));
+    let at = |seq: u64, ts_ms: u64| {
+        serde_json::to_vec(&json!({ "seq": seq, "ts_ms": ts_ms, "x": seq })).unwrap()
+    };
+    let t0 = 1_900_000_000_000u64;
+    site.publish(
+        "dev/counter",
+        &[
+            at(1, t0),
+            at(2, t0 + 1),
+            at(u64::MAX, t0 + 2),
+            // A redelivery of an applied message: dropped.
+            at(2, t0 + 1),
+            // Numbered lower but produced later: the device restarted.
+            at(3, t0 + 3),
+            at(4, t0 + 4),
+        ],
+    );
+    wait_for(
+        || site.twin("counter")["lastSeq"] == 4,
+        "the updates after the restart",
+    );
+    let twin = site.twin("counter");
+    assert_eq!(twin["updatesApplied"], 5, "{twin}");
+    let reasons = twin["entanglement"]["reasons"].to_string();
+    assert!(reasons.contains("restarted its sequence numbers"), "{twin}");
+    let (_, metrics) = site.node.api.get("/metrics");
+    assert!(
+        metrics.contains("wasmtwin_twin_sequence_restarts_total{twin=\"counter\"} 1"),
+        "{metrics}"
+    );
+}

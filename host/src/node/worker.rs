@@ -399,6 +399,7 @@ impl Worker {
     async fn apply(&mut self, updates: &[Update]) -> Option<Op> {
         let update = updates.first()?;
         let started = Instant::now();
+        let previous_seq = self.twin.state().last_seq;
         match self.twin.apply_message(updates).await {
             Ok((Applied::Changed(effects), refused)) => {
                 for error in refused {
@@ -412,8 +413,20 @@ impl Worker {
                     .model_seconds
                     .get_or_create(&label)
                     .observe(started.elapsed().as_secs_f64());
+                // Applied although numbered at or below the last one: the
+                // device restarted its count (see `Twin::duplicate_of`).
+                let restarted = previous_seq.filter(|&previous| update.seq <= previous);
+                if let Some(previous) = restarted {
+                    tracing::warn!(twin = %self.name, previous, seq = update.seq, "the device restarted its sequence numbers");
+                    self.metrics.sequence_restarts.get_or_create(&label).inc();
+                }
                 let mut shared = self.shared();
                 shared.state = self.twin.state().clone();
+                if let Some(previous) = restarted {
+                    shared
+                        .entanglement
+                        .restarted(previous, update.seq, committed_us);
+                }
                 let timeliness_us =
                     shared
                         .entanglement

@@ -427,7 +427,7 @@ mod tests {
     /// A closed twin's session stops even when its broker cannot be
     /// reached (it used to reconnect there for the rest of the run).
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_closed_link_stops_reconnecting_to_an_unreachable_broker() {
+    async fn defect_13_a_closed_link_stops_reconnecting_to_an_unreachable_broker() {
         // A "broker" that hangs up on every connection.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

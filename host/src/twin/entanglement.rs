@@ -78,6 +78,22 @@ struct Sample {
     committed_us: u64,
     seq: u64,
     timeliness_us: u64,
+    /// Device restarts before this sample: sequence numbers compare only
+    /// within one run of the device.
+    #[serde(default)]
+    run: u64,
+}
+
+/// The device restarting its sequence numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Restart {
+    /// When the twin applied the first update of the new run, µs.
+    pub at_us: u64,
+    /// The last sequence number of the run before.
+    pub previous_seq: u64,
+    /// The first of the new run.
+    pub seq: u64,
 }
 
 /// The sliding-window measures of one twin.
@@ -89,6 +105,10 @@ pub struct Entanglement {
     outages: VecDeque<(u64, u64)>,
     outage_since: Option<u64>,
     status: Option<Status>,
+    /// Device restarts within the window, oldest first.
+    restarts: VecDeque<Restart>,
+    /// Device restarts seen in all.
+    runs: u64,
 }
 
 const US_PER_MS: u64 = 1_000;
@@ -105,6 +125,10 @@ pub struct Window {
     /// When the twin stopped being available: it left, or was already down.
     away_since_us: u64,
     status: Option<Status>,
+    #[serde(default)]
+    restarts: Vec<Restart>,
+    #[serde(default)]
+    runs: u64,
 }
 
 impl Entanglement {
@@ -117,6 +141,8 @@ impl Entanglement {
             outages: VecDeque::new(),
             outage_since: None,
             status: None,
+            restarts: VecDeque::new(),
+            runs: 0,
         }
     }
 
@@ -128,6 +154,8 @@ impl Entanglement {
             outages: self.outages.iter().copied().collect(),
             away_since_us: self.outage_since.unwrap_or(now_us),
             status: self.status,
+            restarts: self.restarts.iter().copied().collect(),
+            runs: self.runs,
         }
     }
 
@@ -143,6 +171,8 @@ impl Entanglement {
             outages,
             outage_since: None,
             status: window.status,
+            restarts: window.restarts.into(),
+            runs: window.runs,
         }
     }
 
@@ -162,8 +192,22 @@ impl Entanglement {
             committed_us,
             seq,
             timeliness_us,
+            run: self.runs,
         });
         timeliness_us
+    }
+
+    /// Notes that the device restarted its sequence numbers: the update
+    /// numbered `seq`, applied at `now_us`, follows `previous_seq`. Record
+    /// that update after this. The restart is among the reasons while it
+    /// is in the window.
+    pub fn restarted(&mut self, previous_seq: u64, seq: u64, now_us: u64) {
+        self.runs += 1;
+        self.restarts.push_back(Restart {
+            at_us: now_us,
+            previous_seq,
+            seq,
+        });
     }
 
     /// Marks the twin available (running and bound) or not from `now_us`.
@@ -193,6 +237,9 @@ impl Entanglement {
         while self.outages.front().is_some_and(|&(_, end)| end < start) {
             self.outages.pop_front();
         }
+        while self.restarts.front().is_some_and(|r| r.at_us < start) {
+            self.restarts.pop_front();
+        }
         let span = now_us.saturating_sub(start);
         let report = self.measure(start, now_us, span);
         let changed = (self.status != Some(report.status)).then_some(self.status);
@@ -221,13 +268,7 @@ impl Entanglement {
         // from the span of sequence numbers seen; the larger expectation
         // (the lower reliability) wins.
         let by_rate = req.expected_rate_hz * span as f64 / 1e6;
-        let by_sequence = match (
-            self.samples.iter().map(|s| s.seq).min(),
-            self.samples.iter().map(|s| s.seq).max(),
-        ) {
-            (Some(lo), Some(hi)) => (hi - lo + 1) as f64,
-            _ => 0.0,
-        };
+        let by_sequence = self.sequence_span() as f64;
         let expected = by_rate.max(by_sequence);
         let reliability = if expected < 1.0 {
             1.0
@@ -270,6 +311,14 @@ impl Entanglement {
                 req.availability
             ));
         }
+        for restart in &self.restarts {
+            reasons.push(format!(
+                "the device restarted its sequence numbers {:.0} s ago (update {} after {})",
+                now.saturating_sub(restart.at_us) as f64 / 1e6,
+                restart.seq,
+                restart.previous_seq
+            ));
+        }
         let status = if odte < req.odte {
             reasons.push(format!(
                 "overall entanglement is {odte:.3}, below {}",
@@ -292,6 +341,21 @@ impl Entanglement {
             status,
             reasons,
         }
+    }
+
+    /// Updates the sequence numbers in the window say were sent: the span
+    /// of each run of the device, added up.
+    fn sequence_span(&self) -> u64 {
+        let mut spans = std::collections::BTreeMap::<u64, (u64, u64)>::new();
+        for sample in &self.samples {
+            let span = spans.entry(sample.run).or_insert((sample.seq, sample.seq));
+            span.0 = span.0.min(sample.seq);
+            span.1 = span.1.max(sample.seq);
+        }
+        spans
+            .values()
+            .map(|(lo, hi)| (hi - lo).saturating_add(1))
+            .fold(0, u64::saturating_add)
     }
 
     fn percentiles(&self) -> Percentiles {
@@ -448,6 +512,35 @@ mod tests {
         let (report, _) = e.evaluate(T0 + 45 * S);
         assert!(report.availability < 0.9, "{report:?}");
         assert!(report.reasons.iter().any(|r| r.starts_with("availability")));
+    }
+
+    #[test]
+    fn defect_11_a_device_restart_is_a_reason_not_a_collapse_of_reliability() {
+        let mut e = Entanglement::new(paper(), T0);
+        // Ten updates a second: 1..=100, then the device restarts at 1.
+        for seq in 1..=100u64 {
+            e.record(seq, (T0 + seq * S / 10) / 1000, T0 + seq * S / 10);
+        }
+        e.restarted(100, 1, T0 + 101 * S / 10);
+        for seq in 1..=100u64 {
+            let at = T0 + (100 + seq) * S / 10;
+            e.record(seq, at / 1000, at);
+        }
+        let (report, _) = e.evaluate(T0 + 20 * S);
+        assert!(report.reliability > 0.99, "{report:?}");
+        assert!(
+            report
+                .reasons
+                .iter()
+                .any(|r| r.contains("restarted its sequence numbers")),
+            "{report:?}"
+        );
+        // One wild number (2^64 - 1) does not overflow the span.
+        e.record(u64::MAX, (T0 + 20 * S) / 1000, T0 + 20 * S);
+        e.restarted(u64::MAX, 101, T0 + 20 * S + 1);
+        e.record(101, (T0 + 20 * S) / 1000, T0 + 20 * S + 2);
+        let (report, _) = e.evaluate(T0 + 21 * S);
+        assert!(report.reliability > 0.0, "{report:?}");
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub struct TwinState {
     pub properties: BTreeMap<String, Value>,
     /// Sequence number of the last update applied.
     pub last_seq: Option<u64>,
+    /// The PT timestamp (ms since the Unix epoch) of the last update
+    /// applied: an update numbered at or below `last_seq` but produced
+    /// after it cannot be a redelivery, so the device restarted its count.
+    #[serde(default)]
+    pub last_ts_ms: Option<u64>,
     /// Updates applied since the twin was created.
     pub updates_applied: u64,
     /// For each property, the PT timestamp (ms since the Unix epoch) and
@@ -191,10 +196,11 @@ impl Twin {
         &self.state
     }
 
-    /// Applies `update` unless its sequence number was already applied. A
-    /// refusal leaves the twin as it was, sequence number included.
+    /// Applies `update` unless its sequence number was already applied
+    /// (see [`Twin::duplicate_of`]). A refusal leaves the twin as it was,
+    /// sequence number included.
     pub async fn apply(&mut self, update: &Update) -> Result<Applied, GuestError> {
-        if let Some(last_seq) = self.duplicate_of(update.seq) {
+        if let Some(last_seq) = self.duplicate_of(update) {
             return Ok(Applied::Duplicate { last_seq });
         }
         let effects = self.instance.on_update(update).await?;
@@ -214,7 +220,7 @@ impl Twin {
         let Some(first) = updates.first() else {
             return Ok((Applied::Changed(UpdateEffects::default()), Vec::new()));
         };
-        if let Some(last_seq) = self.duplicate_of(first.seq) {
+        if let Some(last_seq) = self.duplicate_of(first) {
             return Ok((Applied::Duplicate { last_seq }, Vec::new()));
         }
         let mut effects = UpdateEffects::default();
@@ -234,8 +240,18 @@ impl Twin {
         Ok((Applied::Changed(effects), refused))
     }
 
-    fn duplicate_of(&self, seq: u64) -> Option<u64> {
-        self.state.last_seq.filter(|&last| seq <= last)
+    /// The last sequence number applied, if `update` repeats an update
+    /// already applied: it is numbered at or below that one and was not
+    /// produced later. One numbered lower but produced later means the
+    /// device restarted its count (or jumped ahead once): it is applied,
+    /// and numbering goes on from it.
+    fn duplicate_of(&self, update: &Update) -> Option<u64> {
+        let last = self.state.last_seq.filter(|&last| update.seq <= last)?;
+        let restarted = self
+            .state
+            .last_ts_ms
+            .is_some_and(|last_ts| update.ts_ms > last_ts);
+        (!restarted).then_some(last)
     }
 
     fn commit(&mut self, update: &Update, effects: &UpdateEffects) {
@@ -250,6 +266,7 @@ impl Twin {
             self.state.changed.insert(property.clone(), observed);
         }
         self.state.last_seq = Some(update.seq);
+        self.state.last_ts_ms = Some(update.ts_ms);
         self.state.updates_applied += 1;
     }
 
