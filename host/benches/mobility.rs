@@ -50,6 +50,14 @@ impl Host {
             .arg(data)
             .arg("--trust")
             .arg(trust)
+            // The signed components sit beside the keys' directory.
+            .arg("--component-dir")
+            .arg(
+                trust
+                    .parent()
+                    .and_then(Path::parent)
+                    .expect("the setup's directory"),
+            )
             .arg("--cache-dir")
             .arg(data.parent().expect("a parent").join("cache"))
             .env("WASMTWIN_LOG", "error")

@@ -84,6 +84,11 @@ fn host_on(http: u16, data: &Path, signed: &Signed, broker: &str, extra: &[Strin
         arg(data),
         "--trust",
         arg(&signed.trust),
+        "--component-dir",
+        arg(signed
+            .keys
+            .parent()
+            .expect("the signed components' directory")),
         "--token",
         TOKEN,
         "--cache-dir",

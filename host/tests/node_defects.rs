@@ -97,6 +97,12 @@ fn host(data: &Path, mqtt: u16, extra: &[String]) -> Node {
         "--cache-dir",
         arg(&data.join("cache")),
         "--allow-unsigned",
+        "--component-dir",
+        arg(plugin("misbehave")
+            .parent()
+            .expect("the plugins' directory")),
+        "--component-dir",
+        arg(data),
         "--token",
         TOKEN,
     ]

@@ -203,9 +203,11 @@ spec:
     );
 
     // An unsigned model is refused by the node, which keeps what it had.
+    let unsigned_model = components.join("unsigned-machine.wasm");
+    std::fs::copy(plugin("machine"), &unsigned_model).unwrap();
     let unsigned = spec("{}").replace(
         &components.join("machine.wasm").display().to_string(),
-        arg(&plugin("machine")),
+        arg(&unsigned_model),
     );
     let out = apply(&unsigned.replace("config: {}", "config: {max_rpm: 100}"));
     assert!(

@@ -144,6 +144,10 @@ pub struct HostArgs {
     max_requests: usize,
     #[command(flatten)]
     ceilings: CeilingArgs,
+    /// A directory local component paths in specs may name (repeat for
+    /// more); without one, components come from registries only.
+    #[arg(long = "component-dir", value_name = "DIR")]
+    component_dirs: Vec<PathBuf>,
 }
 
 /// The most any twin on the node may ask for; specs asking more are
@@ -245,6 +249,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
                 policy,
                 queue_capacity: args.queue,
                 ceilings: args.ceilings.resolve(),
+                component_dirs: args.component_dirs,
             },
             runtime,
             store,

@@ -138,6 +138,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
                 policy: TrustPolicy::Require(trust),
                 queue_capacity: 1024,
                 ceilings: wasmtwin::spec::Ceilings::default(),
+                component_dirs: vec![components.clone()],
             },
             runtime,
             store,

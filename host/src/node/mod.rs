@@ -6,6 +6,7 @@
 //! [`Node::resume`] brings every twin back after a restart.
 
 mod bundle;
+mod local;
 mod mobility;
 mod view;
 mod worker;
@@ -54,6 +55,8 @@ pub struct NodeConfig {
     pub queue_capacity: usize,
     /// The most any twin may ask for; specs asking more are refused.
     pub ceilings: Ceilings,
+    /// The directories local component paths in specs may name.
+    pub component_dirs: Vec<PathBuf>,
 }
 
 /// How long a stopping twin may take to finish the call under way before
@@ -173,6 +176,8 @@ pub enum NodeError {
 /// A running node.
 pub struct Node {
     config: NodeConfig,
+    /// Where local component files are read from.
+    local: local::ComponentDirs,
     runtime: Runtime,
     /// Runs the twins' workers: one thread per core, whatever the number
     /// of twins (10,000 idle twins cost no threads).
@@ -206,6 +211,7 @@ impl Node {
             .build()
             .context("starting the twins' worker threads")?;
         Ok(Self {
+            local: local::ComponentDirs::open(&config.component_dirs)?,
             config,
             runtime,
             workers: workers.handle().clone(),
@@ -284,8 +290,9 @@ impl Node {
             registry::pull(&location, &registry::Options::default())
                 .with_context(|| format!("fetching the {what} {reference}"))?
         } else {
-            std::fs::read(PathBuf::from(reference))
-                .with_context(|| format!("reading the {what} {reference}"))?
+            self.local
+                .read(reference)
+                .with_context(|| format!("reading the {what}"))?
         };
         self.check(&bytes, component, publisher_key, what)?;
         Ok(bytes)

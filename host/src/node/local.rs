@@ -1,0 +1,150 @@
+//! The directories a node loads component files from on a client's behalf
+//! (`--component-dir`). Each is opened once as a capability
+//! (`cap_std::fs::Dir`) and a spec's path is opened through it, so `..`,
+//! absolute paths elsewhere and symbolic links out of it are refused; only
+//! regular files up to [`COMPONENT_MAX`] are read. A client with the token
+//! can therefore not probe the node's file system, nor hang an apply on a
+//! FIFO or read `/dev/zero` without end.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use cap_std::fs::Dir;
+
+/// The largest component file a node reads.
+pub const COMPONENT_MAX: u64 = 64 << 20;
+
+/// The directories local component references may name.
+pub struct ComponentDirs {
+    /// Each directory as given (canonical), and its capability.
+    dirs: Vec<(PathBuf, Dir)>,
+}
+
+impl ComponentDirs {
+    /// Opens `paths`, which must be directories.
+    pub fn open(paths: &[PathBuf]) -> anyhow::Result<Self> {
+        let dirs = paths
+            .iter()
+            .map(|path| {
+                let canonical = path
+                    .canonicalize()
+                    .with_context(|| format!("component directory {}", path.display()))?;
+                let dir = Dir::open_ambient_dir(&canonical, cap_std::ambient_authority())
+                    .with_context(|| format!("opening component directory {}", path.display()))?;
+                Ok((canonical, dir))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { dirs })
+    }
+
+    /// Reads the component file `reference` names: a path inside one of
+    /// the directories, absolute or relative to it.
+    pub fn read(&self, reference: &str) -> anyhow::Result<Vec<u8>> {
+        if self.dirs.is_empty() {
+            bail!(
+                "{reference} is a local path, and this node loads no component files \
+                 (start it with --component-dir DIR, or publish the component to a registry)"
+            );
+        }
+        let path = Path::new(reference);
+        for (root, dir) in &self.dirs {
+            let inside = if path.is_absolute() {
+                match path.strip_prefix(root) {
+                    Ok(inside) => inside,
+                    Err(_) => continue,
+                }
+            } else {
+                path
+            };
+            // Looked at before it is opened: opening a FIFO would wait for
+            // a writer.
+            let metadata = match dir.metadata(inside) {
+                Ok(metadata) => metadata,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.is_relative() => {
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("reading {reference}")),
+            };
+            if !metadata.is_file() {
+                bail!("{reference} is not a regular file");
+            }
+            if metadata.len() > COMPONENT_MAX {
+                bail!(
+                    "{reference} has {} bytes, more than the {COMPONENT_MAX} a component may have",
+                    metadata.len()
+                );
+            }
+            let mut bytes = Vec::new();
+            dir.open(inside)
+                .with_context(|| format!("reading {reference}"))?
+                .take(COMPONENT_MAX + 1)
+                .read_to_end(&mut bytes)
+                .with_context(|| format!("reading {reference}"))?;
+            if bytes.len() as u64 > COMPONENT_MAX {
+                bail!("{reference} grew past {COMPONENT_MAX} bytes while being read");
+            }
+            return Ok(bytes);
+        }
+        let allowed: Vec<String> = self
+            .dirs
+            .iter()
+            .map(|(root, _)| root.display().to_string())
+            .collect();
+        bail!(
+            "{reference} is not inside a directory this node loads components from ({})",
+            allowed.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defect_10_only_regular_files_inside_the_component_dirs_are_read() {
+        let root = tempfile::tempdir().unwrap();
+        let allowed = root.path().join("allowed");
+        std::fs::create_dir(&allowed).unwrap();
+        std::fs::write(allowed.join("m.wasm"), b"component").unwrap();
+        std::fs::write(root.path().join("secret"), b"secret").unwrap();
+        std::os::unix::fs::symlink(root.path().join("secret"), allowed.join("link")).unwrap();
+        let fifo = allowed.join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let dirs = ComponentDirs::open(std::slice::from_ref(&allowed)).unwrap();
+        let canonical = allowed.canonicalize().unwrap();
+        assert_eq!(dirs.read("m.wasm").unwrap(), b"component");
+        assert_eq!(
+            dirs.read(canonical.join("m.wasm").to_str().unwrap())
+                .unwrap(),
+            b"component"
+        );
+        for (reference, why) in [
+            ("../secret".to_string(), ""),
+            ("link".to_string(), ""),
+            (
+                root.path().join("secret").display().to_string(),
+                "not inside",
+            ),
+            ("/dev/zero".to_string(), "not inside"),
+            (
+                fifo.canonicalize().unwrap().display().to_string(),
+                "not a regular file",
+            ),
+            ("fifo".to_string(), "not a regular file"),
+        ] {
+            let err = dirs.read(&reference).expect_err(&reference);
+            assert!(format!("{err:#}").contains(why), "{reference}: {err:#}");
+        }
+        let none = ComponentDirs::open(&[]).unwrap();
+        let err = none.read("m.wasm").unwrap_err();
+        assert!(err.to_string().contains("--component-dir"), "{err}");
+    }
+}
