@@ -307,6 +307,7 @@ fn node(dir: &Path, port: u16, queue: usize) -> (Arc<Node>, impl Fn(usize) -> Tw
                 queue_capacity: queue,
                 ceilings: wasmtwin::spec::Ceilings::default(),
                 component_dirs: vec![dir.to_path_buf()],
+                registry: Default::default(),
             },
             runtime,
             store,

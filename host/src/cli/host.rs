@@ -64,6 +64,16 @@ pub fn new_token() -> anyhow::Result<String> {
     Ok(hex::encode(bytes))
 }
 
+/// Reads a PEM file of CA certificates.
+fn read_pem(file: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let pem =
+        std::fs::read(file).with_context(|| format!("reading the CA file {}", file.display()))?;
+    if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+        anyhow::bail!("{} is not a PEM file", file.display());
+    }
+    Ok(pem)
+}
+
 /// How the node logs in to its MQTT brokers.
 #[derive(Debug, Args)]
 pub struct MqttArgs {
@@ -105,12 +115,7 @@ impl MqttArgs {
             if !broker.tls {
                 anyhow::bail!("--mqtt-ca needs an mqtts:// broker URL");
             }
-            let pem = std::fs::read(file)
-                .with_context(|| format!("reading the CA file {}", file.display()))?;
-            if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
-                anyhow::bail!("{} is not a PEM file", file.display());
-            }
-            broker.ca_pem = Some(pem);
+            broker.ca_pem = Some(read_pem(file)?);
         }
         Ok(broker)
     }
@@ -148,6 +153,35 @@ pub struct HostArgs {
     /// more); without one, components come from registries only.
     #[arg(long = "component-dir", value_name = "DIR")]
     component_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// How the node pulls `oci://` components. Credentials come from
+/// WASMTWIN_REGISTRY_USERNAME and WASMTWIN_REGISTRY_PASSWORD, else the
+/// docker configuration, as for `wasmtwin pull`.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// A registry (`HOST[:PORT]`) to reach over plain HTTP (a local or test
+    /// registry only; repeat for more).
+    #[arg(long = "registry-insecure", value_name = "HOST[:PORT]")]
+    insecure_hosts: Vec<String>,
+    /// PEM file of a CA that may sign registries' certificates, besides
+    /// the system's roots.
+    #[arg(long, value_name = "FILE")]
+    registry_ca: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// The pull options these flags set.
+    pub fn resolve(&self) -> anyhow::Result<wasmtwin::registry::Options> {
+        let ca_pem = self.registry_ca.as_deref().map(read_pem).transpose()?;
+        Ok(wasmtwin::registry::Options {
+            insecure_hosts: self.insecure_hosts.clone(),
+            ca_pem,
+            ..Default::default()
+        })
+    }
 }
 
 /// The most any twin on the node may ask for; specs asking more are
@@ -250,6 +284,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
                 queue_capacity: args.queue,
                 ceilings: args.ceilings.resolve(),
                 component_dirs: args.component_dirs,
+                registry: args.registry.resolve()?,
             },
             runtime,
             store,

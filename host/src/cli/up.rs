@@ -139,6 +139,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
                 queue_capacity: 1024,
                 ceilings: wasmtwin::spec::Ceilings::default(),
                 component_dirs: vec![components.clone()],
+                registry: Default::default(),
             },
             runtime,
             store,

@@ -57,6 +57,9 @@ pub struct NodeConfig {
     pub ceilings: Ceilings,
     /// The directories local component paths in specs may name.
     pub component_dirs: Vec<PathBuf>,
+    /// How `oci://` components are pulled (plain-HTTP hosts, a private CA,
+    /// credentials).
+    pub registry: registry::Options,
 }
 
 /// How long a stopping twin may take to finish the call under way before
@@ -287,7 +290,7 @@ impl Node {
         let reference = &component.reference;
         let bytes = if reference.contains("://") {
             let location: Location = reference.parse()?;
-            registry::pull(&location, &registry::Options::default())
+            registry::pull(&location, &self.config.registry)
                 .with_context(|| format!("fetching the {what} {reference}"))?
         } else {
             self.local

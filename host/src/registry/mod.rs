@@ -96,6 +96,12 @@ impl std::str::FromStr for Location {
 pub struct Options {
     /// Use plain HTTP (for a registry on a trusted local network).
     pub insecure: bool,
+    /// Registries (`host[:port]`) reached over plain HTTP while the others
+    /// use HTTPS (a node's `--registry-insecure`).
+    pub insecure_hosts: Vec<String>,
+    /// PEM certificates of further CAs that may sign a registry's
+    /// certificate (a private CA), besides the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
     /// Who to log in as.
     pub credentials: Credentials,
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::manifest::OciManifest;
 use oci_client::{Client, Reference, RegistryOperation};
 
@@ -15,12 +15,24 @@ use crate::digest::Digest;
 const CHUNK: usize = 256 * 1024;
 
 fn client(options: &Options) -> Client {
+    let protocol = if options.insecure {
+        ClientProtocol::Http
+    } else if options.insecure_hosts.is_empty() {
+        ClientProtocol::Https
+    } else {
+        ClientProtocol::HttpsExcept(options.insecure_hosts.clone())
+    };
+    let extra_root_certificates = options
+        .ca_pem
+        .iter()
+        .map(|pem| Certificate {
+            encoding: CertificateEncoding::Pem,
+            data: pem.clone(),
+        })
+        .collect();
     Client::new(ClientConfig {
-        protocol: if options.insecure {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        },
+        protocol,
+        extra_root_certificates,
         ..ClientConfig::default()
     })
 }
