@@ -75,7 +75,7 @@ enum Command {
     /// and a simulated motor.
     Up(up::UpArgs),
     /// Run a node that hosts twins.
-    Host(host::HostArgs),
+    Host(Box<host::HostArgs>),
     /// Create or replace a twin from a spec on a node.
     Apply(client::ApplyArgs),
     /// Read twins from a node.
@@ -138,7 +138,7 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Up(args) => up::run(&self.global, args),
-            Command::Host(args) => host::run(&self.global, args),
+            Command::Host(args) => host::run(&self.global, *args),
             Command::Apply(args) => client::apply(args),
             Command::Get(args) => client::get(args),
             Command::Checkpoint(args) => mobility::checkpoint(args),
