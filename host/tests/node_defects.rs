@@ -134,6 +134,13 @@ spec:
     )
 }
 
+/// A spec of twin `name` running the `machine` model, fed from `dev/NAME`.
+fn machine_spec(name: &str) -> String {
+    spec(name, "good", "")
+        .replace(arg(&plugin("misbehave")), arg(&plugin("machine")))
+        .replace("config: {mode: good}", "config: {}")
+}
+
 /// A JSON telemetry message.
 fn message(seq: u64, value: Value) -> Vec<u8> {
     let ts_ms = std::time::SystemTime::now()
@@ -397,4 +404,28 @@ fn defect_11_a_device_that_restarts_its_count_is_recognised_not_silenced() {
         metrics.contains("wasmtwin_twin_sequence_restarts_total{twin=\"counter\"} 1"),
         "{metrics}"
     );
+}
+
+#[test]
+fn defect_16_an_action_changes_the_twins_state_at_once_and_durably() {
+    let mut site = Site::start(&[]);
+    created(&site, "motor", &machine_spec("motor"));
+    let hot = |seq: u64, t: f64| {
+        serde_json::to_vec(&json!({ "seq": seq, "ts_ms": seq, "temperature": t })).unwrap()
+    };
+    site.publish("dev/motor", &[hot(1, 95.0)]);
+    wait_for(
+        || site.twin("motor")["properties"]["alarms"]["value"] == 1,
+        "the alarm count",
+    );
+    let (status, body) = site.node.api.post("/v1/twins/motor/actions/reset", "");
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["result"], json!({"cleared": 1}), "{answer}");
+    assert_eq!(answer["changes"], json!({"alarms": 0}), "{answer}");
+    // Applied at once, not at the next update…
+    assert_eq!(site.twin("motor")["properties"]["alarms"]["value"], 0);
+    // …and durable: a restarted node has it.
+    site.restart();
+    assert_eq!(site.twin("motor")["properties"]["alarms"]["value"], 0);
 }

@@ -22,9 +22,9 @@ pub mod adapter {
         default_bindings_module: "wasmtwin_sdk::bindings::adapter",
         runtime_path: "wasmtwin_sdk::__private::wit_bindgen::rt",
         with: {
-            "wasmtwin:twin/types@0.1.0": crate::bindings::model::wasmtwin::twin::types,
-            "wasmtwin:twin/log@0.1.0": crate::bindings::model::wasmtwin::twin::log,
-            "wasmtwin:twin/clock@0.1.0": crate::bindings::model::wasmtwin::twin::clock,
+            "wasmtwin:twin/types@0.2.0": crate::bindings::model::wasmtwin::twin::types,
+            "wasmtwin:twin/log@0.2.0": crate::bindings::model::wasmtwin::twin::log,
+            "wasmtwin:twin/clock@0.2.0": crate::bindings::model::wasmtwin::twin::clock,
         },
     });
 }

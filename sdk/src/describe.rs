@@ -36,12 +36,53 @@ impl PropertyInfo {
 }
 
 /// An action the model accepts.
+///
+/// ```
+/// use wasmtwin_sdk::ActionInfo;
+/// const SET_SPEED: ActionInfo = ActionInfo::new("set_speed", "Set the target speed")
+///     .input(r#"{"type": "object", "properties": {"rpm": {"type": "number", "minimum": 0}}, "required": ["rpm"]}"#)
+///     .output(r#"{"type": "string"}"#);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ActionInfo {
     /// Its name, as passed to [`Model::on_action`].
     pub name: &'static str,
     /// One line for humans.
     pub description: &'static str,
+    /// JSON Schema of its input (a JSON document), or `None` when it takes
+    /// none. Thing Descriptions publish it, so generic clients can call the
+    /// action.
+    pub input: Option<&'static str>,
+    /// JSON Schema of its reply, or `None`.
+    pub output: Option<&'static str>,
+}
+
+impl ActionInfo {
+    /// An action that takes no input and replies nothing of note.
+    pub const fn new(name: &'static str, description: &'static str) -> Self {
+        Self {
+            name,
+            description,
+            input: None,
+            output: None,
+        }
+    }
+
+    /// The same action taking input described by the JSON Schema `schema`.
+    pub const fn input(self, schema: &'static str) -> Self {
+        Self {
+            input: Some(schema),
+            ..self
+        }
+    }
+
+    /// The same action replying with what the JSON Schema `schema` describes.
+    pub const fn output(self, schema: &'static str) -> Self {
+        Self {
+            output: Some(schema),
+            ..self
+        }
+    }
 }
 
 /// An event the model emits.

@@ -67,24 +67,30 @@ pub fn on_update<M: Model>(
         let mut effects = Effects::default();
         model.on_update(&update, &mut effects)?;
         Ok(wit::Effects {
-            changes: effects
-                .changes()
-                .iter()
-                .map(|(property, value)| wit::StateChange {
-                    property: property.clone(),
-                    value: to_json(value),
-                })
-                .collect(),
-            events: effects
-                .events()
-                .iter()
-                .map(|(name, data)| wit::Event {
-                    name: name.clone(),
-                    data: to_json(data),
-                })
-                .collect(),
+            changes: to_wit_changes(effects.changes()),
+            events: to_wit_events(effects.events()),
         })
     })
+}
+
+fn to_wit_changes(changes: &[(String, serde_json::Value)]) -> Vec<wit::StateChange> {
+    changes
+        .iter()
+        .map(|(property, value)| wit::StateChange {
+            property: property.clone(),
+            value: to_json(value),
+        })
+        .collect()
+}
+
+fn to_wit_events(events: &[(String, serde_json::Value)]) -> Vec<wit::Event> {
+    events
+        .iter()
+        .map(|(name, data)| wit::Event {
+            name: name.clone(),
+            data: to_json(data),
+        })
+        .collect()
 }
 
 fn to_wit_command(command: &crate::Command) -> wit::Command {
@@ -110,6 +116,8 @@ pub fn on_action<M: Model>(
         Ok(wit::ActionOutcome {
             reply: to_json(&result),
             commands: outcome.commands().iter().map(to_wit_command).collect(),
+            changes: to_wit_changes(outcome.effects().changes()),
+            events: to_wit_events(outcome.effects().events()),
         })
     })
 }
@@ -149,6 +157,8 @@ pub fn describe<M: Model>() -> wit::Description {
             .map(|a| wit::ActionInfo {
                 name: a.name.to_string(),
                 description: a.description.to_string(),
+                input: a.input.map(str::to_string),
+                output: a.output.map(str::to_string),
             })
             .collect(),
         events: d

@@ -41,10 +41,9 @@
 //!         PropertyInfo::new("level", "number", "Fill level").unit("%"),
 //!         PropertyInfo::new("alarm", "boolean", "Level above the threshold"),
 //!     ];
-//!     const ACTIONS: &'static [ActionInfo] = &[ActionInfo {
-//!         name: "drain",
-//!         description: "Open the drain valve",
-//!     }];
+//!     const ACTIONS: &'static [ActionInfo] = &[
+//!         ActionInfo::new("drain", "Open the drain valve").output(r#"{"type": "string"}"#),
+//!     ];
 //!
 //!     fn init(config: Config) -> Result<Self, Error> {
 //!         Ok(Tank { level: 0.0, high: config.high, alarm: false })

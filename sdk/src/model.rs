@@ -61,13 +61,31 @@ impl Effects {
     }
 }
 
-/// The commands an action sends to the physical device.
+/// What an action does besides its reply: the commands it sends to the
+/// physical device, and the properties it changes and events it raises.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Outcome {
     commands: Vec<Command>,
+    effects: Effects,
 }
 
 impl Outcome {
+    /// Records that `property` now has `value` (e.g. `reset` clearing an
+    /// alarm count); the host applies it before it replies.
+    pub fn set(&mut self, property: impl Into<String>, value: impl Into<Value>) {
+        self.effects.set(property, value);
+    }
+
+    /// Records that the event `name` happened, with `data`.
+    pub fn emit(&mut self, name: impl Into<String>, data: impl Into<Value>) {
+        self.effects.emit(name, data);
+    }
+
+    /// The property changes and events recorded so far.
+    pub fn effects(&self) -> &Effects {
+        &self.effects
+    }
+
     /// Queues `name` with `payload` for the device. The host sends queued
     /// commands, in order, once the action has succeeded.
     pub fn send(&mut self, name: impl Into<String>, payload: impl Into<Value>) {

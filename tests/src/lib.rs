@@ -23,7 +23,7 @@ pub fn wait<F: std::future::Future>(work: F) -> F::Output {
 }
 
 /// The plugins in `plugins/`, by package name.
-pub const PLUGINS: &[&str] = &["prime", "machine", "json-adapter", "misbehave"];
+pub const PLUGINS: &[&str] = &["prime", "machine", "json-adapter", "misbehave", "legacy"];
 
 /// The workspace's root directory.
 pub fn workspace_root() -> PathBuf {

@@ -137,3 +137,33 @@ fn compiled_components_are_cached_in_memory_and_on_disk() {
     fresh.clear_memory_cache();
     assert_eq!(fresh.compile(&bytes).unwrap().2, CacheOutcome::Compiled);
 }
+
+#[test]
+fn defect_16_a_component_built_against_the_old_contract_is_refused_saying_to_rebuild() {
+    let runtime = runtime();
+    let err = runtime
+        .load_model(&plugin_bytes("legacy"))
+        .err()
+        .expect("a 0.1.0 component must be refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("wasmtwin:twin@0.1.0")
+            && text.contains("wasmtwin:twin@0.2.0")
+            && text.contains("rebuild it with the current wasmtwin-sdk"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn defect_16_an_action_changes_the_state_and_declares_its_schemas() {
+    let mut instance = machine().await;
+    instance.init(&json!({})).await.unwrap();
+    let d = instance.describe().await.unwrap();
+    let set_speed = d.actions.iter().find(|a| a.name == "set_speed").unwrap();
+    let input: serde_json::Value =
+        serde_json::from_str(set_speed.input.as_deref().unwrap()).unwrap();
+    assert_eq!(input["required"], json!(["rpm"]));
+    let outcome = instance.on_action("reset", &json!(null)).await.unwrap();
+    assert_eq!(outcome.changes, [("alarms".to_string(), json!(0))]);
+    assert_eq!(outcome.result, json!({"cleared": 0}));
+}

@@ -63,7 +63,7 @@ pub fn thing_description(
         .actions
         .iter()
         .map(|a| {
-            let affordance = json!({
+            let mut affordance = json!({
                 "title": a.name,
                 "description": a.description,
                 "safe": false,
@@ -75,6 +75,16 @@ pub fn thing_description(
                     "htv:methodName": "POST",
                 }],
             });
+            // The model's schemas, as it declared them (a schema that is
+            // not JSON is left out rather than published broken).
+            for (key, schema) in [("input", &a.input), ("output", &a.output)] {
+                if let Some(schema) = schema
+                    .as_deref()
+                    .and_then(|text| serde_json::from_str::<Value>(text).ok())
+                {
+                    affordance[key] = schema;
+                }
+            }
             (a.name.clone(), affordance)
         })
         .collect();

@@ -366,7 +366,19 @@ async fn act(
                 .iter()
                 .map(|(name, payload)| json!({ "name": name, "payload": payload }))
                 .collect();
-            Json(json!({ "result": outcome.result, "commands": commands })).into_response()
+            let changes: serde_json::Map<String, Value> = outcome.changes.into_iter().collect();
+            let events: Vec<Value> = outcome
+                .events
+                .iter()
+                .map(|(name, data)| json!({ "name": name, "data": data }))
+                .collect();
+            Json(json!({
+                "result": outcome.result,
+                "commands": commands,
+                "changes": changes,
+                "events": events,
+            }))
+            .into_response()
         }
         Err(e) => node_error(e),
     }

@@ -195,7 +195,7 @@ impl Worker {
         // or a resumed one with its journal replayed. A twin that arrived
         // from another node brings its own (the node stored the bundle).
         if self.recovery.is_none() {
-            self.new_recovery_point(Vec::new()).await;
+            self.new_recovery_point(Vec::new(), None).await;
         }
         let mut handover: Option<Handover> = None;
         loop {
@@ -220,7 +220,7 @@ impl Worker {
                 Job::Message(message) => self.on_message(&mut adapter, message).await,
                 Job::Stop => break,
                 Job::Act { name, input, reply } => {
-                    let _ = reply.send(self.act(&mut adapter, &name, &input).await);
+                    self.act(&mut adapter, &name, &input, reply).await;
                 }
                 Job::Reconfigure { config, reply } => {
                     let result = self
@@ -230,7 +230,7 @@ impl Worker {
                         .map_err(|e| e.to_string());
                     if result.is_ok() {
                         // The configuration is part of the state.
-                        self.new_recovery_point(Vec::new()).await;
+                        self.new_recovery_point(Vec::new(), None).await;
                     }
                     let _ = reply.send(result);
                 }
@@ -304,7 +304,7 @@ impl Worker {
             }) as crate::store::Done
         });
         if self.since_recovery.len() >= self.checkpoint_interval() {
-            self.new_recovery_point(ops).await;
+            self.new_recovery_point(ops, None).await;
             // The checkpoint's writes carry this message's too.
             self.store.write(Vec::new(), ack);
         } else {
@@ -324,9 +324,14 @@ impl Worker {
 
     /// Takes a checkpoint, makes it durable together with `ops`, and
     /// recovers from it (plus what follows) if the instance fails.
-    async fn new_recovery_point(&mut self, mut ops: Vec<Op>) -> Option<Arc<Checkpoint>> {
+    /// `done` is told once they are durable.
+    async fn new_recovery_point(
+        &mut self,
+        mut ops: Vec<Op>,
+        done: Option<crate::store::Done>,
+    ) -> Option<Arc<Checkpoint>> {
         let checkpoint = self.checkpoint(&mut ops).await;
-        self.store.write(ops, None);
+        self.store.write(ops, done);
         if let Some(c) = &checkpoint {
             self.recovery = Some(c.clone());
             self.since_recovery.clear();
@@ -358,7 +363,7 @@ impl Worker {
             shared.model = self.twin.model().clone();
             shared.description = self.twin.description().clone();
         }
-        self.new_recovery_point(Vec::new()).await;
+        self.new_recovery_point(Vec::new(), None).await;
         tracing::info!(twin = %self.name, from = %from.component, to = %self.twin.model().component, ?pause, "model swapped");
         Ok(SwapReport {
             from,
@@ -506,17 +511,63 @@ impl Worker {
         self.shared().entanglement.set_available(true, now_us());
     }
 
+    /// Carries out an action and answers `reply` once what it changed is
+    /// durable: an action may change the twin's state (WIT 0.2.0), outside
+    /// the journal of PT messages, so a checkpoint records it.
     async fn act(
         &mut self,
         adapter: &mut AdapterInstance,
         name: &str,
         input: &Value,
-    ) -> Result<ActionOutcome, String> {
-        let outcome = self
-            .twin
-            .act(name, input)
-            .await
-            .map_err(|e| e.to_string())?;
+        reply: oneshot::Sender<Result<ActionOutcome, String>>,
+    ) {
+        let outcome = match self.twin.act(name, input).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                if e.failure.poisons() {
+                    self.failed(&e.to_string());
+                    self.recover(&e).await;
+                }
+                let _ = reply.send(Err(e.to_string()));
+                return;
+            }
+        };
+        if !outcome.changes.is_empty() || !outcome.events.is_empty() {
+            self.shared().state = self.twin.state().clone();
+            for (event, data) in &outcome.events {
+                tracing::info!(twin = %self.name, action = name, %event, %data, "event");
+            }
+            let now_ms = now_us() / 1000;
+            // Nobody listening is not an error.
+            let _ = self.changes.send(Change {
+                seq: self.twin.state().last_seq.unwrap_or(0),
+                ts_ms: now_ms,
+                committed_ms: now_ms,
+                changes: outcome.changes.iter().cloned().collect(),
+                events: outcome
+                    .events
+                    .iter()
+                    .map(|(name, data)| EventView {
+                        name: name.clone(),
+                        data: data.clone(),
+                    })
+                    .collect(),
+            });
+        }
+        let sent = self.send_commands(adapter, &outcome).await;
+        let answer = sent.map(|()| outcome);
+        let done: crate::store::Done = Box::new(move |written| {
+            let _ = reply.send(written.and(answer));
+        });
+        self.new_recovery_point(Vec::new(), Some(done)).await;
+    }
+
+    /// Encodes an action's commands and sends them to the device.
+    async fn send_commands(
+        &mut self,
+        adapter: &mut AdapterInstance,
+        outcome: &ActionOutcome,
+    ) -> Result<(), String> {
         if !outcome.commands.is_empty() {
             let topic = self
                 .command_topic
@@ -530,6 +581,6 @@ impl Worker {
                 self.link.send(topic, bytes).map_err(|e| format!("{e:#}"))?;
             }
         }
-        Ok(outcome)
+        Ok(())
     }
 }

@@ -27,6 +27,7 @@ impl AdapterComponent {
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("component {digest} needs imports wasmtwin does not grant"))?;
+        super::contract::check(runtime, &component, &digest, "adapter-api")?;
         let pre = AdapterPre::new(pre)
             .map_err(anyhow::Error::from)
             .with_context(|| {

@@ -13,6 +13,7 @@
 mod adapter;
 pub mod bindings;
 mod cache;
+mod contract;
 mod error;
 mod guest_output;
 mod guest_state;

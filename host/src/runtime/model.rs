@@ -39,6 +39,7 @@ impl ModelComponent {
             .instantiate_pre(component)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("component {digest} needs imports wasmtwin does not grant"))?;
+        super::contract::check(runtime, component, &digest, "model-api")?;
         let pre = ModelPre::new(pre)
             .map_err(anyhow::Error::from)
             .with_context(|| {
@@ -84,6 +85,10 @@ pub struct ActionOutcome {
     pub result: Value,
     /// Commands for the device, in order.
     pub commands: Vec<(String, Value)>,
+    /// Properties the action changed, in order.
+    pub changes: Vec<(String, Value)>,
+    /// Events the action raised, in order.
+    pub events: Vec<(String, Value)>,
 }
 
 /// What a model offers (its `describe` answer).
@@ -100,6 +105,26 @@ fn parse_json(what: &str, text: &str) -> Result<Value, Failure> {
     serde_json::from_str(text).map_err(|e| Failure::BadOutput {
         message: format!("{what} is not valid JSON ({e})"),
     })
+}
+
+fn parse_changes(changes: Vec<types::StateChange>) -> Result<Vec<(String, Value)>, Failure> {
+    changes
+        .into_iter()
+        .map(|c| {
+            let value = parse_json(&format!("the value of property `{}`", c.property), &c.value)?;
+            Ok((c.property, value))
+        })
+        .collect()
+}
+
+fn parse_events(events: Vec<types::Event>) -> Result<Vec<(String, Value)>, Failure> {
+    events
+        .into_iter()
+        .map(|e| {
+            let data = parse_json(&format!("the data of event `{}`", e.name), &e.data)?;
+            Ok((e.name, data))
+        })
+        .collect()
 }
 
 impl ModelInstance {
@@ -198,26 +223,9 @@ impl ModelInstance {
             .await;
         let (effects, fuel) = self.sandbox.finish("on-update", budget, outcome)?;
         let parsed = (|| {
-            let changes = effects
-                .changes
-                .into_iter()
-                .map(|c| {
-                    let value =
-                        parse_json(&format!("the value of property `{}`", c.property), &c.value)?;
-                    Ok((c.property, value))
-                })
-                .collect::<Result<Vec<_>, Failure>>()?;
-            let events = effects
-                .events
-                .into_iter()
-                .map(|e| {
-                    let data = parse_json(&format!("the data of event `{}`", e.name), &e.data)?;
-                    Ok((e.name, data))
-                })
-                .collect::<Result<Vec<_>, Failure>>()?;
             Ok(UpdateEffects {
-                changes,
-                events,
+                changes: parse_changes(effects.changes)?,
+                events: parse_events(effects.events)?,
                 fuel,
             })
         })();
@@ -249,7 +257,12 @@ impl ModelInstance {
                     Ok((c.name, payload))
                 })
                 .collect::<Result<Vec<_>, Failure>>()?;
-            Ok(ActionOutcome { result, commands })
+            Ok(ActionOutcome {
+                result,
+                commands,
+                changes: parse_changes(outcome.changes)?,
+                events: parse_events(outcome.events)?,
+            })
         })();
         parsed.map_err(|failure| self.sandbox.error("on-action", failure))
     }

@@ -281,8 +281,21 @@ impl Twin {
     }
 
     /// Carries out an action.
+    /// Carries out an action; the properties it changes take their new
+    /// values now (observed now, after the last update applied).
     pub async fn act(&mut self, action: &str, input: &Value) -> Result<ActionOutcome, GuestError> {
-        self.instance.on_action(action, input).await
+        let outcome = self.instance.on_action(action, input).await?;
+        let observed = Observed {
+            ts_ms: now_ms(),
+            seq: self.state.last_seq.unwrap_or(0),
+        };
+        for (property, value) in &outcome.changes {
+            self.state
+                .properties
+                .insert(property.clone(), value.clone());
+            self.state.changed.insert(property.clone(), observed);
+        }
+        Ok(outcome)
     }
 
     /// Captures everything needed to resume the twin.

@@ -111,20 +111,22 @@ impl Model for Machine {
             "string",
             "ok, warning or alarm, from the thresholds",
         ),
+        PropertyInfo::new("alarms", "integer", "Alarms raised since the last reset"),
     ];
     const ACTIONS: &'static [ActionInfo] = &[
-        ActionInfo {
-            name: "stop",
-            description: "Stop the motor",
-        },
-        ActionInfo {
-            name: "start",
-            description: "Start the motor",
-        },
-        ActionInfo {
-            name: "set_speed",
-            description: "Set the target speed: {\"rpm\": N}",
-        },
+        ActionInfo::new("stop", "Stop the motor")
+            .input(
+                r#"{"type": ["object", "null"], "properties": {"reason": {"type": "string"}}}"#,
+            )
+            .output(ACCEPTED),
+        ActionInfo::new("start", "Start the motor (refused while in alarm)").output(ACCEPTED),
+        ActionInfo::new("set_speed", "Set the target speed")
+            .input(
+                r#"{"type": "object", "properties": {"rpm": {"type": "number", "minimum": 0, "unit": "1/min"}}, "required": ["rpm"]}"#,
+            )
+            .output(ACCEPTED),
+        ActionInfo::new("reset", "Clear the count of alarms raised")
+            .output(r#"{"type": "object", "properties": {"cleared": {"type": "integer"}}}"#),
     ];
     const EVENTS: &'static [EventInfo] = &[EventInfo {
         name: "health_changed",
@@ -167,6 +169,7 @@ impl Model for Machine {
         if health != self.health {
             if health == Health::Alarm {
                 self.alarms_raised += 1;
+                effects.set("alarms", self.alarms_raised);
             }
             effects.emit(
                 "health_changed",
@@ -214,10 +217,18 @@ impl Model for Machine {
                 outcome.send("set_speed", json!({ "rpm": rpm }));
                 Ok(json!({ "accepted": true, "rpm": rpm }))
             }
+            "reset" => {
+                let cleared = std::mem::take(&mut self.alarms_raised);
+                outcome.set("alarms", 0);
+                Ok(json!({ "cleared": cleared }))
+            }
             other => Err(Error::new(format!("machine has no action `{other}`"))),
         }
     }
 }
+
+/// The reply of the actions that command the motor.
+const ACCEPTED: &str = r#"{"type": "object", "properties": {"accepted": {"type": "boolean"}}}"#;
 
 wasmtwin_sdk::export_model!(Machine);
 

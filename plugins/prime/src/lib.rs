@@ -112,10 +112,13 @@ impl Model for Prime {
             "Largest prime computed for the last update",
         ),
     ];
-    const ACTIONS: &'static [ActionInfo] = &[ActionInfo {
-        name: "status",
-        description: "Returns the update count and the configured work per update",
-    }];
+    const ACTIONS: &'static [ActionInfo] = &[ActionInfo::new(
+        "status",
+        "Returns the update count and the configured work per update",
+    )
+    .output(
+        r#"{"type": "object", "properties": {"updates_applied": {"type": "integer"}, "primes": {"type": "integer"}}}"#,
+    )];
 
     fn init(config: Config) -> Result<Self, Error> {
         let (primes, ballast) = config.checked()?;
