@@ -225,3 +225,26 @@ fn help_documents_the_options() {
         assert!(help.contains(option), "--help lacks {option}");
     }
 }
+
+#[test]
+fn a_refused_update_is_reported_once_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let updates = dir.path().join("u.jsonl");
+    std::fs::write(
+        &updates,
+        concat!(
+            r#"{"seq":1,"ts_ms":1,"property":"temperature","value":"hot"}"#,
+            "\n",
+            r#"{"seq":2,"ts_ms":2,"property":"temperature","value":20.5}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let lines = stdout_lines(&ok(run(&cache, &plugin("machine"), &updates, &[])));
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"seq": 1, "refused": "temperature must be a number, got \"hot\""})
+    );
+    assert_eq!(lines.last().unwrap()["state"]["temperature"], 20.5);
+}

@@ -117,6 +117,18 @@ fn up_serves_a_demo_twin_that_follows_the_simulated_motor() {
     let (status, body) = up.get("/v1/twins/motor-1/actions/fly");
     assert_eq!(status, 405, "{body}");
 
+    // The README's `get` commands, options after the subcommand.
+    let get = |args: &[&str]| {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--host", &up.base, "--token", TOKEN]);
+        wasmtwin_tests::cli::run(env!("CARGO_BIN_EXE_wasmtwin"), &all, &[])
+    };
+    assert!(ok(get(&["twins"])).contains("motor-1"));
+    assert!(ok(get(&["twin", "motor-1"])).contains("entanglement"));
+    let err = wasmtwin_tests::cli::refused(get(&["twin"]));
+    assert!(err.contains("get twin NAME"), "{err}");
+
     // A read whose requirement the twin cannot meet says so.
     let (status, body) = up.get("/v1/twins/motor-1?min_reliability=1.5");
     assert_eq!(status, 412, "{body}");

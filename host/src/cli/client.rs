@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
 use wasmtwin::client::NodeClient;
 use wasmtwin::spec::TwinSpec;
 
@@ -45,24 +45,25 @@ pub struct ApplyArgs {
     target: Target,
 }
 
-/// Arguments of `wasmtwin get`.
+/// Arguments of `wasmtwin get`: `get twins` or `get twin NAME`, the
+/// options before or after.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    #[command(subcommand)]
+    /// What to read: `twins` (every twin on the node) or `twin` (one
+    /// twin's state and entanglement, by NAME).
     what: What,
+    /// The twin's name, with `twin`.
+    name: Option<String>,
     #[command(flatten)]
     target: Target,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum What {
     /// Every twin on the node.
     Twins,
     /// One twin's state and entanglement.
-    Twin {
-        /// The twin's name.
-        name: String,
-    },
+    Twin,
 }
 
 async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<(reqwest::StatusCode, String)> {
@@ -111,9 +112,13 @@ pub fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
 
 /// Reads from the node.
 pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
-    let path = match &args.what {
-        What::Twins => "/v1/twins".to_string(),
-        What::Twin { name } => format!("/v1/twins/{name}"),
+    let path = match (args.what, &args.name) {
+        (What::Twins, None) => "/v1/twins".to_string(),
+        (What::Twin, Some(name)) => format!("/v1/twins/{name}"),
+        (What::Twins, Some(name)) => {
+            anyhow::bail!("`get twins` lists every twin; for one, `get twin {name}`")
+        }
+        (What::Twin, None) => anyhow::bail!("`get twin` needs the twin's name: `get twin NAME`"),
     };
     let (status, body) = io()?.block_on(send(args.target.request(reqwest::Method::GET, &path)))?;
     finish(status, &body)

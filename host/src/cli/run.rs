@@ -25,10 +25,10 @@ Output, one JSON object per line: {\"seq\", \"property\", \"value\"} for each st
 {\"seq\", \"event\", \"data\"} for each event, {\"seq\", \"refused\"} when the model refuses an
 update, and last {\"state\": {...}} with every property's final value.
 
-Examples:
-  wasmtwin run prime.wasm --updates recording.jsonl --config '{\"primes\": 25000}'
-  wasmtwin run prime.wasm --updates first-half.jsonl --checkpoint half.ckpt
-  wasmtwin run prime.wasm --updates second-half.jsonl --restore half.ckpt")]
+Examples (a signed component with --trust KEYS, or your own build with --allow-unsigned):
+  wasmtwin run prime.wasm --updates recording.jsonl --config '{\"primes\": 25000}' --trust keys/
+  wasmtwin run prime.wasm --updates first-half.jsonl --checkpoint half.ckpt --allow-unsigned
+  wasmtwin run prime.wasm --updates second-half.jsonl --restore half.ckpt --allow-unsigned")]
 pub struct RunArgs {
     /// The model component (.wasm) to run.
     component: PathBuf,
@@ -197,12 +197,12 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
                     "skipping an update that was already applied"
                 );
             }
-            Err(e) => match e.downcast_ref::<wasmtwin::runtime::GuestError>() {
-                Some(guest) if matches!(guest.failure, Failure::Refused { .. }) => {
-                    emit(
-                        &mut out,
-                        &json!({ "seq": update.seq, "refused": guest.failure.to_string() }),
-                    )?;
+            Err(e) => match e
+                .downcast_ref::<wasmtwin::runtime::GuestError>()
+                .map(|g| &g.failure)
+            {
+                Some(Failure::Refused { message }) => {
+                    emit(&mut out, &json!({ "seq": update.seq, "refused": message }))?;
                 }
                 _ => {
                     out.flush()?;

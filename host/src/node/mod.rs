@@ -325,8 +325,18 @@ impl Node {
                 .with_context(|| format!("spec.model.publisherKey {key}"))?;
             let wanted = trust.keys().iter().map(|k| k.id).collect::<Vec<_>>();
             if !verified.signers.iter().any(|s| wanted.contains(s)) {
+                let ids = |ids: &[crate::signing::KeyId]| {
+                    ids.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
                 bail!(
-                    "the {what} {reference} is not signed by the publisher key {key} the spec requires"
+                    "the {what} {reference} has no signature by the publisher key {key} ({}) that \
+                     this node could verify: it verified only {}. The publisher key must also be \
+                     in the node's trust set (--trust)",
+                    ids(&wanted),
+                    ids(&verified.signers)
                 );
             }
         }

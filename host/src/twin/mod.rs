@@ -157,7 +157,8 @@ impl Twin {
         if from.component != model.component && policy == RestorePolicy::SameComponent {
             bail!(
                 "checkpoint was taken from component {} ({} {}), not {} ({} {}); \
-                 allow an upgrade to restore it into another build",
+                 allow an upgrade (`wasmtwin run --upgrade`) to restore it into another build \
+                 that reads its state version",
                 from.component,
                 from.name,
                 from.version,
