@@ -7,7 +7,7 @@
 //! FIFO or read `/dev/zero` without end.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use cap_std::fs::Dir;
@@ -39,7 +39,8 @@ impl ComponentDirs {
     }
 
     /// Reads the component file `reference` names: a path inside one of
-    /// the directories, absolute or relative to it.
+    /// the directories, absolute or relative to the node's working
+    /// directory (as any path a user types).
     pub fn read(&self, reference: &str) -> anyhow::Result<Vec<u8>> {
         if self.dirs.is_empty() {
             bail!(
@@ -47,25 +48,20 @@ impl ComponentDirs {
                  (start it with --component-dir DIR, or publish the component to a registry)"
             );
         }
-        let path = Path::new(reference);
+        let path = std::env::current_dir()
+            .context("the node's working directory")?
+            .join(reference);
         for (root, dir) in &self.dirs {
-            let inside = if path.is_absolute() {
-                match path.strip_prefix(root) {
-                    Ok(inside) => inside,
-                    Err(_) => continue,
-                }
-            } else {
-                path
+            // The rest of the path is opened through the capability, which
+            // refuses any `..` or link that would leave it.
+            let Ok(inside) = path.strip_prefix(root) else {
+                continue;
             };
             // Looked at before it is opened: opening a FIFO would wait for
             // a writer.
-            let metadata = match dir.metadata(inside) {
-                Ok(metadata) => metadata,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.is_relative() => {
-                    continue;
-                }
-                Err(e) => return Err(e).with_context(|| format!("reading {reference}")),
-            };
+            let metadata = dir
+                .metadata(inside)
+                .with_context(|| format!("reading {reference}"))?;
             if !metadata.is_file() {
                 bail!("{reference} is not a regular file");
             }
@@ -120,15 +116,17 @@ mod tests {
         );
         let dirs = ComponentDirs::open(std::slice::from_ref(&allowed)).unwrap();
         let canonical = allowed.canonicalize().unwrap();
-        assert_eq!(dirs.read("m.wasm").unwrap(), b"component");
         assert_eq!(
             dirs.read(canonical.join("m.wasm").to_str().unwrap())
                 .unwrap(),
             b"component"
         );
+        let inside = |rest: &str| format!("{}/{rest}", canonical.display());
         for (reference, why) in [
-            ("../secret".to_string(), ""),
-            ("link".to_string(), ""),
+            (inside("../secret"), ""),
+            (inside("link"), ""),
+            // Relative paths are the working directory's, not the dir's.
+            ("m.wasm".to_string(), "not inside"),
             (
                 root.path().join("secret").display().to_string(),
                 "not inside",
@@ -138,7 +136,7 @@ mod tests {
                 fifo.canonicalize().unwrap().display().to_string(),
                 "not a regular file",
             ),
-            ("fifo".to_string(), "not a regular file"),
+            (inside("fifo"), "not a regular file"),
         ] {
             let err = dirs.read(&reference).expect_err(&reference);
             assert!(format!("{err:#}").contains(why), "{reference}: {err:#}");
