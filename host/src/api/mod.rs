@@ -7,6 +7,7 @@
 
 mod admission;
 mod auth;
+mod body;
 mod mobility;
 mod stream;
 mod td;
@@ -21,6 +22,7 @@ use axum::routing::get;
 
 pub use admission::Admission;
 pub use auth::Auth;
+pub use body::{ACTION_MAX, SMALL_MAX, SPEC_MAX};
 pub use mobility::BUNDLE_TYPE;
 pub use td::thing_description;
 

@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::body;
 use super::td::{Security, thing_description};
 use crate::node::{Node, NodeError};
 use crate::spec::{SpecError, TwinSpec};
@@ -289,11 +290,18 @@ async fn apply(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
     Query(query): Query<ApplyQuery>,
-    body: String,
+    body: axum::body::Body,
 ) -> Response {
-    let spec = match TwinSpec::parse(&body) {
-        Ok(spec) => spec,
-        Err(e) => return spec_error(e),
+    let text = match body::text(body, body::SPEC_MAX, "spec").await {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    // Parsing a megabyte of YAML takes a while: off the I/O threads, which
+    // serve every other request and drive the twins' MQTT sessions.
+    let spec = match tokio::task::spawn_blocking(move || TwinSpec::parse(&text)).await {
+        Ok(Ok(spec)) => spec,
+        Ok(Err(e)) => return spec_error(e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     if spec.name() != name {
         return error(
@@ -344,19 +352,20 @@ async fn delete(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Resp
 async fn act(
     State(node): State<Arc<Node>>,
     Path((name, action)): Path<(String, String)>,
-    body: String,
+    body: axum::body::Body,
 ) -> Response {
-    let input = if body.trim().is_empty() {
+    let text = match body::text(body, body::ACTION_MAX, "action's input").await {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    // A megabyte of JSON at most, its nesting checked first: parsed here in
+    // a few milliseconds.
+    let input = if text.trim().is_empty() {
         Value::Null
     } else {
-        match serde_json::from_str(&body) {
+        match body::json(&text, "action's input") {
             Ok(value) => value,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("the action's input is not JSON: {e}"),
-                );
-            }
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
         }
     };
     match node.act(&name, &action, input).await {

@@ -16,6 +16,8 @@ use serde_json::Value;
 
 pub use validate::{Ceilings, Problem, SpecError};
 
+use crate::input::{MAX_NESTING, Syntax, check_nesting};
+
 /// The `apiVersion` this release reads and writes.
 pub const API_VERSION: &str = "wasmtwin.dev/v1alpha1";
 /// The `kind` of a twin spec.
@@ -258,7 +260,14 @@ impl Default for History {
 impl TwinSpec {
     /// Parses a YAML or JSON document and validates it; every problem found
     /// is reported with its field path.
+    ///
+    /// A document nesting `[`/`{` deeper than [`MAX_NESTING`] levels is
+    /// refused before the parser sees it (libyaml takes time quadratic in
+    /// that depth). Parsing a large document still takes a while: servers
+    /// call this off their I/O threads.
     pub fn parse(text: &str) -> Result<Self, SpecError> {
+        check_nesting(text, Syntax::Yaml, MAX_NESTING)
+            .map_err(|e| SpecError::single(Problem::new("", e.to_string())))?;
         let spec: TwinSpec = serde_yaml_ng::from_str(text).map_err(|e| {
             let at = e
                 .location()
