@@ -1,6 +1,7 @@
 //! Limits on text the node takes from outside (HTTP bodies, spec files):
 //! how deeply a JSON or YAML document may nest, checked by a linear scan
-//! before any parser sees it.
+//! before any parser sees it, and how much of the input an error message
+//! may quote.
 //!
 //! Why the nesting limit: libyaml (under `serde_yaml_ng`) spends time
 //! quadratic in the depth of flow collections (`{"a":{"a":…` of 200 KB
@@ -11,6 +12,9 @@ use std::fmt;
 
 /// Deepest nesting of `[` and `{` accepted in a spec or a JSON body.
 pub const MAX_NESTING: usize = 64;
+
+/// Longest error message (in bytes) that may quote the input.
+pub const MESSAGE_MAX: usize = 1024;
 
 /// The language of a document, for [`check_nesting`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +205,27 @@ fn check_yaml(bytes: &[u8], limit: usize) -> Result<(), TooDeep> {
     Ok(())
 }
 
+/// `message` cut to at most [`MESSAGE_MAX`] bytes (on a character
+/// boundary) and marked with `…` if cut, for errors that may quote input.
+pub fn cap_message(message: impl Into<String>) -> String {
+    cap(message.into(), MESSAGE_MAX)
+}
+
+/// `message` cut to at most `max` bytes (at least 4), marked with `…` if
+/// cut.
+pub fn cap(mut message: String, max: usize) -> String {
+    let max = max.max(4);
+    if message.len() > max {
+        let mut end = max - '…'.len_utf8();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +279,15 @@ mod tests {
         assert!(!depth_ok("# x\u{2028}[[[[1]]]]", Syntax::Yaml));
         // A verbatim tag may hold `]`, which closes nothing.
         assert!(!depth_ok("[[[!<x]]]> [1]]]]", Syntax::Yaml));
+    }
+
+    #[test]
+    fn long_messages_are_capped() {
+        assert_eq!(cap_message("short"), "short");
+        let capped = cap_message("é".repeat(10_000));
+        assert!(
+            capped.len() <= MESSAGE_MAX && capped.ends_with('…'),
+            "{capped}"
+        );
     }
 }

@@ -214,3 +214,44 @@ fn defect_05_apply_refuses_a_deeply_nested_spec_file_at_once() {
     assert!(stderr.contains("64 levels"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(2), "{stderr}");
 }
+
+#[test]
+fn defect_08_error_answers_do_not_echo_a_large_body() {
+    let site = Site::start(&[]);
+    let long = "x".repeat(900_000);
+    let small = |status: u16, expected: u16, body: &str, what: &str| {
+        assert_eq!(status, expected, "{what}: {}", &body[..body.len().min(300)]);
+        assert!(body.len() < 4096, "{what}: {} bytes of answer", body.len());
+    };
+    // A value of the wrong type and an unknown field, both quoted by the
+    // parser.
+    let spec = format!(
+        "apiVersion: wasmtwin.dev/v1alpha1\nkind: DigitalTwin\nmetadata: {{name: big}}\nspec:\n  replicas: \"{long}\"\n"
+    );
+    let (status, body, _) = site.send(reqwest::Method::PUT, "/v1/twins/big", spec);
+    small(status, 422, &body, "a long string for a number");
+    assert!(body.contains('…'), "{body}");
+    let (status, body, _) = site.send(
+        reqwest::Method::PUT,
+        "/v1/twins/big",
+        format!("{{\"{long}\": 1}}"),
+    );
+    small(status, 422, &body, "a long unknown field");
+    // A migration's spec, once limited only to 1 GiB: now to 1 MiB.
+    let (status, body) = site.announce("PUT", "/v1/migrations/big", 100 << 20);
+    small(status, 413, &body, "a 100 MiB migration spec");
+    // A field quoted back by the handler.
+    let (status, body, _) = site.send(
+        reqwest::Method::POST,
+        "/v1/twins/big/moved",
+        format!("{{\"to\": \"ftp://{}\"}}", &long[..60_000]),
+    );
+    small(status, 400, &body, "a long `to`");
+    // axum's own rejection of a query, which quotes it.
+    let (status, body, _) = site.send(
+        reqwest::Method::GET,
+        &format!("/v1/twins/big/history/rows?after={}", &long[..60_000]),
+        String::new(),
+    );
+    small(status, 400, &body, "a long history mark");
+}

@@ -1,16 +1,18 @@
 //! Request bodies read whole, each route with its own size limit, and the
 //! answers that refuse them: 413 naming the limit, 400 for JSON nesting
 //! deeper than [`MAX_NESTING`](crate::input::MAX_NESTING) or otherwise
-//! malformed.
+//! malformed, with messages that quote at most a little of the input.
 
 use axum::body::{Body, HttpBody};
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use super::twins::error;
-use crate::input::{MAX_NESTING, Syntax, check_nesting};
+use crate::input::{MAX_NESTING, Syntax, cap_message, check_nesting};
 
 /// Largest twin spec accepted (`PUT /v1/twins/{name}`, a migration's spec).
 pub const SPEC_MAX: usize = 1 << 20;
@@ -71,6 +73,31 @@ pub async fn json_body<T: DeserializeOwned>(
 ) -> Result<T, Response> {
     let text = text(body, limit, what).await?;
     json(&text, what).map_err(|message| error(StatusCode::BAD_REQUEST, message))
+}
+
+/// Middleware: a plain-text error answer (axum's own rejections of a path,
+/// query or body, which may quote the request) longer than
+/// [`MESSAGE_MAX`](crate::input::MESSAGE_MAX) is cut to it.
+pub async fn cap_rejections(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    let long = response.body().size_hint().lower() > crate::input::MESSAGE_MAX as u64;
+    if !(status.is_client_error() || status.is_server_error()) || !plain || !long {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // The rejection is already in memory; a bound all the same.
+    let text = match axum::body::to_bytes(body, 1 << 24).await {
+        Ok(bytes) => cap_message(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(_) => "the request was refused".to_string(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    (parts, text).into_response()
 }
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ pub fn router(node: Arc<Node>, auth: Auth, max_requests: usize) -> Router {
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
         .merge(protected)
+        .layer(axum::middleware::from_fn(body::cap_rejections))
         .with_state(node)
 }
 

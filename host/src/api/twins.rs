@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::body;
 use super::td::{Security, thing_description};
+use crate::input::cap_message;
 use crate::node::{Node, NodeError};
 use crate::spec::{SpecError, TwinSpec};
 
@@ -31,8 +32,10 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/v1/twins/{name}/actions/{action}", post(act))
 }
 
+/// An error answer. Its message may quote the request, so it is capped at
+/// [`MESSAGE_MAX`](crate::input::MESSAGE_MAX) bytes.
 pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    (status, Json(json!({ "error": cap_message(message) }))).into_response()
 }
 
 pub(super) fn node_error(e: NodeError) -> Response {
@@ -41,7 +44,7 @@ pub(super) fn node_error(e: NodeError) -> Response {
         NodeError::Overloaded(_) => (
             StatusCode::TOO_MANY_REQUESTS,
             [(header::RETRY_AFTER, "1")],
-            Json(json!({ "error": e.to_string() })),
+            Json(json!({ "error": cap_message(e.to_string()) })),
         )
             .into_response(),
         NodeError::Refused(_) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
@@ -49,13 +52,13 @@ pub(super) fn node_error(e: NodeError) -> Response {
         NodeError::Moving(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
-            Json(json!({ "error": e.to_string() })),
+            Json(json!({ "error": cap_message(e.to_string()) })),
         )
             .into_response(),
         NodeError::Moved(ref location) => (
             StatusCode::PERMANENT_REDIRECT,
             [(header::LOCATION, location.clone())],
-            Json(json!({ "error": e.to_string(), "location": location })),
+            Json(json!({ "error": cap_message(e.to_string()), "location": location })),
         )
             .into_response(),
     }

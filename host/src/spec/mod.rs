@@ -16,7 +16,7 @@ use serde_json::Value;
 
 pub use validate::{Ceilings, Problem, SpecError};
 
-use crate::input::{MAX_NESTING, Syntax, check_nesting};
+use crate::input::{MAX_NESTING, MESSAGE_MAX, Syntax, cap, check_nesting};
 
 /// The `apiVersion` this release reads and writes.
 pub const API_VERSION: &str = "wasmtwin.dev/v1alpha1";
@@ -272,7 +272,14 @@ impl TwinSpec {
             let at = e
                 .location()
                 .map(|l| format!(" (line {}, column {})", l.line(), l.column()));
-            SpecError::single(Problem::new("", format!("{e}{}", at.unwrap_or_default())))
+            // The parser's message may quote the input (an unknown field,
+            // a string of the wrong type): capped, leaving room for the
+            // location.
+            let message = cap(e.to_string(), MESSAGE_MAX - 64);
+            SpecError::single(Problem::new(
+                "",
+                format!("{message}{}", at.unwrap_or_default()),
+            ))
         })?;
         spec.validate()?;
         Ok(spec)
