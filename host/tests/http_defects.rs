@@ -111,7 +111,8 @@ impl Site {
             "{method} {path} HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {length}\r\n\r\n"
         )
         .unwrap();
-        let Some((answer, _)) = until_closed(&mut stream, Instant::now()) else {
+        let now = Instant::now();
+        let Some((answer, _)) = closed_by(&mut stream, now, now + Duration::from_secs(15)) else {
             panic!("{method} {path} of {length} bytes: no answer before the body came");
         };
         let answer = String::from_utf8_lossy(&answer).into_owned();
@@ -125,12 +126,19 @@ impl Site {
 }
 
 /// Reads from `stream` until the peer closes it: what came, and how long
-/// after `since` it closed; `None` if it was still open when the read
-/// timed out.
-fn until_closed(stream: &mut TcpStream, since: Instant) -> Option<(Vec<u8>, Duration)> {
+/// after `since` it closed; `None` if it was still open at `deadline`.
+fn closed_by(
+    stream: &mut TcpStream,
+    since: Instant,
+    deadline: Instant,
+) -> Option<(Vec<u8>, Duration)> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
         match stream.read(&mut buf) {
             Ok(0) => return Some((got, since.elapsed())),
             Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -254,4 +262,66 @@ fn defect_08_error_answers_do_not_echo_a_large_body() {
         String::new(),
     );
     small(status, 400, &body, "a long history mark");
+}
+
+#[test]
+fn defect_06_idle_and_slow_connections_are_closed_after_the_header_timeout() {
+    let site = Site::start(&["--header-timeout-ms", "1000"]);
+    let opened = Instant::now();
+    // Sockets that send nothing, one that sends half a request, and one
+    // kept alive after its request.
+    let mut idle: Vec<TcpStream> = (0..100).map(|_| site.connect()).collect();
+    let mut partial = site.connect();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\n")
+        .unwrap();
+    let mut kept = site.connect();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+        .unwrap();
+    // The node answers meanwhile.
+    let took = site.healthz(Duration::from_secs(5));
+    assert!(
+        took.is_some_and(|t| t < Duration::from_secs(1)),
+        "/healthz took {took:?} with idle connections open"
+    );
+    let deadline = opened + Duration::from_secs(6);
+    for (i, stream) in idle.iter_mut().enumerate() {
+        let closed = closed_by(stream, opened, deadline);
+        assert!(closed.is_some(), "idle connection {i} still open after 6 s");
+    }
+    let Some((_, after)) = closed_by(&mut partial, opened, deadline) else {
+        panic!("a connection with half a request still open after 6 s");
+    };
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}"
+    );
+    let Some((answer, _)) = closed_by(&mut kept, opened, deadline) else {
+        panic!("an idle kept-alive connection still open after 6 s");
+    };
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(site.healthz(Duration::from_secs(5)).is_some());
+}
+
+#[test]
+fn defect_06_connections_beyond_max_connections_are_closed_at_once() {
+    let site = Site::start(&["--max-connections", "8", "--header-timeout-ms", "3000"]);
+    // The connection the start-up probe kept alive times out first.
+    std::thread::sleep(Duration::from_millis(3500));
+    let opened = Instant::now();
+    let mut held: Vec<TcpStream> = (0..8).map(|_| site.connect()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = site.connect();
+    let since = Instant::now();
+    let closed = closed_by(&mut extra, since, since + Duration::from_secs(1));
+    assert!(
+        closed.is_some(),
+        "a 9th connection with --max-connections 8 was not closed at once"
+    );
+    // The places free up as the idle ones time out.
+    for stream in &mut held {
+        assert!(closed_by(stream, opened, opened + Duration::from_secs(8)).is_some());
+    }
+    assert!(site.healthz(Duration::from_secs(5)).is_some());
 }
