@@ -12,6 +12,7 @@ pub mod broker;
 pub mod checkpoint;
 pub mod client;
 pub mod digest;
+pub mod input;
 pub mod monitoring;
 pub mod node;
 pub mod physical;

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +17,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::body::{self, too_large};
 use super::twins::{error, node_error};
 use crate::node::{IMPORT_BATCH, Node, NodeError, Outgoing};
 use crate::spec::{ComponentRef, TwinSpec};
@@ -29,8 +32,16 @@ const ROW_MAX: usize = 1 << 20;
 /// The media type of checkpoint bundles.
 pub const BUNDLE_TYPE: &str = "application/vnd.wasmtwin.checkpoint";
 
-/// Largest bundle accepted (guest state and history together).
-const BUNDLE_MAX: usize = 1 << 30;
+/// Largest bundle accepted (guest state, history and, with
+/// `--with-component`, the components together), and largest history
+/// copy. A bundle streams through a blocking reader and its history through
+/// a temporary file, so memory is not the reason for the cap: disk and the
+/// time a request may hold a blocking thread are. A twin's guest state is
+/// at most its memory limit (64 MiB by default), its components a few MiB
+/// each, and its history about `maxPoints` (100,000) rows of well under
+/// 1 KiB for typical telemetry, about 100 MiB: 256 MiB leaves room for all
+/// of it and is a quarter of the gibibyte accepted before.
+const BUNDLE_MAX: usize = 256 << 20;
 
 pub fn routes() -> Router<Arc<Node>> {
     Router::new()
@@ -46,7 +57,6 @@ pub fn routes() -> Router<Arc<Node>> {
         )
         .route("/v1/migrations/{name}/history", put(import_history))
         .route("/v1/migrations/{name}/session", post(listen))
-        .layer(DefaultBodyLimit::max(BUNDLE_MAX))
 }
 
 /// Middleware: a read or action on a twin that moved away is redirected
@@ -103,15 +113,18 @@ fn bundle(outgoing: Outgoing) -> Response {
 }
 
 /// A request body as a blocking reader, for bundles read as they arrive
-/// (on a blocking thread). More than [`BUNDLE_MAX`] bytes is an error.
+/// (on a blocking thread). More than [`BUNDLE_MAX`] bytes is an error, and
+/// marks the reader's `too_large` flag so the answer can be 413.
 struct BodyReader {
     chunks: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
     current: Bytes,
     read: usize,
+    too_large: Arc<AtomicBool>,
 }
 
 impl BodyReader {
-    fn new(body: axum::body::Body) -> Self {
+    /// A reader of `body`, and the flag it raises if the body is too large.
+    fn new(body: axum::body::Body) -> (Self, Arc<AtomicBool>) {
         let (tx, chunks) = tokio::sync::mpsc::channel(8);
         let mut stream = body.into_data_stream();
         tokio::spawn(async move {
@@ -123,11 +136,14 @@ impl BodyReader {
                 }
             }
         });
-        Self {
+        let too_large = Arc::new(AtomicBool::new(false));
+        let reader = Self {
             chunks,
             current: Bytes::new(),
             read: 0,
-        }
+            too_large: too_large.clone(),
+        };
+        (reader, too_large)
     }
 }
 
@@ -144,12 +160,21 @@ impl std::io::Read for BodyReader {
         buf[..n].copy_from_slice(&self.current.split_to(n));
         self.read += n;
         if self.read > BUNDLE_MAX {
+            self.too_large.store(true, Ordering::Relaxed);
             return Err(std::io::Error::other(format!(
-                "the bundle is larger than the {BUNDLE_MAX} bytes accepted"
+                "the bundle is larger than the {} accepted",
+                body::human(BUNDLE_MAX)
             )));
         }
         Ok(n)
     }
+}
+
+/// A bundle whose announced length is over [`BUNDLE_MAX`] is refused
+/// before a byte of it is read.
+fn bundle_too_large(body: &axum::body::Body) -> Option<Response> {
+    use axum::body::HttpBody;
+    (body.size_hint().lower() > BUNDLE_MAX as u64).then(|| too_large("bundle", BUNDLE_MAX))
 }
 
 /// Runs blocking node work off the I/O threads; errors become statuses.
@@ -197,11 +222,15 @@ async fn restore(
     Query(query): Query<RestoreQuery>,
     body: axum::body::Body,
 ) -> Response {
-    let reader = BodyReader::new(body);
+    if let Some(response) = bundle_too_large(&body) {
+        return response;
+    }
+    let (reader, too_large_flag) = BodyReader::new(body);
     let twin = name.clone();
     let restored = blocking(move || node.restore_bundle(&twin, reader, query.replace)).await;
     match restored {
         Ok(()) => (StatusCode::CREATED, Json(json!({ "twin": name }))).into_response(),
+        Err(_) if too_large_flag.load(Ordering::Relaxed) => too_large("bundle", BUNDLE_MAX),
         Err(response) => response,
     }
 }
@@ -242,8 +271,12 @@ struct MovedBody {
 async fn moved(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    Json(body): Json<MovedBody>,
+    body: axum::body::Body,
 ) -> Response {
+    let body: MovedBody = match body::json_body(body, body::SMALL_MAX, "request").await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     if !(body.to.starts_with("http://") || body.to.starts_with("https://")) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -272,8 +305,12 @@ struct SwapBody {
 async fn swap(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    Json(body): Json<SwapBody>,
+    body: axum::body::Body,
 ) -> Response {
+    let body: SwapBody = match body::json_body(body, body::SMALL_MAX, "request").await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let to = match (body.reference, body.rollback) {
         (Some(reference), false) => Some(ComponentRef {
             reference,
@@ -296,17 +333,23 @@ async fn swap(
 async fn receive(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    body: String,
+    body: axum::body::Body,
 ) -> Response {
-    let spec = match TwinSpec::parse(&body) {
-        Ok(spec) if spec.name() == name => spec,
-        Ok(spec) => {
+    let text = match body::text(body, body::SPEC_MAX, "spec").await {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    // Parsing takes a while: off the I/O threads.
+    let spec = match tokio::task::spawn_blocking(move || TwinSpec::parse(&text)).await {
+        Ok(Ok(spec)) if spec.name() == name => spec,
+        Ok(Ok(spec)) => {
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("the spec names `{}`, the URL `{name}`", spec.name()),
             );
         }
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Ok(Err(e)) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     match blocking(move || node.receive(spec)).await {
         Ok(()) => Json(json!({ "receiving": name })).into_response(),
@@ -333,10 +376,14 @@ async fn accept(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> Response {
+    if let Some(response) = bundle_too_large(&body) {
+        return response;
+    }
     let twin = name.clone();
-    let reader = BodyReader::new(body);
+    let (reader, too_large_flag) = BodyReader::new(body);
     match blocking(move || node.accept(&twin, reader)).await {
         Ok(()) => Json(json!({ "arrived": name })).into_response(),
+        Err(_) if too_large_flag.load(Ordering::Relaxed) => too_large("bundle", BUNDLE_MAX),
         Err(response) => response,
     }
 }
@@ -409,7 +456,11 @@ async fn import_history(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> Response {
+    if let Some(response) = bundle_too_large(&body) {
+        return response;
+    }
     let mut stream = body.into_data_stream();
+    let mut received = 0usize;
     let mut pending: Vec<u8> = Vec::new();
     let mut batch = Vec::with_capacity(IMPORT_BATCH);
     let mut count = 0u64;
@@ -423,6 +474,12 @@ async fn import_history(
             None => None,
         };
         let done = chunk.is_none();
+        if let Some(chunk) = &chunk {
+            received += chunk.len();
+            if received > BUNDLE_MAX {
+                return too_large("history copy", BUNDLE_MAX);
+            }
+        }
         match chunk {
             Some(chunk) => pending.extend_from_slice(&chunk),
             // A last line without its newline.

@@ -7,6 +7,7 @@
 
 mod admission;
 mod auth;
+mod body;
 mod mobility;
 mod stream;
 mod td;
@@ -21,6 +22,7 @@ use axum::routing::get;
 
 pub use admission::Admission;
 pub use auth::Auth;
+pub use body::{ACTION_MAX, SMALL_MAX, SPEC_MAX};
 pub use mobility::BUNDLE_TYPE;
 pub use td::thing_description;
 
@@ -53,6 +55,7 @@ pub fn router(node: Arc<Node>, auth: Auth, max_requests: usize) -> Router {
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
         .merge(protected)
+        .layer(axum::middleware::from_fn(body::cap_rejections))
         .with_state(node)
 }
 

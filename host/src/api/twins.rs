@@ -11,7 +11,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::body;
 use super::td::{Security, thing_description};
+use crate::input::cap_message;
 use crate::node::{Node, NodeError};
 use crate::spec::{SpecError, TwinSpec};
 
@@ -30,8 +32,10 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/v1/twins/{name}/actions/{action}", post(act))
 }
 
+/// An error answer. Its message may quote the request, so it is capped at
+/// [`MESSAGE_MAX`](crate::input::MESSAGE_MAX) bytes.
 pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    (status, Json(json!({ "error": cap_message(message) }))).into_response()
 }
 
 pub(super) fn node_error(e: NodeError) -> Response {
@@ -40,7 +44,7 @@ pub(super) fn node_error(e: NodeError) -> Response {
         NodeError::Overloaded(_) => (
             StatusCode::TOO_MANY_REQUESTS,
             [(header::RETRY_AFTER, "1")],
-            Json(json!({ "error": e.to_string() })),
+            Json(json!({ "error": cap_message(e.to_string()) })),
         )
             .into_response(),
         NodeError::Refused(_) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
@@ -48,13 +52,13 @@ pub(super) fn node_error(e: NodeError) -> Response {
         NodeError::Moving(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
-            Json(json!({ "error": e.to_string() })),
+            Json(json!({ "error": cap_message(e.to_string()) })),
         )
             .into_response(),
         NodeError::Moved(ref location) => (
             StatusCode::PERMANENT_REDIRECT,
             [(header::LOCATION, location.clone())],
-            Json(json!({ "error": e.to_string(), "location": location })),
+            Json(json!({ "error": cap_message(e.to_string()), "location": location })),
         )
             .into_response(),
     }
@@ -289,11 +293,18 @@ async fn apply(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
     Query(query): Query<ApplyQuery>,
-    body: String,
+    body: axum::body::Body,
 ) -> Response {
-    let spec = match TwinSpec::parse(&body) {
-        Ok(spec) => spec,
-        Err(e) => return spec_error(e),
+    let text = match body::text(body, body::SPEC_MAX, "spec").await {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    // Parsing a megabyte of YAML takes a while: off the I/O threads, which
+    // serve every other request and drive the twins' MQTT sessions.
+    let spec = match tokio::task::spawn_blocking(move || TwinSpec::parse(&text)).await {
+        Ok(Ok(spec)) => spec,
+        Ok(Err(e)) => return spec_error(e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     if spec.name() != name {
         return error(
@@ -344,19 +355,20 @@ async fn delete(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Resp
 async fn act(
     State(node): State<Arc<Node>>,
     Path((name, action)): Path<(String, String)>,
-    body: String,
+    body: axum::body::Body,
 ) -> Response {
-    let input = if body.trim().is_empty() {
+    let text = match body::text(body, body::ACTION_MAX, "action's input").await {
+        Ok(text) => text,
+        Err(response) => return response,
+    };
+    // A megabyte of JSON at most, its nesting checked first: parsed here in
+    // a few milliseconds.
+    let input = if text.trim().is_empty() {
         Value::Null
     } else {
-        match serde_json::from_str(&body) {
+        match body::json(&text, "action's input") {
             Ok(value) => value,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("the action's input is not JSON: {e}"),
-                );
-            }
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
         }
     };
     match node.act(&name, &action, input).await {

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use clap::Args;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use wasmtwin::api::{self, Auth};
 use wasmtwin::node::Node;
 use wasmtwin::physical::BrokerAddress;
@@ -148,6 +149,8 @@ pub struct HostArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_REQUESTS)]
     max_requests: usize,
     #[command(flatten)]
+    connections: ConnectionArgs,
+    #[command(flatten)]
     ceilings: CeilingArgs,
     /// A directory local component paths in specs may name (repeat for
     /// more); without one, components come from registries only.
@@ -183,6 +186,46 @@ impl RegistryArgs {
         })
     }
 }
+
+/// How many HTTP connections the node keeps, and for how long.
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// HTTP connections open at once; beyond this, new connections are
+    /// closed as soon as they are accepted.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// Milliseconds a client may take to send a request's headers, and
+    /// that a kept-alive connection may stay idle, before it is closed.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_ms: u64,
+}
+
+impl ConnectionArgs {
+    /// The limits these flags set.
+    pub fn resolve(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+        }
+    }
+}
+
+/// How the node treats HTTP connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections open at once; more are closed at once.
+    pub max_connections: u32,
+    /// How long a request's headers may take to arrive, counted from when
+    /// the connection opened or its previous answer went out (so it is
+    /// also the keep-alive idle timeout).
+    pub header_timeout: Duration,
+}
+
+/// How long, after Ctrl-C, requests in flight may take to finish; a change
+/// stream never does.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The most any twin on the node may ask for; specs asking more are
 /// refused with the field and the flag.
@@ -221,22 +264,21 @@ impl CeilingArgs {
 pub const DEFAULT_MAX_REQUESTS: usize = 256;
 
 /// Serves `node` on `http` until Ctrl-C.
+///
+/// Each connection gets a header-read timeout (which is also its idle
+/// timeout between requests) and takes one of `limits.max_connections`
+/// places, so idle or slow clients cannot hold the node's file descriptors:
+/// hyper's HTTP/1 connection builder, because `axum::serve` has neither.
 pub async fn serve(
     node: Arc<Node>,
     http: SocketAddr,
     auth: Auth,
     max_requests: usize,
+    limits: ConnectionLimits,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(http)
         .await
-        .with_context(|| format!("listening on {http}"))?
-        // Small answers go out at once: with Nagle's algorithm and delayed
-        // ACKs each request/response exchange could wait ~40 ms.
-        .tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
-            }
-        });
+        .with_context(|| format!("listening on {http}"))?;
     let evaluator = node.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -246,13 +288,92 @@ pub async fn serve(
         }
     });
     tracing::info!(%http, "HTTP APIs listening");
-    axum::serve(listener, api::router(node, auth, max_requests))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("stopping");
-        })
-        .await
-        .context("serving HTTP")
+    let app = api::router(node, auth, max_requests);
+    let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
+    // Dropped to tell every connection to finish its request and close.
+    let (stop, stopping) = tokio::sync::watch::channel(());
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut refused = 0u64;
+    let mut warned: Option<std::time::Instant> = None;
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            _ = &mut ctrl_c => break,
+        };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            // Closed at once rather than queued: a client learns now, and
+            // the node holds no more descriptors than it allows.
+            refused += 1;
+            if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(
+                    max = limits.max_connections,
+                    refused,
+                    "too many HTTP connections: closing new ones (--max-connections)"
+                );
+                warned = Some(std::time::Instant::now());
+            }
+            drop(tcp);
+            continue;
+        };
+        // Small answers go out at once: with Nagle's algorithm and delayed
+        // ACKs each request/response exchange could wait ~40 ms.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let mut stopping = stopping.clone();
+        tokio::spawn(async move {
+            let _place = place;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let connection = builder.serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(connection);
+            let finished = tokio::select! {
+                finished = connection.as_mut() => finished,
+                _ = stopping.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = finished {
+                tracing::debug!(%remote, "HTTP connection closed: {e}");
+            }
+        });
+    }
+    tracing::info!("stopping");
+    drop(listener);
+    drop(stop);
+    let all = places.acquire_many(limits.max_connections);
+    if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+        tracing::warn!(
+            "some HTTP connections were still busy {} s after Ctrl-C; closing them",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
+    Ok(())
+}
+
+/// After a failed `accept`: a connection the peer gave up on is nothing;
+/// anything else (out of file descriptors…) is logged and waited out.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("accepting an HTTP connection: {e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Starts the twins the node's store remembers.
@@ -290,7 +411,14 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
             store,
         )?);
         resume(&node).await?;
-        serve(node, args.http, auth, args.max_requests).await
+        serve(
+            node,
+            args.http,
+            auth,
+            args.max_requests,
+            args.connections.resolve(),
+        )
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -42,6 +42,8 @@ pub struct UpArgs {
     /// Telemetry messages per second from the simulated motor.
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
+    #[command(flatten)]
+    connections: super::host::ConnectionArgs,
 }
 
 /// Signs `plugin` from `plugins` with the development key into `out`.
@@ -193,6 +195,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
             args.http,
             wasmtwin::api::Auth::Token(token),
             super::host::DEFAULT_MAX_REQUESTS,
+            args.connections.resolve(),
         )
         .await
     })?;

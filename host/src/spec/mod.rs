@@ -16,6 +16,8 @@ use serde_json::Value;
 
 pub use validate::{Ceilings, Problem, SpecError};
 
+use crate::input::{MAX_NESTING, MESSAGE_MAX, Syntax, cap, check_nesting};
+
 /// The `apiVersion` this release reads and writes.
 pub const API_VERSION: &str = "wasmtwin.dev/v1alpha1";
 /// The `kind` of a twin spec.
@@ -258,12 +260,26 @@ impl Default for History {
 impl TwinSpec {
     /// Parses a YAML or JSON document and validates it; every problem found
     /// is reported with its field path.
+    ///
+    /// A document nesting `[`/`{` deeper than [`MAX_NESTING`] levels is
+    /// refused before the parser sees it (libyaml takes time quadratic in
+    /// that depth). Parsing a large document still takes a while: servers
+    /// call this off their I/O threads.
     pub fn parse(text: &str) -> Result<Self, SpecError> {
+        check_nesting(text, Syntax::Yaml, MAX_NESTING)
+            .map_err(|e| SpecError::single(Problem::new("", e.to_string())))?;
         let spec: TwinSpec = serde_yaml_ng::from_str(text).map_err(|e| {
             let at = e
                 .location()
                 .map(|l| format!(" (line {}, column {})", l.line(), l.column()));
-            SpecError::single(Problem::new("", format!("{e}{}", at.unwrap_or_default())))
+            // The parser's message may quote the input (an unknown field,
+            // a string of the wrong type): capped, leaving room for the
+            // location.
+            let message = cap(e.to_string(), MESSAGE_MAX - 64);
+            SpecError::single(Problem::new(
+                "",
+                format!("{message}{}", at.unwrap_or_default()),
+            ))
         })?;
         spec.validate()?;
         Ok(spec)

@@ -17,11 +17,13 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A problem at `path`.
+    /// A problem at `path`. Both may quote the spec, so each is capped at
+    /// [`MESSAGE_MAX`](crate::input::MESSAGE_MAX) bytes: a huge value in
+    /// a spec is not echoed back whole.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            path: path.into(),
-            message: message.into(),
+            path: crate::input::cap_message(path),
+            message: crate::input::cap_message(message),
         }
     }
 }
