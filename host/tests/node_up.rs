@@ -532,3 +532,36 @@ fn a_history_copy_for_an_arriving_twin_refuses_bad_rows() {
         .unwrap();
     assert_eq!(refused.status().as_u16(), 204);
 }
+
+#[test]
+fn up_on_a_busy_port_says_so_before_announcing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = busy.local_addr().unwrap().to_string();
+    let plugins = plugin("machine").parent().unwrap().to_path_buf();
+    let out = wasmtwin_tests::cli::run(
+        env!("CARGO_BIN_EXE_wasmtwin"),
+        &[
+            "up",
+            "--token",
+            TOKEN,
+            "--data",
+            arg(dir.path()),
+            "--plugins",
+            arg(&plugins),
+            "--http",
+            &http,
+            "--mqtt",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("listening on {http}")), "{err}");
+}

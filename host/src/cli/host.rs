@@ -271,13 +271,15 @@ pub const DEFAULT_MAX_REQUESTS: usize = 256;
 /// hyper's HTTP/1 connection builder, because `axum::serve` has neither.
 pub async fn serve(
     node: Arc<Node>,
-    http: SocketAddr,
+    listener: std::net::TcpListener,
     auth: Auth,
     max_requests: usize,
     limits: ConnectionLimits,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(http)
-        .await
+    let http = listener
+        .local_addr()
+        .context("the HTTP listener's address")?;
+    let listener = tokio::net::TcpListener::from_std(listener)
         .with_context(|| format!("listening on {http}"))?;
     let evaluator = node.clone();
     tokio::spawn(async move {
@@ -376,6 +378,17 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// Binds the HTTP APIs' address, before anything else starts: a busy
+/// address is reported at once, not after the node has announced itself.
+pub fn listen(http: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener =
+        std::net::TcpListener::bind(http).with_context(|| format!("listening on {http}"))?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("listening on {http}"))?;
+    Ok(listener)
+}
+
 /// Starts the twins the node's store remembers.
 pub async fn resume(node: &Arc<Node>) -> anyhow::Result<()> {
     let resuming = node.clone();
@@ -393,6 +406,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
     let policy = args.trust.policy()?;
     let auth = args.auth.resolve(false)?;
     let broker = args.mqtt.resolve()?;
+    let listener = listen(args.http)?;
     let store = Store::open(&args.data)?;
     let runtime = global.runtime()?;
     let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
@@ -413,7 +427,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
         resume(&node).await?;
         serve(
             node,
-            args.http,
+            listener,
             auth,
             args.max_requests,
             args.connections.resolve(),

@@ -120,6 +120,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         Some(token) => token,
         None => super::host::new_token()?,
     };
+    let listener = super::host::listen(args.http)?;
     wasmtwin::broker::start(args.mqtt)?;
     let runtime = global.runtime()?;
     let broker = BrokerAddress {
@@ -192,7 +193,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         println!("  description:  {base}/v1/twins/motor-1/td");
         super::host::serve(
             node,
-            args.http,
+            listener,
             wasmtwin::api::Auth::Token(token),
             super::host::DEFAULT_MAX_REQUESTS,
             args.connections.resolve(),
