@@ -385,8 +385,9 @@ impl Store {
         Ok(moved)
     }
 
-    /// A property's history between `from_ms` and `to_ms` (inclusive), oldest
-    /// first, at most `limit` points.
+    /// A property's history between `from_ms` and `to_ms` (inclusive), at
+    /// most `limit` points: the oldest, oldest first, or with
+    /// `newest_first` the newest, newest first.
     pub fn history(
         &self,
         name: &str,
@@ -394,13 +395,20 @@ impl Store {
         from_ms: u64,
         to_ms: u64,
         limit: usize,
+        newest_first: bool,
     ) -> anyhow::Result<Vec<Point>> {
         let read = self.inner.db.begin_read()?;
         let Some(table) = open_read(&read, HISTORY)? else {
             return Ok(Vec::new());
         };
         let mut points = Vec::new();
-        for entry in table.range((name, from_ms, 0)..=(name, to_ms, u64::MAX))? {
+        let range = table.range((name, from_ms, 0)..=(name, to_ms, u64::MAX))?;
+        let rows: Box<dyn Iterator<Item = _>> = if newest_first {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        for entry in rows {
             let (key, changes) = entry?;
             let (_, ts_ms, seq) = key.value();
             let mut changes: serde_json::Map<String, Value> =
@@ -664,17 +672,35 @@ mod tests {
             .collect();
         store.write_now(ops).unwrap();
         store.write_now(vec![applied("b", 1, 5000, 99.0)]).unwrap();
-        let points = store.history("a", "t", 3000, 5000, 100).unwrap();
+        let points = store.history("a", "t", 3000, 5000, 100, false).unwrap();
         let seqs: Vec<u64> = points.iter().map(|p| p.seq).collect();
         assert_eq!(seqs, [3, 4, 5]);
         assert_eq!(points[0].value, json!(3.0));
         assert!(
             store
-                .history("a", "other", 0, u64::MAX, 100)
+                .history("a", "other", 0, u64::MAX, 100, false)
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(store.history("a", "t", 0, u64::MAX, 2).unwrap().len(), 2);
+        assert_eq!(
+            store
+                .history("a", "t", 0, u64::MAX, 2, false)
+                .unwrap()
+                .len(),
+            2
+        );
+        let newest = store.history("a", "t", 0, u64::MAX, 2, true).unwrap();
+        let oldest_first = store.history("a", "t", 0, u64::MAX, 100, false).unwrap();
+        assert_eq!(
+            newest.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            oldest_first
+                .iter()
+                .rev()
+                .take(2)
+                .map(|p| p.seq)
+                .collect::<Vec<_>>(),
+            "the newest points, newest first"
+        );
 
         store
             .write_now(vec![Op::Prune {
@@ -684,23 +710,35 @@ mod tests {
             }])
             .unwrap();
         let left: Vec<u64> = store
-            .history("a", "t", 0, u64::MAX, 100)
+            .history("a", "t", 0, u64::MAX, 100, false)
             .unwrap()
             .iter()
             .map(|p| p.seq)
             .collect();
         assert_eq!(left, [5, 6, 7, 8, 9, 10]);
-        assert_eq!(store.history("b", "t", 0, u64::MAX, 100).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .history("b", "t", 0, u64::MAX, 100, false)
+                .unwrap()
+                .len(),
+            1
+        );
 
         store
             .write_now(vec![Op::Forget { name: "a".into() }])
             .unwrap();
         assert!(
             store
-                .history("a", "t", 0, u64::MAX, 100)
+                .history("a", "t", 0, u64::MAX, 100, false)
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(store.history("b", "t", 0, u64::MAX, 100).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .history("b", "t", 0, u64::MAX, 100, false)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

@@ -303,6 +303,17 @@ fn history_stream_and_thing_description() {
         "/v1/twins/motor-1/history?property=temperature&from=2001-01-01T00:00:00Z&to=2002-01-01T00:00:00Z",
     );
     assert_eq!(rfc3339["points"], serde_json::json!([]));
+    // The newest points, newest first.
+    let newest = up.json("/v1/twins/motor-1/history?property=temperature&limit=3&order=newest");
+    let newest: Vec<u64> = newest["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(newest.len(), 3);
+    assert!(newest.windows(2).all(|w| w[0] > w[1]), "{newest:?}");
+    assert!(newest[0] >= *seqs.last().unwrap(), "{newest:?} {seqs:?}");
     let (status, body) = up.get("/v1/twins/motor-1/history?property=temperature&from=yesterday");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("`from`"), "{body}");

@@ -204,8 +204,17 @@ pub fn parse_config<M: Model>(config: &str) -> Result<M::Config, Error> {
     } else {
         config
     };
-    serde_json::from_str(text)
-        .map_err(|e| Error::new(format!("invalid config for {}: {e}", M::NAME)))
+    // The position is left out: the host hands over the configuration
+    // re-serialised, so a line and column would point into text the user
+    // never wrote.
+    serde_json::from_str(text).map_err(|e| {
+        let text = e.to_string();
+        let what = match text.rfind(" at line ") {
+            Some(at) => &text[..at],
+            None => &text,
+        };
+        Error::new(format!("invalid config for {}: {what}", M::NAME))
+    })
 }
 
 #[cfg(test)]
@@ -308,5 +317,13 @@ mod tests {
             err.message().contains("invalid config for counter"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn config_errors_do_not_point_into_text_the_user_never_wrote() {
+        let err = parse_config::<CounterV1>(r#"{"step": "#).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("invalid config for counter"), "{text}");
+        assert!(!text.contains("line"), "{text}");
     }
 }

@@ -204,6 +204,17 @@ struct HistoryQuery {
     to: Option<String>,
     /// Most points returned.
     limit: Option<usize>,
+    /// `oldest` (the default: the oldest points, oldest first) or `newest`
+    /// (the newest points, newest first).
+    order: Option<Order>,
+}
+
+/// Which end of a history range a query returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Order {
+    Oldest,
+    Newest,
 }
 
 /// A time given as ms since the Unix epoch or as RFC 3339.
@@ -259,7 +270,11 @@ async fn history(
     let read = {
         let property = property.clone();
         let name = name.clone();
-        tokio::task::spawn_blocking(move || node.history(&name, &property, from, to, limit)).await
+        let newest_first = query.order == Some(Order::Newest);
+        tokio::task::spawn_blocking(move || {
+            node.history(&name, &property, from, to, limit, newest_first)
+        })
+        .await
     };
     match read {
         Ok(Ok(points)) => {

@@ -788,7 +788,8 @@ impl Node {
         Ok(description)
     }
 
-    /// A property's history between two PT timestamps (ms), oldest first.
+    /// A property's history between two PT timestamps (ms): the oldest
+    /// `limit` points oldest first, or the newest newest first.
     pub fn history(
         &self,
         name: &str,
@@ -796,6 +797,7 @@ impl Node {
         from_ms: u64,
         to_ms: u64,
         limit: usize,
+        newest_first: bool,
     ) -> Result<Vec<Point>, NodeError> {
         if !lock(&self.twins).contains_key(name) {
             return Err(self.missing(name));
@@ -804,7 +806,10 @@ impl Node {
         // until now.
         self.store
             .flush()
-            .and_then(|()| self.store.history(name, property, from_ms, to_ms, limit))
+            .and_then(|()| {
+                self.store
+                    .history(name, property, from_ms, to_ms, limit, newest_first)
+            })
             .map_err(|e| NodeError::Refused(format!("reading the history: {e:#}")))
     }
 

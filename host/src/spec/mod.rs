@@ -275,7 +275,12 @@ impl TwinSpec {
             // The parser's message may quote the input (an unknown field,
             // a string of the wrong type): capped, leaving room for the
             // location.
-            let message = cap(e.to_string(), MESSAGE_MAX - 64);
+            // The parser's own text ends with the position too: said once.
+            let mut message = e.to_string();
+            if let (Some(_), Some(cut)) = (&at, message.rfind(" at line ")) {
+                message.truncate(cut);
+            }
+            let message = cap(message, MESSAGE_MAX - 64);
             SpecError::single(Problem::new(
                 "",
                 format!("{message}{}", at.unwrap_or_default()),
@@ -439,6 +444,7 @@ mod tests {
         let err = TwinSpec::parse(&example().replace("qos: 1 ", "qos: high ")).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("qos") && text.contains("line"), "{text}");
+        assert_eq!(text.matches("line").count(), 1, "the position once: {text}");
         let err = TwinSpec::parse(&example().replace("replicas: 1", "replicaz: 1")).unwrap_err();
         assert!(
             err.to_string().contains("unknown field `replicaz`"),
