@@ -318,3 +318,35 @@ fn we_verify_what_wasmsign2_signs() {
         arg(&public),
     ]));
 }
+
+/// The conversion docs/signing.md gives for the wasmsign2 command line.
+#[test]
+fn a_wasmtwin_key_converts_for_the_wasmsign2_command_line() {
+    let f = Fixture::new();
+    let (private, public) = f.keys("acme");
+    let (raw_key, raw_pub) = (f.path("wasmsign2.key"), f.path("wasmsign2.pub"));
+    let script = format!(
+        "( printf '\\201'; openssl pkey -in {key} -outform DER | tail -c 32
+           openssl pkey -in {key} -pubout -outform DER | tail -c 32 ) > {raw_key}
+         ( printf '\\001'; openssl pkey -in {key} -pubout -outform DER | tail -c 32 ) > {raw_pub}",
+        key = arg(&private),
+        raw_key = arg(&raw_key),
+        raw_pub = arg(&raw_pub),
+    );
+    let status = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .expect("running sh");
+    assert!(
+        status.success(),
+        "the conversion failed (is openssl installed?)"
+    );
+    let sk = wasmsign2::SecretKey::from_file(&raw_key).expect("wasmsign2 reads the secret key");
+    let pk = wasmsign2::PublicKey::from_file(&raw_pub).expect("wasmsign2 reads the public key");
+    let module = wasmsign2::Module::deserialize_from_file(plugin("prime")).unwrap();
+    let key_id = pk.clone().attach_default_key_id().key_id().cloned();
+    let signed = sk.sign(module, key_id.as_ref()).unwrap();
+    let path = f.path("signed-by-wasmsign2.wasm");
+    signed.serialize_to_file(&path).unwrap();
+    ok(wasmtwin(&["verify", arg(&path), "--trust", arg(&public)]));
+}

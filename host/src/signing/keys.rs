@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use ed25519_dalek::pkcs8::{
-    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey,
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
     spki::der::pem::LineEnding,
 };
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -75,7 +75,14 @@ pub fn write_pair(dir: &Path, key: &SigningKey, force: bool) -> anyhow::Result<(
             }
         }
     }
-    let private_pem = key
+    // PKCS#8 v1 (RFC 8410), without the optional public key: the form
+    // OpenSSL and most tools read (the v2 form with the public key is
+    // refused by OpenSSL 3).
+    let keypair = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    let private_pem = keypair
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| anyhow::anyhow!("encoding the private key: {e}"))?;
     let public_pem = key
