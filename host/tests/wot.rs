@@ -1,12 +1,15 @@
 //! A twin as W3C WoT consumers use it (defect 15): every property the TD
-//! advertises reads (`null` until the model sets it), and property reads
-//! honour the application's requirements.
+//! advertises reads (`null` until the model sets it), property reads honour
+//! the application's requirements, and each event and each property has
+//! its own Server-Sent Events stream, authenticated by header or by the
+//! `access_token` query parameter.
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
-use common::{Site, created, machine_spec};
+use common::{Site, TOKEN, created, machine_spec};
 use serde_json::{Value, json};
 use wasmtwin_tests::node::wait_for;
 
@@ -34,6 +37,53 @@ fn motor() -> Site {
     assert!(spec.contains("commandTopic"), "{spec}");
     created(&site, "motor", &spec);
     site
+}
+
+/// Opens an event stream at `path` (with `token` as a bearer header, or
+/// in `?access_token=` when `in_query`): status and, on 200, the response.
+fn open(
+    site: &Site,
+    path: &str,
+    token: &str,
+    in_query: bool,
+) -> (u16, reqwest::blocking::Response) {
+    let api = &site.node.api;
+    let request = if in_query {
+        api.http
+            .get(format!("{}{path}?access_token={token}", api.base))
+    } else {
+        api.http
+            .get(format!("{}{path}", api.base))
+            .bearer_auth(token)
+    };
+    let response = request
+        .timeout(Duration::from_secs(20))
+        .send()
+        .expect("opening the stream");
+    (response.status().as_u16(), response)
+}
+
+/// The first `n` messages of an SSE stream: (event name or "" when
+/// unnamed, data as JSON).
+fn messages(response: reqwest::blocking::Response, n: usize) -> Vec<(String, Value)> {
+    let mut found = Vec::new();
+    let (mut name, mut data) = (String::new(), None);
+    for line in BufReader::new(response).lines() {
+        let line = line.expect("reading the event stream");
+        if let Some(event) = line.strip_prefix("event: ") {
+            name = event.to_string();
+        } else if let Some(text) = line.strip_prefix("data: ") {
+            data = Some(serde_json::from_str(text).expect("JSON data"));
+        } else if line.is_empty()
+            && let Some(data) = data.take()
+        {
+            found.push((std::mem::take(&mut name), data));
+            if found.len() == n {
+                break;
+            }
+        }
+    }
+    found
 }
 
 #[test]
@@ -110,5 +160,110 @@ fn defect_15_property_reads_honour_max_age_and_min_reliability() {
         api.get("/v1/twins/motor/properties/temperature?max_age_ms=soon")
             .0,
         400
+    );
+}
+
+#[test]
+fn defect_15_each_event_and_each_property_has_its_own_stream_of_unnamed_messages() {
+    let site = motor();
+    // Streams of what the model does not describe are not found.
+    assert_eq!(
+        open(&site, "/v1/twins/motor/events/exploded", TOKEN, false).0,
+        404
+    );
+    assert_eq!(
+        open(
+            &site,
+            "/v1/twins/motor/properties/colour/observe",
+            TOKEN,
+            false
+        )
+        .0,
+        404
+    );
+    // The forms the TD gives are the streams.
+    let td = site.node.api.json("/v1/twins/motor/td");
+    let event_form = &td["events"]["health_changed"]["forms"][0];
+    assert_eq!(event_form["href"], "events/health_changed");
+    assert_eq!(event_form["subprotocol"], "sse");
+    assert_eq!(event_form["contentType"], "application/json");
+    let temperature = &td["properties"]["temperature"];
+    assert_eq!(temperature["observable"], true);
+    let observe_form = &temperature["forms"][1];
+    assert_eq!(observe_form["href"], "properties/temperature/observe");
+    assert_eq!(
+        observe_form["op"],
+        json!(["observeproperty", "unobserveproperty"])
+    );
+
+    let (status, events) = open(&site, "/v1/twins/motor/events/health_changed", TOKEN, false);
+    assert_eq!(status, 200);
+    let (status, temperatures) = open(
+        &site,
+        "/v1/twins/motor/properties/temperature/observe",
+        TOKEN,
+        false,
+    );
+    assert_eq!(status, 200);
+    // The whole change stream is as it was: named events.
+    let (status, everything) = open(&site, "/v1/twins/motor/stream", TOKEN, false);
+    assert_eq!(status, 200);
+
+    site.publish(
+        "dev/motor",
+        &[
+            telemetry(1, json!({ "rpm": 1500.0 })),
+            telemetry(2, json!({ "temperature": 95.0 })),
+            telemetry(3, json!({ "temperature": 50.0 })),
+        ],
+    );
+    let events = messages(events, 2);
+    assert_eq!(events[0].0, "", "unnamed: {events:?}");
+    assert_eq!(events[0].1["from"], "ok");
+    assert_eq!(events[0].1["to"], "alarm");
+    assert_eq!(events[1].1["to"], "ok");
+    // Only the observed property's changes, as bare values.
+    let temperatures = messages(temperatures, 2);
+    assert_eq!(
+        temperatures,
+        vec![(String::new(), json!(95.0)), (String::new(), json!(50.0))]
+    );
+    let everything = messages(everything, 3);
+    let names: Vec<&str> = everything.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["change", "change", "health_changed"]);
+}
+
+#[test]
+fn defect_15_event_streams_take_the_token_in_the_query_and_nothing_else_does() {
+    let site = motor();
+    for path in [
+        "/v1/twins/motor/events/health_changed",
+        "/v1/twins/motor/properties/temperature/observe",
+        "/v1/twins/motor/stream",
+    ] {
+        assert_eq!(open(&site, path, TOKEN, true).0, 200, "{path}");
+        assert_eq!(open(&site, path, "wrong-token", true).0, 401, "{path}");
+        let (status, _) = open(&site, path, "", false);
+        assert_eq!(status, 401, "{path}");
+    }
+    // Everything else wants the header: a token in a URL is for streams only.
+    let (status, _) = open(&site, "/v1/twins/motor/properties/temperature", TOKEN, true);
+    assert_eq!(status, 401);
+    let (status, _) = open(&site, "/v1/twins/motor", TOKEN, true);
+    assert_eq!(status, 401);
+    // The TD says so: header by default, query on the streams' forms.
+    let td = site.node.api.json("/v1/twins/motor/td");
+    assert_eq!(td["security"], json!(["bearer_sc"]));
+    assert_eq!(
+        td["securityDefinitions"]["bearer_query_sc"],
+        json!({ "scheme": "bearer", "in": "query", "name": "access_token" })
+    );
+    assert_eq!(
+        td["events"]["health_changed"]["forms"][0]["security"],
+        json!(["bearer_query_sc"])
+    );
+    assert!(
+        td["properties"]["temperature"]["forms"][0]["security"].is_null(),
+        "reads use the TD's default (header)"
     );
 }

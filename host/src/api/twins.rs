@@ -26,7 +26,6 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/v1/twins/{name}/td", get(td))
         .route("/v1/twins/{name}/properties/{property}", get(property))
         .route("/v1/twins/{name}/history", get(history))
-        .route("/v1/twins/{name}/stream", get(super::stream::stream))
         .route("/v1/twins/{name}/actions/{action}", post(act))
 }
 
