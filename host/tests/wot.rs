@@ -2,12 +2,16 @@
 //! advertises reads (`null` until the model sets it), property reads honour
 //! the application's requirements, and each event and each property has
 //! its own Server-Sent Events stream, authenticated by header or by the
-//! `access_token` query parameter.
+//! `access_token` query parameter. The last test runs Eclipse Thingweb
+//! node-wot itself (tests/wot/consume.mjs) against a node.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use common::{Site, TOKEN, created, machine_spec};
 use serde_json::{Value, json};
@@ -265,5 +269,118 @@ fn defect_15_event_streams_take_the_token_in_the_query_and_nothing_else_does() {
     assert!(
         td["properties"]["temperature"]["forms"][0]["security"].is_null(),
         "reads use the TD's default (header)"
+    );
+}
+
+/// The node-wot consumer's folder.
+fn consumer_dir() -> PathBuf {
+    wasmtwin_tests::workspace_root().join("tests/wot")
+}
+
+/// Installs the consumer's pinned packages (node-wot) unless present.
+fn install_consumer() {
+    let dir = consumer_dir();
+    if dir.join("node_modules/@node-wot/binding-http").is_dir() {
+        return;
+    }
+    let verb = if dir.join("package-lock.json").is_file() {
+        "ci"
+    } else {
+        "install"
+    };
+    let status = Command::new("npm")
+        .args([verb, "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir)
+        .status()
+        .expect("running npm (install node and npm)");
+    assert!(status.success(), "npm {verb} in {}", dir.display());
+}
+
+#[test]
+#[ignore = "interoperability: needs node and npm (run by .ci/run)"]
+fn defect_15_node_wot_consumes_a_twin_reads_invokes_subscribes_and_observes() {
+    install_consumer();
+    let site = motor();
+    let td_url = format!("{}/v1/twins/motor/td", site.node.api.base);
+    let mut consumer = Command::new("node")
+        .arg(consumer_dir().join("consume.mjs"))
+        .args([&td_url, "--timeout-ms", "20000"])
+        .env("WASMTWIN_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running node");
+    // Its standard error says when it has subscribed; keep the rest to
+    // show if it fails.
+    let stderr = consumer.stderr.take().expect("the consumer's stderr");
+    let (lines, said) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match said.recv_timeout(left) {
+            Ok(line) if line == "wot: subscribed" => break,
+            Ok(line) => log.push(line),
+            Err(_) => {
+                let _ = consumer.kill();
+                let output = consumer.wait_with_output().expect("the consumer's output");
+                panic!(
+                    "node-wot never subscribed; stderr: {}\nstdout: {}",
+                    log.join("\n"),
+                    String::from_utf8_lossy(&output.stdout)
+                );
+            }
+        }
+    }
+    // Overheating raises `health_changed` and changes the temperature.
+    site.publish("dev/motor", &[telemetry(1, json!({ "temperature": 95.0 }))]);
+    let output = consumer.wait_with_output().expect("the consumer's output");
+    log.extend(said.try_iter());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "the summary is not JSON ({e}): {stdout}\nstderr: {}",
+            log.join("\n")
+        )
+    });
+    assert!(
+        output.status.success() && summary["ok"] == true,
+        "{summary:#}\nstderr: {}",
+        log.join("\n")
+    );
+    // readAllProperties: every property, null where the model had set none.
+    let properties = &summary["properties"];
+    for name in [
+        "temperature",
+        "vibration",
+        "rpm",
+        "running",
+        "health",
+        "alarms",
+    ] {
+        assert_eq!(properties[name], Value::Null, "{name}: {summary}");
+    }
+    // The action took its input by its schema, and answered by its output.
+    assert_eq!(summary["action"]["name"], "set_speed");
+    // (Numbers compare as f64: JavaScript writes 1200.0 as 1200.)
+    let result = &summary["action"]["output"]["result"];
+    assert_eq!(result["accepted"], true, "{summary}");
+    assert_eq!(result["rpm"].as_f64(), Some(1200.0), "{summary}");
+    assert_eq!(
+        summary["action"]["output"]["commands"][0]["name"],
+        "set_speed"
+    );
+    assert_eq!(summary["event"]["name"], "health_changed");
+    assert_eq!(summary["event"]["data"]["to"], "alarm", "{summary}");
+    assert_eq!(summary["observed"]["name"], "temperature");
+    assert_eq!(
+        summary["observed"]["value"].as_f64(),
+        Some(95.0),
+        "{summary}"
     );
 }
