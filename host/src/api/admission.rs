@@ -116,7 +116,7 @@ impl Admission {
 /// long-lived and bounded per subscriber, so they are not counted.
 pub async fn admit(State(admission): State<Admission>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if path.ends_with("/stream") {
+    if super::stream::is_event_stream(path) {
         return next.run(request).await;
     }
     let class = Class::of(request.method(), path);

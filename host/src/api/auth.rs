@@ -1,10 +1,21 @@
 //! Bearer-token authentication of the management and digital APIs.
+//!
+//! The token travels in the `Authorization: Bearer` header. Event streams
+//! (`super::stream`) also take it in the `access_token` query parameter
+//! (RFC 6750 §2.3), as their Thing Description forms state: clients built
+//! on `EventSource`, browsers' and node-wot's among them, cannot set
+//! headers. No other route does, so tokens stay out of ordinary URLs.
 
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use std::collections::HashMap;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
+
+use super::stream::is_event_stream;
+use super::td::ACCESS_TOKEN;
 
 /// Who may call the protected routes.
 #[derive(Clone)]
@@ -18,11 +29,13 @@ pub enum Auth {
 /// Refuses requests without the right bearer token with 401.
 pub async fn require(State(auth): State<Auth>, request: Request, next: Next) -> Response {
     if let Auth::Token(expected) = &auth {
-        let presented = request
+        let from_header = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token);
+            .and_then(bearer_token)
+            .map(str::to_string);
+        let presented = from_header.or_else(|| query_token(&request));
         // Compared in constant time so the token cannot be guessed by timing.
         let valid = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected.as_bytes())));
         if !valid {
@@ -35,6 +48,15 @@ pub async fn require(State(auth): State<Auth>, request: Request, next: Next) -> 
         }
     }
     next.run(request).await
+}
+
+/// The token in the query of an event stream's `GET`, if any.
+fn query_token(request: &Request) -> Option<String> {
+    if request.method() != Method::GET || !is_event_stream(request.uri().path()) {
+        return None;
+    }
+    let query = Query::<HashMap<String, String>>::try_from_uri(request.uri()).ok()?;
+    query.0.get(ACCESS_TOKEN).cloned()
 }
 
 /// The token of an `Authorization: Bearer TOKEN` value. The scheme is

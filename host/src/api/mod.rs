@@ -39,6 +39,7 @@ pub fn router(node: Arc<Node>, auth: Auth, max_requests: usize) -> Router {
     // Layers run outside in: authentication before admission, so an
     // unauthenticated flood cannot take places.
     let protected = twins::routes()
+        .merge(stream::routes())
         .merge(mobility::routes())
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),

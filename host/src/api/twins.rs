@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::body;
 use super::td::{Security, thing_description};
 use crate::input::cap_message;
-use crate::node::{Node, NodeError};
+use crate::node::{Node, NodeError, TwinReport};
 use crate::spec::{SpecError, TwinSpec};
 
 /// Most history points one request returns.
@@ -28,7 +28,6 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/v1/twins/{name}/td", get(td))
         .route("/v1/twins/{name}/properties/{property}", get(property))
         .route("/v1/twins/{name}/history", get(history))
-        .route("/v1/twins/{name}/stream", get(super::stream::stream))
         .route("/v1/twins/{name}/actions/{action}", post(act))
 }
 
@@ -81,13 +80,71 @@ async fn list(State(node): State<Arc<Node>>) -> Response {
     Json(json!({ "twins": twins })).into_response()
 }
 
-/// What an application may require of a read.
+/// What an application may require of a read: of the whole twin
+/// (`GET /v1/twins/{name}`) or of one property (`…/properties/{p}`, the
+/// route the TD's forms point at). A read that the twin does not meet is
+/// answered `412 Precondition Failed` with the reasons, not with stale data
+/// passed off as fresh.
 #[derive(Debug, Deserialize)]
 struct ReadRequirements {
-    /// Every property must have changed within this many milliseconds.
+    /// What is read must have changed within this many milliseconds.
     max_age_ms: Option<u64>,
     /// The twin's reliability must be at least this.
     min_reliability: Option<f64>,
+}
+
+impl ReadRequirements {
+    /// Why `report` does not meet these requirements, read whole or, with
+    /// `only`, for that one property; empty when it meets them.
+    fn unmet(&self, report: &TwinReport, only: Option<&str>) -> Vec<String> {
+        let mut unmet = Vec::new();
+        if let Some(max_age) = self.max_age_ms {
+            match only {
+                None if report.properties.is_empty() => {
+                    unmet.push("the twin has no state yet".to_string());
+                }
+                Some(property) if !report.properties.contains_key(property) => {
+                    unmet.push(format!("`{property}` has no value yet"));
+                }
+                _ => {
+                    let stale: Vec<&str> = report
+                        .properties
+                        .iter()
+                        .filter(|(name, p)| {
+                            only.is_none_or(|only| only == name.as_str()) && p.age_ms > max_age
+                        })
+                        .map(|(name, _)| name.as_str())
+                        .collect();
+                    if !stale.is_empty() {
+                        unmet.push(format!("older than {max_age} ms: {}", stale.join(", ")));
+                    }
+                }
+            }
+        }
+        if let Some(min) = self.min_reliability
+            && report.entanglement.reliability < min
+        {
+            unmet.push(format!(
+                "reliability is {:.3}, below the {min} asked for",
+                report.entanglement.reliability
+            ));
+        }
+        unmet
+    }
+}
+
+/// The answer to a read whose requirements are not met: the reasons, and
+/// what was read under `key`.
+fn requirements_unmet(reasons: Vec<String>, key: &str, read: Value) -> Response {
+    (
+        StatusCode::PRECONDITION_FAILED,
+        Json(json!({
+            "error": "the twin does not meet the requirements of this read",
+            "reasons": reasons,
+            key: read,
+        })),
+    )
+        .into_response()
 }
 
 async fn read(
@@ -99,59 +156,48 @@ async fn read(
         Ok(report) => report,
         Err(e) => return node_error(e),
     };
-    let mut unmet = Vec::new();
-    if let Some(max_age) = req.max_age_ms {
-        let stale: Vec<&String> = report
-            .properties
-            .iter()
-            .filter(|(_, p)| p.age_ms > max_age)
-            .map(|(n, _)| n)
-            .collect();
-        if report.properties.is_empty() {
-            unmet.push("the twin has no state yet".to_string());
-        } else if !stale.is_empty() {
-            unmet.push(format!(
-                "older than {max_age} ms: {}",
-                stale
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-    }
-    if let Some(min) = req.min_reliability
-        && report.entanglement.reliability < min
-    {
-        unmet.push(format!(
-            "reliability is {:.3}, below the {min} asked for",
-            report.entanglement.reliability
-        ));
-    }
+    let unmet = req.unmet(&report, None);
     if unmet.is_empty() {
         Json(report).into_response()
     } else {
-        // The application's precondition is not met: say so rather than
-        // pass stale data off as fresh.
-        (
-            StatusCode::PRECONDITION_FAILED,
-            Json(json!({ "error": "the twin does not meet the requirements of this read", "reasons": unmet, "twin": report })),
-        )
-            .into_response()
+        requirements_unmet(unmet, "twin", json!(report))
     }
 }
 
 /// One property's current value, bare (as a WoT consumer reads it); its
-/// age and sequence number travel in headers.
+/// age and sequence number travel in headers. A property the model
+/// describes but has not set yet reads `null`; one it does not describe is
+/// not found.
 async fn property(
     State(node): State<Arc<Node>>,
     Path((name, property)): Path<(String, String)>,
+    Query(req): Query<ReadRequirements>,
 ) -> Response {
     let report = match node.report(&name) {
         Ok(report) => report,
         Err(e) => return node_error(e),
     };
-    match report.properties.get(&property) {
+    let current = report.properties.get(&property);
+    if current.is_none() {
+        match node.description(&name) {
+            Ok(d) if d.properties.iter().any(|p| p.name == property) => {}
+            Ok(_) => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "twin `{name}`'s model ({}) describes no property `{property}`",
+                        report.model.name
+                    ),
+                );
+            }
+            Err(e) => return node_error(e),
+        }
+    }
+    let unmet = req.unmet(&report, Some(&property));
+    if !unmet.is_empty() {
+        return requirements_unmet(unmet, "property", json!(property));
+    }
+    match current {
         Some(p) => (
             [
                 ("x-wasmtwin-age-ms", p.age_ms.to_string()),
@@ -160,10 +206,7 @@ async fn property(
             Json(p.value.clone()),
         )
             .into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!("twin `{name}` has no value for property `{property}` yet"),
-        ),
+        None => Json(Value::Null).into_response(),
     }
 }
 

@@ -1,0 +1,155 @@
+//! What the node tests share: an MQTT broker in the test process (the
+//! embedded one `up` uses) and a `wasmtwin host` running the unsigned test
+//! plugins, fed by publishing to it. Each test file uses a part of it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
+use serde_json::{Value, json};
+use wasmtwin_tests::cli::arg;
+use wasmtwin_tests::node::Node;
+use wasmtwin_tests::plugin;
+use wasmtwin_tests::servers::free_port;
+
+pub const TOKEN: &str = "defects-token-0123456789abcdef";
+
+/// A broker and a `wasmtwin host` running unsigned test plugins.
+pub struct Site {
+    pub node: Node,
+    pub mqtt: u16,
+    pub data: PathBuf,
+    extra: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Site {
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mqtt = free_port();
+        let listen: SocketAddr = format!("127.0.0.1:{mqtt}").parse().unwrap();
+        wasmtwin::broker::start(listen).expect("the embedded broker");
+        let data = dir.path().to_path_buf();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let node = host(&data, mqtt, &extra);
+        Self {
+            node,
+            mqtt,
+            data,
+            extra,
+            _dir: dir,
+        }
+    }
+
+    /// Kills the node and starts it again on the same data.
+    pub fn restart(&mut self) {
+        let _ = self.node.child.kill();
+        let _ = self.node.child.wait();
+        self.node = host(&self.data, self.mqtt, &self.extra);
+    }
+
+    /// Applies a spec over the API: status and body.
+    pub fn apply(&self, name: &str, spec: &str) -> (u16, String) {
+        self.node.api.put(&format!("/v1/twins/{name}"), spec)
+    }
+
+    pub fn twin(&self, name: &str) -> Value {
+        self.node.api.json(&format!("/v1/twins/{name}"))
+    }
+
+    /// Publishes `payloads` on `topic` at QoS 1 and waits for the broker's
+    /// acknowledgements.
+    pub fn publish(&self, topic: &str, payloads: &[Vec<u8>]) {
+        let mut options = MqttOptions::new(format!("pub-{}", free_port()), "127.0.0.1", self.mqtt);
+        options.set_max_packet_size(1 << 21, 1 << 21);
+        let (client, mut connection) = Client::new(options, 64);
+        for payload in payloads {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload.clone())
+                .unwrap();
+        }
+        let mut acked = 0;
+        for event in connection.iter() {
+            if let Ok(Event::Incoming(Incoming::PubAck(_))) = event {
+                acked += 1;
+                if acked == payloads.len() {
+                    break;
+                }
+            }
+            assert!(event.is_ok(), "publishing: {event:?}");
+        }
+        let _ = client.disconnect();
+    }
+}
+
+pub fn host(data: &Path, mqtt: u16, extra: &[String]) -> Node {
+    let http = free_port();
+    let mut args: Vec<String> = [
+        "host",
+        "--http",
+        &format!("127.0.0.1:{http}"),
+        "--mqtt",
+        &format!("mqtt://127.0.0.1:{mqtt}"),
+        "--data",
+        arg(&data.join("node")),
+        "--cache-dir",
+        arg(&data.join("cache")),
+        "--allow-unsigned",
+        "--component-dir",
+        arg(plugin("misbehave")
+            .parent()
+            .expect("the plugins' directory")),
+        "--component-dir",
+        arg(data),
+        "--token",
+        TOKEN,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().cloned());
+    Node::spawn(env!("CARGO_BIN_EXE_wasmtwin"), &args, http, TOKEN)
+}
+
+/// A spec of twin `name` running the `misbehave` model in `mode`, fed from
+/// `dev/NAME`; `extra` is YAML appended under `spec:`.
+pub fn spec(name: &str, mode: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: wasmtwin.dev/v1alpha1
+kind: DigitalTwin
+metadata:
+  name: {name}
+spec:
+  model:
+    ref: {}
+    config: {{mode: {mode}}}
+  physical:
+    topics: [dev/{name}]
+    adapter:
+      ref: {}
+{extra}"#,
+        arg(&plugin("misbehave")),
+        arg(&plugin("json-adapter")),
+    )
+}
+
+/// A spec of twin `name` running the `machine` model, fed from `dev/NAME`.
+pub fn machine_spec(name: &str) -> String {
+    spec(name, "good", "")
+        .replace(arg(&plugin("misbehave")), arg(&plugin("machine")))
+        .replace("config: {mode: good}", "config: {}")
+}
+
+/// A JSON telemetry message.
+pub fn message(seq: u64, value: Value) -> Vec<u8> {
+    let ts_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    serde_json::to_vec(&json!({ "seq": seq, "ts_ms": ts_ms, "x": value })).unwrap()
+}
+
+pub fn created(site: &Site, name: &str, spec: &str) {
+    let (status, body) = site.apply(name, spec);
+    assert_eq!(status, 200, "{body}");
+}
