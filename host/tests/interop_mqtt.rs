@@ -528,3 +528,48 @@ fn a_twin_moves_swaps_and_survives_a_crash_without_losing_an_update() {
         "updates 1..N, in order, once each"
     );
 }
+
+/// A message larger than any the node's MQTT client used to take (1 MiB)
+/// jammed the session: refused, redelivered after every reconnect, for
+/// ever. Now it is dropped, counted, and the twin goes on.
+#[test]
+#[ignore = "needs Debian's mosquitto and mosquitto-clients; run by .ci/run"]
+fn defect_02_a_message_over_the_payload_limit_does_not_jam_the_twin() {
+    let (broker, dir, signed, node) = node_on_mosquitto();
+    apply(&node, &dir, &signed, "big-1", "{}");
+    let topic = "plant/big-1/telemetry";
+    let mut publisher = Publisher::start(&broker, None, topic);
+    publisher.send(1, 20.0);
+    publisher.finish();
+    node.api.wait_for_updates("big-1", 1);
+    let huge = dir.join("huge.json");
+    let padding = "x".repeat(2 << 20);
+    std::fs::write(
+        &huge,
+        format!(
+            r#"{{"seq": 2, "ts_ms": {}, "temperature": 21.0, "pad": "{padding}"}}"#,
+            now_ms()
+        ),
+    )
+    .unwrap();
+    let status = Command::new("mosquitto_pub")
+        .args(broker.client_args(None))
+        .args(["-q", "1", "-t", topic, "-f", arg(&huge)])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(status.success());
+    let mut publisher = Publisher::start(&broker, None, topic);
+    publisher.send(3, 22.0);
+    publisher.finish();
+    wait_for(
+        || node.api.json("/v1/twins/big-1")["lastSeq"] == 3,
+        "the update after the oversized message",
+    );
+    let twin = node.api.json("/v1/twins/big-1");
+    assert_eq!(twin["updatesApplied"], 2, "{twin}");
+    let (_, metrics) = node.api.get("/metrics");
+    assert!(
+        metrics.contains("wasmtwin_twin_oversized_messages_total{twin=\"big-1\"} 1"),
+        "{metrics}"
+    );
+}
