@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+mod common;
+
 use wasmtwin_tests::cli::{arg, ok, refused};
 
 use base64::Engine as _;
@@ -282,11 +284,7 @@ fn a_registry_with_basic_auth_takes_credentials_from_the_environment() {
 #[test]
 #[ignore = "interoperability: needs docker-registry (run by .ci/run)"]
 fn defect_14_a_node_pulls_components_from_a_plain_http_registry() {
-    use wasmtwin_tests::node::Node;
-    use wasmtwin_tests::servers::free_port;
-    const TOKEN: &str = "registry-node-token-0123456789";
     let registry = Registry::start(None);
-    let dir = tempfile::tempdir().unwrap();
     for name in ["machine", "json-adapter"] {
         let reference = format!("oci://{}/twins/{name}:0.1.0", registry.address);
         ok(wasmtwin(
@@ -294,28 +292,7 @@ fn defect_14_a_node_pulls_components_from_a_plain_http_registry() {
             &[],
         ));
     }
-    let mqtt = free_port();
-    wasmtwin::broker::start(format!("127.0.0.1:{mqtt}").parse().unwrap()).unwrap();
-    let http = free_port();
-    let args: Vec<String> = [
-        "host",
-        "--http",
-        &format!("127.0.0.1:{http}"),
-        "--mqtt",
-        &format!("mqtt://127.0.0.1:{mqtt}"),
-        "--data",
-        arg(&dir.path().join("node")),
-        "--cache-dir",
-        arg(&dir.path().join("cache")),
-        "--allow-unsigned",
-        "--registry-insecure",
-        &registry.address,
-        "--token",
-        TOKEN,
-    ]
-    .map(String::from)
-    .to_vec();
-    let node = Node::spawn(env!("CARGO_BIN_EXE_wasmtwin"), &args, http, TOKEN);
+    let site = common::Site::start(&["--registry-insecure", &registry.address]);
     let spec = format!(
         r#"apiVersion: wasmtwin.dev/v1alpha1
 kind: DigitalTwin
@@ -331,7 +308,7 @@ spec:
 "#,
         registry.address
     );
-    let (status, body) = node.api.put("/v1/twins/pulled", &spec);
+    let (status, body) = site.apply("pulled", &spec);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("created"), "{body}");
 }

@@ -5,54 +5,33 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use wasmtwin_tests::cli::{self, arg};
-use wasmtwin_tests::node::Node;
-use wasmtwin_tests::servers::free_port;
 
-const TOKEN: &str = "http-defects-token-0123456789";
+mod common;
 
-/// A broker and a `wasmtwin host`.
+use common::TOKEN;
+
+/// A broker and a `wasmtwin host` (`common::Site`), reached by raw sockets.
 struct Site {
-    /// The host process, killed when the site is dropped.
-    _node: Node,
+    /// The node, stopped when the site is dropped.
+    _site: common::Site,
     http: u16,
-    _dir: tempfile::TempDir,
 }
 
 impl Site {
     fn start(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mqtt = free_port();
-        let listen: SocketAddr = format!("127.0.0.1:{mqtt}").parse().unwrap();
-        wasmtwin::broker::start(listen).expect("the embedded broker");
-        let data: PathBuf = dir.path().to_path_buf();
-        let http = free_port();
-        let mut args: Vec<String> = [
-            "host",
-            "--http",
-            &format!("127.0.0.1:{http}"),
-            "--mqtt",
-            &format!("mqtt://127.0.0.1:{mqtt}"),
-            "--data",
-            arg(&data.join("node")),
-            "--cache-dir",
-            arg(&data.join("cache")),
-            "--allow-unsigned",
-            "--token",
-            TOKEN,
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let node = Node::spawn(env!("CARGO_BIN_EXE_wasmtwin"), &args, http, TOKEN);
-        Self {
-            _node: node,
-            http,
-            _dir: dir,
-        }
+        let site = common::Site::start(extra);
+        let http = site
+            .node
+            .api
+            .base
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("the node's port");
+        Self { _site: site, http }
     }
 
     /// A fresh connection to the node.

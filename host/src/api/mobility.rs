@@ -209,17 +209,10 @@ async fn checkpoint(
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct RestoreQuery {
-    /// Overwrite a twin of that name running here.
-    #[serde(default)]
-    replace: bool,
-}
-
 async fn restore(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    Query(query): Query<RestoreQuery>,
+    Query(query): Query<super::twins::ReplaceQuery>,
     body: axum::body::Body,
 ) -> Response {
     if let Some(response) = bundle_too_large(&body) {

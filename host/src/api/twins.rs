@@ -339,18 +339,18 @@ async fn spec(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Respon
     }
 }
 
-/// How a spec is applied.
+/// `?replace=true`: a spec or bundle may take the place of the twin of
+/// that name running here, discarding its state and history.
 #[derive(Debug, Deserialize)]
-struct ApplyQuery {
-    /// Start the twin anew even if that discards its state and history.
+pub(super) struct ReplaceQuery {
     #[serde(default)]
-    replace: bool,
+    pub(super) replace: bool,
 }
 
 async fn apply(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    Query(query): Query<ApplyQuery>,
+    Query(query): Query<ReplaceQuery>,
     body: axum::body::Body,
 ) -> Response {
     let text = match body::text(body, body::SPEC_MAX, "spec").await {
