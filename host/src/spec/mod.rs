@@ -11,6 +11,7 @@ mod validate;
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -24,7 +25,7 @@ pub const API_VERSION: &str = "wasmtwin.dev/v1alpha1";
 pub const KIND: &str = "DigitalTwin";
 
 /// A whole twin spec document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TwinSpec {
     /// Must be [`API_VERSION`].
@@ -38,7 +39,7 @@ pub struct TwinSpec {
 }
 
 /// Identity of the twin.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
     /// Unique on a node; a DNS label (lower-case letters, digits, `-`).
@@ -49,7 +50,7 @@ pub struct Metadata {
 }
 
 /// The body of the spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Spec {
     /// The model component and its configuration.
@@ -77,11 +78,18 @@ fn one() -> u32 {
     1
 }
 
-/// A component reference: a path, `file://DIR[:TAG]` or `oci://…`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A component reference, one of three kinds:
+/// - a path to a `.wasm` file on the node, inside one of its
+///   `--component-dir` directories (relative paths are the node's working
+///   directory's);
+/// - `file://DIR[:TAG]`: an OCI image-layout *directory* (what
+///   `wasmtwin publish file://…` writes), not a file;
+/// - `oci://HOST[:PORT]/REPO[:TAG]`: an OCI registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ComponentRef {
-    /// Where to get the component.
+    /// Where to get the component: a path, `file://DIR[:TAG]` or
+    /// `oci://HOST/REPO[:TAG]`.
     #[serde(rename = "ref")]
     pub reference: String,
     /// The expected `sha256:` digest of its bytes; a different component is
@@ -91,7 +99,7 @@ pub struct ComponentRef {
 }
 
 /// The model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ModelSpec {
     /// The component.
@@ -111,7 +119,7 @@ fn empty_object() -> Value {
 }
 
 /// The physical twin's side.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PhysicalSpec {
     /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`; the node's broker when
@@ -145,7 +153,7 @@ fn one_u8() -> u8 {
 }
 
 /// The application's requirements on entanglement.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Requirements {
     /// Timeliness: the `percentile`-th percentile must be within `boundMs`.
@@ -178,7 +186,7 @@ impl Default for Requirements {
 }
 
 /// A timeliness requirement.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Timeliness {
     /// Which percentile is bounded, in (0, 100].
@@ -197,7 +205,7 @@ impl Default for Timeliness {
 }
 
 /// Per-update limits on the model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Resources {
     /// Fuel each update may burn.
@@ -220,7 +228,7 @@ impl Default for Resources {
 }
 
 /// Where the twin may run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Placement {
     /// Acceptable domains, in order of preference: `edge`, `mec`, `cloud`.
@@ -239,7 +247,7 @@ impl Default for Placement {
 }
 
 /// History retention.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct History {
     /// How long points are kept, e.g. `1h`, `7d`.
@@ -313,6 +321,13 @@ impl TwinSpec {
     }
 }
 
+/// The JSON Schema of the twin spec (draft 2020-12), generated from these
+/// types and their documentation: editors validate and complete specs with
+/// it, and `deploy/twin-spec.schema.json` is it, written out.
+pub fn json_schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(TwinSpec)).unwrap_or(Value::Null)
+}
+
 /// The field paths where two specs differ (`spec.model.ref`, …), sorted
 /// by key at each level; an array that differs is named whole.
 pub fn differences(running: &TwinSpec, other: &TwinSpec) -> Vec<String> {
@@ -382,6 +397,28 @@ mod tests {
         assert_eq!(spec.spec.model.config["vibration_alarm"], 7.1);
         let json = serde_json::to_string(&spec).unwrap();
         assert_eq!(TwinSpec::parse(&json).unwrap(), spec);
+    }
+
+    /// The schema users' editors read stays the one the code accepts.
+    #[test]
+    fn the_published_json_schema_is_current() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/twin-spec.schema.json"
+        );
+        let generated = serde_json::to_string_pretty(&json_schema()).unwrap() + "\n";
+        if std::env::var_os("WASMTWIN_WRITE_SCHEMA").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let published = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            published == generated,
+            "deploy/twin-spec.schema.json is stale: run \
+             WASMTWIN_WRITE_SCHEMA=1 cargo test -p wasmtwin --lib the_published_json_schema"
+        );
+        let schema = json_schema();
+        assert_eq!(schema["title"], "TwinSpec");
+        assert!(schema["properties"]["spec"].is_object(), "{schema}");
     }
 
     #[test]
