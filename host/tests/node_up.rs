@@ -31,6 +31,10 @@ impl Up {
     }
 
     fn start_on(data: &Path, http_port: u16, mqtt: u16, rate: u32) -> Self {
+        Self::start_with(data, http_port, mqtt, rate, &[])
+    }
+
+    fn start_with(data: &Path, http_port: u16, mqtt: u16, rate: u32, extra: &[&str]) -> Self {
         // Builds the plugins `up` needs.
         let plugins = plugin("machine").parent().unwrap().to_path_buf();
         let args = [
@@ -51,6 +55,10 @@ impl Up {
             arg(&data.join("cache")),
         ]
         .map(String::from);
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect();
         let node = Node::spawn(env!("CARGO_BIN_EXE_wasmtwin"), &args, http_port, TOKEN);
         Self { node, mqtt }
     }
@@ -578,4 +586,52 @@ fn up_on_a_busy_port_says_so_before_announcing_anything() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("listening on {http}")), "{err}");
+}
+
+/// A new user's own model, signed with their own key, runs on `up` when
+/// `up` trusts the key and may read the directory.
+#[test]
+fn up_runs_a_users_own_signed_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("mine");
+    let run = |args: &[&str]| {
+        ok(wasmtwin_tests::cli::run(
+            env!("CARGO_BIN_EXE_wasmtwin"),
+            args,
+            &[],
+        ))
+    };
+    run(&["keygen", "--out", arg(&mine.join("keys"))]);
+    let model = mine.join("counter.wasm");
+    run(&[
+        "sign",
+        arg(&plugin("misbehave")),
+        "--key",
+        arg(&mine.join("keys/wasmtwin.key")),
+        "--out",
+        arg(&model),
+    ]);
+    let data = dir.path().join("data");
+    let up = Up::start_with(
+        &data,
+        free_port(),
+        free_port(),
+        20,
+        &[
+            "--trust",
+            arg(&mine.join("keys/wasmtwin.pub")),
+            "--component-dir",
+            arg(&mine),
+        ],
+    );
+    let spec = format!(
+        "apiVersion: wasmtwin.dev/v1alpha1\nkind: DigitalTwin\nmetadata: {{name: mine}}\n\
+         spec:\n  model: {{ref: {}}}\n  physical:\n    topics: [mine/telemetry]\n    \
+         adapter: {{ref: {}}}\n",
+        arg(&model),
+        arg(&data.join("components/json_adapter.wasm")),
+    );
+    let (status, body) = up.put("/v1/twins/mine", &spec);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("created"), "{body}");
 }

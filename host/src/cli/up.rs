@@ -42,6 +42,15 @@ pub struct UpArgs {
     /// Telemetry messages per second from the simulated motor.
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
+    /// Publisher keys to trust besides the development key (a public key
+    /// file, or a directory of them), so twins of your own signed
+    /// components can run here too.
+    #[arg(long, value_name = "PATH")]
+    trust: Option<PathBuf>,
+    /// Another directory local component paths in specs may name, besides
+    /// DATA/components (repeat for more).
+    #[arg(long = "component-dir", value_name = "DIR")]
+    component_dirs: Vec<PathBuf>,
     #[command(flatten)]
     connections: super::host::ConnectionArgs,
 }
@@ -112,8 +121,11 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         .with_context(|| format!("creating {}", components.display()))?;
     let model = sign_plugin(&args.plugins, "machine", &key, &components)?;
     let adapter = sign_plugin(&args.plugins, "json_adapter", &key, &components)?;
-    // This node trusts the development key and nothing else.
-    let mut trust = TrustSet::default();
+    // This node trusts the development key, and the keys --trust names.
+    let mut trust = match &args.trust {
+        Some(path) => TrustSet::load(path)?,
+        None => TrustSet::default(),
+    };
     trust.add(key.verifying_key(), key_dir.join(signing::PUBLIC_KEY_FILE));
 
     let token = match args.token {
@@ -141,7 +153,9 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
                 policy: TrustPolicy::Require(trust),
                 queue_capacity: 1024,
                 ceilings: wasmtwin::spec::Ceilings::default(),
-                component_dirs: vec![components.clone()],
+                component_dirs: std::iter::once(components.clone())
+                    .chain(args.component_dirs)
+                    .collect(),
                 registry: Default::default(),
             },
             runtime,
