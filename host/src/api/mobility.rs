@@ -20,7 +20,7 @@ use serde_json::json;
 use super::body::{self, too_large};
 use super::twins::{error, node_error};
 use crate::node::{IMPORT_BATCH, Node, NodeError, Outgoing};
-use crate::spec::{ComponentRef, TwinSpec};
+use crate::spec::ComponentRef;
 use crate::store::{HistoryMark, HistoryRow};
 
 /// The media type of a history copy: one JSON row per line.
@@ -328,21 +328,9 @@ async fn receive(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let text = match body::text(body, body::SPEC_MAX, "spec").await {
-        Ok(text) => text,
+    let spec = match super::twins::spec_named(body, &name).await {
+        Ok(spec) => spec,
         Err(response) => return response,
-    };
-    // Parsing takes a while: off the I/O threads.
-    let spec = match tokio::task::spawn_blocking(move || TwinSpec::parse(&text)).await {
-        Ok(Ok(spec)) if spec.name() == name => spec,
-        Ok(Ok(spec)) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("the spec names `{}`, the URL `{name}`", spec.name()),
-            );
-        }
-        Ok(Err(e)) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     match blocking(move || node.receive(spec)).await {
         Ok(()) => Json(json!({ "receiving": name })).into_response(),

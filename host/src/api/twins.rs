@@ -353,26 +353,10 @@ async fn apply(
     Query(query): Query<ReplaceQuery>,
     body: axum::body::Body,
 ) -> Response {
-    let text = match body::text(body, body::SPEC_MAX, "spec").await {
-        Ok(text) => text,
+    let spec = match spec_named(body, &name).await {
+        Ok(spec) => spec,
         Err(response) => return response,
     };
-    // Parsing a megabyte of YAML takes a while: off the I/O threads, which
-    // serve every other request and drive the twins' MQTT sessions.
-    let spec = match tokio::task::spawn_blocking(move || TwinSpec::parse(&text)).await {
-        Ok(Ok(spec)) => spec,
-        Ok(Err(e)) => return spec_error(e),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    if spec.name() != name {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "metadata.name is `{}`, but the URL names `{name}`",
-                spec.name()
-            ),
-        );
-    }
     // Fetching and compiling components blocks; keep it off the I/O threads.
     let result = tokio::task::spawn_blocking(move || node.apply(spec, query.replace)).await;
     match result {
@@ -386,6 +370,29 @@ async fn apply(
         },
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// The spec a request's body holds, which must be of twin `name`: read
+/// within the spec size limit and parsed off the I/O threads (parsing a
+/// megabyte of YAML takes a while, and those threads serve every other
+/// request and drive the twins' MQTT sessions).
+pub(super) async fn spec_named(body: axum::body::Body, name: &str) -> Result<TwinSpec, Response> {
+    let text = body::text(body, body::SPEC_MAX, "spec").await?;
+    let spec = match tokio::task::spawn_blocking(move || TwinSpec::parse(&text)).await {
+        Ok(Ok(spec)) => spec,
+        Ok(Err(e)) => return Err(spec_error(e)),
+        Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    };
+    if spec.name() != name {
+        return Err(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "metadata.name is `{}`, but the URL names `{name}`",
+                spec.name()
+            ),
+        ));
+    }
+    Ok(spec)
 }
 
 fn spec_error(e: SpecError) -> Response {
