@@ -624,14 +624,32 @@ fn up_runs_a_users_own_signed_model() {
             arg(&mine),
         ],
     );
-    let spec = format!(
-        "apiVersion: wasmtwin.dev/v1alpha1\nkind: DigitalTwin\nmetadata: {{name: mine}}\n\
-         spec:\n  model: {{ref: {}}}\n  physical:\n    topics: [mine/telemetry]\n    \
-         adapter: {{ref: {}}}\n",
-        arg(&model),
-        arg(&data.join("components/json_adapter.wasm")),
-    );
-    let (status, body) = up.put("/v1/twins/mine", &spec);
+    let spec = |name: &str, publisher: &str| {
+        format!(
+            "apiVersion: wasmtwin.dev/v1alpha1\nkind: DigitalTwin\nmetadata: {{name: {name}}}\n\
+             spec:\n  model: {{ref: {}, publisherKey: {publisher}}}\n  physical:\n    \
+             topics: [mine/telemetry]\n    adapter: {{ref: {}}}\n",
+            arg(&model),
+            arg(&data.join("components/json_adapter.wasm")),
+        )
+    };
+    let mine_pub = mine.join("keys/wasmtwin.pub");
+    let (status, body) = up.put("/v1/twins/mine", &spec("mine", arg(&mine_pub)));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("created"), "{body}");
+    // The publisher key is one of the node's trusted keys; a spec cannot
+    // make the node open a file of its choosing.
+    let dev_pub = data.join("dev-key/wasmtwin.pub");
+    let (status, body) = up.put("/v1/twins/other", &spec("other", arg(&dev_pub)));
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("is not signed by the publisher key"),
+        "{body}"
+    );
+    let (status, body) = up.put("/v1/twins/probe", &spec("probe", "/etc/hostname"));
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("not one of this node's trusted keys"),
+        "{body}"
+    );
 }

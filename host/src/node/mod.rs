@@ -30,7 +30,7 @@ use crate::monitoring::{Metrics, TwinLabel};
 use crate::physical::{self, BrokerAddress, Link};
 use crate::registry::{self, Location};
 use crate::runtime::{ActionOutcome, Description, Limits, ModelComponent, Runtime};
-use crate::signing::{TrustPolicy, TrustSet};
+use crate::signing::{KeyId, TrustPolicy};
 use crate::spec::{Ceilings, ComponentRef, TwinSpec};
 use crate::store::{Op, Point, Saved, Store};
 use crate::twin::entanglement::{Entanglement, Status, Window};
@@ -320,21 +320,34 @@ impl Node {
             }
         }
         let verified = self.config.policy.check(bytes, reference)?;
-        if let (Some(key), Some(verified)) = (publisher_key, verified) {
-            let trust = TrustSet::load(std::path::Path::new(key))
-                .with_context(|| format!("spec.model.publisherKey {key}"))?;
-            let wanted = trust.keys().iter().map(|k| k.id).collect::<Vec<_>>();
+        if let (Some(key), Some(verified), TrustPolicy::Require(trust)) =
+            (publisher_key, verified, &self.config.policy)
+        {
+            // The key is one of this node's trusted keys, named by the file
+            // it was loaded from or by its id: a node opens no key file a
+            // spec names.
+            let wanted: Vec<KeyId> = trust
+                .keys()
+                .iter()
+                .filter(|k| k.source == std::path::Path::new(key) || k.id.to_string() == key)
+                .map(|k| k.id)
+                .collect();
+            if wanted.is_empty() {
+                bail!(
+                    "spec.model.publisherKey `{key}` is not one of this node's trusted keys \
+                     (--trust): name one by the file it was loaded from or by its key id"
+                );
+            }
             if !verified.signers.iter().any(|s| wanted.contains(s)) {
-                let ids = |ids: &[crate::signing::KeyId]| {
+                let ids = |ids: &[KeyId]| {
                     ids.iter()
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
                 bail!(
-                    "the {what} {reference} has no signature by the publisher key {key} ({}) that \
-                     this node could verify: it verified only {}. The publisher key must also be \
-                     in the node's trust set (--trust)",
+                    "the {what} {reference} is not signed by the publisher key {key} ({}); \
+                     it is signed by {}",
                     ids(&wanted),
                     ids(&verified.signers)
                 );

@@ -105,8 +105,9 @@ pub struct ModelSpec {
     /// The component.
     #[serde(flatten)]
     pub component: ComponentRef,
-    /// Public key of the publisher whose signature the node requires, as a
-    /// path on the node; the node's own trust set applies when absent.
+    /// The publisher whose signature this twin requires: one of the node's
+    /// trusted keys (`--trust`), named by the file it was loaded from or by
+    /// its key id. Absent, any key the node trusts will do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publisher_key: Option<String>,
     /// The model's configuration (passed to `init`).
