@@ -9,7 +9,7 @@ use super::bindings::types;
 use super::error::{Failure, GuestError};
 use super::limits::Limits;
 use super::model::Update;
-use super::sandbox::Sandbox;
+use super::sandbox::{Sandbox, guest_call};
 use crate::digest::Digest;
 
 /// A compiled adapter component, ready to instantiate.
@@ -81,13 +81,8 @@ impl AdapterInstance {
 
     /// Decodes a raw payload received on `topic` into updates.
     pub async fn decode(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Update>, GuestError> {
-        let budget = self.sandbox.begin("decode")?;
-        let outcome = self
-            .adapter
-            .wasmtwin_twin_adapter_api()
-            .call_decode(self.sandbox.store(), topic, payload)
-            .await;
-        let (updates, _) = self.sandbox.finish("decode", budget, outcome)?;
+        let api = self.adapter.wasmtwin_twin_adapter_api();
+        let (updates, _) = guest_call!(self.sandbox, "decode", api, call_decode(topic, payload))?;
         updates
             .into_iter()
             .map(|u| {
@@ -115,14 +110,7 @@ impl AdapterInstance {
             name: name.to_string(),
             payload: payload.to_string(),
         };
-        let budget = self.sandbox.begin("encode")?;
-        let outcome = self
-            .adapter
-            .wasmtwin_twin_adapter_api()
-            .call_encode(self.sandbox.store(), &command)
-            .await;
-        self.sandbox
-            .finish("encode", budget, outcome)
-            .map(|(bytes, _)| bytes)
+        let api = self.adapter.wasmtwin_twin_adapter_api();
+        guest_call!(self.sandbox, "encode", api, call_encode(&command)).map(|(bytes, _)| bytes)
     }
 }

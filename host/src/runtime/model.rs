@@ -12,7 +12,7 @@ use super::bindings::types;
 use super::error::{Failure, GuestError};
 use super::guest_state::GuestState;
 use super::limits::Limits;
-use super::sandbox::Sandbox;
+use super::sandbox::{Sandbox, guest_call};
 use crate::digest::Digest;
 
 /// A compiled model component, ready to instantiate many times.
@@ -184,27 +184,15 @@ impl ModelInstance {
     /// Starts a fresh twin from its JSON configuration.
     pub async fn init(&mut self, config: &Value) -> Result<(), GuestError> {
         let config = config.to_string();
-        let budget = self.sandbox.begin("init")?;
-        let outcome = self
-            .model
-            .wasmtwin_twin_model_api()
-            .call_init(self.sandbox.store(), &config)
-            .await;
-        self.sandbox.finish("init", budget, outcome).map(|_| ())
+        let api = self.model.wasmtwin_twin_model_api();
+        guest_call!(self.sandbox, "init", api, call_init(&config)).map(|_| ())
     }
 
     /// Reconfigures the running twin.
     pub async fn reconfigure(&mut self, config: &Value) -> Result<(), GuestError> {
         let config = config.to_string();
-        let budget = self.sandbox.begin("reconfigure")?;
-        let outcome = self
-            .model
-            .wasmtwin_twin_model_api()
-            .call_reconfigure(self.sandbox.store(), &config)
-            .await;
-        self.sandbox
-            .finish("reconfigure", budget, outcome)
-            .map(|_| ())
+        let api = self.model.wasmtwin_twin_model_api();
+        guest_call!(self.sandbox, "reconfigure", api, call_reconfigure(&config)).map(|_| ())
     }
 
     /// Applies one update.
@@ -215,13 +203,9 @@ impl ModelInstance {
             property: update.property.clone(),
             value: update.value.to_string(),
         };
-        let budget = self.sandbox.begin("on-update")?;
-        let outcome = self
-            .model
-            .wasmtwin_twin_model_api()
-            .call_on_update(self.sandbox.store(), &wit_update)
-            .await;
-        let (effects, fuel) = self.sandbox.finish("on-update", budget, outcome)?;
+        let api = self.model.wasmtwin_twin_model_api();
+        let (effects, fuel) =
+            guest_call!(self.sandbox, "on-update", api, call_on_update(&wit_update))?;
         let parsed = (|| {
             Ok(UpdateEffects {
                 changes: parse_changes(effects.changes)?,
@@ -239,13 +223,9 @@ impl ModelInstance {
         input: &Value,
     ) -> Result<ActionOutcome, GuestError> {
         let input = input.to_string();
-        let budget = self.sandbox.begin("on-action")?;
-        let answer = self
-            .model
-            .wasmtwin_twin_model_api()
-            .call_on_action(self.sandbox.store(), name, &input)
-            .await;
-        let (outcome, _) = self.sandbox.finish("on-action", budget, answer)?;
+        let api = self.model.wasmtwin_twin_model_api();
+        let (outcome, _) =
+            guest_call!(self.sandbox, "on-action", api, call_on_action(name, &input))?;
         let parsed = (|| {
             let result = parse_json("the action's result", &outcome.reply)?;
             let commands = outcome
@@ -269,26 +249,20 @@ impl ModelInstance {
 
     /// Serialises the guest's state.
     pub async fn snapshot(&mut self) -> Result<Vec<u8>, GuestError> {
-        let budget = self.sandbox.begin("snapshot")?;
-        let outcome = self
-            .model
-            .wasmtwin_twin_model_api()
-            .call_snapshot(self.sandbox.store())
-            .await;
-        self.sandbox
-            .finish("snapshot", budget, outcome)
-            .map(|(bytes, _)| bytes)
+        let api = self.model.wasmtwin_twin_model_api();
+        guest_call!(self.sandbox, "snapshot", api, call_snapshot()).map(|(bytes, _)| bytes)
     }
 
     /// Rebuilds the guest's state from a snapshot taken at `state_version`.
     pub async fn restore(&mut self, state: &[u8], state_version: u32) -> Result<(), GuestError> {
-        let budget = self.sandbox.begin("restore")?;
-        let outcome = self
-            .model
-            .wasmtwin_twin_model_api()
-            .call_restore(self.sandbox.store(), state, state_version)
-            .await;
-        self.sandbox.finish("restore", budget, outcome).map(|_| ())
+        let api = self.model.wasmtwin_twin_model_api();
+        guest_call!(
+            self.sandbox,
+            "restore",
+            api,
+            call_restore(state, state_version)
+        )
+        .map(|_| ())
     }
 
     /// What the model offers.

@@ -13,6 +13,18 @@ use super::error::{Failure, GuestError};
 use super::guest_state::GuestState;
 use super::limits::Limits;
 
+/// Calls the export `$method` of the interface handle `$api` through
+/// `$sandbox`, under its limits: `begin`, the async call on the store,
+/// `finish`. Its value is the call's answer and fuel, or the `GuestError`.
+macro_rules! guest_call {
+    ($sandbox:expr, $name:literal, $api:expr, $method:ident($($arg:expr),*)) => {{
+        let budget = $sandbox.begin($name)?;
+        let outcome = $api.$method($sandbox.store(), $($arg),*).await;
+        $sandbox.finish($name, budget, outcome)
+    }};
+}
+pub(super) use guest_call;
+
 /// A store with limits, poisoned by the first failure that may have left the
 /// guest inconsistent.
 ///
