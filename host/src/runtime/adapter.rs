@@ -9,7 +9,7 @@ use super::bindings::types;
 use super::error::{Failure, GuestError};
 use super::limits::Limits;
 use super::model::Update;
-use super::sandbox::{Sandbox, guest_call};
+use super::sandbox::{Sandbox, guest_call, instantiate};
 use crate::digest::Digest;
 
 /// A compiled adapter component, ready to instantiate.
@@ -59,18 +59,14 @@ impl AdapterInstance {
         limits: Limits,
     ) -> anyhow::Result<Self> {
         let mut sandbox = Sandbox::new(runtime, twin, limits);
-        sandbox.begin_instantiate();
-        let adapter = match component.pre.instantiate_async(sandbox.store()).await {
-            Ok(adapter) => adapter,
-            Err(e) => {
-                return Err(sandbox.instantiate_failed(e)).with_context(|| {
-                    format!(
-                        "instantiating adapter {} for twin `{twin}`",
-                        component.digest
-                    )
-                });
-            }
-        };
+        let adapter = instantiate!(
+            sandbox,
+            component.pre,
+            format!(
+                "instantiating adapter {} for twin `{twin}`",
+                component.digest
+            )
+        )?;
         Ok(Self { sandbox, adapter })
     }
 

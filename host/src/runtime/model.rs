@@ -12,7 +12,7 @@ use super::bindings::types;
 use super::error::{Failure, GuestError};
 use super::guest_state::GuestState;
 use super::limits::Limits;
-use super::sandbox::{Sandbox, guest_call};
+use super::sandbox::{Sandbox, guest_call, instantiate};
 use crate::digest::Digest;
 
 /// A compiled model component, ready to instantiate many times.
@@ -137,18 +137,14 @@ impl ModelInstance {
         limits: Limits,
     ) -> anyhow::Result<Self> {
         let mut sandbox = Sandbox::new(runtime, twin, limits);
-        sandbox.begin_instantiate();
-        let model = match component.pre.instantiate_async(sandbox.store()).await {
-            Ok(model) => model,
-            Err(e) => {
-                return Err(sandbox.instantiate_failed(e)).with_context(|| {
-                    format!(
-                        "instantiating component {} for twin `{twin}`",
-                        component.digest
-                    )
-                });
-            }
-        };
+        let model = instantiate!(
+            sandbox,
+            component.pre,
+            format!(
+                "instantiating component {} for twin `{twin}`",
+                component.digest
+            )
+        )?;
         Ok(Self {
             sandbox,
             model,

@@ -25,6 +25,19 @@ macro_rules! guest_call {
 }
 pub(super) use guest_call;
 
+/// Instantiates `$pre` (a `ModelPre` or `AdapterPre`) in `$sandbox` under
+/// its limits; on failure, says what (`$what`) could not be instantiated.
+macro_rules! instantiate {
+    ($sandbox:expr, $pre:expr, $what:expr) => {{
+        $sandbox.begin_instantiate();
+        match $pre.instantiate_async($sandbox.store()).await {
+            Ok(instance) => Ok(instance),
+            Err(e) => Err($sandbox.instantiate_failed(e)).with_context(|| $what),
+        }
+    }};
+}
+pub(super) use instantiate;
+
 /// A store with limits, poisoned by the first failure that may have left the
 /// guest inconsistent.
 ///
