@@ -45,6 +45,29 @@ pub struct Change {
     pub events: Vec<EventView>,
 }
 
+impl Change {
+    /// A change at `seq`/`ts_ms`, committed at `committed_ms`, of these
+    /// properties and events.
+    pub fn new(
+        seq: u64,
+        ts_ms: u64,
+        committed_ms: u64,
+        changes: Vec<(String, Value)>,
+        events: Vec<(String, Value)>,
+    ) -> Self {
+        Self {
+            seq,
+            ts_ms,
+            committed_ms,
+            changes: changes.into_iter().collect(),
+            events: events
+                .into_iter()
+                .map(|(name, data)| EventView { name, data })
+                .collect(),
+        }
+    }
+}
+
 /// An event a model raised.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventView {

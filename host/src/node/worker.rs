@@ -18,7 +18,7 @@ use std::time::Instant;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::view::{Change, EventView, Shared};
+use super::view::{Change, Shared};
 use crate::checkpoint::{Checkpoint, GUEST_SECTION};
 use crate::monitoring::{Metrics, TwinLabel};
 use crate::physical::{Inbound, Link, now_us};
@@ -444,17 +444,13 @@ impl Worker {
                 for (event, data) in &effects.events {
                     tracing::info!(twin = %self.name, seq = update.seq, %event, %data, "event");
                 }
-                let change = Change {
-                    seq: update.seq,
-                    ts_ms: update.ts_ms,
-                    committed_ms: committed_us / 1000,
-                    changes: effects.changes.into_iter().collect(),
-                    events: effects
-                        .events
-                        .into_iter()
-                        .map(|(name, data)| EventView { name, data })
-                        .collect(),
-                };
+                let change = Change::new(
+                    update.seq,
+                    update.ts_ms,
+                    committed_us / 1000,
+                    effects.changes,
+                    effects.events,
+                );
                 let op = Op::Applied {
                     name: self.name.clone(),
                     seq: update.seq,
@@ -539,20 +535,13 @@ impl Worker {
             }
             let now_ms = now_us() / 1000;
             // Nobody listening is not an error.
-            let _ = self.changes.send(Change {
-                seq: self.twin.state().last_seq.unwrap_or(0),
-                ts_ms: now_ms,
-                committed_ms: now_ms,
-                changes: outcome.changes.iter().cloned().collect(),
-                events: outcome
-                    .events
-                    .iter()
-                    .map(|(name, data)| EventView {
-                        name: name.clone(),
-                        data: data.clone(),
-                    })
-                    .collect(),
-            });
+            let _ = self.changes.send(Change::new(
+                self.twin.state().last_seq.unwrap_or(0),
+                now_ms,
+                now_ms,
+                outcome.changes.clone(),
+                outcome.events.clone(),
+            ));
         }
         let sent = self.send_commands(adapter, &outcome).await;
         let answer = sent.map(|()| outcome);

@@ -260,12 +260,7 @@ impl Twin {
             ts_ms: update.ts_ms,
             seq: update.seq,
         };
-        for (property, value) in &effects.changes {
-            self.state
-                .properties
-                .insert(property.clone(), value.clone());
-            self.state.changed.insert(property.clone(), observed);
-        }
+        self.set_properties(&effects.changes, observed);
         self.state.last_seq = Some(update.seq);
         self.state.last_ts_ms = Some(update.ts_ms);
         self.state.updates_applied += 1;
@@ -290,13 +285,18 @@ impl Twin {
             ts_ms: now_ms(),
             seq: self.state.last_seq.unwrap_or(0),
         };
-        for (property, value) in &outcome.changes {
+        self.set_properties(&outcome.changes, observed);
+        Ok(outcome)
+    }
+
+    /// Gives each changed property its new value, `observed` behind it.
+    fn set_properties(&mut self, changes: &[(String, Value)], observed: Observed) {
+        for (property, value) in changes {
             self.state
                 .properties
                 .insert(property.clone(), value.clone());
             self.state.changed.insert(property.clone(), observed);
         }
-        Ok(outcome)
     }
 
     /// Captures everything needed to resume the twin.
