@@ -4,12 +4,25 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures_util::TryStreamExt;
 use indicatif::ProgressBar;
 use serde_json::{Value, json};
 
 use crate::spec::TwinSpec;
+
+/// A node's answer other than success: the request reached it and it said
+/// no (a client error means asking again the same way will not help).
+#[derive(Debug, thiserror::Error)]
+#[error("{base} answered {status}: {reason}")]
+pub struct Refused {
+    /// The node's API.
+    pub base: String,
+    /// Its status code.
+    pub status: reqwest::StatusCode,
+    /// Its reason.
+    pub reason: String,
+}
 
 /// A node's API and the token to call it with.
 #[derive(Debug, Clone)]
@@ -67,7 +80,12 @@ impl NodeClient {
             .ok()
             .and_then(|v| v["error"].as_str().map(String::from))
             .unwrap_or(body);
-        bail!("{} answered {status}: {}", self.base, reason.trim())
+        Err(Refused {
+            base: self.base.clone(),
+            status,
+            reason: reason.trim().to_string(),
+        }
+        .into())
     }
 
     async fn json(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Value> {
@@ -92,6 +110,25 @@ impl NodeClient {
         into.flush().context("storing the bundle")?;
         bar.finish_and_clear();
         Ok(bar.position())
+    }
+
+    /// Creates or updates a twin from `spec`; the node's answer.
+    pub async fn apply(&self, spec: &TwinSpec, replace: bool) -> anyhow::Result<Value> {
+        let path = format!("/v1/twins/{}?replace={replace}", spec.name());
+        let request = self.request(reqwest::Method::PUT, &path).json(spec);
+        self.send(request)
+            .await?
+            .json()
+            .await
+            .context("reading the node's answer")
+    }
+
+    /// Stops twin `name` and forgets it.
+    pub async fn delete(&self, name: &str) -> anyhow::Result<()> {
+        let path = format!("/v1/twins/{name}");
+        self.send(self.request(reqwest::Method::DELETE, &path))
+            .await
+            .map(drop)
     }
 
     /// The spec twin `name` runs under.

@@ -11,7 +11,7 @@ mod body;
 mod mobility;
 mod stream;
 mod td;
-mod twins;
+pub(crate) mod twins;
 
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 pub use admission::Admission;
-pub use auth::Auth;
+pub use auth::{Auth, require};
 pub use body::{ACTION_MAX, SMALL_MAX, SPEC_MAX};
 pub use mobility::BUNDLE_TYPE;
 pub use td::thing_description;

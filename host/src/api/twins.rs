@@ -33,7 +33,7 @@ pub fn routes() -> Router<Arc<Node>> {
 
 /// An error answer. Its message may quote the request, so it is capped at
 /// [`MESSAGE_MAX`](crate::input::MESSAGE_MAX) bytes.
-pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": cap_message(message) }))).into_response()
 }
 
@@ -376,7 +376,7 @@ async fn apply(
 /// within the spec size limit and parsed off the I/O threads (parsing a
 /// megabyte of YAML takes a while, and those threads serve every other
 /// request and drive the twins' MQTT sessions).
-pub(super) async fn spec_named(body: axum::body::Body, name: &str) -> Result<TwinSpec, Response> {
+pub(crate) async fn spec_named(body: axum::body::Body, name: &str) -> Result<TwinSpec, Response> {
     let text = body::text(body, body::SPEC_MAX, "spec").await?;
     let spec = match tokio::task::spawn_blocking(move || TwinSpec::parse(&text)).await {
         Ok(Ok(spec)) => spec,
@@ -395,7 +395,7 @@ pub(super) async fn spec_named(body: axum::body::Body, name: &str) -> Result<Twi
     Ok(spec)
 }
 
-fn spec_error(e: SpecError) -> Response {
+pub(crate) fn spec_error(e: SpecError) -> Response {
     let problems: Vec<Value> = e
         .problems
         .iter()

@@ -158,6 +158,78 @@ pub struct HostArgs {
     component_dirs: Vec<PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
+    #[command(flatten)]
+    membership: MembershipArgs,
+}
+
+/// Whether, and as what, the node joins a control plane.
+#[derive(Debug, Args)]
+pub struct MembershipArgs {
+    /// A control plane to join (`wasmtwin control`): the node reports to it
+    /// by heartbeat and takes twins from it.
+    #[arg(long, value_name = "URL")]
+    control: Option<String>,
+    /// The token the control plane's API wants (also
+    /// `WASMTWIN_CONTROL_TOKEN`) [default: this node's own token].
+    #[arg(long, env = "WASMTWIN_CONTROL_TOKEN", hide_env_values = true)]
+    control_token: Option<String>,
+    /// Where on the continuum the node is.
+    #[arg(long, value_parser = ["edge", "mec", "cloud"], default_value = "edge")]
+    zone: String,
+    /// Who runs the node: its trust domain (a plant, a provider, a region).
+    #[arg(long, default_value = "default", value_parser = domain_name)]
+    domain: String,
+    /// Labels the control plane shows and may select on, `key=value`
+    /// (repeat, or separate with commas).
+    #[arg(long, value_name = "K=V", value_delimiter = ',', value_parser = label)]
+    labels: Vec<(String, String)>,
+    /// This node's API as the control plane should call it [default:
+    /// http://ADDRESS of --http].
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
+    /// Milliseconds between heartbeats.
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    heartbeat_ms: u64,
+}
+
+fn domain_name(text: &str) -> Result<String, String> {
+    if wasmtwin::spec::is_dns_label(text) {
+        Ok(text.to_string())
+    } else {
+        Err("a domain is a DNS label: lower-case letters, digits and `-`".into())
+    }
+}
+
+fn label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{text}` is not key=value")),
+    }
+}
+
+impl MembershipArgs {
+    /// The membership these flags ask for, if any; `http` is the node's
+    /// API address and `token` its own token.
+    pub fn resolve(
+        &self,
+        http: SocketAddr,
+        token: Option<&str>,
+    ) -> Option<wasmtwin::node::membership::Membership> {
+        let control = self.control.clone()?;
+        Some(wasmtwin::node::membership::Membership {
+            control,
+            token: self.control_token.clone().or(token.map(String::from)),
+            zone: self.zone.clone(),
+            domain: self.domain.clone(),
+            labels: self.labels.iter().cloned().collect(),
+            url: self
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("http://{http}")),
+            every: Duration::from_millis(self.heartbeat_ms),
+        })
+    }
 }
 
 /// How the node pulls `oci://` components. Credentials come from
@@ -276,11 +348,6 @@ pub async fn serve(
     max_requests: usize,
     limits: ConnectionLimits,
 ) -> anyhow::Result<()> {
-    let http = listener
-        .local_addr()
-        .context("the HTTP listener's address")?;
-    let listener = tokio::net::TcpListener::from_std(listener)
-        .with_context(|| format!("listening on {http}"))?;
     let evaluator = node.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -289,8 +356,22 @@ pub async fn serve(
             evaluator.evaluate_all();
         }
     });
+    serve_router(api::router(node, auth, max_requests), listener, limits).await
+}
+
+/// Serves `app` on `listener` until Ctrl-C, with the connection limits of
+/// [`serve`].
+pub async fn serve_router(
+    app: axum::Router,
+    listener: std::net::TcpListener,
+    limits: ConnectionLimits,
+) -> anyhow::Result<()> {
+    let http = listener
+        .local_addr()
+        .context("the HTTP listener's address")?;
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .with_context(|| format!("listening on {http}"))?;
     tracing::info!(%http, "HTTP APIs listening");
-    let app = api::router(node, auth, max_requests);
     let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
     // Dropped to tell every connection to finish its request and close.
     let (stop, stopping) = tokio::sync::watch::channel(());
@@ -425,6 +506,15 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
             store,
         )?);
         resume(&node).await?;
+        let token = match &auth {
+            Auth::Token(token) => Some(token.as_str()),
+            Auth::Open => None,
+        };
+        let bound = listener.local_addr().context("the HTTP listener's address")?;
+        if let Some(membership) = args.membership.resolve(bound, token) {
+            tracing::info!(control = %membership.control, zone = %membership.zone, domain = %membership.domain, "joining the control plane");
+            tokio::spawn(wasmtwin::node::membership::run(node.clone(), membership));
+        }
         serve(
             node,
             listener,

@@ -2,6 +2,7 @@
 //! its own name; this file only wires them up.
 
 mod client;
+mod control;
 mod host;
 mod keys;
 mod mobility;
@@ -76,10 +77,17 @@ enum Command {
     Up(up::UpArgs),
     /// Run a node that hosts twins.
     Host(Box<host::HostArgs>),
-    /// Create or replace a twin from a spec on a node.
+    /// Run the control plane, which places twins on nodes and keeps them
+    /// entangled.
+    Control(Box<control::ControlArgs>),
+    /// Create or update a twin from a spec, on a node or the control plane.
     Apply(client::ApplyArgs),
-    /// Read twins from a node.
+    /// Read twins (from a node or the control plane), nodes or events.
     Get(client::GetArgs),
+    /// Read the control plane's event history, or verify it.
+    Events(control::EventsArgs),
+    /// Set a trust domain's trust level on the control plane.
+    Domain(control::DomainArgs),
     /// Save a running twin's checkpoint bundle (state, spec, history).
     Checkpoint(mobility::CheckpointArgs),
     /// Start a twin on a node from a checkpoint bundle.
@@ -139,6 +147,9 @@ impl Cli {
         match self.command {
             Command::Up(args) => up::run(&self.global, args),
             Command::Host(args) => host::run(&self.global, *args),
+            Command::Control(args) => control::run(*args),
+            Command::Events(args) => control::events(args),
+            Command::Domain(args) => control::domain(args),
             Command::Apply(args) => client::apply(args),
             Command::Get(args) => client::get(args),
             Command::Checkpoint(args) => mobility::checkpoint(args),

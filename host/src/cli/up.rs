@@ -1,6 +1,7 @@
 //! `wasmtwin up`: everything on one machine with one command — an embedded
-//! MQTT broker, a node, a demo motor twin signed with a development key,
-//! and a simulated motor feeding it.
+//! MQTT broker, the control plane, two nodes (`edge` and `cloud`) that join
+//! it, a demo motor twin signed with a development key, which the control
+//! plane places and keeps entangled, and a simulated motor feeding it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use std::time::Duration;
+
+use wasmtwin::control::fleet::Timeouts;
+use wasmtwin::control::reconcile::ControlConfig;
+use wasmtwin::node::membership::{self, Membership};
 use wasmtwin::node::{Node, NodeConfig};
 use wasmtwin::physical::BrokerAddress;
 use wasmtwin::runtime::write_atomically;
@@ -19,17 +25,23 @@ use wasmtwin::spec::TwinSpec;
 /// Arguments of `wasmtwin up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Address of the HTTP APIs.
+    /// Address of the edge node's HTTP APIs.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// Address of the cloud node's HTTP APIs.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    cloud_http: SocketAddr,
+    /// Address of the control plane's HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    control_http: SocketAddr,
     /// Address of the embedded MQTT broker.
     #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt: SocketAddr,
     /// Bearer token for the APIs [default: a new random one, printed].
     #[arg(long, env = "WASMTWIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Where the development key, signed components and the node's store
-    /// are kept; twins found there are resumed.
+    /// Where the development key, signed components, the control plane's
+    /// store and each node's are kept; twins found there are resumed.
     #[arg(long, value_name = "DIR", default_value = "wasmtwin-data")]
     data: PathBuf,
     /// Where the built plugins are (`machine.wasm`, `json_adapter.wasm`).
@@ -89,6 +101,7 @@ fn demo_spec(model: &Path, adapter: &Path, rate: f64) -> anyhow::Result<TwinSpec
         "kind": wasmtwin::spec::KIND,
         "metadata": { "name": "motor-1", "labels": { "demo": "true" } },
         "spec": {
+            "placement": { "zones": ["edge", "cloud"] },
             "model": { "ref": model.display().to_string(), "config": {} },
             "physical": {
                 "topics": ["plant/motor-1/telemetry"],
@@ -132,7 +145,11 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         Some(token) => token,
         None => super::host::new_token()?,
     };
-    let listener = super::host::listen(args.http)?;
+    let listeners = [
+        super::host::listen(args.control_http)?,
+        super::host::listen(args.http)?,
+        super::host::listen(args.cloud_http)?,
+    ];
     wasmtwin::broker::start(args.mqtt)?;
     let runtime = global.runtime()?;
     let broker = BrokerAddress {
@@ -142,40 +159,80 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         credentials: None,
         ca_pem: None,
     };
-    let store = wasmtwin::store::Store::open(&args.data)?;
+    let component_dirs: Vec<PathBuf> = std::iter::once(components.clone())
+        .chain(args.component_dirs)
+        .collect();
     let spec = demo_spec(&model, &adapter, args.rate)?;
     let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
     io.block_on(async move {
-        let node = Arc::new(Node::new(
-            NodeConfig {
-                name: "up".into(),
-                broker: broker.clone(),
-                policy: TrustPolicy::Require(trust),
-                queue_capacity: 1024,
-                ceilings: wasmtwin::spec::Ceilings::default(),
-                component_dirs: std::iter::once(components.clone())
-                    .chain(args.component_dirs)
-                    .collect(),
+        let [control_listener, edge_listener, cloud_listener] = listeners;
+        let control = super::control::open(
+            &args.data.join("control"),
+            None,
+            ControlConfig {
+                timeouts: Timeouts {
+                    unreachable_ms: 5_000,
+                    gone_ms: 30_000,
+                },
+                node_token: Some(token.clone()),
+                checkpoint_every: Duration::from_secs(5),
+                policy: TrustPolicy::Require(trust.clone()),
+                component_dirs: component_dirs.clone(),
                 registry: Default::default(),
             },
-            runtime,
-            store,
-        )?);
-        super::host::resume(&node).await?;
-        let applying = node.clone();
-        // The demo's own spec: a run with another --rate starts the demo
-        // twin anew, and says so.
-        let applied = tokio::task::spawn_blocking(move || applying.apply(spec, true)).await??;
-        if applied == wasmtwin::node::Applied::Replaced {
-            tracing::warn!("the demo twin's spec changed (--rate): motor-1 starts anew");
+            None,
+        )?;
+        super::control::start(&control, Duration::from_secs(10));
+        let control_url = format!("http://{}", args.control_http);
+        let mut nodes = Vec::new();
+        for (name, zone, http) in [("edge", "edge", args.http), ("cloud", "cloud", args.cloud_http)] {
+            let node = Arc::new(Node::new(
+                NodeConfig {
+                    name: name.into(),
+                    broker: broker.clone(),
+                    policy: TrustPolicy::Require(trust.clone()),
+                    queue_capacity: 1024,
+                    ceilings: wasmtwin::spec::Ceilings::default(),
+                    component_dirs: component_dirs.clone(),
+                    registry: Default::default(),
+                },
+                runtime.clone(),
+                wasmtwin::store::Store::open(&args.data.join(name))?,
+            )?);
+            super::host::resume(&node).await?;
+            tokio::spawn(membership::run(
+                node.clone(),
+                Membership {
+                    control: control_url.clone(),
+                    token: Some(token.clone()),
+                    zone: zone.into(),
+                    domain: "local".into(),
+                    labels: Default::default(),
+                    url: format!("http://{http}"),
+                    every: Duration::from_secs(1),
+                },
+            ));
+            nodes.push(node);
         }
-        // The simulated motor numbers its updates on from what the twin has
-        // (a real device keeps its counter across restarts too).
-        let first_seq = node
-            .report("motor-1")
-            .ok()
-            .and_then(|r| r.last_seq)
-            .map_or(1, |seq| seq + 1);
+        // Serving first: the nodes' heartbeats reach the control plane
+        // through its API, and placing the twin waits for them.
+        let limits = args.connections.resolve();
+        let auth = wasmtwin::api::Auth::Token(token.clone());
+        let max = super::host::DEFAULT_MAX_REQUESTS;
+        let app = wasmtwin::control::api::router(control.clone(), auth.clone());
+        let servers = [
+            tokio::spawn(super::host::serve_router(app, control_listener, limits)),
+            tokio::spawn(super::host::serve(nodes[0].clone(), edge_listener, auth.clone(), max, limits)),
+            tokio::spawn(super::host::serve(nodes[1].clone(), cloud_listener, auth, max, limits)),
+        ];
+        // The control plane places the demo twin (a run with another
+        // --rate updates its requirements).
+        control
+            .apply(spec, "wasmtwin up")
+            .await
+            .map_err(|e| anyhow::anyhow!("the demo twin: {e}"))?;
+        let (host, first_seq) = placed(&nodes).await?;
+        let edge_base = format!("http://{}", args.http);
         tokio::spawn(async move {
             let config = SimConfig {
                 broker,
@@ -190,29 +247,52 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
                 tracing::error!("the simulated motor stopped: {e:#}");
             }
         });
-        let base = format!("http://{}", args.http);
+        let base = format!("http://{}", if host == "cloud" { args.cloud_http } else { args.http });
         println!("wasmtwin is up. Ctrl-C stops everything.");
-        println!("  MQTT broker:  mqtt://{}", args.mqtt);
-        println!("  API:          {base}/v1/twins   (Authorization: Bearer {token})");
-        println!("  demo twin:    {base}/v1/twins/motor-1");
-        println!("  metrics:      {base}/metrics");
-        println!("  try:          curl -H 'Authorization: Bearer {token}' {base}/v1/twins/motor-1");
+        println!("  MQTT broker:    mqtt://{}", args.mqtt);
+        println!("  control plane:  {control_url}   (wasmtwin get nodes|twins|events --control {control_url})");
+        println!("  nodes:          edge {edge_base}, cloud http://{}", args.cloud_http);
+        println!("  API:            {base}/v1/twins   (Authorization: Bearer {token})");
+        println!("  demo twin:      {base}/v1/twins/motor-1   (placed on {host} by the control plane)");
+        println!("  metrics:        {base}/metrics");
+        println!("  try:            curl -H 'Authorization: Bearer {token}' {base}/v1/twins/motor-1");
         println!(
-            "                curl -X POST -H 'Authorization: Bearer {token}' {base}/v1/twins/motor-1/actions/stop"
+            "                  curl -X POST -H 'Authorization: Bearer {token}' {base}/v1/twins/motor-1/actions/stop"
         );
         println!(
-            "                curl -N -H 'Authorization: Bearer {token}' {base}/v1/twins/motor-1/stream"
+            "                  curl -N -H 'Authorization: Bearer {token}' {base}/v1/twins/motor-1/stream"
         );
-        println!("  history:      {base}/v1/twins/motor-1/history?property=temperature");
-        println!("  description:  {base}/v1/twins/motor-1/td");
-        super::host::serve(
-            node,
-            listener,
-            wasmtwin::api::Auth::Token(token),
-            super::host::DEFAULT_MAX_REQUESTS,
-            args.connections.resolve(),
-        )
-        .await
+        println!("                  WASMTWIN_TOKEN={token} wasmtwin events --follow --control {control_url}");
+        println!("  history:        {base}/v1/twins/motor-1/history?property=temperature");
+        println!("  description:    {base}/v1/twins/motor-1/td");
+        // Each server stops at Ctrl-C.
+        for server in servers {
+            server.await.context("an HTTP server")??;
+        }
+        if let Err(e) = control.history().seal_now() {
+            tracing::error!("sealing the event history: {e:#}");
+        }
+        Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for the control plane to start the demo twin on one of `nodes`;
+/// that node's name, and the sequence number the simulated motor goes on
+/// from (a real device keeps its counter across restarts too).
+async fn placed(nodes: &[Arc<Node>]) -> anyhow::Result<(String, u64)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        for (node, name) in nodes.iter().zip(["edge", "cloud"]) {
+            if let Ok(report) = node.report("motor-1") {
+                return Ok((name.to_string(), report.last_seq.map_or(1, |seq| seq + 1)));
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the control plane did not start the demo twin within a minute (see the log)"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -6,7 +6,8 @@
 //! [`Node::resume`] brings every twin back after a restart.
 
 mod bundle;
-mod local;
+pub(crate) mod local;
+pub mod membership;
 mod mobility;
 mod view;
 mod worker;

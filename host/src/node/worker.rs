@@ -27,6 +27,7 @@ use crate::runtime::{
     Update,
 };
 use crate::store::{Op, Store};
+use crate::twin::entanglement::Timing;
 use crate::twin::{Applied, RestorePolicy, Twin};
 
 /// Messages applied between two checkpoints, at least.
@@ -287,7 +288,7 @@ impl Worker {
             }
             match adapter.decode(&message.topic, &message.payload).await {
                 Ok(updates) => {
-                    if let Some(op) = self.apply(&updates).await {
+                    if let Some(op) = self.apply(&updates, message.received_us).await {
                         ops.push(op);
                         self.since_recovery.push(updates);
                     }
@@ -401,9 +402,13 @@ impl Worker {
 
     /// Applies one PT message; if it changed the state, returns the store
     /// write that records it.
-    async fn apply(&mut self, updates: &[Update]) -> Option<Op> {
+    async fn apply(&mut self, updates: &[Update], received_us: u64) -> Option<Op> {
         let update = updates.first()?;
         let started = Instant::now();
+        let timing = Timing {
+            received_us,
+            started_us: now_us(),
+        };
         let previous_seq = self.twin.state().last_seq;
         match self.twin.apply_message(updates).await {
             Ok((Applied::Changed(effects), refused)) => {
@@ -435,7 +440,7 @@ impl Worker {
                 let timeliness_us =
                     shared
                         .entanglement
-                        .record(update.seq, update.ts_ms, committed_us);
+                        .record(update.seq, update.ts_ms, timing, committed_us);
                 drop(shared);
                 self.metrics
                     .timeliness

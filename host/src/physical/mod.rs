@@ -12,6 +12,8 @@ use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS};
 use tokio::sync::mpsc;
 
+pub mod probe;
+
 /// Where a broker is and how to log in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddress {
@@ -256,7 +258,7 @@ pub fn connect(
 
 /// Session options for `client_id` at `broker`; a persistent session
 /// unless `clean`.
-fn options(broker: &BrokerAddress, client_id: &str, clean: bool) -> MqttOptions {
+pub(crate) fn options(broker: &BrokerAddress, client_id: &str, clean: bool) -> MqttOptions {
     let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     options
         .set_keep_alive(Duration::from_secs(15))

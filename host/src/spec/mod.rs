@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use validate::{Ceilings, Problem, SpecError};
+pub use validate::{Ceilings, Problem, SpecError, is_dns_label};
 
 use crate::input::{MAX_NESTING, MESSAGE_MAX, Syntax, cap, check_nesting};
 
@@ -66,6 +66,9 @@ pub struct Spec {
     /// Where the twin may run.
     #[serde(default)]
     pub placement: Placement,
+    /// What the control plane may do when a requirement breaks.
+    #[serde(default)]
+    pub policy: Policy,
     /// How many instances serve the twin.
     #[serde(default = "one")]
     pub replicas: u32,
@@ -215,6 +218,10 @@ pub struct Resources {
     pub memory: String,
     /// Wall-clock time per call, in milliseconds.
     pub deadline_ms: u64,
+    /// The twin's CPU share, as Kubernetes writes it (`100m`, `0.5`, `2`);
+    /// absent, no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
 }
 
 impl Default for Resources {
@@ -224,27 +231,89 @@ impl Default for Resources {
             fuel_per_update: limits.fuel_per_call,
             memory: "64MiB".into(),
             deadline_ms: u64::try_from(limits.deadline.as_millis()).unwrap_or(u64::MAX),
+            cpu: None,
         }
     }
 }
 
-/// Where the twin may run.
+/// Where the twin may run: *zones* say where on the edge-to-cloud
+/// continuum, *domains* say who runs the infrastructure (a plant, a
+/// provider, a region) and how far the platform's operator trusts them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Placement {
-    /// Acceptable domains, in order of preference: `edge`, `mec`, `cloud`.
+    /// Zones the twin may run in, in order of preference: `edge`, `mec`,
+    /// `cloud`.
+    pub zones: Vec<String>,
+    /// Trust domains the twin may run in (node `--domain`); empty: any.
     pub domains: Vec<String>,
-    /// Lowest node trust level acceptable.
+    /// Lowest trust level of the node's domain (`wasmtwin domain set`).
     pub min_trust: u32,
+    /// Labels of twins this one must not share a node with: it avoids
+    /// every other twin whose `metadata.labels` include all of them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub anti_affinity: BTreeMap<String, String>,
 }
+
+/// The zones of the continuum, edge first.
+pub const ZONES: [&str; 3] = ["edge", "mec", "cloud"];
 
 impl Default for Placement {
     fn default() -> Self {
         Self {
-            domains: vec!["edge".into(), "mec".into(), "cloud".into()],
+            zones: ZONES.iter().map(|z| z.to_string()).collect(),
+            domains: Vec::new(),
             min_trust: 0,
+            anti_affinity: BTreeMap::new(),
         }
     }
+}
+
+/// What the control plane may do for the twin when a requirement breaks,
+/// and how patient it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Policy {
+    /// The actions allowed; notifying is always done.
+    pub actions: Vec<Remedy>,
+    /// The largest CPU share scaling may grant (e.g. `2`, `500m`); absent,
+    /// as much as the node has free.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_cpu: Option<String>,
+    /// How long a broken requirement must hold before acting, in seconds.
+    pub hold_seconds: u32,
+    /// How long after acting on the twin before acting again, in seconds.
+    pub cooldown_seconds: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            actions: vec![
+                Remedy::Migrate,
+                Remedy::Scale,
+                Remedy::Rollback,
+                Remedy::Notify,
+            ],
+            max_cpu: None,
+            hold_seconds: 10,
+            cooldown_seconds: 60,
+        }
+    }
+}
+
+/// Something the control plane can do about a broken requirement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Remedy {
+    /// Move the twin, live, to a node with a better path or more room.
+    Migrate,
+    /// Raise the twin's CPU share on its node.
+    Scale,
+    /// Swap back to the previous model.
+    Rollback,
+    /// Tell the stakeholders (event history, `/v1/events`, webhooks).
+    Notify,
 }
 
 /// History retention.
@@ -361,6 +430,28 @@ pub fn differences(running: &TwinSpec, other: &TwinSpec) -> Vec<String> {
     out
 }
 
+/// A CPU quantity as Kubernetes writes it (`250m`, `0.5`, `2`), in
+/// thousandths of a core; `None` unless it is one.
+pub fn millicores(text: &str) -> Option<u64> {
+    if let Some(milli) = text.strip_suffix('m') {
+        return milli.parse::<u64>().ok();
+    }
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() && fraction.is_empty()
+        || fraction.len() > 3
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole = if whole.is_empty() {
+        0
+    } else {
+        whole.parse::<u64>().ok()?
+    };
+    let fraction = format!("{fraction:0<3}").parse::<u64>().ok()?;
+    whole.checked_mul(1000)?.checked_add(fraction)
+}
+
 /// A size such as `64MiB`, in bytes.
 fn size(text: &str) -> Option<u64> {
     text.parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64())
@@ -423,6 +514,22 @@ mod tests {
     }
 
     #[test]
+    fn cpu_quantities_read_as_kubernetes_writes_them() {
+        for (text, m) in [
+            ("250m", 250),
+            ("0.5", 500),
+            ("2", 2000),
+            ("1.25", 1250),
+            (".1", 100),
+        ] {
+            assert_eq!(millicores(text), Some(m), "{text}");
+        }
+        for bad in ["", "m", "lots", "-1", "1.2345", "0.5m", "1e3", "."] {
+            assert_eq!(millicores(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn differences_are_named_by_field_path() {
         let running = minimal();
         let mut other = minimal();
@@ -452,6 +559,7 @@ mod tests {
             .replace("reliability: 0.9 ", "reliability: 1.5 ")
             .replace("memory: 64MiB", "memory: lots")
             .replace("[edge, mec, cloud]", "[edge, moon]")
+            .replace("domains: [plant-1]", "domains: [mec]")
             .replace("[plant-1/motor-7/telemetry]", "[plant-1/#/telemetry]")
             .replace("retention: 24h", "retention: forever");
         let err = TwinSpec::parse(&bad).unwrap_err();
@@ -464,15 +572,16 @@ mod tests {
                 "spec.physical.qos",
                 "spec.requirements.reliability",
                 "spec.resources.memory",
-                "spec.placement.domains[1]",
+                "spec.placement.zones[1]",
+                "spec.placement.domains[0]",
                 "spec.history.retention",
             ],
             "{err}"
         );
         let text = err.to_string();
-        assert!(text.starts_with("invalid twin spec (7 problems)"), "{text}");
+        assert!(text.starts_with("invalid twin spec (8 problems)"), "{text}");
         assert!(
-            text.contains("spec.placement.domains[1]: `moon` must be edge, mec or cloud"),
+            text.contains("spec.placement.zones[1]: `moon` must be edge, mec or cloud"),
             "{text}"
         );
     }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{API_VERSION, ComponentRef, KIND, TwinSpec};
+use super::{API_VERSION, ComponentRef, KIND, TwinSpec, millicores};
 use crate::digest::Digest;
 use crate::runtime::Limits;
 
@@ -119,8 +119,9 @@ impl Checker {
     }
 }
 
-/// A DNS label, as Kubernetes names resources.
-fn is_dns_label(name: &str) -> bool {
+/// Whether `name` is a DNS label: 1 to 63 lower-case letters, digits or `-`,
+/// neither first nor last a `-` (as Kubernetes names resources).
+pub fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name
@@ -251,16 +252,53 @@ impl TwinSpec {
             "must be positive".into()
         });
 
-        for (i, domain) in spec.placement.domains.iter().enumerate() {
-            let ok = matches!(domain.as_str(), "edge" | "mec" | "cloud");
-            c.check(ok, &format!("spec.placement.domains[{i}]"), || {
-                format!("`{domain}` must be edge, mec or cloud")
-            });
+        let placement = &spec.placement;
+        for (i, zone) in placement.zones.iter().enumerate() {
+            c.check(
+                super::ZONES.contains(&zone.as_str()),
+                &format!("spec.placement.zones[{i}]"),
+                || format!("`{zone}` must be edge, mec or cloud"),
+            );
         }
+        c.check(!placement.zones.is_empty(), "spec.placement.zones", || {
+            "must list at least one zone".into()
+        });
+        for (i, domain) in placement.domains.iter().enumerate() {
+            // `domains` listed zones before zones had a field of their own.
+            let message = if super::ZONES.contains(&domain.as_str()) {
+                format!("`{domain}` is a zone: list it under spec.placement.zones")
+            } else {
+                format!("`{domain}` must be a DNS label, like a node's --domain")
+            };
+            c.check(
+                is_dns_label(domain) && !super::ZONES.contains(&domain.as_str()),
+                &format!("spec.placement.domains[{i}]"),
+                || message,
+            );
+        }
+        let policy = &spec.policy;
         c.check(
-            !spec.placement.domains.is_empty(),
-            "spec.placement.domains",
-            || "must list at least one domain".into(),
+            policy
+                .max_cpu
+                .as_deref()
+                .is_none_or(|q| millicores(q).is_some_and(|m| m > 0)),
+            "spec.policy.maxCpu",
+            || {
+                format!(
+                    "`{}` must be a CPU quantity such as 500m or 2",
+                    policy.max_cpu.as_deref().unwrap_or_default()
+                )
+            },
+        );
+        c.check(
+            policy.hold_seconds <= 3600,
+            "spec.policy.holdSeconds",
+            || "must be at most 3600".into(),
+        );
+        c.check(
+            policy.cooldown_seconds <= 86_400,
+            "spec.policy.cooldownSeconds",
+            || "must be at most 86400".into(),
         );
         c.check((1..=64).contains(&spec.replicas), "spec.replicas", || {
             format!("must be between 1 and 64, got {}", spec.replicas)

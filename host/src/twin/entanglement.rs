@@ -37,7 +37,7 @@ pub enum Status {
 }
 
 /// Timeliness percentiles over the window, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     /// Median.
     pub p50: f64,
@@ -50,7 +50,7 @@ pub struct Percentiles {
 }
 
 /// The measures at one instant.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     /// Timeliness percentiles; `None` with no update in the window.
@@ -71,6 +71,37 @@ pub struct Report {
     pub status: Status,
     /// Each requirement missed, in words.
     pub reasons: Vec<String>,
+    /// Where the window's timeliness went, and how the PT's updates
+    /// arrived: what the control plane diagnoses a broken requirement from.
+    pub parts: Parts,
+}
+
+/// The parts of timeliness at the required percentile, and the arrivals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Parts {
+    /// PT timestamp → the node receiving the message: the network path
+    /// (and the PT's clock offset), in ms; `None` with no update.
+    pub transit_ms: Option<f64>,
+    /// Receipt → the model starting on it: waiting behind earlier updates.
+    pub queue_ms: Option<f64>,
+    /// The model's call, including any pause for its CPU share.
+    pub model_ms: Option<f64>,
+    /// Updates received per second over the window.
+    pub rate_hz: f64,
+    /// Sequence numbers missing between those received (device restarts
+    /// apart): updates lost on the way.
+    pub gaps: u64,
+}
+
+/// When an update was received and its model call started, µs since the
+/// Unix epoch; with its commit time, they split its timeliness into parts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    /// The node received the message.
+    pub received_us: u64,
+    /// The model call started.
+    pub started_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,6 +113,12 @@ struct Sample {
     /// within one run of the device.
     #[serde(default)]
     run: u64,
+    /// PT timestamp → receipt (zero in windows carried from older nodes).
+    #[serde(default)]
+    transit_us: u64,
+    /// The model call.
+    #[serde(default)]
+    model_us: u64,
 }
 
 /// The device restarting its sequence numbers.
@@ -185,14 +222,17 @@ impl Entanglement {
     /// Records an update with sequence number `seq`, produced by the PT at
     /// `pt_ts_ms` and committed by the twin at `committed_us`. A PT clock
     /// ahead of ours counts as zero timeliness rather than negative.
-    /// Returns the update's timeliness in µs.
-    pub fn record(&mut self, seq: u64, pt_ts_ms: u64, committed_us: u64) -> u64 {
-        let timeliness_us = committed_us.saturating_sub(pt_ts_ms.saturating_mul(US_PER_MS));
+    /// `timing` splits it into parts. Returns the update's timeliness in µs.
+    pub fn record(&mut self, seq: u64, pt_ts_ms: u64, timing: Timing, committed_us: u64) -> u64 {
+        let produced_us = pt_ts_ms.saturating_mul(US_PER_MS);
+        let timeliness_us = committed_us.saturating_sub(produced_us);
         self.samples.push_back(Sample {
             committed_us,
             seq,
             timeliness_us,
             run: self.runs,
+            transit_us: timing.received_us.saturating_sub(produced_us),
+            model_us: committed_us.saturating_sub(timing.started_us),
         });
         timeliness_us
     }
@@ -340,6 +380,44 @@ impl Entanglement {
             updates_expected: expected,
             status,
             reasons,
+            parts: self.parts(span, by_sequence),
+        }
+    }
+
+    /// The parts of timeliness, each at the required percentile, and the
+    /// arrival rate and gaps over `span` µs.
+    fn parts(&self, span: u64, by_sequence: f64) -> Parts {
+        let received = self.samples.len();
+        let quantile = self.requirements.timeliness.percentile / 100.0;
+        let at_quantile = |part: &dyn Fn(&Sample) -> u64| {
+            let mut values: Vec<u64> = self.samples.iter().map(part).collect();
+            values.sort_unstable();
+            let rank = ((values.len() as f64 * quantile).ceil() as usize).clamp(1, values.len());
+            values[rank - 1] as f64 / US_PER_MS as f64
+        };
+        let (transit_ms, queue_ms, model_ms) = if received == 0 {
+            (None, None, None)
+        } else {
+            (
+                Some(at_quantile(&|s| s.transit_us)),
+                Some(at_quantile(&|s| {
+                    s.timeliness_us
+                        .saturating_sub(s.transit_us)
+                        .saturating_sub(s.model_us)
+                })),
+                Some(at_quantile(&|s| s.model_us)),
+            )
+        };
+        Parts {
+            transit_ms,
+            queue_ms,
+            model_ms,
+            rate_hz: if span == 0 {
+                0.0
+            } else {
+                received as f64 * 1e6 / span as f64
+            },
+            gaps: (by_sequence as u64).saturating_sub(received as u64),
         }
     }
 
@@ -399,7 +477,13 @@ mod tests {
             seq += 1;
             let produced = T0 + from_s * S + i * S / rate;
             if !lose(seq) {
-                e.record(seq, produced / 1000, produced + latency_ms * 1000);
+                let committed = produced + latency_ms * 1000;
+                // Half the latency on the way, the model's 1 ms last.
+                let timing = Timing {
+                    received_us: produced + latency_ms * 500,
+                    started_us: committed - 1000,
+                };
+                e.record(seq, produced / 1000, timing, committed);
             }
         }
         seq
@@ -407,6 +491,24 @@ mod tests {
 
     fn paper() -> Requirements {
         Requirements::default()
+    }
+
+    /// The control plane tells a slow network from a slow model by these.
+    #[test]
+    fn timeliness_is_split_into_transit_queue_and_model() {
+        let mut e = Entanglement::new(paper(), T0);
+        // 40 ms late: 20 on the way, 19 queued, 1 in the model; every
+        // fifth update lost.
+        feed(&mut e, 0, 30, 2, 40, 0, |seq| seq % 5 == 0);
+        let (report, _) = e.evaluate(T0 + 30 * S);
+        let parts = report.parts;
+        assert_eq!(parts.transit_ms, Some(20.0), "{parts:?}");
+        assert_eq!(parts.queue_ms, Some(19.0), "{parts:?}");
+        assert_eq!(parts.model_ms, Some(1.0), "{parts:?}");
+        assert!((parts.rate_hz - 1.6).abs() < 0.01, "{parts:?}");
+        assert_eq!(parts.gaps, 11, "{parts:?}");
+        let (empty, _) = Entanglement::new(paper(), T0).evaluate(T0 + S);
+        assert_eq!(empty.parts.transit_ms, None);
     }
 
     #[test]
@@ -477,7 +579,7 @@ mod tests {
         for i in 0..15 {
             seq += 1;
             let produced = T0 + 30 * S + i * 2 * S;
-            e.record(seq, produced / 1000, produced + 13_000);
+            e.record(seq, produced / 1000, Timing::default(), produced + 13_000);
         }
         let (report, changed) = e.evaluate(T0 + 60 * S);
         assert!((report.reliability - 0.5).abs() < 0.05, "{report:?}");
@@ -519,12 +621,17 @@ mod tests {
         let mut e = Entanglement::new(paper(), T0);
         // Ten updates a second: 1..=100, then the device restarts at 1.
         for seq in 1..=100u64 {
-            e.record(seq, (T0 + seq * S / 10) / 1000, T0 + seq * S / 10);
+            e.record(
+                seq,
+                (T0 + seq * S / 10) / 1000,
+                Timing::default(),
+                T0 + seq * S / 10,
+            );
         }
         e.restarted(100, 1, T0 + 101 * S / 10);
         for seq in 1..=100u64 {
             let at = T0 + (100 + seq) * S / 10;
-            e.record(seq, at / 1000, at);
+            e.record(seq, at / 1000, Timing::default(), at);
         }
         let (report, _) = e.evaluate(T0 + 20 * S);
         assert!(report.reliability > 0.99, "{report:?}");
@@ -536,9 +643,19 @@ mod tests {
             "{report:?}"
         );
         // One wild number (2^64 - 1) does not overflow the span.
-        e.record(u64::MAX, (T0 + 20 * S) / 1000, T0 + 20 * S);
+        e.record(
+            u64::MAX,
+            (T0 + 20 * S) / 1000,
+            Timing::default(),
+            T0 + 20 * S,
+        );
         e.restarted(u64::MAX, 101, T0 + 20 * S + 1);
-        e.record(101, (T0 + 20 * S) / 1000, T0 + 20 * S + 2);
+        e.record(
+            101,
+            (T0 + 20 * S) / 1000,
+            Timing::default(),
+            T0 + 20 * S + 2,
+        );
         let (report, _) = e.evaluate(T0 + 21 * S);
         assert!(report.reliability > 0.0, "{report:?}");
     }
@@ -546,7 +663,7 @@ mod tests {
     #[test]
     fn a_pt_clock_ahead_of_ours_is_not_negative() {
         let mut e = Entanglement::new(paper(), T0);
-        e.record(1, (T0 + 5 * S) / 1000, T0 + S);
+        e.record(1, (T0 + 5 * S) / 1000, Timing::default(), T0 + S);
         let (report, _) = e.evaluate(T0 + 2 * S);
         assert_eq!(report.timeliness_share, 1.0);
         assert!(report.timeliness_ms.unwrap().p99 <= 0.01);

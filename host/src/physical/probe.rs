@@ -1,0 +1,168 @@
+//! The node's measured network path to a broker: it publishes a small
+//! numbered probe message to a topic of its own every few seconds, and
+//! times its return through the broker. The control plane compares these
+//! round trips between nodes to tell a slow path from a slow model, and to
+//! choose where a twin's updates would arrive sooner.
+//!
+//! Probes go over a session of their own (clean, QoS 0), on the same
+//! network path as the twins' sessions: through the same broker address,
+//! and any proxy in front of it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, Incoming, QoS};
+
+use super::BrokerAddress;
+use crate::control::fleet::BrokerPath;
+
+/// How many recent probes a path's figures cover.
+const RECENT: usize = 10;
+/// A probe not back within this long counts as lost.
+const LOST_AFTER: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Outcomes {
+    /// Probes sent and not yet back: number → when sent.
+    pending: HashMap<u64, Instant>,
+    /// The latest outcomes: a round trip in ms, or `None` for a loss.
+    recent: VecDeque<Option<f64>>,
+}
+
+impl Outcomes {
+    fn push(&mut self, outcome: Option<f64>) {
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(outcome);
+    }
+
+    /// Moves probes out for longer than [`LOST_AFTER`] to the losses.
+    fn expire(&mut self, now: Instant) {
+        let late: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, sent)| now.duration_since(**sent) >= LOST_AFTER)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in late {
+            self.pending.remove(&n);
+            self.push(None);
+        }
+    }
+}
+
+/// Probes of one broker, running until dropped.
+pub struct Probe {
+    broker: String,
+    outcomes: Arc<Mutex<Outcomes>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock(outcomes: &Mutex<Outcomes>) -> std::sync::MutexGuard<'_, Outcomes> {
+    outcomes.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Probe {
+    /// Starts probing `broker` every `every` as node `node`.
+    pub fn start(broker: &BrokerAddress, node: &str, every: Duration) -> Self {
+        let label = format!("{}:{}", broker.host, broker.port);
+        let mut nonce = [0u8; 4];
+        // Two processes with one node name must not share a session.
+        let _ = getrandom::fill(&mut nonce);
+        let client_id = format!("wasmtwin-probe-{node}-{}", hex::encode(nonce));
+        let topic = format!("wasmtwin/probe/{node}/{}", hex::encode(nonce));
+        let (client, mut eventloop) =
+            AsyncClient::new(super::options(broker, &client_id, true), 16);
+        let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+        let seen = outcomes.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut next = 0u64;
+            let mut subscribed = false;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        lock(&seen).expire(Instant::now());
+                        if !subscribed {
+                            continue;
+                        }
+                        next += 1;
+                        lock(&seen).pending.insert(next, Instant::now());
+                        let _ = client.try_publish(&topic, QoS::AtMostOnce, false, next.to_string());
+                    }
+                    event = eventloop.poll() => match event {
+                        Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                            subscribed = client.subscribe(&topic, QoS::AtMostOnce).await.is_ok();
+                        }
+                        Ok(Event::Incoming(Incoming::Publish(p))) => {
+                            let back = Instant::now();
+                            let number = std::str::from_utf8(&p.payload).ok().and_then(|t| t.parse::<u64>().ok());
+                            let mut outcomes = lock(&seen);
+                            if let Some(sent) = number.and_then(|n| outcomes.pending.remove(&n)) {
+                                outcomes.push(Some(back.duration_since(sent).as_secs_f64() * 1000.0));
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!("probe session to the broker: {e}");
+                            subscribed = false;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    },
+                }
+            }
+        })
+        .abort_handle();
+        Self {
+            broker: label,
+            outcomes,
+            task,
+        }
+    }
+
+    /// The path's figures now.
+    pub fn path(&self) -> BrokerPath {
+        let outcomes = lock(&self.outcomes);
+        let mut rtts: Vec<f64> = outcomes.recent.iter().flatten().copied().collect();
+        rtts.sort_by(f64::total_cmp);
+        BrokerPath {
+            broker: self.broker.clone(),
+            rtt_ms: rtts.get(rtts.len() / 2).copied(),
+            lost: outcomes.recent.iter().filter(|o| o.is_none()).count() as u32,
+            probes: outcomes.recent.len() as u32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_probes_are_losses_and_only_the_recent_count() {
+        let mut outcomes = Outcomes::default();
+        let start = Instant::now();
+        outcomes.pending.insert(1, start);
+        outcomes.pending.insert(2, start + Duration::from_secs(4));
+        outcomes.expire(start + LOST_AFTER);
+        assert_eq!(outcomes.recent, [None]);
+        assert!(outcomes.pending.contains_key(&2));
+        for i in 0..RECENT {
+            outcomes.push(Some(i as f64));
+        }
+        assert_eq!(outcomes.recent.len(), RECENT);
+        assert!(
+            outcomes.recent.iter().all(Option::is_some),
+            "the loss aged out"
+        );
+    }
+}
