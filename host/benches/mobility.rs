@@ -263,7 +263,7 @@ async fn give_history(node: &NodeClient, points: u64) {
             .collect(),
     );
     let bytes = bundle.to_bytes().expect("a bundle");
-    node.restore("p", bytes, true)
+    node.restore("p", bytes, true, None)
         .await
         .expect("restoring with history");
 }
@@ -456,7 +456,7 @@ async fn main() {
                 .await;
                 let bytes = std::fs::read(&file).expect("reading the checkpoint");
                 a.client
-                    .restore("p", bytes, false)
+                    .restore("p", bytes, false, None)
                     .await
                     .expect("restoring");
                 let first_at = a.applied_after(last_seq).await;

@@ -156,14 +156,20 @@ impl NodeClient {
         .await
     }
 
-    /// Starts twin `name` on the node from `bundle`.
+    /// Starts twin `name` on the node from `bundle`; with `adopt`, first
+    /// applying what the broker still holds in the session of that lost
+    /// node.
     pub async fn restore(
         &self,
         name: &str,
         bundle: impl Into<reqwest::Body>,
         replace: bool,
+        adopt: Option<&str>,
     ) -> anyhow::Result<()> {
-        let path = format!("/v1/twins/{name}/checkpoint?replace={replace}");
+        let mut path = format!("/v1/twins/{name}/checkpoint?replace={replace}");
+        if let Some(from) = adopt {
+            path.push_str(&format!("&adopt={from}"));
+        }
         let request = self
             .request(reqwest::Method::PUT, &path)
             .header(reqwest::header::CONTENT_TYPE, crate::api::BUNDLE_TYPE)
@@ -194,7 +200,7 @@ impl NodeClient {
         )
         .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
         let restored = self
-            .restore(name, reqwest::Body::wrap_stream(chunks), replace)
+            .restore(name, reqwest::Body::wrap_stream(chunks), replace, None)
             .await;
         bar.finish_and_clear();
         restored

@@ -209,10 +209,21 @@ async fn checkpoint(
     }
 }
 
+/// `PUT /v1/twins/{name}/checkpoint`'s options.
+#[derive(Debug, Deserialize)]
+struct RestoreQuery {
+    /// Take the place of a twin of that name running here.
+    #[serde(default)]
+    replace: bool,
+    /// The node the twin ran on before it was lost: its broker session's
+    /// backlog is applied first.
+    adopt: Option<String>,
+}
+
 async fn restore(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
-    Query(query): Query<super::twins::ReplaceQuery>,
+    Query(query): Query<RestoreQuery>,
     body: axum::body::Body,
 ) -> Response {
     if let Some(response) = bundle_too_large(&body) {
@@ -220,7 +231,21 @@ async fn restore(
     }
     let (reader, too_large_flag) = BodyReader::new(body);
     let twin = name.clone();
-    let restored = blocking(move || node.restore_bundle(&twin, reader, query.replace)).await;
+    if let Some(from) = &query.adopt
+        && (from.is_empty()
+            || from.len() > 64
+            || !from
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    {
+        return super::twins::error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "adopt must name a node: letters, digits, `-` or `_`",
+        );
+    }
+    let restored =
+        blocking(move || node.restore_bundle(&twin, reader, query.replace, query.adopt.as_deref()))
+            .await;
     match restored {
         Ok(()) => (StatusCode::CREATED, Json(json!({ "twin": name }))).into_response(),
         Err(_) if too_large_flag.load(Ordering::Relaxed) => too_large("bundle", BUNDLE_MAX),

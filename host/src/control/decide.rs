@@ -765,30 +765,32 @@ mod tests {
 
     #[test]
     fn a_twin_on_a_gone_node_is_restored_elsewhere_and_waits_while_it_is_unreachable() {
-        let mut world = World::new();
-        world.nodes[0].state = NodeState::Unreachable;
-        let ranking = |nodes: &[NodeEntry]| Ranking {
-            eligible: vec![Candidate {
-                node: &nodes[1],
-                rtt_ms: Some(3.0),
-            }],
-            excluded: vec![],
+        let world = World::new();
+        let look = |nodes: &[NodeEntry], memory: &Memory| {
+            decide(&Situation {
+                name: "p",
+                desired: Some(&world.desired),
+                running: vec![],
+                placed: Some(&nodes[0]),
+                ranking: Ranking {
+                    eligible: vec![Candidate {
+                        node: &nodes[1],
+                        rtt_ms: Some(3.0),
+                    }],
+                    excluded: vec![],
+                },
+                unfit_here: None,
+                has_checkpoint: true,
+                memory,
+                now_ms: 0,
+            })
         };
-        let situation = |nodes: &[NodeEntry], memory| Situation {
-            name: "p",
-            desired: Some(&world.desired),
-            running: vec![],
-            placed: Some(&nodes[0]),
-            ranking: ranking(nodes),
-            unfit_here: None,
-            has_checkpoint: true,
-            memory,
-            now_ms: 0,
-        };
-        let waiting = decide(&situation(&world.nodes, &Memory::default()));
+        let mut nodes = world.nodes.clone();
+        nodes[0].state = NodeState::Unreachable;
+        let waiting = look(&nodes, &Memory::default());
         assert_eq!(waiting.decisions[0].action, Action::Notify);
-        world.nodes[0].state = NodeState::Gone;
-        let gone = decide(&situation(&world.nodes, &waiting.memory));
+        nodes[0].state = NodeState::Gone;
+        let gone = look(&nodes, &waiting.memory);
         assert_eq!(
             gone.decisions[0].action,
             Action::Restore {

@@ -146,7 +146,7 @@ pub fn rank<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::fleet::{Capacity, Heartbeat, NodeState};
     use super::*;
 

@@ -585,9 +585,13 @@ impl Control {
             }
             Action::Recreate { node } | Action::Restore { node, .. } => {
                 let client = self.client(node)?;
+                let lost = match action {
+                    Action::Restore { from, .. } => Some(from.as_str()),
+                    _ => None,
+                };
                 let done = match self.repo.checkpoint(name)? {
                     Some(bundle) => {
-                        client.restore(name, bundle, false).await?;
+                        client.restore(name, bundle, false, lost).await?;
                         format!("restored on {node} from its latest checkpoint")
                     }
                     None => {

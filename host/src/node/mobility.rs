@@ -171,12 +171,15 @@ impl Node {
     /// fetched as its spec says) must pass this node's trust policy before
     /// anything runs; a twin of that name already here is refused unless
     /// `replace`, and a bundle of another twin is refused before anything
-    /// changes.
+    /// changes. With `adopt`, the name of the node the twin ran on before
+    /// it was lost, what the broker still holds in that node's session is
+    /// applied first (see the `adoption` module).
     pub fn restore_bundle(
         &self,
         name: &str,
         reader: impl Read,
         replace: bool,
+        adopt: Option<&str>,
     ) -> anyhow::Result<()> {
         let bundle = Bundle::read(reader)?;
         if bundle.spec.name() != name {
@@ -186,10 +189,15 @@ impl Node {
             ))
             .into());
         }
-        self.exclusively(name, || self.restore_now(bundle, replace))
+        self.exclusively(name, || self.restore_now(bundle, replace, adopt))
     }
 
-    fn restore_now(&self, bundle: Bundle, replace: bool) -> anyhow::Result<()> {
+    fn restore_now(
+        &self,
+        bundle: Bundle,
+        replace: bool,
+        adopt: Option<&str>,
+    ) -> anyhow::Result<()> {
         let name = bundle.spec.name().to_string();
         if !replace && lock(&self.twins).contains_key(&name) {
             return Err(NodeError::Conflict(format!(
@@ -215,10 +223,16 @@ impl Node {
             twin,
             window: bundle.entanglement,
         };
-        let hosted = self.launch(&bundle.spec, prepared)?;
+        let hosted = match adopt {
+            Some(from) => {
+                let session = self.connect_adopting(&bundle.spec, from)?;
+                self.start(&bundle.spec, prepared, session, None)
+            }
+            None => self.launch(&bundle.spec, prepared)?,
+        };
         lock(&self.twins).insert(name.clone(), hosted);
         lock(&self.moved).remove(&name);
-        tracing::info!(twin = %name, "twin restored from a bundle");
+        tracing::info!(twin = %name, adopted_from = adopt, "twin restored from a bundle");
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! journals and history live in the node's [`Store`], from which
 //! [`Node::resume`] brings every twin back after a restart.
 
+mod adoption;
 mod bundle;
 pub(crate) mod local;
 pub mod membership;
@@ -106,6 +107,31 @@ enum Origin {
     Saved(Saved),
     /// A checkpoint from elsewhere (a bundle, a migration).
     Checkpoint(Arc<Checkpoint>),
+}
+
+/// What a twin's session subscribes to.
+fn subscription(spec: &TwinSpec) -> physical::Subscription {
+    physical::Subscription {
+        topics: spec.spec.physical.topics.clone(),
+        qos: spec.spec.physical.qos,
+        max_payload: usize::try_from(spec.max_payload()).unwrap_or(usize::MAX),
+    }
+}
+
+/// Feeds a session's messages into its twin's job queue, noting the first.
+async fn forward(
+    mut inbound: mpsc::Receiver<physical::Inbound>,
+    jobs: mpsc::Sender<Job>,
+    first: Arc<std::sync::OnceLock<(String, bytes::Bytes)>>,
+) {
+    while let Some(message) = inbound.recv().await {
+        if first.get().is_none() && message.oversized.is_none() {
+            let _ = first.set((message.topic.clone(), message.payload.clone()));
+        }
+        if jobs.send(Job::Message(message)).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// A twin's MQTT session and the job queue it feeds.
@@ -552,26 +578,10 @@ impl Node {
         let (broker, client_id) = self.session_of(spec)?;
         let (jobs, queue) = mpsc::channel(self.config.queue_capacity);
         // PT messages share the job queue; actions queue behind them.
-        let (inbound_tx, mut inbound_rx) = mpsc::channel(self.config.queue_capacity);
-        let subscription = physical::Subscription {
-            topics: spec.spec.physical.topics.clone(),
-            qos: spec.spec.physical.qos,
-            max_payload: usize::try_from(spec.max_payload()).unwrap_or(usize::MAX),
-        };
-        let link = physical::connect(&broker, &client_id, subscription, inbound_tx)?;
+        let (inbound_tx, inbound_rx) = mpsc::channel(self.config.queue_capacity);
+        let link = physical::connect(&broker, &client_id, subscription(spec), inbound_tx)?;
         let first = Arc::new(std::sync::OnceLock::new());
-        let seen = first.clone();
-        let forward = jobs.clone();
-        tokio::spawn(async move {
-            while let Some(message) = inbound_rx.recv().await {
-                if seen.get().is_none() && message.oversized.is_none() {
-                    let _ = seen.set((message.topic.clone(), message.payload.clone()));
-                }
-                if forward.send(Job::Message(message)).await.is_err() {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(forward(inbound_rx, jobs.clone(), first.clone()));
         Ok(Session {
             link,
             jobs,

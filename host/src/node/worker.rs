@@ -296,8 +296,8 @@ impl Worker {
                 Err(e) => self.failed(&format!("dropping a message on {}: {e}", message.topic)),
             }
         }
+        let link = message.via.unwrap_or_else(|| self.link.clone());
         let ack = message.packet.map(|packet| {
-            let link = self.link.clone();
             Box::new(move |written: Result<(), String>| {
                 if written.is_ok() {
                     link.ack(&packet);

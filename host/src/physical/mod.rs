@@ -87,6 +87,9 @@ pub struct Inbound {
     pub received_us: u64,
     /// The packet, to acknowledge once committed (QoS 1 only).
     pub packet: Option<rumqttc::Publish>,
+    /// The session to acknowledge it on, when not the twin's own (a
+    /// session adopted from a lost node, see `Node::restore_bundle`).
+    pub via: Option<Link>,
 }
 
 /// The handle a twin's worker uses: acknowledge and send commands.
@@ -106,6 +109,12 @@ pub struct Link {
     closing: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     /// The task driving the session.
     session: tokio::task::AbortHandle,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Link")
+    }
 }
 
 enum Outgoing {
@@ -395,6 +404,7 @@ impl Session {
                         oversized,
                         received_us: now_us(),
                         packet,
+                        via: None,
                     };
                     // A full queue holds the event loop, and with it the TCP
                     // connection: the broker keeps the rest.
