@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 pub mod cli;
 pub mod faults;
+pub mod fleet;
 pub mod node;
 pub mod servers;
 
@@ -73,30 +74,43 @@ pub fn plugin(name: &str) -> PathBuf {
 /// version, the same state layout), for hot-swap tests.
 pub fn prime_next_release() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let root = workspace_root();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"))
-            .join("prime-next-release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(&root)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
-            .args(["-p", "prime", "--features", "next-release", "--target-dir"])
-            .arg(&target)
-            .status()
-            .expect("running cargo to build prime's next release");
-        assert!(
-            status.success(),
-            "building prime's next release failed: {status}"
-        );
-        target
-            .join("wasm32-wasip2")
-            .join("release")
-            .join("prime.wasm")
-    })
-    .clone()
+    PATH.get_or_init(|| variant("prime", "next-release"))
+        .clone()
+}
+
+/// `misbehave` built as a faulty release (`--features broken-release`:
+/// the same state layout, but `good` mode traps on every update), for
+/// tests of rolling back a swap.
+pub fn misbehave_broken_release() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| variant("misbehave", "broken-release"))
+        .clone()
+}
+
+/// Builds plugin `name` with `feature` into a target directory of its
+/// own; the component's path.
+fn variant(name: &str, feature: &str) -> PathBuf {
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join(format!("{name}-{feature}"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .args(["-p", name, "--features", feature, "--target-dir"])
+        .arg(&target)
+        .status()
+        .expect("running cargo to build a plugin variant");
+    assert!(
+        status.success(),
+        "building {name} with {feature} failed: {status}"
+    );
+    target
+        .join("wasm32-wasip2")
+        .join("release")
+        .join(format!("{name}.wasm"))
 }
 
 /// The bytes of plugin `name`'s component.

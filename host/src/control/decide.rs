@@ -28,7 +28,8 @@ pub struct Memory {
     pub acted_ms: Option<u64>,
     /// The twin's guest-error count at the last look.
     pub errors_seen: u64,
-    /// The last notification, so it is not repeated every look.
+    /// What the last notification was about (its cause's kind, or its
+    /// text), so it is not repeated every look.
     pub notified: Option<String>,
 }
 
@@ -113,10 +114,15 @@ impl Verdict {
         });
     }
 
-    /// A notification, unless the same was the last one sent.
+    /// A notification, unless one of the same kind was the last sent (a
+    /// cause's figures change at every look; saying it again would not).
     fn notify(&mut self, cause: Option<Cause>, reason: String) {
-        if self.memory.notified.as_ref() != Some(&reason) {
-            self.memory.notified = Some(reason.clone());
+        let kind = match &cause {
+            Some(cause) => cause.kind().to_string(),
+            None => reason.clone(),
+        };
+        if self.memory.notified.as_ref() != Some(&kind) {
+            self.memory.notified = Some(kind);
             self.push(Action::Notify, cause, reason);
         }
     }
@@ -165,6 +171,12 @@ pub fn decide(situation: &Situation) -> Verdict {
     match situation.running.get(keep) {
         None => place(situation, desired, &mut verdict),
         Some((node, twin)) => tend(situation, desired, node, twin, &mut verdict),
+    }
+    // Whatever was done (placing, restoring, moving…) the twin is left to
+    // settle for the cooldown: its window still holds what came before.
+    if verdict.decisions.iter().any(|d| d.action != Action::Notify) {
+        verdict.memory.acted_ms = Some(situation.now_ms);
+        verdict.memory.broken_since_ms = None;
     }
     verdict
 }
@@ -302,15 +314,7 @@ fn tend(
     if cooling || (!urgent && now < since + u64::from(policy.hold_seconds) * 1000) {
         return;
     }
-    let before = verdict.decisions.len();
     remedy(situation, &spec, node, twin, cause, &allowed, verdict);
-    if verdict.decisions[before..]
-        .iter()
-        .any(|d| d.action != Action::Notify)
-    {
-        verdict.memory.acted_ms = Some(now);
-        verdict.memory.broken_since_ms = None;
-    }
 }
 
 /// Acts on a diagnosed cause.

@@ -861,6 +861,7 @@ fn twin_view(state: &State, name: &str, desired: &Desired) -> Value {
         .fleet
         .running(name)
         .into_iter()
+        .filter(|(node, _)| node.state != NodeState::Gone)
         .map(|(node, twin)| {
             let e = &twin.entanglement;
             json!({

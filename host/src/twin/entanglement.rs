@@ -87,7 +87,7 @@ pub struct Parts {
     pub queue_ms: Option<f64>,
     /// The model's call, including any pause for its CPU share.
     pub model_ms: Option<f64>,
-    /// Updates received per second over the window.
+    /// Updates per second the PT produces now (from its timestamps).
     pub rate_hz: f64,
     /// Sequence numbers missing between those received (device restarts
     /// apart): updates lost on the way.
@@ -380,13 +380,39 @@ impl Entanglement {
             updates_expected: expected,
             status,
             reasons,
-            parts: self.parts(span, by_sequence),
+            parts: self.parts(by_sequence),
         }
     }
 
-    /// The parts of timeliness, each at the required percentile, and the
-    /// arrival rate and gaps over `span` µs.
-    fn parts(&self, span: u64, by_sequence: f64) -> Parts {
+    /// The rate the PT produces updates at now: one over the median gap
+    /// between the production times of consecutive updates in the window.
+    /// The median follows the PT's current rate as soon as it holds for
+    /// half the window, and neither a burst of queued updates (it uses PT
+    /// timestamps, not arrivals) nor a few losses move it.
+    fn rate_hz(&self) -> f64 {
+        let produced = |s: &Sample| s.committed_us.saturating_sub(s.timeliness_us);
+        let mut gaps: Vec<u64> = self
+            .samples
+            .iter()
+            .zip(self.samples.iter().skip(1))
+            .filter(|(a, b)| a.run == b.run)
+            .map(|(a, b)| produced(b).saturating_sub(produced(a)))
+            .collect();
+        if gaps.is_empty() {
+            return 0.0;
+        }
+        gaps.sort_unstable();
+        let median = gaps[gaps.len() / 2];
+        if median == 0 {
+            0.0
+        } else {
+            1e6 / median as f64
+        }
+    }
+
+    /// The parts of timeliness, each at the required percentile, the PT's
+    /// current rate and the gaps in its sequence numbers.
+    fn parts(&self, by_sequence: f64) -> Parts {
         let received = self.samples.len();
         let quantile = self.requirements.timeliness.percentile / 100.0;
         let at_quantile = |part: &dyn Fn(&Sample) -> u64| {
@@ -412,11 +438,7 @@ impl Entanglement {
             transit_ms,
             queue_ms,
             model_ms,
-            rate_hz: if span == 0 {
-                0.0
-            } else {
-                received as f64 * 1e6 / span as f64
-            },
+            rate_hz: self.rate_hz(),
             gaps: (by_sequence as u64).saturating_sub(received as u64),
         }
     }
@@ -505,7 +527,8 @@ mod tests {
         assert_eq!(parts.transit_ms, Some(20.0), "{parts:?}");
         assert_eq!(parts.queue_ms, Some(19.0), "{parts:?}");
         assert_eq!(parts.model_ms, Some(1.0), "{parts:?}");
-        assert!((parts.rate_hz - 1.6).abs() < 0.01, "{parts:?}");
+        // Two a second, whatever was lost on the way.
+        assert!((parts.rate_hz - 2.0).abs() < 0.01, "{parts:?}");
         assert_eq!(parts.gaps, 11, "{parts:?}");
         let (empty, _) = Entanglement::new(paper(), T0).evaluate(T0 + S);
         assert_eq!(empty.parts.transit_ms, None);

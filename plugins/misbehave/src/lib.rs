@@ -2,7 +2,8 @@
 //! config `{"mode": "loop" | "hog" | "panic" | "trap"}` its first update
 //! loops forever, allocates without bound, panics, or traps; `fragile`
 //! behaves until an update's value is not a number, which it `unwrap()`s
-//! as an ordinary plugin might.
+//! as an ordinary plugin might. Built with `broken-release`, `good` traps
+//! too: a new release with a bug, to swap in and roll back.
 
 use serde::{Deserialize, Serialize};
 use wasmtwin_sdk::{Effects, Error, Model, Update};
@@ -88,6 +89,7 @@ impl Model for Misbehave {
             Mode::Panic => panic!("misbehave was told to panic"),
             Mode::Trap => trap(),
             Mode::Probe => probe(effects),
+            Mode::Good if cfg!(feature = "broken-release") => trap(),
             Mode::Good => {}
             Mode::Fragile => {
                 let value = update.value.as_f64().unwrap();

@@ -1,0 +1,314 @@
+//! The control plane end to end: `wasmtwin control`, three `wasmtwin host`
+//! processes that join it (two at the edge, one in the cloud), Mosquitto,
+//! and our fault-injecting proxy between each node and the broker. A
+//! simulated device publishes numbered updates straight to Mosquitto; each
+//! test breaks one thing and checks that the control plane finds the
+//! cause, does the right thing (or rightly nothing), and that no update is
+//! applied twice.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wasmtwin_tests::cli::arg;
+use wasmtwin_tests::faults::Direction;
+use wasmtwin_tests::fleet::{Device, Fleet};
+use wasmtwin_tests::node::Api;
+use wasmtwin_tests::plugin;
+
+const WASMTWIN: &str = env!("CARGO_BIN_EXE_wasmtwin");
+
+/// Twin `name` running `model` (a path) with `config`, fed from `dev/NAME`
+/// at `rate` updates/s; fast hysteresis so tests are short.
+fn spec(name: &str, model: &str, config: &str, rate: f64, extra: &str) -> String {
+    format!(
+        r#"apiVersion: wasmtwin.dev/v1alpha1
+kind: DigitalTwin
+metadata:
+  name: {name}
+spec:
+  model:
+    ref: {model}
+    config: {config}
+  physical:
+    topics: [dev/{name}]
+    adapter:
+      ref: {}
+  requirements:
+    timeliness: {{percentile: 95, boundMs: 150}}
+    expectedRateHz: {rate}
+    windowSeconds: 8
+  placement:
+    zones: [edge, cloud]
+  policy:
+    holdSeconds: 2
+    cooldownSeconds: 20
+{extra}"#,
+        arg(&plugin("json-adapter")),
+    )
+}
+
+fn good(name: &str, rate: f64) -> String {
+    spec(name, arg(&plugin("misbehave")), "{mode: good}", rate, "")
+}
+
+/// The sequence numbers twin `name` applied, by its history of
+/// `property`: every one once, in order.
+fn applied_once(api: &Api, name: &str, property: &str) -> Vec<u64> {
+    let seqs = api.history_seqs(name, property);
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "an update was applied twice or out of order: {seqs:?}"
+    );
+    seqs
+}
+
+#[test]
+#[ignore = "needs Debian's mosquitto; run by .ci/run"]
+fn a_slow_network_path_moves_the_twin_to_a_node_with_a_good_one() {
+    let fleet = Fleet::start(
+        WASMTWIN,
+        &[("edge-a", "edge"), ("edge-b", "edge"), ("cloud-a", "cloud")],
+    );
+    fleet.apply("t1", &good("t1", 10.0));
+    fleet.wait(|f| f.running_on("t1").is_some(), "t1 to be placed", 30);
+    let device = Device::start(fleet.mosquitto.port, "dev/t1", 10.0);
+    fleet.wait(
+        |f| f.status("t1").as_deref() == Some("entangled"),
+        "t1 entangled",
+        30,
+    );
+    let first = fleet.running_on("t1").unwrap();
+    // 200 ms each way between that node and the broker.
+    fleet.host(&first).proxy.delay(Direction::Both, 200);
+    fleet.wait(
+        |f| f.running_on("t1").is_some_and(|n| n != first),
+        "t1 to move away from the slow path",
+        60,
+    );
+    let decision = fleet
+        .decided("t1", "decision")
+        .into_iter()
+        .find(|d| d["data"]["action"]["action"] == "migrate")
+        .expect("a migrate decision");
+    assert_eq!(decision["data"]["cause"]["cause"], "network", "{decision}");
+    assert_eq!(decision["data"]["action"]["from"], first.as_str());
+    fleet.wait(
+        |f| f.status("t1").as_deref() == Some("entangled"),
+        "t1 entangled again on its new node",
+        60,
+    );
+    let sent = device.sent();
+    drop(device);
+    let api = fleet.api_of("t1");
+    api.wait_for_updates("t1", sent);
+    let seqs = applied_once(&api, "t1", "applied");
+    assert_eq!(seqs.len() as u64, sent, "every update applied once");
+}
+
+#[test]
+#[ignore = "needs Debian's mosquitto; run by .ci/run"]
+fn a_device_that_halves_its_rate_is_reported_and_the_twin_stays() {
+    let fleet = Fleet::start(WASMTWIN, &[("edge-a", "edge"), ("cloud-a", "cloud")]);
+    fleet.apply("t2", &good("t2", 4.0));
+    fleet.wait(|f| f.running_on("t2").is_some(), "t2 to be placed", 30);
+    let device = Device::start(fleet.mosquitto.port, "dev/t2", 4.0);
+    fleet.wait(
+        |f| f.status("t2").as_deref() == Some("entangled"),
+        "t2 entangled",
+        30,
+    );
+    let home = fleet.running_on("t2").unwrap();
+    device.set_rate(2.0);
+    fleet.wait(
+        |f| !f.decided("t2", "notification").is_empty(),
+        "a notification about t2",
+        60,
+    );
+    let notice = &fleet.decided("t2", "notification")[0];
+    let summary = notice["summary"].as_str().unwrap();
+    assert_eq!(
+        notice["data"]["cause"]["cause"], "physicalTwinChanged",
+        "{notice}"
+    );
+    assert!(
+        summary.contains("2.00 updates/s"),
+        "names the new rate: {summary}"
+    );
+    assert!(summary.contains("expectedRateHz: 2.00"), "{summary}");
+    // Moving or scaling cannot help: neither happened.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(fleet.decided("t2", "decision").iter().all(|d| {
+        !matches!(
+            d["data"]["action"]["action"].as_str(),
+            Some("migrate" | "scale")
+        )
+    }));
+    assert_eq!(fleet.running_on("t2").as_deref(), Some(home.as_str()));
+    let sent = device.sent();
+    drop(device);
+    let api = fleet.api_of("t2");
+    api.wait_for_updates("t2", sent);
+    assert_eq!(applied_once(&api, "t2", "applied").len() as u64, sent);
+}
+
+#[test]
+#[ignore = "needs Debian's mosquitto; run by .ci/run"]
+fn a_killed_node_s_twin_resumes_elsewhere_with_what_the_broker_held() {
+    let mut fleet = Fleet::start(WASMTWIN, &[("edge-a", "edge"), ("edge-b", "edge")]);
+    fleet.apply("t3", &good("t3", 10.0));
+    fleet.wait(|f| f.running_on("t3").is_some(), "t3 to be placed", 30);
+    let device = Device::start(fleet.mosquitto.port, "dev/t3", 10.0);
+    let first = fleet.running_on("t3").unwrap();
+    // A checkpoint or two shipped to the control plane.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut killed = fleet.host_mut(&first).node.take().unwrap();
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    let at_kill = device.sent();
+    fleet.wait(
+        |f| f.running_on("t3").is_some_and(|n| n != first),
+        "t3 restored on the other node",
+        60,
+    );
+    let restore = fleet
+        .decided("t3", "decision")
+        .into_iter()
+        .find(|d| d["data"]["action"]["action"] == "restore")
+        .expect("a restore decision");
+    assert_eq!(restore["data"]["action"]["from"], first.as_str());
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = device.sent();
+    drop(device);
+    let api = fleet.api_of("t3");
+    api.wait_for_updates("t3", 1);
+    fleet.wait(
+        |_| api.json("/v1/twins/t3")["lastSeq"].as_u64() == Some(sent),
+        "the restored twin to catch up with the device",
+        30,
+    );
+    let seqs = applied_once(&api, "t3", "applied");
+    // Everything published after the node died was held by the broker
+    // (its persistent session) and applied; what is missing is at most
+    // what the dead node applied after the last checkpoint it shipped.
+    let after_kill: Vec<u64> = seqs.iter().copied().filter(|s| *s > at_kill).collect();
+    assert_eq!(
+        after_kill,
+        ((at_kill + 1)..=sent).collect::<Vec<_>>(),
+        "an update the broker held was lost"
+    );
+    let lost = sent - seqs.len() as u64;
+    assert!(
+        lost <= 25,
+        "{lost} updates lost: more than ~2 s of them at 10/s"
+    );
+    drop(fleet);
+}
+
+#[test]
+#[ignore = "needs Debian's mosquitto; run by .ci/run"]
+fn a_model_that_traps_after_a_swap_is_rolled_back() {
+    let fleet = Fleet::start(WASMTWIN, &[("edge-a", "edge")]);
+    fleet.apply("t4", &good("t4", 5.0));
+    fleet.wait(|f| f.running_on("t4").is_some(), "t4 to be placed", 30);
+    let device = Device::start(fleet.mosquitto.port, "dev/t4", 5.0);
+    fleet.wait(
+        |f| f.status("t4").as_deref() == Some("entangled"),
+        "t4 entangled",
+        30,
+    );
+    let original = fleet.twin("t4")["running"][0]["modelDigest"].clone();
+    let broken = wasmtwin_tests::misbehave_broken_release();
+    std::fs::copy(&broken, fleet.dir().join("misbehave-broken.wasm")).unwrap();
+    let broken_ref = fleet.dir().join("misbehave-broken.wasm");
+    fleet.apply("t4", &spec("t4", arg(&broken_ref), "{mode: good}", 5.0, ""));
+    fleet.wait(
+        |f| {
+            f.decided("t4", "decision")
+                .iter()
+                .any(|d| d["data"]["action"]["action"] == "rollback")
+        },
+        "a rollback of t4",
+        60,
+    );
+    fleet.wait(
+        |f| f.twin("t4")["running"][0]["modelDigest"] == original,
+        "t4 back on its original model",
+        30,
+    );
+    let swap = fleet
+        .decided("t4", "decision")
+        .into_iter()
+        .find(|d| d["data"]["action"]["action"] == "swap")
+        .expect("the new model was swapped in first");
+    assert!(swap["seq"].as_u64() > Some(0));
+    let notice = fleet
+        .decided("t4", "notification")
+        .into_iter()
+        .find(|n| n["data"]["cause"]["cause"] == "modelFailing")
+        .expect("a notification of the failing model");
+    assert!(
+        notice["summary"].as_str().unwrap().contains("failed"),
+        "{notice}"
+    );
+    // Rolled back for good: no swap to the broken model again.
+    std::thread::sleep(Duration::from_secs(3));
+    let swaps = fleet
+        .decided("t4", "decision")
+        .iter()
+        .filter(|d| d["data"]["action"]["action"] == "swap")
+        .count();
+    assert_eq!(swaps, 1, "{}", fleet.event_lines());
+    drop(device);
+    let api = fleet.api_of("t4");
+    applied_once(&api, "t4", "applied");
+}
+
+#[test]
+#[ignore = "needs Debian's mosquitto; run by .ci/run"]
+fn an_edited_event_history_fails_verification_naming_the_record() {
+    let mut fleet = Fleet::start(WASMTWIN, &[("edge-a", "edge")]);
+    fleet.apply("t5", &good("t5", 2.0));
+    fleet.wait(|f| f.running_on("t5").is_some(), "t5 to be placed", 30);
+    let records = fleet.events().len();
+    assert!(records >= 3, "{}", fleet.event_lines());
+    let data = fleet.control_data.clone();
+    // The control plane holds its store open: stop it, then read.
+    fleet.control.child.kill().unwrap();
+    fleet.control.child.wait().unwrap();
+    let verify = |data: &PathBuf| {
+        std::process::Command::new(WASMTWIN)
+            .args(["events", "verify", "--data", arg(data)])
+            .output()
+            .unwrap()
+    };
+    let clean = verify(&data);
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("intact"));
+    // Edit the second record's summary in the store, as an intruder would.
+    {
+        use redb::ReadableTable;
+        let db = redb::Database::open(data.join("control.redb")).unwrap();
+        let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("events");
+        let write = db.begin_write().unwrap();
+        {
+            let mut events = write.open_table(table).unwrap();
+            let edited = {
+                let bytes = events.get(2).unwrap().unwrap();
+                let mut record: Value = serde_json::from_slice(bytes.value()).unwrap();
+                record["summary"] = json!("nothing happened here");
+                serde_json::to_vec(&record).unwrap()
+            };
+            events.insert(2, edited.as_slice()).unwrap();
+        }
+        write.commit().unwrap();
+    }
+    let tampered = verify(&data);
+    assert!(!tampered.status.success());
+    let said = String::from_utf8_lossy(&tampered.stderr);
+    assert!(said.contains("record 2"), "{said}");
+}
