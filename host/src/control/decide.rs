@@ -172,9 +172,13 @@ pub fn decide(situation: &Situation) -> Verdict {
         None => place(situation, desired, &mut verdict),
         Some((node, twin)) => tend(situation, desired, node, twin, &mut verdict),
     }
-    // Whatever was done (placing, restoring, moving…) the twin is left to
-    // settle for the cooldown: its window still holds what came before.
-    if verdict.decisions.iter().any(|d| d.action != Action::Notify) {
+    // After an action the twin is left to settle for the cooldown: its
+    // window still holds what came before (a new twin's holds nothing).
+    if verdict
+        .decisions
+        .iter()
+        .any(|d| !matches!(d.action, Action::Notify | Action::Place { .. }))
+    {
         verdict.memory.acted_ms = Some(situation.now_ms);
         verdict.memory.broken_since_ms = None;
     }

@@ -394,6 +394,7 @@ impl Control {
         let mut plans = Vec::new();
         let decided;
         let mut node_changes = Vec::new();
+        let mut found = Vec::new();
         {
             let mut state = self.state();
             let state = &mut *state;
@@ -415,6 +416,16 @@ impl Control {
             state.dirty.extend(waiting);
             decided = ready.len();
             for name in ready {
+                // Where a twin runs, its node's report is the truth (a
+                // person may have moved it, or the control plane lost its
+                // own record): the placement follows.
+                if let Some(desired) = state.twins.get(&name)
+                    && let [(node, _)] = state.fleet.running(&name)[..]
+                    && node.state != NodeState::Gone
+                    && desired.status.node.as_deref() != Some(node.heartbeat.name.as_str())
+                {
+                    found.push((name.clone(), node.heartbeat.name.clone()));
+                }
                 let memory = state.memory.get(&name).cloned().unwrap_or_default();
                 let verdict = {
                     let situation = situation(state, &name, &memory, now);
@@ -432,6 +443,11 @@ impl Control {
                 state.busy.insert(name.clone());
                 let observed = observation(state, &name);
                 plans.push((name, verdict.decisions, observed));
+            }
+        }
+        for (name, node) in found {
+            if let Err(e) = self.update_status(&name, |d| d.status.node = Some(node.clone())) {
+                tracing::error!(twin = %name, "recording where it runs: {e:#}");
             }
         }
         for (node, from, to) in node_changes {
@@ -701,8 +717,16 @@ impl Control {
         }
     }
 
+    /// Marks every twin to be looked at in the next tick: a periodic
+    /// safety net under the change-driven marking.
+    pub fn resync(&self) {
+        let mut state = self.state();
+        let all: Vec<String> = state.twins.keys().cloned().collect();
+        state.dirty.extend(all);
+    }
+
     /// Runs the loops: a tick every 500 ms, checkpoints every
-    /// `checkpoint_every`, a seal of the history every minute.
+    /// `checkpoint_every`, a seal of the history and a resync every minute.
     pub async fn run(self: Arc<Self>) {
         let shipper = self.clone();
         tokio::spawn(async move {
@@ -719,6 +743,7 @@ impl Control {
             self.tick();
             if sealed.elapsed() >= Duration::from_secs(60) {
                 sealed = std::time::Instant::now();
+                self.resync();
                 if let Err(e) = self.history.seal_now() {
                     tracing::error!("sealing the event history: {e:#}");
                 }
