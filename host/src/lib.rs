@@ -11,6 +11,7 @@ pub mod api;
 pub mod broker;
 pub mod checkpoint;
 pub mod client;
+pub mod control;
 pub mod digest;
 pub mod input;
 pub mod monitoring;

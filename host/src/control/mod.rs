@@ -1,0 +1,2 @@
+//! The control plane (`wasmtwin control`): its event history.
+pub mod history;
