@@ -938,6 +938,36 @@ mod tests {
     }
 
     #[test]
+    fn the_hash_matches_pythons_json_dumps_with_sorted_keys() {
+        // The hash Python printed for this record with
+        // json.dumps(r, sort_keys=True, separators=(",", ":"),
+        // ensure_ascii=False): escapes, non-ASCII, nesting, a u64.
+        let record = Record {
+            seq: 3,
+            at: "2025-01-01T00:00:00.000Z".into(),
+            kind: Kind::Management,
+            twin: Some("pump-\u{fc}".into()),
+            node: None,
+            actor: Some("ops@example".into()),
+            summary: "\u{fc}n\u{ef}code \u{2028} line".into(),
+            data: serde_json::json!({
+                "s": "\u{e9}\n\t\u{1}\u{7f}\"\\/",
+                "n": -5,
+                "b": true,
+                "arr": [null, { "y": 1, "x": 2 }],
+                "Z": 0,
+                "a": u64::MAX,
+            }),
+            prev: "ab".repeat(32),
+            hash: String::new(),
+        };
+        assert_eq!(
+            record.compute_hash(),
+            "c6e70c7756b2998228991afc5fc06ecdaf1ae7f7e072a994b49b15580784cce9"
+        );
+    }
+
+    #[test]
     fn reopening_continues_the_chain_and_the_seal_count() {
         let f = fixture();
         let history = filled(&f, 3, 4);
