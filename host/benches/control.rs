@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use common::quick;
 use serde_json::Value;
-use wasmtwin::control::fleet::{BrokerPath, Capacity, Heartbeat, Timeouts, TwinObservation, spec_digest};
+use wasmtwin::control::fleet::{
+    BrokerPath, Capacity, Heartbeat, Timeouts, TwinObservation, spec_digest,
+};
 use wasmtwin::control::history::History;
 use wasmtwin::control::reconcile::{Control, ControlConfig};
 use wasmtwin::control::repository::Repository;
@@ -149,7 +151,8 @@ async fn cost(twins: usize) {
         component_dirs: vec![plugin("misbehave").parent().expect("plugins").to_path_buf()],
         registry: Default::default(),
     };
-    let control = std::sync::Arc::new(Control::new(repo, history, None, config).expect("a control plane"));
+    let control =
+        std::sync::Arc::new(Control::new(repo, history, None, config).expect("a control plane"));
 
     let started = Instant::now();
     let mut named = Vec::with_capacity(twins);
@@ -207,11 +210,18 @@ async fn cost(twins: usize) {
     let row = |what: &str, runs: &[(f64, usize)]| {
         let looked = runs[0].1;
         let t = median(runs.iter().map(|r| r.0).collect());
-        let per = if looked == 0 { "-".to_string() } else { format!("{:.1} µs", t * 1000.0 / looked as f64) };
+        let per = if looked == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1} µs", t * 1000.0 / looked as f64)
+        };
         println!("| {what} | {looked} | {t:.2} ms | {per} |");
     };
     println!("\n### Control-plane cost, {twins} twins on {NODES} nodes\n");
-    println!("apply (verify the model, store, record): {:.2} ms per twin", ms(apply));
+    println!(
+        "apply (verify the model, store, record): {:.2} ms per twin",
+        ms(apply)
+    );
     println!(
         "heartbeat (JSON decode + ingest): {:.2} µs per twin reported (median of {rounds})\n",
         median(per_beat) * 1000.0
@@ -253,7 +263,11 @@ enum Since {
 fn timeline(fleet: &Fleet, name: &str, since: Since, action: &str) -> Timeline {
     let broke = match since {
         Since::Unentangled => {
-            fleet.wait(|f| f.status(name).as_deref() != Some("entangled"), "the requirement to break", 60);
+            fleet.wait(
+                |f| f.status(name).as_deref() != Some("entangled"),
+                "the requirement to break",
+                60,
+            );
             now_ms()
         }
         Since::Done(earlier) => {
@@ -267,7 +281,11 @@ fn timeline(fleet: &Fleet, name: &str, since: Since, action: &str) -> Timeline {
         }
     };
     fleet.wait(
-        |f| f.decided(name, "action").iter().any(|a| a["data"]["action"]["action"] == action),
+        |f| {
+            f.decided(name, "action")
+                .iter()
+                .any(|a| a["data"]["action"]["action"] == action)
+        },
         "the action",
         90,
     );
@@ -281,7 +299,11 @@ fn timeline(fleet: &Fleet, name: &str, since: Since, action: &str) -> Timeline {
         .into_iter()
         .rfind(|a| a["data"]["action"]["action"] == action)
         .expect("the action");
-    fleet.wait(|f| f.status(name).as_deref() == Some("entangled"), "entangled again", 90);
+    fleet.wait(
+        |f| f.status(name).as_deref() == Some("entangled"),
+        "entangled again",
+        90,
+    );
     let entangled = now_ms();
     Timeline {
         detect: at_ms(&decision) - broke,
@@ -309,14 +331,27 @@ fn causes() {
     let bin = env!("CARGO_BIN_EXE_wasmtwin");
     let mut rows = Vec::new();
     {
-        let fleet = Fleet::start(bin, &[("edge-a", "edge"), ("edge-b", "edge"), ("cloud-a", "cloud")]);
-        fleet.apply("net", &twin_spec("net", &plugin("misbehave").display().to_string()));
+        let fleet = Fleet::start(
+            bin,
+            &[("edge-a", "edge"), ("edge-b", "edge"), ("cloud-a", "cloud")],
+        );
+        fleet.apply(
+            "net",
+            &twin_spec("net", &plugin("misbehave").display().to_string()),
+        );
         fleet.wait(|f| f.running_on("net").is_some(), "placed", 30);
         let _device = Device::start(fleet.mosquitto.port, "dev/net", 10.0);
-        fleet.wait(|f| f.status("net").as_deref() == Some("entangled"), "entangled", 30);
+        fleet.wait(
+            |f| f.status("net").as_deref() == Some("entangled"),
+            "entangled",
+            30,
+        );
         let home = fleet.running_on("net").expect("placed");
         fleet.host(&home).proxy.delay(Direction::Both, 200);
-        rows.push(("network (200 ms each way) → migrate", timeline(&fleet, "net", Since::Unentangled, "migrate")));
+        rows.push((
+            "network (200 ms each way) → migrate",
+            timeline(&fleet, "net", Since::Unentangled, "migrate"),
+        ));
     }
     if !quick() {
         let fleet = Fleet::start(bin, &[("edge-a", "edge")]);
@@ -324,11 +359,18 @@ fn causes() {
         fleet.apply("swap", &twin_spec("swap", &good));
         fleet.wait(|f| f.running_on("swap").is_some(), "placed", 30);
         let _device = Device::start(fleet.mosquitto.port, "dev/swap", 10.0);
-        fleet.wait(|f| f.status("swap").as_deref() == Some("entangled"), "entangled", 30);
+        fleet.wait(
+            |f| f.status("swap").as_deref() == Some("entangled"),
+            "entangled",
+            30,
+        );
         let broken = fleet.dir().join("broken.wasm");
         std::fs::copy(wasmtwin_tests::misbehave_broken_release(), &broken).expect("copying");
         fleet.apply("swap", &twin_spec("swap", &broken.display().to_string()));
-        rows.push(("model failing after a swap → roll back", timeline(&fleet, "swap", Since::Done("swap"), "rollback")));
+        rows.push((
+            "model failing after a swap → roll back",
+            timeline(&fleet, "swap", Since::Done("swap"), "rollback"),
+        ));
     }
     println!("\n### Time to be entangled again, per cause (one run each, ms)\n");
     println!("| cause → action | detect (broken → decision) | act | recover (window) | total |");
@@ -347,5 +389,7 @@ fn causes() {
 #[tokio::main]
 async fn main() {
     cost(if quick() { 1_000 } else { 10_000 }).await;
-    tokio::task::spawn_blocking(causes).await.expect("the causes");
+    tokio::task::spawn_blocking(causes)
+        .await
+        .expect("the causes");
 }

@@ -18,6 +18,62 @@ use wasmtwin_tests::plugin;
 
 const WASMTWIN: &str = env!("CARGO_BIN_EXE_wasmtwin");
 
+/// A webhook receiver: answers 200 to every POST and keeps the bodies
+/// with their `X-Wasmtwin-Signature`.
+struct Hook {
+    port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<(Vec<u8>, String)>>>,
+}
+
+impl Hook {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let (mut length, mut signature) = (0, String::new());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if lower.starts_with("x-wasmtwin-signature:") {
+                        signature = line["x-wasmtwin-signature:".len()..].trim().to_string();
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                keep.lock().unwrap().push((body, signature));
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Self { port, received }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// The first delivery, waiting for it.
+    fn first(&self) -> (Vec<u8>, String) {
+        wasmtwin_tests::node::wait_for(
+            || !self.received.lock().unwrap().is_empty(),
+            "a webhook delivery",
+        );
+        self.received.lock().unwrap()[0].clone()
+    }
+}
+
 /// Twin `name` running `model` (a path) with `config`, fed from `dev/NAME`
 /// at `rate` updates/s; fast hysteresis so tests are short.
 fn spec(name: &str, model: &str, config: &str, rate: f64, extra: &str) -> String {
@@ -109,7 +165,20 @@ fn a_slow_network_path_moves_the_twin_to_a_node_with_a_good_one() {
 #[test]
 #[ignore = "needs Debian's mosquitto; run by .ci/run"]
 fn a_device_that_halves_its_rate_is_reported_and_the_twin_stays() {
-    let fleet = Fleet::start(WASMTWIN, &[("edge-a", "edge"), ("cloud-a", "cloud")]);
+    // Notifications also go to a webhook, their bodies HMAC-signed.
+    let hook = Hook::start();
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "hook-secret").unwrap();
+    let fleet = Fleet::start_with(
+        WASMTWIN,
+        &[("edge-a", "edge"), ("cloud-a", "cloud")],
+        &[
+            "--webhook",
+            &hook.url(),
+            "--webhook-secret-file",
+            arg(secret.path()),
+        ],
+    );
     fleet.apply("t2", &good("t2", 4.0));
     fleet.wait(|f| f.running_on("t2").is_some(), "t2 to be placed", 30);
     let device = Device::start(fleet.mosquitto.port, "dev/t2", 4.0);
@@ -145,6 +214,16 @@ fn a_device_that_halves_its_rate_is_reported_and_the_twin_stays() {
         )
     }));
     assert_eq!(fleet.running_on("t2").as_deref(), Some(home.as_str()));
+    let (body, signature) = hook.first();
+    let delivered: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(delivered["summary"], notice["summary"], "{delivered}");
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(b"hook-secret").unwrap();
+    hmac::Mac::update(&mut mac, &body);
+    let expected = format!(
+        "sha256={}",
+        hex::encode(hmac::Mac::finalize(mac).into_bytes())
+    );
+    assert_eq!(signature, expected, "the body's HMAC");
     let sent = device.sent();
     drop(device);
     let api = fleet.api_of("t2");
@@ -311,4 +390,62 @@ fn an_edited_event_history_fails_verification_naming_the_record() {
     assert!(!tampered.status.success());
     let said = String::from_utf8_lossy(&tampered.stderr);
     assert!(said.contains("record 2"), "{said}");
+}
+
+#[test]
+#[ignore = "needs Debian's mosquitto; run by .ci/run"]
+fn a_twin_starved_by_its_cpu_share_gets_a_larger_one() {
+    let fleet = Fleet::start(WASMTWIN, &[("edge-a", "edge")]);
+    // 100,000 primes an update, twice a second: more than a 50m share
+    // computes, so updates queue.
+    let starved = spec(
+        "t6",
+        arg(&plugin("prime")),
+        "{primes: 100000}",
+        2.0,
+        "  resources:\n    cpu: 50m\n    deadlineMs: 20000\n",
+    )
+    .replace("boundMs: 150", "boundMs: 1000")
+    .replace("cooldownSeconds: 20", "cooldownSeconds: 6")
+    .replace(
+        "    holdSeconds: 2\n",
+        "    holdSeconds: 2\n    maxCpu: \"2\"\n",
+    );
+    fleet.apply("t6", &starved);
+    fleet.wait(|f| f.running_on("t6").is_some(), "t6 to be placed", 30);
+    let device = Device::start(fleet.mosquitto.port, "dev/t6", 2.0);
+    fleet.wait(
+        |f| {
+            f.decided("t6", "decision")
+                .iter()
+                .any(|d| d["data"]["action"]["action"] == "scale")
+        },
+        "t6's CPU share to be raised",
+        90,
+    );
+    let scale = fleet
+        .decided("t6", "decision")
+        .into_iter()
+        .find(|d| d["data"]["action"]["action"] == "scale")
+        .unwrap();
+    assert_eq!(scale["data"]["cause"]["cause"], "compute", "{scale}");
+    assert_eq!(scale["data"]["action"]["millis"], 100, "{scale}");
+    fleet.wait(
+        |f| f.status("t6").as_deref() == Some("entangled"),
+        "t6 entangled again with its larger share",
+        120,
+    );
+    assert!(
+        fleet
+            .decided("t6", "decision")
+            .iter()
+            .all(|d| d["data"]["action"]["action"] != "migrate"),
+        "{}",
+        fleet.event_lines()
+    );
+    let sent = device.sent();
+    drop(device);
+    let api = fleet.api_of("t6");
+    api.wait_for_updates("t6", sent);
+    applied_once(&api, "t6", "last_seq");
 }

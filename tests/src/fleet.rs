@@ -53,6 +53,11 @@ impl Fleet {
     /// Mosquitto, the control plane and one node per `(name, zone)`, all
     /// run from the `wasmtwin` binary `bin`.
     pub fn start(bin: &str, nodes: &[(&str, &str)]) -> Self {
+        Self::start_with(bin, nodes, &[])
+    }
+
+    /// [`Fleet::start`], with `extra` arguments for `wasmtwin control`.
+    pub fn start_with(bin: &str, nodes: &[(&str, &str)], extra: &[&str]) -> Self {
         let mosquitto = Mosquitto::start();
         let dir = tempfile::tempdir().unwrap();
         let control_data = dir.path().join("control");
@@ -78,7 +83,10 @@ impl Fleet {
             "1000",
         ]
         .map(String::from)
-        .to_vec();
+        .to_vec()
+        .into_iter()
+        .chain(extra.iter().map(|a| a.to_string()))
+        .collect::<Vec<_>>();
         let control = Node::spawn(bin, &args, http, TOKEN);
         let mut fleet = Self {
             bin: bin.to_string(),

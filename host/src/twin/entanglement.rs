@@ -150,6 +150,10 @@ pub struct Entanglement {
 
 const US_PER_MS: u64 = 1_000;
 
+/// How many of the latest gaps between updates the PT's current rate is
+/// taken from.
+const RECENT_GAPS: usize = 8;
+
 /// A window's measuring state, carried in a twin's bundle so that its
 /// measures go on where they were on the node it moves to. Times are each
 /// node's clock: synchronised nodes (NTP) keep the error to milliseconds.
@@ -385,16 +389,17 @@ impl Entanglement {
     }
 
     /// The rate the PT produces updates at now: one over the median gap
-    /// between the production times of consecutive updates in the window.
-    /// The median follows the PT's current rate as soon as it holds for
-    /// half the window, and neither a burst of queued updates (it uses PT
-    /// timestamps, not arrivals) nor a few losses move it.
+    /// between the production times of its last [`RECENT_GAPS`]
+    /// consecutive updates. It follows a new rate within a few updates,
+    /// and neither a burst of queued updates (it uses PT timestamps, not
+    /// arrivals) nor an occasional loss moves it.
     fn rate_hz(&self) -> f64 {
         let produced = |s: &Sample| s.committed_us.saturating_sub(s.timeliness_us);
-        let mut gaps: Vec<u64> = self
-            .samples
-            .iter()
-            .zip(self.samples.iter().skip(1))
+        let skip = self.samples.len().saturating_sub(RECENT_GAPS + 1);
+        let recent = self.samples.iter().skip(skip);
+        let mut gaps: Vec<u64> = recent
+            .clone()
+            .zip(recent.skip(1))
             .filter(|(a, b)| a.run == b.run)
             .map(|(a, b)| produced(b).saturating_sub(produced(a)))
             .collect();
