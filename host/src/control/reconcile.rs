@@ -81,6 +81,9 @@ pub struct Control {
     config: ControlConfig,
     local: ComponentDirs,
     state: Mutex<State>,
+    /// Applies take turns: each reads the stored twin, checks the model
+    /// (which takes a while) and writes it back.
+    applying: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -133,6 +136,7 @@ impl Control {
                 dirty,
                 ..State::default()
             }),
+            applying: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -192,6 +196,7 @@ impl Control {
     /// call. The model is fetched and its signature checked first, so a
     /// twin no node would run is refused now.
     pub async fn apply(&self, spec: TwinSpec, actor: &str) -> Result<Applied, Refusal> {
+        let _turn = self.applying.lock().await;
         let name = spec.name().to_string();
         let existing = self.state().twins.get(&name).cloned();
         let applied = match &existing {
