@@ -157,6 +157,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
                     .chain(args.component_dirs)
                     .collect(),
                 registry: Default::default(),
+                fuel_per_cpu_second: None,
             },
             runtime,
             store,

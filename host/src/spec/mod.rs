@@ -215,6 +215,38 @@ pub struct Resources {
     pub memory: String,
     /// Wall-clock time per call, in milliseconds.
     pub deadline_ms: u64,
+    /// The twin's CPU share, in cores as Kubernetes writes them: `250m`
+    /// (a quarter of a core), `0.5`, `1`, `2`. Enforced as a rate of fuel
+    /// (the node measures the fuel one CPU-second burns when it starts):
+    /// a twin over its share is paused, in the middle of a call too, and
+    /// its updates queue. Absent, the twin is not limited. Changing only
+    /// this on a running twin applies in place, without a restart.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cpu_quantity"
+    )]
+    #[schemars(with = "Option<Quantity>")]
+    pub cpu: Option<String>,
+}
+
+/// A quantity as Kubernetes specs write it: a string (`250m`, `"2"`) or,
+/// unquoted in YAML, a number (`2`, `0.5`).
+#[derive(Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum Quantity {
+    /// `250m`, `0.5`, `2`.
+    Text(String),
+    /// `0.5`, `2`.
+    Number(serde_json::Number),
+}
+
+/// Reads a [`Quantity`] as its text, which validation then checks.
+fn cpu_quantity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<Quantity>::deserialize(d)?.map(|q| match q {
+        Quantity::Text(text) => text,
+        Quantity::Number(number) => number.to_string(),
+    }))
 }
 
 impl Default for Resources {
@@ -224,6 +256,7 @@ impl Default for Resources {
             fuel_per_update: limits.fuel_per_call,
             memory: "64MiB".into(),
             deadline_ms: u64::try_from(limits.deadline.as_millis()).unwrap_or(u64::MAX),
+            cpu: None,
         }
     }
 }
@@ -316,6 +349,13 @@ impl TwinSpec {
         }
     }
 
+    /// The twin's CPU share in millicores; `None` is unlimited (the spec
+    /// is validated, so a share given parses).
+    pub fn cpu_millis(&self) -> Option<u32> {
+        let cpu = self.spec.resources.cpu.as_deref()?;
+        crate::runtime::cpu::parse_millis(cpu).ok()
+    }
+
     /// The largest payload the twin takes, in bytes.
     pub fn max_payload(&self) -> u64 {
         size(&self.spec.physical.max_payload).unwrap_or(1 << 20)
@@ -396,6 +436,7 @@ mod tests {
         assert_eq!(spec.name(), "motor-7");
         assert_eq!(spec.spec.requirements.timeliness.bound_ms, 1000);
         assert_eq!(spec.spec.model.config["vibration_alarm"], 7.1);
+        assert_eq!(spec.cpu_millis(), Some(500));
         let json = serde_json::to_string(&spec).unwrap();
         assert_eq!(TwinSpec::parse(&json).unwrap(), spec);
     }
@@ -441,6 +482,12 @@ mod tests {
         assert_eq!(spec.spec.requirements, Requirements::default());
         assert_eq!(spec.spec.replicas, 1);
         assert_eq!(spec.spec.physical.qos, 1);
+        assert_eq!(spec.cpu_millis(), None, "unlimited unless given");
+        // Unquoted in YAML, as Kubernetes users write it, a number will do.
+        for (written, millis) in [("2", 2000), ("0.5", 500), ("\"250m\"", 250)] {
+            let yaml = example().replace("cpu: 500m", &format!("cpu: {written}"));
+            assert_eq!(TwinSpec::parse(&yaml).unwrap().cpu_millis(), Some(millis));
+        }
         assert!(spec.spec.model.config.is_object());
     }
 
@@ -451,6 +498,7 @@ mod tests {
             .replace("qos: 1 ", "qos: 2 ")
             .replace("reliability: 0.9 ", "reliability: 1.5 ")
             .replace("memory: 64MiB", "memory: lots")
+            .replace("cpu: 500m", "cpu: -1m")
             .replace("[edge, mec, cloud]", "[edge, moon]")
             .replace("[plant-1/motor-7/telemetry]", "[plant-1/#/telemetry]")
             .replace("retention: 24h", "retention: forever");
@@ -464,13 +512,18 @@ mod tests {
                 "spec.physical.qos",
                 "spec.requirements.reliability",
                 "spec.resources.memory",
+                "spec.resources.cpu",
                 "spec.placement.domains[1]",
                 "spec.history.retention",
             ],
             "{err}"
         );
         let text = err.to_string();
-        assert!(text.starts_with("invalid twin spec (7 problems)"), "{text}");
+        assert!(text.starts_with("invalid twin spec (8 problems)"), "{text}");
+        assert!(
+            text.contains("spec.resources.cpu: `-1m` must be a CPU quantity such as 250m"),
+            "{text}"
+        );
         assert!(
             text.contains("spec.placement.domains[1]: `moon` must be edge, mec or cloud"),
             "{text}"

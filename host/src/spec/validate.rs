@@ -250,6 +250,12 @@ impl TwinSpec {
         c.check(res.deadline_ms > 0, "spec.resources.deadlineMs", || {
             "must be positive".into()
         });
+        if let Some(cpu) = &res.cpu {
+            let parsed = crate::runtime::cpu::parse_millis(cpu);
+            c.check(parsed.is_ok(), "spec.resources.cpu", || {
+                parsed.err().unwrap_or_default()
+            });
+        }
 
         for (i, domain) in spec.placement.domains.iter().enumerate() {
             let ok = matches!(domain.as_str(), "edge" | "mec" | "cloud");
