@@ -226,6 +226,12 @@ impl Node {
             .context("starting the twins' worker threads")?;
         let fuel_per_cpu_second = match config.fuel_per_cpu_second {
             Some(given) => given.max(1),
+            // Only a runtime built to measure what metering costs lacks
+            // fuel; no call is charged there, so shares are not enforced.
+            None if !runtime.meters_fuel() => {
+                tracing::warn!("the runtime does not meter fuel: CPU shares are not enforced");
+                1
+            }
             None => {
                 let started = std::time::Instant::now();
                 let measured = cpu::calibrate(&runtime).context("measuring fuel per CPU-second")?;

@@ -308,6 +308,11 @@ impl CpuShare {
         }
     }
 
+    /// The fuel one millisecond of CPU burns.
+    pub fn fuel_per_millisecond(&self) -> u64 {
+        ((self.inner.fuel_per_cpu_second / 1000.0) as u64).max(1)
+    }
+
     /// CPU-seconds used since the account was opened.
     pub fn used_seconds(&self) -> f64 {
         self.inner.used_fuel.load(Ordering::Relaxed) as f64 / self.inner.fuel_per_cpu_second
@@ -645,6 +650,52 @@ mod tests {
              fuel per CPU-second: {ratio:.2}×"
         );
         assert!((0.5..2.0).contains(&ratio), "{ratio}");
+    }
+
+    /// A looping guest at a tiny share is paused in the middle of its call
+    /// and still interrupted at its deadline: the pause never outlasts it.
+    #[tokio::test]
+    async fn a_paused_call_still_ends_at_its_deadline() {
+        use crate::runtime::{Failure, Limits, ModelInstance, Update};
+        let runtime = Runtime::new(super::super::RuntimeConfig {
+            fuel: true,
+            cache_dir: None,
+        })
+        .unwrap();
+        let looping = runtime
+            .load_model(&wasmtwin_tests::plugin_bytes("misbehave"))
+            .unwrap();
+        let limits = Limits {
+            deadline: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let mut model = ModelInstance::new(&runtime, &looping, "spinner", limits)
+            .await
+            .unwrap();
+        model
+            .init(&serde_json::json!({"mode": "loop"}))
+            .await
+            .unwrap();
+        // 10m of a node doing 10^10 fuel per CPU-second: its budget of 10^9
+        // fuel would take 10 s, its deadline comes first.
+        let share = CpuShare::new(10_000_000_000, Some(10));
+        model.set_cpu(share.clone());
+        let started = Instant::now();
+        let update = Update {
+            seq: 1,
+            ts_ms: 0,
+            property: "x".into(),
+            value: serde_json::json!(1),
+        };
+        let error = model.on_update(&update).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            matches!(error.failure, Failure::Deadline { .. }),
+            "{error} after {took:?}, {} s throttled",
+            share.throttled_seconds()
+        );
+        assert!(took < Duration::from_millis(1000), "{took:?}");
+        assert!(share.throttled_seconds() > 0.1, "{share:?}");
     }
 
     #[test]

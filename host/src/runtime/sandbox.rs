@@ -138,6 +138,18 @@ impl Sandbox {
 
     /// Charges this instance's calls to the twin's CPU share from now on.
     pub(super) fn set_cpu(&mut self, cpu: CpuShare) {
+        if self.metered {
+            // Compiled code keeps its fuel count in a register and writes
+            // it back only at calls, returns and when its fuel runs out,
+            // not at epoch checks: a loop without calls would show the
+            // epoch callback no fuel burned. Fuel that "runs out" every
+            // millisecond of CPU (wasmtime then yields and refuels, within
+            // the call's budget) keeps the count the callback reads at
+            // most that stale, for a yield costing microseconds.
+            let _ = self
+                .store
+                .fuel_async_yield_interval(Some(cpu.fuel_per_millisecond()));
+        }
         self.store.data_mut().set_cpu(cpu);
     }
 
