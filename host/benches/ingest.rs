@@ -308,6 +308,7 @@ fn node(dir: &Path, port: u16, queue: usize) -> (Arc<Node>, impl Fn(usize) -> Tw
                 ceilings: wasmtwin::spec::Ceilings::default(),
                 component_dirs: vec![dir.to_path_buf()],
                 registry: Default::default(),
+                fuel_per_cpu_second: None,
             },
             runtime,
             store,

@@ -31,6 +31,9 @@ pub struct ClassLabel {
 /// A ratio gauge.
 pub type Ratio = Gauge<f64, AtomicU64>;
 
+/// A counter of seconds.
+pub type Seconds = Counter<f64, AtomicU64>;
+
 /// All metrics of a node.
 pub struct Metrics {
     registry: Registry,
@@ -62,6 +65,13 @@ pub struct Metrics {
     pub odte: Family<TwinLabel, Ratio>,
     /// 1 when the twin meets its requirements.
     pub entangled: Family<TwinLabel, Gauge>,
+    /// CPU-seconds the twin's components used (fuel over the node's fuel
+    /// per CPU-second).
+    pub cpu_seconds: Family<TwinLabel, Seconds>,
+    /// Seconds the twin was paused for being over its CPU share.
+    pub cpu_throttled_seconds: Family<TwinLabel, Seconds>,
+    /// The twin's CPU share, in cores; no series while unlimited.
+    pub cpu_share: Family<TwinLabel, Ratio>,
     /// HTTP requests shed by admission control, by priority class.
     pub requests_shed: Family<ClassLabel, Counter>,
 }
@@ -114,6 +124,7 @@ impl Default for Metrics {
         let (updates, duplicates, fuel, guest_errors, shed) = Default::default();
         let (oversized, sequence_restarts) = Default::default();
         let (queue_depth, entangled, reliability, odte) = Default::default();
+        let (cpu_seconds, cpu_throttled_seconds, cpu_share) = Default::default();
         let mut per_twin = PerTwin {
             registry: root.sub_registry_with_prefix("wasmtwin_twin"),
             families: Vec::new(),
@@ -171,6 +182,21 @@ impl Default for Metrics {
             "1 while the twin meets its requirements",
             &entangled,
         );
+        per_twin.add(
+            "cpu_seconds",
+            "CPU-seconds the twin's components used (fuel burned over the node's calibrated fuel per CPU-second)",
+            &cpu_seconds,
+        );
+        per_twin.add(
+            "cpu_throttled_seconds",
+            "Seconds the twin was paused for being over its CPU share (spec.resources.cpu)",
+            &cpu_throttled_seconds,
+        );
+        per_twin.add(
+            "cpu_share",
+            "The twin's CPU share in cores (spec.resources.cpu); absent while unlimited",
+            &cpu_share,
+        );
         let per_twin = per_twin.families;
         Self {
             registry: root,
@@ -188,6 +214,9 @@ impl Default for Metrics {
             reliability,
             odte,
             entangled,
+            cpu_seconds,
+            cpu_throttled_seconds,
+            cpu_share,
             requests_shed,
         }
     }
@@ -200,6 +229,32 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    /// Brings a twin's CPU series up to its account (its counters only
+    /// ever grow by what was used since).
+    pub fn cpu(&self, label: &TwinLabel, cpu: &crate::runtime::cpu::CpuReport) {
+        let catch_up = |counter: &Seconds, total: f64| {
+            let behind = total - counter.get();
+            if behind > 0.0 {
+                counter.inc_by(behind);
+            }
+        };
+        catch_up(&self.cpu_seconds.get_or_create(label), cpu.used_seconds);
+        catch_up(
+            &self.cpu_throttled_seconds.get_or_create(label),
+            cpu.throttled_seconds,
+        );
+        match cpu.share_millis {
+            Some(millis) => {
+                self.cpu_share
+                    .get_or_create(label)
+                    .set(f64::from(millis) / 1000.0);
+            }
+            None => {
+                self.cpu_share.remove(label);
+            }
+        }
     }
 
     /// Forgets a deleted twin's series.

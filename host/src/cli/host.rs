@@ -160,6 +160,12 @@ pub struct HostArgs {
     registry: RegistryArgs,
     #[command(flatten)]
     membership: MembershipArgs,
+    /// The fuel one CPU-second burns on this machine, which turns twins'
+    /// CPU shares (`spec.resources.cpu`) into fuel rates. Without it the
+    /// node measures it as it starts (about 150 ms) and logs the figure;
+    /// give it for reproducible shares across machines or runs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    fuel_per_cpu_second: Option<u64>,
 }
 
 /// Whether, and as what, the node joins a control plane.
@@ -501,6 +507,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
                 ceilings: args.ceilings.resolve(),
                 component_dirs: args.component_dirs,
                 registry: args.registry.resolve()?,
+                fuel_per_cpu_second: args.fuel_per_cpu_second,
             },
             runtime,
             store,

@@ -195,6 +195,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
                     ceilings: wasmtwin::spec::Ceilings::default(),
                     component_dirs: component_dirs.clone(),
                     registry: Default::default(),
+                    fuel_per_cpu_second: None,
                 },
                 runtime.clone(),
                 wasmtwin::store::Store::open(&args.data.join(name))?,

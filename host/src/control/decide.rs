@@ -16,7 +16,7 @@ use super::diagnose::{Cause, diagnose};
 use super::fleet::{NodeEntry, NodeState, TwinObservation, spec_digest};
 use super::placement::{Candidate, Ranking};
 use super::repository::Desired;
-use crate::spec::{Remedy, millicores};
+use crate::spec::Remedy;
 
 /// What the orchestrator remembers of one twin between two looks.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -466,8 +466,8 @@ fn compute(
         .policy
         .max_cpu
         .as_deref()
-        .and_then(millicores)
-        .unwrap_or(u64::MAX);
+        .and_then(|q| crate::runtime::cpu::parse_millis(q).ok())
+        .map_or(u64::MAX, u64::from);
     let Some(share) = twin.cpu_share_millis else {
         let reason = format!(
             "updates wait for the model on {here}, which has no CPU share to raise (utilization {})",

@@ -12,7 +12,6 @@ use super::{Node, lock};
 use crate::control::fleet::{Capacity, Heartbeat, TwinObservation, spec_digest};
 use crate::physical::BrokerAddress;
 use crate::physical::probe::Probe;
-use crate::spec::millicores;
 
 /// Where a node reports, and what it says of itself.
 #[derive(Debug, Clone)]
@@ -56,8 +55,8 @@ impl Node {
                     guest_errors: report.guest_errors,
                     last_error: report.last_error,
                     can_roll_back,
-                    cpu_share_millis: spec.spec.resources.cpu.as_deref().and_then(millicores),
-                    cpu_utilization: None,
+                    cpu_share_millis: spec.cpu_millis().map(u64::from),
+                    cpu_utilization: report.cpu.utilization,
                     entanglement: report.entanglement,
                     name,
                 })
@@ -87,7 +86,7 @@ impl Node {
             memory_bytes: memory_bytes(),
             twins: twins.len() as u32,
             cpu_granted_millis: twins.iter().filter_map(|t| t.cpu_share_millis).sum(),
-            cpu_used: 0.0,
+            cpu_used: self.cpu_in_use(),
         }
     }
 }

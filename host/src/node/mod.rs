@@ -31,6 +31,7 @@ use crate::digest::Digest;
 use crate::monitoring::{Metrics, TwinLabel};
 use crate::physical::{self, BrokerAddress, Link};
 use crate::registry::{self, Location};
+use crate::runtime::cpu::{self, CpuShare};
 use crate::runtime::{ActionOutcome, Description, Limits, ModelComponent, Runtime};
 use crate::signing::{KeyId, TrustPolicy};
 use crate::spec::{Ceilings, ComponentRef, TwinSpec};
@@ -62,6 +63,9 @@ pub struct NodeConfig {
     /// How `oci://` components are pulled (plain-HTTP hosts, a private CA,
     /// credentials).
     pub registry: registry::Options,
+    /// The fuel one CPU-second burns here, which turns CPU shares into fuel
+    /// rates; `None` measures it as the node starts.
+    pub fuel_per_cpu_second: Option<u64>,
 }
 
 /// How long a stopping twin may take to finish the call under way before
@@ -75,6 +79,8 @@ struct Hosted {
     previous_model: Option<ComponentRef>,
     jobs: mpsc::Sender<Job>,
     shared: Arc<Mutex<Shared>>,
+    /// Its CPU share and use, which its worker charges.
+    cpu: CpuShare,
     changes: broadcast::Sender<Change>,
     link: Link,
     /// Signalled when the worker has finished.
@@ -176,6 +182,10 @@ pub enum Applied {
     Unchanged,
     /// Only the model's configuration changed; applied in place.
     Reconfigured,
+    /// Only what a running twin takes in place changed (its CPU share,
+    /// requirements, placement, policy or labels, perhaps with its
+    /// configuration): applied without a restart.
+    Updated,
     /// Another spec was running; the twin was started anew.
     Replaced,
 }
@@ -215,6 +225,8 @@ pub struct Node {
     _workers: WorkerRuntime,
     store: Store,
     metrics: Arc<Metrics>,
+    /// The fuel one CPU-second burns on this machine.
+    fuel_per_cpu_second: u64,
     twins: Mutex<HashMap<String, Hosted>>,
     /// Twins that moved away, and the API of their new node.
     moved: Mutex<HashMap<String, String>>,
@@ -240,6 +252,21 @@ impl Node {
             .enable_time()
             .build()
             .context("starting the twins' worker threads")?;
+        let fuel_per_cpu_second = match config.fuel_per_cpu_second {
+            Some(given) => given.max(1),
+            // Only a runtime built to measure what metering costs lacks
+            // fuel; no call is charged there, so shares are not enforced.
+            None if !runtime.meters_fuel() => {
+                tracing::warn!("the runtime does not meter fuel: CPU shares are not enforced");
+                1
+            }
+            None => {
+                let started = std::time::Instant::now();
+                let measured = cpu::calibrate(&runtime).context("measuring fuel per CPU-second")?;
+                tracing::info!(fuel_per_cpu_second = measured, took = ?started.elapsed(), "calibrated CPU shares (--fuel-per-cpu-second sets it instead)");
+                measured
+            }
+        };
         Ok(Self {
             local: local::ComponentDirs::open(&config.component_dirs)?,
             config,
@@ -248,6 +275,7 @@ impl Node {
             _workers: WorkerRuntime(Some(workers)),
             store,
             metrics: Arc::new(Metrics::default()),
+            fuel_per_cpu_second,
             twins: Mutex::new(HashMap::new()),
             moved: Mutex::new(HashMap::new()),
             in_transit: Mutex::new(HashMap::new()),
@@ -404,17 +432,47 @@ impl Node {
             match twins.get(&name) {
                 Some(hosted) if hosted.spec == spec => return Ok(Applied::Unchanged),
                 Some(hosted) => {
-                    let mut only_config = hosted.spec.clone();
-                    only_config.spec.model.config = spec.spec.model.config.clone();
-                    if only_config == spec {
-                        let jobs = hosted.jobs.clone();
+                    // What a running twin takes in place: its model's
+                    // configuration, its CPU share, its requirements (the
+                    // window is measured against the new ones from now),
+                    // and what only the control plane reads (placement,
+                    // policy, labels).
+                    let mut in_place = hosted.spec.clone();
+                    in_place.metadata.labels = spec.metadata.labels.clone();
+                    in_place.spec.model.config = spec.spec.model.config.clone();
+                    in_place.spec.resources.cpu = spec.spec.resources.cpu.clone();
+                    in_place.spec.requirements = spec.spec.requirements.clone();
+                    in_place.spec.placement = spec.spec.placement.clone();
+                    in_place.spec.policy = spec.spec.policy.clone();
+                    if in_place == spec {
+                        let config_changed =
+                            hosted.spec.spec.model.config != spec.spec.model.config;
+                        let (jobs, cpu) = (hosted.jobs.clone(), hosted.cpu.clone());
+                        let requirements = (hosted.spec.spec.requirements
+                            != spec.spec.requirements)
+                            .then(|| (hosted.shared.clone(), spec.spec.requirements.clone()));
                         drop(twins);
-                        self.reconfigure(&name, jobs, spec.spec.model.config.clone())?;
+                        if config_changed {
+                            self.reconfigure(&name, jobs, spec.spec.model.config.clone())?;
+                        }
+                        // Durable first: a restart keeps the new share.
                         self.store.write_now(vec![spec_op(&spec)?])?;
+                        if let Some((shared, requirements)) = requirements {
+                            lock(&shared).entanglement.set_requirements(requirements);
+                        }
+                        let share = spec.cpu_millis();
+                        if cpu.millis() != share {
+                            cpu.set_millis(share);
+                            tracing::info!(twin = %name, cpu = ?spec.spec.resources.cpu, "CPU share changed");
+                        }
                         if let Some(hosted) = lock(&self.twins).get_mut(&name) {
                             hosted.spec = spec;
                         }
-                        return Ok(Applied::Reconfigured);
+                        return Ok(if config_changed {
+                            Applied::Reconfigured
+                        } else {
+                            Applied::Updated
+                        });
                     }
                     let applied = lock(&hosted.shared).state.updates_applied;
                     if applied > 0 && !replace {
@@ -642,12 +700,14 @@ impl Node {
         }));
         let changes = session.changes;
         let history = &spec.spec.history;
+        let cpu = CpuShare::new(self.fuel_per_cpu_second, spec.cpu_millis());
         let worker = Worker {
             name: spec.name().to_string(),
             runtime: self.runtime.clone(),
             model: components.model,
             adapter: components.adapter,
             limits: components.limits,
+            cpu: cpu.clone(),
             twin,
             link: session.link.clone(),
             command_topic: spec.spec.physical.command_topic.clone(),
@@ -678,6 +738,7 @@ impl Node {
             previous_model: None,
             jobs: session.jobs,
             shared,
+            cpu,
             changes,
             link: session.link,
             finished,
@@ -761,14 +822,16 @@ impl Node {
     /// A twin's state and entanglement now; updates its gauges and logs a
     /// change of entanglement status.
     pub fn report(&self, name: &str) -> Result<TwinReport, NodeError> {
-        let shared = lock(&self.twins)
+        let (shared, cpu) = lock(&self.twins)
             .get(name)
-            .map(|h| h.shared.clone())
+            .map(|h| (h.shared.clone(), h.cpu.clone()))
             .ok_or_else(|| self.missing(name))?;
-        let (report, transition) = lock(&shared).report(name, physical::now_us());
+        let (mut report, transition) = lock(&shared).report(name, physical::now_us());
+        report.cpu = cpu.report();
         let label = TwinLabel {
             twin: name.to_string(),
         };
+        self.metrics.cpu(&label, &report.cpu);
         let e = &report.entanglement;
         self.metrics
             .reliability
@@ -835,6 +898,20 @@ impl Node {
                     .history(name, property, from_ms, to_ms, limit, newest_first)
             })
             .map_err(|e| NodeError::Refused(format!("reading the history: {e:#}")))
+    }
+
+    /// The fuel one CPU-second burns on this node (measured at start or
+    /// given by `--fuel-per-cpu-second`).
+    pub fn fuel_per_cpu_second(&self) -> u64 {
+        self.fuel_per_cpu_second
+    }
+
+    /// Cores all twins used together over the last few seconds.
+    pub fn cpu_in_use(&self) -> f64 {
+        lock(&self.twins)
+            .values()
+            .map(|h| h.cpu.recent_cores())
+            .sum()
     }
 
     /// Evaluates every twin (metrics and transition logs stay current

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::checkpoint::ModelInfo;
 use crate::runtime::Description;
+use crate::runtime::cpu::CpuReport;
 use crate::twin::TwinState;
 use crate::twin::entanglement::{Entanglement, Report};
 
@@ -110,6 +111,8 @@ pub struct TwinReport {
     /// The most recent failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The twin's CPU share and use.
+    pub cpu: CpuReport,
 }
 
 impl Shared {
@@ -147,6 +150,8 @@ impl Shared {
             entanglement,
             guest_errors: self.guest_errors,
             last_error: self.last_error.clone(),
+            // The node fills it from the twin's CPU account.
+            cpu: CpuReport::default(),
         };
         (report, transition)
     }

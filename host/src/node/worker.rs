@@ -22,6 +22,7 @@ use super::view::{Change, Shared};
 use crate::checkpoint::{Checkpoint, GUEST_SECTION};
 use crate::monitoring::{Metrics, TwinLabel};
 use crate::physical::{Inbound, Link, now_us};
+use crate::runtime::cpu::CpuShare;
 use crate::runtime::{
     ActionOutcome, AdapterComponent, AdapterInstance, GuestError, Limits, ModelComponent, Runtime,
     Update,
@@ -92,6 +93,8 @@ pub struct Worker {
     pub model: ModelComponent,
     pub adapter: AdapterComponent,
     pub limits: Limits,
+    /// The twin's CPU share, which every instance it runs is charged to.
+    pub cpu: CpuShare,
     pub twin: Twin,
     pub link: Link,
     pub command_topic: Option<String>,
@@ -179,8 +182,12 @@ impl Worker {
         &self,
     ) -> impl Future<Output = anyhow::Result<AdapterInstance>> + Send + 'static {
         let (runtime, adapter) = (self.runtime.clone(), self.adapter.clone());
-        let (name, limits) = (self.name.clone(), self.limits);
-        async move { AdapterInstance::new(&runtime, &adapter, &name, limits).await }
+        let (name, limits, cpu) = (self.name.clone(), self.limits, self.cpu.clone());
+        async move {
+            let mut instance = AdapterInstance::new(&runtime, &adapter, &name, limits).await?;
+            instance.set_cpu(cpu);
+            Ok(instance)
+        }
     }
 
     /// Serves the queue until it closes, a stop, or a handover. Runs on the
@@ -188,6 +195,7 @@ impl Worker {
     /// call into the guest is awaited, yielding the thread to other twins
     /// at every epoch tick, and bounded by its fuel and deadline.
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        self.twin.set_cpu(self.cpu.clone());
         let mut adapter = match self.new_adapter().await {
             Ok(adapter) => adapter,
             Err(e) => return self.failed(&format!("{e:#}")),
@@ -355,6 +363,8 @@ impl Worker {
         )
         .await
         .map_err(|e| format!("the new model refused the twin's state: {e:#}"))?;
+        let mut twin = twin;
+        twin.set_cpu(self.cpu.clone());
         let from = self.twin.model().clone();
         self.twin = twin;
         self.model = model;
@@ -498,6 +508,7 @@ impl Worker {
         .await;
         match restored {
             Ok(mut twin) => {
+                twin.set_cpu(self.cpu.clone());
                 for message in &self.since_recovery {
                     if let Err(e) = twin.apply_message(message).await {
                         self.failed(&format!("replay after recovery failed: {e}"));

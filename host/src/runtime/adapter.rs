@@ -6,6 +6,7 @@ use serde_json::Value;
 use super::Runtime;
 use super::bindings::adapter::{Adapter, AdapterPre};
 use super::bindings::types;
+use super::cpu::CpuShare;
 use super::error::{Failure, GuestError};
 use super::limits::Limits;
 use super::model::Update;
@@ -73,6 +74,12 @@ impl AdapterInstance {
     /// Whether a failure made the instance unusable.
     pub fn is_poisoned(&self) -> bool {
         self.sandbox.is_poisoned()
+    }
+
+    /// Charges later calls to the twin's CPU share, and pauses them when
+    /// the twin is over it.
+    pub fn set_cpu(&mut self, cpu: CpuShare) {
+        self.sandbox.set_cpu(cpu);
     }
 
     /// Decodes a raw payload received on `topic` into updates.

@@ -9,6 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::model::wasmtwin::twin::{clock, log};
+use super::cpu::CpuShare;
 use super::guest_output::GuestOutput;
 
 /// The most log records a guest may write per call; more are counted and
@@ -86,6 +87,10 @@ pub struct GuestState {
     logs_dropped: u64,
     /// When the call under way must end.
     deadline: Instant,
+    /// The twin's CPU account, once its worker gives it one.
+    cpu: Option<CpuShare>,
+    /// Fuel left when the call's use was last charged to `cpu`.
+    fuel_mark: u64,
 }
 
 impl GuestState {
@@ -112,7 +117,35 @@ impl GuestState {
             log_records: 0,
             logs_dropped: 0,
             deadline: Instant::now(),
+            cpu: None,
+            fuel_mark: 0,
         }
+    }
+
+    /// Charges the twin's CPU account with what the guest burned since
+    /// the last charge, `fuel_left` being the store's fuel now; returns
+    /// the account and how long the twin must pause, if it must.
+    pub(super) fn charge_cpu(&mut self, fuel_left: u64) -> Option<(CpuShare, std::time::Duration)> {
+        let burned = self.fuel_mark.saturating_sub(fuel_left);
+        self.fuel_mark = fuel_left;
+        let cpu = self.cpu.as_ref()?;
+        let wait = cpu.charge(burned);
+        (!wait.is_zero()).then(|| (cpu.clone(), wait))
+    }
+
+    /// Starts charging from `fuel` (the store's fuel as a call starts).
+    pub(super) fn set_fuel_mark(&mut self, fuel: u64) {
+        self.fuel_mark = fuel;
+    }
+
+    /// The twin's CPU account, if it has one.
+    pub(super) fn cpu(&self) -> Option<&CpuShare> {
+        self.cpu.as_ref()
+    }
+
+    /// Charges this instance's calls to `cpu` from now on.
+    pub(super) fn set_cpu(&mut self, cpu: CpuShare) {
+        self.cpu = Some(cpu);
     }
 
     /// The twin this state belongs to.

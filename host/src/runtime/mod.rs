@@ -14,6 +14,7 @@ mod adapter;
 pub mod bindings;
 mod cache;
 mod contract;
+pub mod cpu;
 mod error;
 mod guest_output;
 mod guest_state;

@@ -9,6 +9,7 @@ use wasmtime::component::Component;
 use super::Runtime;
 use super::bindings::model::{Model, ModelPre};
 use super::bindings::types;
+use super::cpu::CpuShare;
 use super::error::{Failure, GuestError};
 use super::guest_state::GuestState;
 use super::limits::Limits;
@@ -175,6 +176,12 @@ impl ModelInstance {
     /// Whether a failure made the instance unusable.
     pub fn is_poisoned(&self) -> bool {
         self.sandbox.is_poisoned()
+    }
+
+    /// Charges later calls to the twin's CPU share, and pauses them when
+    /// the twin is over it.
+    pub fn set_cpu(&mut self, cpu: CpuShare) {
+        self.sandbox.set_cpu(cpu);
     }
 
     /// Starts a fresh twin from its JSON configuration.

@@ -3,12 +3,15 @@
 //! into a [`GuestError`] naming the twin and the cause. Models and adapters
 //! both go through here, so their failures read the same.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::{Store, UpdateDeadline};
 
 use super::Runtime;
+use super::cpu::CpuShare;
 use super::error::{Failure, GuestError};
 use super::guest_state::GuestState;
 use super::limits::Limits;
@@ -18,6 +21,9 @@ use super::limits::Limits;
 /// `finish`. Its value is the call's answer and fuel, or the `GuestError`.
 macro_rules! guest_call {
     ($sandbox:expr, $name:literal, $api:expr, $method:ident($($arg:expr),*)) => {{
+        if let Some(pause) = $sandbox.throttle() {
+            pause.await;
+        }
         let budget = $sandbox.begin($name)?;
         let outcome = $api.$method($sandbox.store(), $($arg),*).await;
         $sandbox.finish($name, budget, outcome)
@@ -31,7 +37,10 @@ macro_rules! instantiate {
     ($sandbox:expr, $pre:expr, $what:expr) => {{
         $sandbox.begin_instantiate();
         match $pre.instantiate_async($sandbox.store()).await {
-            Ok(instance) => Ok(instance),
+            Ok(instance) => {
+                $sandbox.settle();
+                Ok(instance)
+            }
             Err(e) => Err($sandbox.instantiate_failed(e)).with_context(|| $what),
         }
     }};
@@ -61,16 +70,26 @@ impl Sandbox {
         store.limiter(|state| &mut state.memory);
         // At every epoch tick a running call either yields to the executor
         // (so other twins run on this thread meanwhile) or, past its
-        // deadline, is interrupted, wherever it is.
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline() {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::YieldCustom(
-                    1,
-                    Box::pin(tokio::task::yield_now()),
-                ))
+        // deadline, is interrupted, wherever it is. The fuel it burned
+        // since the last tick is charged to the twin's CPU share; over its
+        // share, it sleeps instead, in the middle of the call, until back
+        // within it — but never past its deadline, which then interrupts
+        // it at the next tick.
+        store.epoch_deadline_callback(|mut ctx| {
+            let now = Instant::now();
+            let deadline = ctx.data().deadline();
+            if now >= deadline {
+                return Ok(UpdateDeadline::Interrupt);
             }
+            let pause = match ctx.get_fuel() {
+                Ok(left) => ctx.data_mut().charge_cpu(left),
+                Err(_) => None,
+            };
+            let next: Pin<Box<dyn Future<Output = ()> + Send>> = match pause {
+                Some((cpu, wait)) => Box::pin(cpu.pause(wait.min(deadline - now))),
+                None => Box::pin(tokio::task::yield_now()),
+            };
+            Ok(UpdateDeadline::YieldCustom(1, next))
         });
         Self {
             store,
@@ -117,6 +136,39 @@ impl Sandbox {
         self.poisoned
     }
 
+    /// Charges this instance's calls to the twin's CPU share from now on.
+    pub(super) fn set_cpu(&mut self, cpu: CpuShare) {
+        if self.metered {
+            // Compiled code keeps its fuel count in a register and writes
+            // it back only at calls, returns and when its fuel runs out,
+            // not at epoch checks: a loop without calls would show the
+            // epoch callback no fuel burned. Fuel that "runs out" every
+            // millisecond of CPU (wasmtime then yields and refuels, within
+            // the call's budget) keeps the count the callback reads at
+            // most that stale, for a yield costing microseconds.
+            let _ = self
+                .store
+                .fuel_async_yield_interval(Some(cpu.fuel_per_millisecond()));
+        }
+        self.store.data_mut().set_cpu(cpu);
+    }
+
+    /// The pause owed before the next call, if the twin is over its CPU
+    /// share: a twin in debt queues between calls as well as in them.
+    pub(super) fn throttle(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let cpu = self.store.data().cpu()?;
+        let wait = cpu.debt();
+        (!wait.is_zero()).then(|| cpu.pause(wait))
+    }
+
+    /// Charges what the call burned since the last tick to the twin's CPU
+    /// share (the next call waits out any debt).
+    pub(super) fn settle(&mut self) {
+        if let Ok(left) = self.store.get_fuel() {
+            let _ = self.store.data_mut().charge_cpu(left);
+        }
+    }
+
     /// Sets the fuel and deadline for the next call; returns the budget.
     fn arm(&mut self) -> u64 {
         let deadline = Instant::now()
@@ -126,6 +178,9 @@ impl Sandbox {
         if self.metered {
             // Fails only when metering is off, which `metered` rules out.
             let _ = self.store.set_fuel(self.limits.fuel_per_call);
+            self.store
+                .data_mut()
+                .set_fuel_mark(self.limits.fuel_per_call);
         }
         // The callback decides at each tick: yield, or interrupt.
         self.store.set_epoch_deadline(1);
@@ -149,6 +204,7 @@ impl Sandbox {
         budget: u64,
         outcome: wasmtime::Result<Result<R, String>>,
     ) -> Result<(R, u64), GuestError> {
+        self.settle();
         let fuel = if self.metered {
             budget.saturating_sub(self.store.get_fuel().unwrap_or(0))
         } else {

@@ -218,10 +218,38 @@ pub struct Resources {
     pub memory: String,
     /// Wall-clock time per call, in milliseconds.
     pub deadline_ms: u64,
-    /// The twin's CPU share, as Kubernetes writes it (`100m`, `0.5`, `2`);
-    /// absent, no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The twin's CPU share, in cores as Kubernetes writes them: `250m`
+    /// (a quarter of a core), `0.5`, `1`, `2`. Enforced as a rate of fuel
+    /// (the node measures the fuel one CPU-second burns when it starts):
+    /// a twin over its share is paused, in the middle of a call too, and
+    /// its updates queue. Absent, the twin is not limited. Changing only
+    /// this on a running twin applies in place, without a restart.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "cpu_quantity"
+    )]
+    #[schemars(with = "Option<Quantity>")]
     pub cpu: Option<String>,
+}
+
+/// A quantity as Kubernetes specs write it: a string (`250m`, `"2"`) or,
+/// unquoted in YAML, a number (`2`, `0.5`).
+#[derive(Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum Quantity {
+    /// `250m`, `0.5`, `2`.
+    Text(String),
+    /// `0.5`, `2`.
+    Number(serde_json::Number),
+}
+
+/// Reads a [`Quantity`] as its text, which validation then checks.
+fn cpu_quantity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<Quantity>::deserialize(d)?.map(|q| match q {
+        Quantity::Text(text) => text,
+        Quantity::Number(number) => number.to_string(),
+    }))
 }
 
 impl Default for Resources {
@@ -385,6 +413,13 @@ impl TwinSpec {
         }
     }
 
+    /// The twin's CPU share in millicores; `None` is unlimited (the spec
+    /// is validated, so a share given parses).
+    pub fn cpu_millis(&self) -> Option<u32> {
+        let cpu = self.spec.resources.cpu.as_deref()?;
+        crate::runtime::cpu::parse_millis(cpu).ok()
+    }
+
     /// The largest payload the twin takes, in bytes.
     pub fn max_payload(&self) -> u64 {
         size(&self.spec.physical.max_payload).unwrap_or(1 << 20)
@@ -430,28 +465,6 @@ pub fn differences(running: &TwinSpec, other: &TwinSpec) -> Vec<String> {
     out
 }
 
-/// A CPU quantity as Kubernetes writes it (`250m`, `0.5`, `2`), in
-/// thousandths of a core; `None` unless it is one.
-pub fn millicores(text: &str) -> Option<u64> {
-    if let Some(milli) = text.strip_suffix('m') {
-        return milli.parse::<u64>().ok();
-    }
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty() && fraction.is_empty()
-        || fraction.len() > 3
-        || !fraction.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let whole = if whole.is_empty() {
-        0
-    } else {
-        whole.parse::<u64>().ok()?
-    };
-    let fraction = format!("{fraction:0<3}").parse::<u64>().ok()?;
-    whole.checked_mul(1000)?.checked_add(fraction)
-}
-
 /// A size such as `64MiB`, in bytes.
 fn size(text: &str) -> Option<u64> {
     text.parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64())
@@ -487,6 +500,7 @@ mod tests {
         assert_eq!(spec.name(), "motor-7");
         assert_eq!(spec.spec.requirements.timeliness.bound_ms, 1000);
         assert_eq!(spec.spec.model.config["vibration_alarm"], 7.1);
+        assert_eq!(spec.cpu_millis(), Some(500));
         let json = serde_json::to_string(&spec).unwrap();
         assert_eq!(TwinSpec::parse(&json).unwrap(), spec);
     }
@@ -514,22 +528,6 @@ mod tests {
     }
 
     #[test]
-    fn cpu_quantities_read_as_kubernetes_writes_them() {
-        for (text, m) in [
-            ("250m", 250),
-            ("0.5", 500),
-            ("2", 2000),
-            ("1.25", 1250),
-            (".1", 100),
-        ] {
-            assert_eq!(millicores(text), Some(m), "{text}");
-        }
-        for bad in ["", "m", "lots", "-1", "1.2345", "0.5m", "1e3", "."] {
-            assert_eq!(millicores(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
     fn differences_are_named_by_field_path() {
         let running = minimal();
         let mut other = minimal();
@@ -548,6 +546,12 @@ mod tests {
         assert_eq!(spec.spec.requirements, Requirements::default());
         assert_eq!(spec.spec.replicas, 1);
         assert_eq!(spec.spec.physical.qos, 1);
+        assert_eq!(spec.cpu_millis(), None, "unlimited unless given");
+        // Unquoted in YAML, as Kubernetes users write it, a number will do.
+        for (written, millis) in [("2", 2000), ("0.5", 500), ("\"250m\"", 250)] {
+            let yaml = example().replace("cpu: 500m", &format!("cpu: {written}"));
+            assert_eq!(TwinSpec::parse(&yaml).unwrap().cpu_millis(), Some(millis));
+        }
         assert!(spec.spec.model.config.is_object());
     }
 
@@ -558,6 +562,7 @@ mod tests {
             .replace("qos: 1 ", "qos: 2 ")
             .replace("reliability: 0.9 ", "reliability: 1.5 ")
             .replace("memory: 64MiB", "memory: lots")
+            .replace("cpu: 500m", "cpu: -1m")
             .replace("[edge, mec, cloud]", "[edge, moon]")
             .replace("domains: [plant-1]", "domains: [mec]")
             .replace("[plant-1/motor-7/telemetry]", "[plant-1/#/telemetry]")
@@ -572,6 +577,7 @@ mod tests {
                 "spec.physical.qos",
                 "spec.requirements.reliability",
                 "spec.resources.memory",
+                "spec.resources.cpu",
                 "spec.placement.zones[1]",
                 "spec.placement.domains[0]",
                 "spec.history.retention",
@@ -579,7 +585,11 @@ mod tests {
             "{err}"
         );
         let text = err.to_string();
-        assert!(text.starts_with("invalid twin spec (8 problems)"), "{text}");
+        assert!(text.starts_with("invalid twin spec (9 problems)"), "{text}");
+        assert!(
+            text.contains("spec.resources.cpu: `-1m` must be a CPU quantity such as 250m"),
+            "{text}"
+        );
         assert!(
             text.contains("spec.placement.zones[1]: `moon` must be edge, mec or cloud"),
             "{text}"

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{API_VERSION, ComponentRef, KIND, TwinSpec, millicores};
+use super::{API_VERSION, ComponentRef, KIND, TwinSpec};
 use crate::digest::Digest;
 use crate::runtime::Limits;
 
@@ -251,6 +251,12 @@ impl TwinSpec {
         c.check(res.deadline_ms > 0, "spec.resources.deadlineMs", || {
             "must be positive".into()
         });
+        if let Some(cpu) = &res.cpu {
+            let parsed = crate::runtime::cpu::parse_millis(cpu);
+            c.check(parsed.is_ok(), "spec.resources.cpu", || {
+                parsed.err().unwrap_or_default()
+            });
+        }
 
         let placement = &spec.placement;
         for (i, zone) in placement.zones.iter().enumerate() {
@@ -281,7 +287,7 @@ impl TwinSpec {
             policy
                 .max_cpu
                 .as_deref()
-                .is_none_or(|q| millicores(q).is_some_and(|m| m > 0)),
+                .is_none_or(|q| crate::runtime::cpu::parse_millis(q).is_ok()),
             "spec.policy.maxCpu",
             || {
                 format!(

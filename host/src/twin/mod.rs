@@ -271,6 +271,12 @@ impl Twin {
         self.instance.set_limits(limits);
     }
 
+    /// Charges later calls to the twin's CPU share (vertical scaling of
+    /// its CPU: the share itself can change while the twin runs).
+    pub fn set_cpu(&mut self, cpu: crate::runtime::cpu::CpuShare) {
+        self.instance.set_cpu(cpu);
+    }
+
     /// Changes the model's configuration.
     pub async fn reconfigure(&mut self, config: &Value) -> Result<(), GuestError> {
         self.instance.reconfigure(config).await
