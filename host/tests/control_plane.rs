@@ -22,8 +22,11 @@ const WASMTWIN: &str = env!("CARGO_BIN_EXE_wasmtwin");
 /// with their `X-Wasmtwin-Signature`.
 struct Hook {
     port: u16,
-    received: std::sync::Arc<std::sync::Mutex<Vec<(Vec<u8>, String)>>>,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>,
 }
+
+/// A webhook body and its signature header.
+type Delivery = (Vec<u8>, String);
 
 impl Hook {
     fn start() -> Self {
@@ -65,7 +68,7 @@ impl Hook {
     }
 
     /// The first delivery, waiting for it.
-    fn first(&self) -> (Vec<u8>, String) {
+    fn first(&self) -> Delivery {
         wasmtwin_tests::node::wait_for(
             || !self.received.lock().unwrap().is_empty(),
             "a webhook delivery",
