@@ -51,6 +51,10 @@ impl Up {
             &format!("127.0.0.1:{http_port}"),
             "--mqtt",
             &format!("127.0.0.1:{mqtt}"),
+            "--cloud-http",
+            &format!("127.0.0.1:{}", free_port()),
+            "--control-http",
+            &format!("127.0.0.1:{}", free_port()),
             "--cache-dir",
             arg(&data.join("cache")),
         ]
@@ -60,6 +64,12 @@ impl Up {
             .chain(extra.iter().map(|s| s.to_string()))
             .collect();
         let node = Node::spawn(env!("CARGO_BIN_EXE_wasmtwin"), &args, http_port, TOKEN);
+        // The control plane places the demo twin once the nodes have
+        // joined: on the edge node, whose API this is.
+        wait_for(
+            || node.api.get("/v1/twins/motor-1").0 == 200,
+            "the control plane to place the demo twin on the edge node",
+        );
         Self { node, mqtt }
     }
 
@@ -574,6 +584,10 @@ fn up_on_a_busy_port_says_so_before_announcing_anything() {
             "--http",
             &http,
             "--mqtt",
+            &format!("127.0.0.1:{}", free_port()),
+            "--cloud-http",
+            &format!("127.0.0.1:{}", free_port()),
+            "--control-http",
             &format!("127.0.0.1:{}", free_port()),
         ],
         &[],
