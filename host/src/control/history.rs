@@ -889,6 +889,26 @@ mod tests {
         verify_db(&f.db, &f.key.verifying_key(), expect).expect("readable")
     }
 
+    /// Measures are floats: the hash a record was written with must be the
+    /// one it verifies with after a trip through its stored JSON. Without
+    /// serde_json's `float_roundtrip`, parsing is off by one unit in the
+    /// last place for some values, and an honest history failed to verify.
+    #[test]
+    fn records_full_of_floats_verify_after_their_trip_through_json() {
+        let f = fixture();
+        let history = History::open(f.db.clone(), f.key.clone(), 0).expect("open");
+        for i in 1..200u32 {
+            let floats: Vec<f64> = (1..50u32)
+                .map(|j| f64::from(i * 7919 + j * 104_729) / f64::from(j * 31 + 7) * 1e-3)
+                .collect();
+            history
+                .append(Entry::new(Kind::Observation, "floats").data(serde_json::json!(floats)))
+                .expect("append");
+        }
+        let verified = check(&f, None).expect("an honest history verifies");
+        assert_eq!(verified.records, 199);
+    }
+
     #[test]
     fn a_clean_history_verifies_with_its_seals_and_unsealed_tail() {
         let f = fixture();
