@@ -30,9 +30,7 @@ use serde_json::Value;
 use wasmtwin::control::fleet::{
     BrokerPath, Capacity, Heartbeat, Timeouts, TwinObservation, spec_digest,
 };
-use wasmtwin::control::history::History;
-use wasmtwin::control::reconcile::{Control, ControlConfig};
-use wasmtwin::control::repository::Repository;
+use wasmtwin::control::reconcile::ControlConfig;
 use wasmtwin::digest::Digest;
 use wasmtwin::signing::TrustPolicy;
 use wasmtwin::spec::TwinSpec;
@@ -137,9 +135,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn cost(twins: usize) {
     let dir = tempfile::tempdir().expect("a scratch directory");
-    let repo = Repository::open(dir.path()).expect("the repository");
-    let key = wasmtwin::signing::generate().expect("a key");
-    let history = History::open(repo.database(), key, 100).expect("the history");
     let config = ControlConfig {
         timeouts: Timeouts {
             unreachable_ms: 3_600_000,
@@ -151,8 +146,7 @@ async fn cost(twins: usize) {
         component_dirs: vec![plugin("misbehave").parent().expect("plugins").to_path_buf()],
         registry: Default::default(),
     };
-    let control =
-        std::sync::Arc::new(Control::new(repo, history, None, config).expect("a control plane"));
+    let control = wasmtwin::control::open(dir.path(), None, config, None).expect("a control plane");
 
     let started = Instant::now();
     let mut named = Vec::with_capacity(twins);

@@ -452,3 +452,59 @@ fn a_twin_starved_by_its_cpu_share_gets_a_larger_one() {
     api.wait_for_updates("t6", sent);
     applied_once(&api, "t6", "last_seq");
 }
+
+#[test]
+#[ignore = "needs Debian's mosquitto; run by .ci/run"]
+fn a_twin_leaves_a_domain_no_longer_trusted_enough() {
+    let fleet = Fleet::start(WASMTWIN, &[("edge-a", "edge"), ("cloud-a", "cloud")]);
+    let domain = |name: &str, trust: u32| {
+        let (status, body) = fleet.control.api.put(
+            &format!("/v1/domains/{name}"),
+            &json!({ "trust": trust }).to_string(),
+        );
+        assert_eq!(status, 200, "{body}");
+    };
+    domain("plant-a", 3);
+    domain("provider-x", 3);
+    let twin = good("t7", 5.0).replace(
+        "    zones: [edge, cloud]\n",
+        "    zones: [edge, cloud]\n    minTrust: 2\n",
+    );
+    fleet.apply("t7", &twin);
+    fleet.wait(
+        |f| f.running_on("t7").as_deref() == Some("edge-a"),
+        "t7 on the edge",
+        30,
+    );
+    let device = Device::start(fleet.mosquitto.port, "dev/t7", 5.0);
+    domain("plant-a", 1);
+    fleet.wait(
+        |f| f.running_on("t7").as_deref() == Some("cloud-a"),
+        "t7 moved out of the untrusted domain",
+        60,
+    );
+    let moved = fleet
+        .decided("t7", "decision")
+        .into_iter()
+        .find(|d| d["data"]["action"]["action"] == "migrate")
+        .unwrap();
+    assert!(
+        moved["summary"]
+            .as_str()
+            .unwrap()
+            .contains("trust 1, below the twin's minimum 2"),
+        "{moved}"
+    );
+    let management = fleet.events();
+    assert!(
+        management
+            .iter()
+            .any(|e| e["kind"] == "management" && e["data"]["domain"] == "plant-a"),
+        "the trust change is recorded with who made it"
+    );
+    let sent = device.sent();
+    drop(device);
+    let api = fleet.api_of("t7");
+    api.wait_for_updates("t7", sent);
+    assert_eq!(applied_once(&api, "t7", "applied").len() as u64, sent);
+}

@@ -50,7 +50,9 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Mosquitto, the control plane and one node per `(name, zone)`, all
+    /// Mosquitto, the control plane and one node per `(name, zone)` (edge
+    /// nodes in domain `plant-a`, mec in `metro-net`, cloud in
+    /// `provider-x`), all
     /// run from the `wasmtwin` binary `bin`.
     pub fn start(bin: &str, nodes: &[(&str, &str)]) -> Self {
         Self::start_with(bin, nodes, &[])
@@ -132,6 +134,12 @@ impl Fleet {
         let dir = self.dir.path().to_path_buf();
         let bin = self.bin.clone();
         let host = self.host_mut(name);
+        // Each zone's nodes are run by someone else.
+        let domain = match host.zone.as_str() {
+            "edge" => "plant-a",
+            "mec" => "metro-net",
+            _ => "provider-x",
+        };
         let args: Vec<String> = [
             "host",
             "--name",
@@ -154,7 +162,7 @@ impl Fleet {
             "--zone",
             &host.zone,
             "--domain",
-            "plant-a",
+            domain,
             "--heartbeat-ms",
             "300",
         ]

@@ -9,9 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use wasmtwin::control::fleet::Timeouts;
-use wasmtwin::control::history::{self, History};
+use wasmtwin::control::history;
 use wasmtwin::control::reconcile::{Control, ControlConfig};
-use wasmtwin::control::repository::Repository;
 use wasmtwin::control::webhook::Webhooks;
 use wasmtwin::signing;
 
@@ -75,23 +74,6 @@ pub struct PlaneArgs {
     registry: super::host::RegistryArgs,
 }
 
-/// The history's signing key: `--key`, or the one in `data`, created on
-/// first start.
-fn signing_key(key: Option<&Path>, data: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
-    if let Some(file) = key {
-        return signing::read_private(file);
-    }
-    let dir = data.join("control-key");
-    let file = dir.join(signing::PRIVATE_KEY_FILE);
-    if file.exists() {
-        return signing::read_private(&file);
-    }
-    let key = signing::generate()?;
-    signing::write_pair(&dir, &key, false)?;
-    tracing::info!(dir = %dir.display(), "created the control plane's history signing key");
-    Ok(key)
-}
-
 impl PlaneArgs {
     /// Opens the control plane on `data`; `token` is its own API token.
     pub fn open(&self, data: &Path, token: Option<String>) -> anyhow::Result<Arc<Control>> {
@@ -129,23 +111,8 @@ impl PlaneArgs {
             component_dirs: self.component_dirs.clone(),
             registry: self.registry.resolve()?,
         };
-        open(data, self.key.as_deref(), config, webhooks)
+        wasmtwin::control::open(data, self.key.as_deref(), config, webhooks)
     }
-}
-
-/// Opens a control plane's store in `data` (created if need be), its
-/// history signed with `key` (or the one kept in `data`).
-pub fn open(
-    data: &Path,
-    key: Option<&Path>,
-    config: ControlConfig,
-    webhooks: Option<Webhooks>,
-) -> anyhow::Result<Arc<Control>> {
-    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let key = signing_key(key, data)?;
-    let repo = Repository::open(data)?;
-    let history = History::open(repo.database(), key, 100)?;
-    Ok(Arc::new(Control::new(repo, history, webhooks, config)?))
 }
 
 /// Starts a control plane's loops (orchestrator, checkpoints, security

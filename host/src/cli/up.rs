@@ -166,7 +166,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
     let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
     io.block_on(async move {
         let [control_listener, edge_listener, cloud_listener] = listeners;
-        let control = super::control::open(
+        let control = wasmtwin::control::open(
             &args.data.join("control"),
             None,
             ControlConfig {

@@ -61,6 +61,17 @@ fn actor(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| "api".into())
 }
 
+/// A small JSON body, whatever its `Content-Type` says (`curl -d` sends
+/// a form's): a body that is not the JSON expected is refused naming why.
+fn small_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the body is not the JSON expected: {e}"),
+        )
+    })
+}
+
 fn refusal(e: Refusal) -> Response {
     match e {
         Refusal::Spec(e) => spec_error(e),
@@ -106,8 +117,12 @@ async fn cordon(
     State(control): State<Arc<Control>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<CordonBody>,
+    body: axum::body::Bytes,
 ) -> Response {
+    let body: CordonBody = match small_json(&body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let reason = crate::input::cap(body.reason, 512);
     match control.cordon(&name, Some(reason), &actor(&headers)) {
         Ok(()) => Json(json!({ "node": name, "cordoned": true })).into_response(),
@@ -140,8 +155,12 @@ async fn set_domain(
     State(control): State<Arc<Control>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Json(body): Json<DomainBody>,
+    body: axum::body::Bytes,
 ) -> Response {
+    let body: DomainBody = match small_json(&body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     if !crate::spec::is_dns_label(&name) {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -314,8 +314,11 @@ fn tend(
         .memory
         .acted_ms
         .is_some_and(|at| now < at + u64::from(policy.cooldown_seconds) * 1000);
+    // A model failing after a swap is rolled back at once, even within
+    // the cooldown the swap itself started.
     let urgent = matches!(cause, Cause::ModelFailing { .. });
-    if cooling || (!urgent && now < since + u64::from(policy.hold_seconds) * 1000) {
+    let held = now < since + u64::from(policy.hold_seconds) * 1000;
+    if !urgent && (cooling || held) {
         return;
     }
     remedy(situation, &spec, node, twin, cause, &allowed, verdict);
@@ -736,7 +739,12 @@ mod tests {
         world.twin.entanglement = observed(20.0, 1.0, Parts::default()).entanglement;
         world.twin.guest_errors = 3;
         world.twin.can_roll_back = true;
-        let act = world.decide(&Memory::default(), 0);
+        // Even within the cooldown the swap started.
+        let just_swapped = Memory {
+            acted_ms: Some(0),
+            ..Memory::default()
+        };
+        let act = world.decide(&just_swapped, 1_000);
         assert_eq!(
             act.decisions[0].action,
             Action::Rollback {

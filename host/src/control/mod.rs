@@ -22,3 +22,47 @@ pub mod reconcile;
 pub mod repository;
 pub mod security;
 pub mod webhook;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use history::History;
+use reconcile::{Control, ControlConfig};
+use repository::Repository;
+use webhook::Webhooks;
+
+use crate::signing;
+
+/// The history's signing key: `--key`, or the one in `data`, created on
+/// first start.
+fn signing_key(key: Option<&Path>, data: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    if let Some(file) = key {
+        return signing::read_private(file);
+    }
+    let dir = data.join("control-key");
+    let file = dir.join(signing::PRIVATE_KEY_FILE);
+    if file.exists() {
+        return signing::read_private(&file);
+    }
+    let key = signing::generate()?;
+    signing::write_pair(&dir, &key, false)?;
+    tracing::info!(dir = %dir.display(), "created the control plane's history signing key");
+    Ok(key)
+}
+
+/// Opens a control plane's store in `data` (created if need be), its
+/// history signed with `key` (or the one kept in `data`).
+pub fn open(
+    data: &Path,
+    key: Option<&Path>,
+    config: ControlConfig,
+    webhooks: Option<Webhooks>,
+) -> anyhow::Result<Arc<Control>> {
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let key = signing_key(key, data)?;
+    let repo = Repository::open(data)?;
+    let history = History::open(repo.database(), key, 100)?;
+    Ok(Arc::new(Control::new(repo, history, webhooks, config)?))
+}

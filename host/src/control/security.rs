@@ -97,3 +97,112 @@ pub async fn run(control: Arc<Control>, every: Duration) {
         check(&control);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::control::fleet::{BrokerPath, Capacity, Heartbeat, Timeouts, TwinObservation};
+    use crate::control::history::Kind;
+    use crate::control::reconcile::ControlConfig;
+    use crate::digest::Digest;
+    use crate::twin::entanglement::Entanglement;
+    use wasmtwin_tests::plugin;
+
+    fn beat(node: &str, twins: Vec<TwinObservation>) -> Heartbeat {
+        Heartbeat {
+            name: node.into(),
+            url: "http://127.0.0.1:9".into(),
+            zone: "edge".into(),
+            domain: "plant-a".into(),
+            labels: BTreeMap::new(),
+            capacity: Capacity {
+                cores: 2,
+                ..Capacity::default()
+            },
+            paths: vec![BrokerPath {
+                broker: "127.0.0.1:1883".into(),
+                rtt_ms: Some(1.0),
+                lost: 0,
+                probes: 5,
+            }],
+            twins,
+        }
+    }
+
+    /// A node reports, under the spec the control plane placed, a model
+    /// other than the one it verified: the agent records a finding and
+    /// cordons the node, and the orchestrator moves the twin away.
+    #[tokio::test]
+    async fn a_node_running_another_model_is_cordoned_and_its_twin_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ControlConfig {
+            timeouts: Timeouts {
+                unreachable_ms: 60_000,
+                gone_ms: 120_000,
+            },
+            node_token: None,
+            checkpoint_every: Duration::from_secs(3600),
+            policy: crate::signing::TrustPolicy::from_args(None, true).unwrap(),
+            component_dirs: vec![plugin("misbehave").parent().unwrap().to_path_buf()],
+            registry: Default::default(),
+        };
+        let control = crate::control::open(dir.path(), None, config, None).unwrap();
+        let mut spec = crate::spec::minimal();
+        spec.spec.model.component.reference = plugin("misbehave").display().to_string();
+        control.apply(spec.clone(), "test").await.unwrap();
+        let now = crate::physical::now_us();
+        let (report, _) = Entanglement::new(spec.spec.requirements.clone(), now).evaluate(now);
+        let observed = TwinObservation {
+            name: "p".into(),
+            spec_digest: spec_digest(&spec),
+            model_digest: Digest::of(b"not the model that was placed"),
+            broker: "127.0.0.1:1883".into(),
+            updates_applied: 0,
+            guest_errors: 0,
+            last_error: None,
+            can_roll_back: false,
+            cpu_share_millis: None,
+            cpu_utilization: None,
+            entanglement: report,
+        };
+        control.heartbeat(beat("edge-1", vec![observed]));
+        control.heartbeat(beat("edge-2", vec![]));
+        control.tick();
+        let findings = check(&control);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].node, "edge-1");
+        assert!(
+            check(&control).is_empty(),
+            "a cordoned node is not checked again"
+        );
+        let nodes = control.nodes();
+        assert!(nodes[0]["cordoned"].is_string(), "{nodes:?}");
+        control.tick();
+        // The decision is recorded before acting (the fake node's API is
+        // unreachable, so the move itself fails).
+        let mut decided = Vec::new();
+        for _ in 0..50 {
+            decided = control.history().records(0, None, 100).unwrap();
+            if decided.iter().any(|r| r.kind == Kind::Decision) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            decided
+                .iter()
+                .any(|r| r.kind == Kind::Finding && r.node.as_deref() == Some("edge-1"))
+        );
+        let decision = decided.iter().find(|r| r.kind == Kind::Decision).unwrap();
+        assert_eq!(decision.data["action"]["action"], "migrate", "{decision:?}");
+        assert_eq!(decision.data["action"]["to"], "edge-2");
+        assert!(
+            decision.summary.contains("cordoned"),
+            "{}",
+            decision.summary
+        );
+    }
+}
