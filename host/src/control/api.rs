@@ -63,13 +63,8 @@ fn actor(headers: &HeaderMap) -> String {
 
 /// A small JSON body, whatever its `Content-Type` says (`curl -d` sends
 /// a form's): a body that is not the JSON expected is refused naming why.
-fn small_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("the body is not the JSON expected: {e}"),
-        )
-    })
+fn small_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the body is not the JSON expected: {e}"))
 }
 
 fn refusal(e: Refusal) -> Response {
@@ -121,7 +116,7 @@ async fn cordon(
 ) -> Response {
     let body: CordonBody = match small_json(&body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(why) => return error(StatusCode::UNPROCESSABLE_ENTITY, why),
     };
     let reason = crate::input::cap(body.reason, 512);
     match control.cordon(&name, Some(reason), &actor(&headers)) {
@@ -159,7 +154,7 @@ async fn set_domain(
 ) -> Response {
     let body: DomainBody = match small_json(&body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(why) => return error(StatusCode::UNPROCESSABLE_ENTITY, why),
     };
     if !crate::spec::is_dns_label(&name) {
         return error(
