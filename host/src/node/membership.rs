@@ -129,7 +129,7 @@ pub async fn run(node: Arc<Node>, membership: Membership) {
                 probes
                     .entry(label)
                     .or_insert_with(|| {
-                        Probe::start(broker, &node.config.name, Duration::from_secs(2))
+                        Probe::start(broker, &node.config.name, Duration::from_secs(1))
                     })
                     .path()
             })

@@ -1,5 +1,5 @@
 //! The node's measured network path to a broker: it publishes a small
-//! numbered probe message to a topic of its own every few seconds, and
+//! numbered probe message to a topic of its own every second, and
 //! times its return through the broker. The control plane compares these
 //! round trips between nodes to tell a slow path from a slow model, and to
 //! choose where a twin's updates would arrive sooner.
@@ -17,8 +17,9 @@ use rumqttc::{AsyncClient, Event, Incoming, QoS};
 use super::BrokerAddress;
 use crate::control::fleet::BrokerPath;
 
-/// How many recent probes a path's figures cover.
-const RECENT: usize = 10;
+/// How many recent probes a path's figures cover: few, so that a path
+/// that slowed down shows it within three probes.
+const RECENT: usize = 5;
 /// A probe not back within this long counts as lost.
 const LOST_AFTER: Duration = Duration::from_secs(5);
 
