@@ -341,6 +341,12 @@ fn a_model_that_traps_after_a_swap_is_rolled_back() {
         .filter(|d| d["data"]["action"]["action"] == "swap")
         .count();
     assert_eq!(swaps, 1, "{}", fleet.event_lines());
+    let rollbacks = fleet
+        .decided("t4", "decision")
+        .iter()
+        .filter(|d| d["data"]["action"]["action"] == "rollback")
+        .count();
+    assert_eq!(rollbacks, 1, "rolled back once: {}", fleet.event_lines());
     drop(device);
     let api = fleet.api_of("t4");
     applied_once(&api, "t4", "applied");

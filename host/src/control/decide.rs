@@ -303,7 +303,12 @@ fn tend(
         return;
     }
 
-    let Some(cause) = diagnose(twin, &spec.spec.requirements, errors_seen) else {
+    // Once rolled back, the twin runs the model it had: its failures are
+    // not the new model's, and rolling back again would swap the failing
+    // one back in.
+    let mut twin = twin.clone();
+    twin.can_roll_back &= desired.status.model_override.is_none();
+    let Some(cause) = diagnose(&twin, &spec.spec.requirements, errors_seen) else {
         verdict.memory.broken_since_ms = None;
         verdict.memory.notified = None;
         return;
@@ -321,7 +326,7 @@ fn tend(
     if !urgent && (cooling || held) {
         return;
     }
-    remedy(situation, &spec, node, twin, cause, &allowed, verdict);
+    remedy(situation, &spec, node, &twin, cause, &allowed, verdict);
 }
 
 /// Acts on a diagnosed cause.
@@ -752,6 +757,17 @@ mod tests {
             }
         );
         assert_eq!(act.decisions[1].action, Action::Notify);
+        // Rolled back: late failures of the new model (or any later ones)
+        // never swap it back in.
+        world.desired.status.model_override = Some(world.desired.spec.spec.model.component.clone());
+        world.twin.spec_digest = spec_digest(&world.desired.effective());
+        world.twin.guest_errors = 5;
+        let after = world.decide(&act.memory, 2_000);
+        assert!(
+            after.decisions.iter().all(|d| !matches!(d.action, Action::Rollback { .. })),
+            "{:?}",
+            after.decisions
+        );
     }
 
     #[test]
