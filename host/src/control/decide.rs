@@ -764,7 +764,10 @@ mod tests {
         world.twin.guest_errors = 5;
         let after = world.decide(&act.memory, 2_000);
         assert!(
-            after.decisions.iter().all(|d| !matches!(d.action, Action::Rollback { .. })),
+            after
+                .decisions
+                .iter()
+                .all(|d| !matches!(d.action, Action::Rollback { .. })),
             "{:?}",
             after.decisions
         );
