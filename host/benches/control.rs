@@ -111,7 +111,6 @@ fn heartbeat(n: usize, twins: &[(String, String)], model: &Digest, broken: &[usi
                 name: name.clone(),
                 spec_digest: digest.clone(),
                 model_digest: *model,
-                broker: "127.0.0.1:1883".into(),
                 updates_applied: 100,
                 guest_errors: 0,
                 last_error: None,

@@ -6,6 +6,8 @@
 //! cause, does the right thing (or rightly nothing), and that no update is
 //! applied twice.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -80,20 +82,8 @@ impl Hook {
 /// Twin `name` running `model` (a path) with `config`, fed from `dev/NAME`
 /// at `rate` updates/s; fast hysteresis so tests are short.
 fn spec(name: &str, model: &str, config: &str, rate: f64, extra: &str) -> String {
-    format!(
-        r#"apiVersion: wasmtwin.dev/v1alpha1
-kind: DigitalTwin
-metadata:
-  name: {name}
-spec:
-  model:
-    ref: {model}
-    config: {config}
-  physical:
-    topics: [dev/{name}]
-    adapter:
-      ref: {}
-  requirements:
+    let requirements = format!(
+        "  requirements:
     timeliness: {{percentile: 95, boundMs: 150}}
     expectedRateHz: {rate}
     windowSeconds: 8
@@ -102,9 +92,11 @@ spec:
   policy:
     holdSeconds: 2
     cooldownSeconds: 20
-{extra}"#,
-        arg(&plugin("json-adapter")),
-    )
+{extra}"
+    );
+    common::spec(name, "good", &requirements)
+        .replace(arg(&plugin("misbehave")), model)
+        .replace("config: {mode: good}", &format!("config: {config}"))
 }
 
 fn good(name: &str, rate: f64) -> String {

@@ -157,7 +157,6 @@ pub(crate) mod tests {
             name: "p".into(),
             spec_digest: String::new(),
             model_digest: Digest::of(b"model"),
-            broker: "127.0.0.1:1883".into(),
             updates_applied: 100,
             guest_errors: 0,
             last_error: None,

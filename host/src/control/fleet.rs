@@ -86,8 +86,6 @@ pub struct TwinObservation {
     pub spec_digest: String,
     /// The model component running.
     pub model_digest: Digest,
-    /// The broker its device publishes to, `HOST:PORT`.
-    pub broker: String,
     /// Updates applied since it was created.
     pub updates_applied: u64,
     /// Failed calls into its components since it started on this node.
@@ -295,23 +293,40 @@ impl Fleet {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn beat(name: &str) -> Heartbeat {
+    /// A 2-core node's heartbeat: `name` in `zone` and `domain`, its
+    /// default broker `rtt_ms` away, running `twins`.
+    pub(crate) fn heartbeat(
+        name: &str,
+        zone: &str,
+        domain: &str,
+        rtt_ms: f64,
+        twins: Vec<TwinObservation>,
+    ) -> Heartbeat {
         Heartbeat {
             name: name.into(),
             url: format!("http://{name}"),
-            zone: "edge".into(),
-            domain: "plant-a".into(),
+            zone: zone.into(),
+            domain: domain.into(),
             labels: BTreeMap::new(),
             capacity: Capacity {
                 cores: 2,
                 ..Capacity::default()
             },
-            paths: vec![],
-            twins: vec![],
+            paths: vec![BrokerPath {
+                broker: "127.0.0.1:1883".into(),
+                rtt_ms: Some(rtt_ms),
+                lost: 0,
+                probes: 5,
+            }],
+            twins,
         }
+    }
+
+    fn beat(name: &str) -> Heartbeat {
+        heartbeat(name, "edge", "plant-a", 1.0, vec![])
     }
 
     const T: Timeouts = Timeouts {

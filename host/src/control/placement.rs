@@ -147,29 +147,13 @@ pub fn rank<'a>(
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::fleet::{Capacity, Heartbeat, NodeState};
+    use super::super::fleet::NodeState;
+    use super::super::fleet::tests::heartbeat;
     use super::*;
 
     pub(crate) fn node(name: &str, zone: &str, domain: &str, rtt: f64) -> NodeEntry {
         NodeEntry {
-            heartbeat: Heartbeat {
-                name: name.into(),
-                url: format!("http://{name}"),
-                zone: zone.into(),
-                domain: domain.into(),
-                labels: BTreeMap::new(),
-                capacity: Capacity {
-                    cores: 2,
-                    ..Capacity::default()
-                },
-                paths: vec![BrokerPath {
-                    broker: "127.0.0.1:1883".into(),
-                    rtt_ms: Some(rtt),
-                    lost: 0,
-                    probes: 5,
-                }],
-                twins: vec![],
-            },
+            heartbeat: heartbeat(name, zone, domain, rtt, vec![]),
             seen_ms: 0,
             state: NodeState::Ready,
             cordoned: None,

@@ -100,11 +100,11 @@ pub async fn run(control: Arc<Control>, every: Duration) {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::time::Duration;
 
     use super::*;
-    use crate::control::fleet::{BrokerPath, Capacity, Heartbeat, Timeouts, TwinObservation};
+    use crate::control::fleet::tests::heartbeat;
+    use crate::control::fleet::{Heartbeat, Timeouts, TwinObservation};
     use crate::control::history::Kind;
     use crate::control::reconcile::ControlConfig;
     use crate::digest::Digest;
@@ -112,24 +112,7 @@ mod tests {
     use wasmtwin_tests::plugin;
 
     fn beat(node: &str, twins: Vec<TwinObservation>) -> Heartbeat {
-        Heartbeat {
-            name: node.into(),
-            url: "http://127.0.0.1:9".into(),
-            zone: "edge".into(),
-            domain: "plant-a".into(),
-            labels: BTreeMap::new(),
-            capacity: Capacity {
-                cores: 2,
-                ..Capacity::default()
-            },
-            paths: vec![BrokerPath {
-                broker: "127.0.0.1:1883".into(),
-                rtt_ms: Some(1.0),
-                lost: 0,
-                probes: 5,
-            }],
-            twins,
-        }
+        heartbeat(node, "edge", "plant-a", 1.0, twins)
     }
 
     /// A node reports, under the spec the control plane placed, a model
@@ -159,7 +142,6 @@ mod tests {
             name: "p".into(),
             spec_digest: spec_digest(&spec),
             model_digest: Digest::of(b"not the model that was placed"),
-            broker: "127.0.0.1:1883".into(),
             updates_applied: 0,
             guest_errors: 0,
             last_error: None,

@@ -43,14 +43,9 @@ impl Node {
             .into_iter()
             .filter_map(|(name, spec, can_roll_back)| {
                 let report = self.report(&name).ok()?;
-                let broker = self
-                    .session_of(&spec)
-                    .map(|(b, _)| format!("{}:{}", b.host, b.port))
-                    .unwrap_or_default();
                 Some(TwinObservation {
                     spec_digest: spec_digest(&spec),
                     model_digest: report.model.component,
-                    broker,
                     updates_applied: report.updates_applied,
                     guest_errors: report.guest_errors,
                     last_error: report.last_error,
