@@ -13,7 +13,11 @@ use crate::spec::Requirements;
 
 /// What broke a twin's entanglement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "cause")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "cause"
+)]
 pub enum Cause {
     /// Updates take long on the way: the transit part dominates the
     /// required timeliness percentile.
