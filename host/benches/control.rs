@@ -117,6 +117,7 @@ fn heartbeat(n: usize, twins: &[(String, String)], model: &Digest, broken: &[usi
                 can_roll_back: false,
                 cpu_share_millis: None,
                 cpu_utilization: None,
+                cpu_throttled: None,
                 entanglement: report(!broken.contains(&i)),
             })
             .collect(),
@@ -144,6 +145,7 @@ async fn cost(twins: usize) {
         policy: TrustPolicy::from_args(None, true).expect("a policy"),
         component_dirs: vec![plugin("misbehave").parent().expect("plugins").to_path_buf()],
         registry: Default::default(),
+        observe_only: false,
     };
     let control = wasmtwin::control::open(dir.path(), None, config, None).expect("a control plane");
 

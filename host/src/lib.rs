@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod client;
 pub mod control;
 pub mod digest;
+pub mod faults;
 pub mod input;
 pub mod monitoring;
 pub mod node;

@@ -427,7 +427,7 @@ fn a_twin_moves_swaps_and_survives_a_crash_without_losing_an_update() {
     // A target that dies as the bundle reaches it, after the source has
     // stopped and handed over: the twin resumes on the source, and its
     // session there redelivers what came meanwhile.
-    let dying = FaultProxy::start(port_b, b"POST /v1/migrations/p ");
+    let dying = FaultProxy::start(port_b, b"POST /v1/migrations/p ").expect("starting the proxy");
     let err = refused_move(&dying.url());
     assert_eq!(dying.cuts(), 1, "the handover reached the target: {err}");
     assert!(err.contains(&format!("resumed on {base_a}")), "{err}");

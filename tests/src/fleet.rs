@@ -103,7 +103,7 @@ impl Fleet {
                 name: name.to_string(),
                 zone: zone.to_string(),
                 node: None,
-                proxy: FaultProxy::plain(fleet.mosquitto.port),
+                proxy: FaultProxy::plain(fleet.mosquitto.port).expect("starting the proxy"),
                 data: fleet.dir.path().join(name),
                 http: free_port(),
             };

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub mod cli;
-pub mod faults;
+pub use wasmtwin::faults;
 pub mod fleet;
 pub mod node;
 pub mod servers;

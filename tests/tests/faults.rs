@@ -53,7 +53,7 @@ fn round_trip(stream: &mut TcpStream) -> Duration {
 
 #[test]
 fn delay_each_way_adds_up_over_a_round_trip() {
-    let proxy = FaultProxy::plain(echo_server());
+    let proxy = FaultProxy::plain(echo_server()).expect("starting the proxy");
     let mut stream = connect(&proxy);
     let baseline = round_trip(&mut stream);
     assert!(
@@ -75,7 +75,7 @@ fn delay_each_way_adds_up_over_a_round_trip() {
 
 #[test]
 fn a_lost_chunk_costs_a_retransmission_timeout() {
-    let proxy = FaultProxy::plain(echo_server());
+    let proxy = FaultProxy::plain(echo_server()).expect("starting the proxy");
     let mut stream = connect(&proxy);
     let baseline = round_trip(&mut stream);
     assert!(
@@ -105,7 +105,7 @@ fn a_lost_chunk_costs_a_retransmission_timeout() {
 #[test]
 fn bytes_arrive_intact_and_in_order_under_jitter_and_loss() {
     const CHUNKS: u64 = 10_000;
-    let proxy = FaultProxy::plain(echo_server());
+    let proxy = FaultProxy::plain(echo_server()).expect("starting the proxy");
     proxy.delay(Direction::Both, 5);
     proxy.jitter(Direction::Both, 5);
     proxy.loss(Direction::Both, 0.01);
@@ -134,7 +134,7 @@ fn bytes_arrive_intact_and_in_order_under_jitter_and_loss() {
 
 #[test]
 fn cut_all_closes_open_connections_and_refuse_keeps_new_ones_out() {
-    let proxy = FaultProxy::plain(echo_server());
+    let proxy = FaultProxy::plain(echo_server()).expect("starting the proxy");
     let mut first = connect(&proxy);
     let mut second = connect(&proxy);
     round_trip(&mut first);
@@ -167,7 +167,7 @@ fn cut_all_closes_open_connections_and_refuse_keeps_new_ones_out() {
 
 #[test]
 fn the_trigger_still_cuts_before_forwarding() {
-    let proxy = FaultProxy::start(echo_server(), b"BOOM");
+    let proxy = FaultProxy::start(echo_server(), b"BOOM").expect("starting the proxy");
     let mut stream = connect(&proxy);
     round_trip(&mut stream);
     stream.write_all(b"xxBOOM").expect("write");

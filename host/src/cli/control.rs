@@ -72,6 +72,11 @@ pub struct PlaneArgs {
     component_dirs: Vec<PathBuf>,
     #[command(flatten)]
     registry: super::host::RegistryArgs,
+    /// Decide and record remedies for broken requirements (migrate, scale,
+    /// roll back) without carrying them out: see what the control plane
+    /// would do before letting it.
+    #[arg(long)]
+    observe_only: bool,
 }
 
 impl PlaneArgs {
@@ -110,6 +115,7 @@ impl PlaneArgs {
             policy: self.trust.policy()?,
             component_dirs: self.component_dirs.clone(),
             registry: self.registry.resolve()?,
+            observe_only: self.observe_only,
         };
         wasmtwin::control::open(data, self.key.as_deref(), config, webhooks)
     }

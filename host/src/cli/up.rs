@@ -179,6 +179,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
                 policy: TrustPolicy::Require(trust.clone()),
                 component_dirs: component_dirs.clone(),
                 registry: Default::default(),
+                observe_only: false,
             },
             None,
         )?;

@@ -322,7 +322,14 @@ fn tend(
     // A model failing after a swap is rolled back at once, even within
     // the cooldown the swap itself started.
     let urgent = matches!(cause, Cause::ModelFailing { .. });
-    let held = now < since + u64::from(policy.hold_seconds) * 1000;
+    // A breakage without a known cause is given a window more before it is
+    // reported: measures that lag (a device's new rate is known only after
+    // a few of its updates) may yet name the cause.
+    let hold_seconds = match cause {
+        Cause::Unknown { .. } => policy.hold_seconds + spec.spec.requirements.window_seconds,
+        _ => policy.hold_seconds,
+    };
+    let held = now < since + u64::from(hold_seconds) * 1000;
     if !urgent && (cooling || held) {
         return;
     }
@@ -380,16 +387,9 @@ fn remedy(
                 }
             }
         }
-        Cause::Compute { utilization, .. } => compute(
-            spec,
-            node,
-            twin,
-            &others,
-            *utilization,
-            cause.clone(),
-            allowed,
-            verdict,
-        ),
+        Cause::Compute { .. } => {
+            compute(spec, node, twin, &others, cause.clone(), allowed, verdict)
+        }
         Cause::PhysicalTwinChanged {
             rate_hz,
             expected_hz,
@@ -457,17 +457,24 @@ fn remedy(
 
 /// The twin's model or its queue is slow: raise its share if the node has
 /// room (and the policy allows it), else move it to a node that has.
-#[allow(clippy::too_many_arguments)]
 fn compute(
     spec: &crate::spec::TwinSpec,
     node: &NodeEntry,
     twin: &TwinObservation,
     others: &[&Candidate],
-    utilization: Option<f64>,
     cause: Cause,
     allowed: &dyn Fn(Remedy) -> bool,
     verdict: &mut Verdict,
 ) {
+    let Cause::Compute {
+        queue_ms,
+        model_ms,
+        utilization,
+        throttled,
+    } = cause
+    else {
+        return;
+    };
     let here = node.heartbeat.name.clone();
     let ceiling = spec
         .spec
@@ -484,15 +491,19 @@ fn compute(
         verdict.notify(Some(cause), reason);
         return;
     };
-    if utilization.is_some_and(|u| u < 0.8) {
+    // More CPU helps a twin that uses most of its share, or that its share
+    // held back a tenth of the time or more (bursty work: one update a
+    // second, each slowed down by the share, uses little on average).
+    let held_back = throttled.is_some_and(|t| t >= 0.1);
+    if utilization.is_some_and(|u| u < 0.8) && !held_back {
         let reason = format!(
-            "updates wait for the model on {here}, which uses {:.0} % of its {share}m share: more CPU would not help",
+            "updates wait for the model on {here}, which uses {:.0} % of its {share}m share and is not held back by it: more CPU would not help",
             utilization.unwrap_or(0.0) * 100.0
         );
         verdict.notify(Some(cause), reason);
         return;
     }
-    let wanted = share.saturating_mul(2).min(ceiling);
+    let wanted = wanted_share(spec, twin, share, queue_ms + model_ms).min(ceiling);
     let room = share + node.heartbeat.capacity.free_millis();
     if wanted > share && allowed(Remedy::Scale) && room >= wanted {
         let reason = format!(
@@ -520,6 +531,22 @@ fn compute(
             let to = to.node.heartbeat.name.clone();
             verdict.push(Action::Migrate { from: here, to }, Some(cause), reason);
         }
+        _ if room >= share + 10 && wanted > share && allowed(Remedy::Scale) => {
+            // Nowhere has enough: all this node has is still closer to it.
+            let most = room / 10 * 10;
+            let reason = format!(
+                "updates wait for the model, which its {share}m CPU share on {here} holds back; \
+                 it needs about {wanted}m and no eligible node has that free: raising it to {most}m, all {here} has"
+            );
+            verdict.push(
+                Action::Scale {
+                    node: here,
+                    millis: most,
+                },
+                Some(cause),
+                reason,
+            );
+        }
         _ => {
             let reason = if wanted <= share {
                 format!(
@@ -533,6 +560,31 @@ fn compute(
             verdict.notify(Some(cause), reason);
         }
     }
+}
+
+/// The share (millicores) at which the twin's processing, now
+/// `processing_ms` at `share`, would take half of what the timeliness bound
+/// leaves after transit (the rest is room for jitter): one step to enough,
+/// rather than doubling once per cooldown; at least double, rounded up to
+/// 10m. Processing time scales as one over the share for work the share
+/// holds back, which is the work at issue here.
+fn wanted_share(
+    spec: &crate::spec::TwinSpec,
+    twin: &TwinObservation,
+    share: u64,
+    processing_ms: f64,
+) -> u64 {
+    let bound = spec.spec.requirements.timeliness.bound_ms as f64;
+    let transit = twin.entanglement.parts.transit_ms.unwrap_or(0.0);
+    let budget = (bound - transit) / 2.0;
+    let needed = if budget > 0.0 && processing_ms.is_finite() {
+        (share as f64 * processing_ms / budget)
+            .ceil()
+            .min(f64::from(crate::runtime::cpu::MAX_MILLIS)) as u64
+    } else {
+        0
+    };
+    needed.max(share.saturating_mul(2)).div_ceil(10) * 10
 }
 
 fn ms(rtt: Option<f64>) -> String {
@@ -696,11 +748,13 @@ mod tests {
         world.twin.cpu_utilization = Some(0.98);
         let first = world.decide(&Memory::default(), 0);
         let act = world.decide(&first.memory, 6_000);
+        // 1498 ms of processing at 100m, where the 1000 ms bound leaves
+        // 998 after transit: enough is 100m × 1498 / 499, in one step.
         assert_eq!(
             act.decisions[0].action,
             Action::Scale {
                 node: "edge-1".into(),
-                millis: 200
+                millis: 310
             }
         );
         // The policy caps the share: at the cap, only a notification.
@@ -709,6 +763,88 @@ mod tests {
         let capped = world.decide(&first.memory, 6_000);
         assert_eq!(capped.decisions[0].action, Action::Notify);
         assert!(capped.decisions[0].reason.contains("maxCpu"));
+    }
+
+    #[test]
+    fn a_bursty_twin_held_back_by_its_share_gets_more_cpu_and_an_idle_one_does_not() {
+        let mut world = World::new();
+        world.desired.spec.spec.requirements.timeliness.bound_ms = 200;
+        world.twin.entanglement = observed(
+            620.0,
+            1.0,
+            Parts {
+                transit_ms: Some(20.0),
+                queue_ms: Some(0.0),
+                model_ms: Some(600.0),
+                rate_hz: 1.0,
+                gaps: 0,
+            },
+        )
+        .entanglement;
+        world.twin.spec_digest = spec_digest(&world.desired.effective());
+        world.twin.cpu_share_millis = Some(200);
+        // One update a second, each 600 ms at its share: 12 % of the share
+        // on average, but paused half the time.
+        world.twin.cpu_utilization = Some(0.12);
+        world.twin.cpu_throttled = Some(0.5);
+        let first = world.decide(&Memory::default(), 0);
+        let act = world.decide(&first.memory, 6_000);
+        // 600 ms at 200m must become 90 ms (half of 200 − 20): 1340m.
+        assert_eq!(
+            act.decisions[0].action,
+            Action::Scale {
+                node: "edge-1".into(),
+                millis: 1340
+            },
+            "{:?}",
+            act.decisions
+        );
+        // A bound of 100 needs 3000m, more than the node's two cores (and
+        // no other node has them): all it has.
+        world.desired.spec.spec.requirements.timeliness.bound_ms = 100;
+        world.twin.spec_digest = spec_digest(&world.desired.effective());
+        let most = world.decide(&first.memory, 6_000);
+        let Action::Scale { millis, .. } = most.decisions[0].action else {
+            panic!("{:?}", most.decisions);
+        };
+        assert!(millis > 1340 && millis <= 2200, "{millis}");
+        assert!(
+            most.decisions[0].reason.contains("about 3000m"),
+            "{:?}",
+            most.decisions
+        );
+        // The same slowness with no pause is not the share's doing.
+        world.twin.cpu_throttled = Some(0.0);
+        let idle = world.decide(&first.memory, 6_000);
+        assert_eq!(idle.decisions[0].action, Action::Notify);
+        assert!(
+            idle.decisions[0].reason.contains("not held back"),
+            "{:?}",
+            idle.decisions
+        );
+    }
+
+    #[test]
+    fn a_breakage_of_unknown_cause_waits_a_window_more_before_it_is_reported() {
+        let mut world = World::new();
+        let parts = Parts {
+            transit_ms: Some(10.0),
+            queue_ms: Some(1.0),
+            model_ms: Some(9.0),
+            rate_hz: 1.0,
+            gaps: 0,
+        };
+        world.twin.entanglement = observed(20.0, 1.0, parts).entanglement;
+        world.twin.entanglement.availability = 0.5;
+        let policy = &world.desired.spec.spec.policy;
+        let hold_ms = u64::from(policy.hold_seconds) * 1000;
+        let window_ms = u64::from(world.desired.spec.spec.requirements.window_seconds) * 1000;
+        let first = world.decide(&Memory::default(), 0);
+        let held = world.decide(&first.memory, hold_ms + 1_000);
+        assert!(held.decisions.is_empty(), "{:?}", held.decisions);
+        let told = world.decide(&first.memory, hold_ms + window_ms);
+        assert_eq!(told.decisions.len(), 1, "{:?}", told.decisions);
+        assert_eq!(told.decisions[0].action, Action::Notify);
     }
 
     #[test]

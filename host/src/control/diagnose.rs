@@ -35,6 +35,9 @@ pub enum Cause {
         model_ms: f64,
         /// CPU used over the share (1 = all), if the twin has one.
         utilization: Option<f64>,
+        /// Share of recent time it was paused for being over its share.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        throttled: Option<f64>,
     },
     /// The device sends fewer updates than declared, with no gaps in its
     /// sequence numbers: it changed, not the path.
@@ -139,6 +142,7 @@ pub fn diagnose(
                 queue_ms: queue,
                 model_ms: model,
                 utilization: twin.cpu_utilization,
+                throttled: twin.cpu_throttled,
             }
         });
     }
@@ -167,6 +171,7 @@ pub(crate) mod tests {
             can_roll_back: false,
             cpu_share_millis: None,
             cpu_utilization: None,
+            cpu_throttled: None,
             entanglement: Report {
                 timeliness_ms: Some(Percentiles {
                     p50: timeliness_ms,
@@ -222,7 +227,8 @@ pub(crate) mod tests {
             Some(Cause::Compute {
                 queue_ms: 1000.0,
                 model_ms: 490.0,
-                utilization: Some(1.0)
+                utilization: Some(1.0),
+                throttled: None,
             })
         );
     }

@@ -102,6 +102,10 @@ pub struct TwinObservation {
     /// share.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_utilization: Option<f64>,
+    /// Share of the last few seconds it was paused for being over its
+    /// share; `None` without a share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttled: Option<f64>,
     /// Its entanglement over the window ending at the heartbeat.
     pub entanglement: Report,
 }

@@ -45,6 +45,11 @@ pub struct ControlConfig {
     pub component_dirs: Vec<PathBuf>,
     /// How `oci://` components are pulled.
     pub registry: crate::registry::Options,
+    /// Decide and record the remedies for broken requirements (migrate,
+    /// scale, roll back) without carrying them out: what the platform would
+    /// have done, next to what happens without it. Placing twins, repairing
+    /// drift and notifying go on.
+    pub observe_only: bool,
 }
 
 /// What an apply did.
@@ -486,6 +491,8 @@ impl Control {
                 );
                 continue;
             }
+            // A remedy for broken requirements is the decision with a cause.
+            let withheld = self.config.observe_only && decision.cause.is_some();
             self.record(
                 Entry::new(Kind::Decision, decision.reason.clone())
                     .twin(name)
@@ -493,8 +500,12 @@ impl Control {
                         "action": decision.action,
                         "cause": decision.cause,
                         "observed": observed,
+                        "carriedOut": !withheld,
                     })),
             );
+            if withheld {
+                continue;
+            }
             let started = std::time::Instant::now();
             let outcome = self.act(name, &decision.action).await;
             let ms = started.elapsed().as_secs_f64() * 1000.0;

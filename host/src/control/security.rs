@@ -131,6 +131,7 @@ mod tests {
             policy: crate::signing::TrustPolicy::from_args(None, true).unwrap(),
             component_dirs: vec![plugin("misbehave").parent().unwrap().to_path_buf()],
             registry: Default::default(),
+            observe_only: false,
         };
         let control = crate::control::open(dir.path(), None, config, None).unwrap();
         let mut spec = crate::spec::minimal();
@@ -148,6 +149,7 @@ mod tests {
             can_roll_back: false,
             cpu_share_millis: None,
             cpu_utilization: None,
+            cpu_throttled: None,
             entanglement: report,
         };
         control.heartbeat(beat("edge-1", vec![observed]));

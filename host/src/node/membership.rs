@@ -52,6 +52,7 @@ impl Node {
                     can_roll_back,
                     cpu_share_millis: spec.cpu_millis().map(u64::from),
                     cpu_utilization: report.cpu.utilization,
+                    cpu_throttled: report.cpu.throttled,
                     entanglement: report.entanglement,
                     name,
                 })

@@ -111,11 +111,12 @@ impl Bucket {
     }
 }
 
-/// Fuel burned per second over the last few seconds, in one-second slots.
+/// An amount (fuel burned, nanoseconds paused) per second over the last few
+/// seconds, in one-second slots.
 #[derive(Debug)]
 struct Recent {
     origin: Instant,
-    /// (second since `origin`, fuel burned in it).
+    /// (second since `origin`, amount in it).
     slots: [(u64, u64); RECENT_SECONDS as usize],
 }
 
@@ -127,32 +128,32 @@ impl Recent {
         }
     }
 
-    fn add(&mut self, now: Instant, fuel: u64) {
+    fn add(&mut self, now: Instant, amount: u64) {
         let second = now.saturating_duration_since(self.origin).as_secs();
         let slot = &mut self.slots[(second % RECENT_SECONDS) as usize];
         if slot.0 != second {
             *slot = (second, 0);
         }
-        slot.1 = slot.1.saturating_add(fuel);
+        slot.1 = slot.1.saturating_add(amount);
     }
 
-    /// Fuel per second over the window ending at `now` (shorter while the
-    /// twin is younger than the window).
+    /// Amount per second over the window ending at `now` (shorter while
+    /// the twin is younger than the window).
     fn rate(&self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.origin);
         let second = elapsed.as_secs();
         let first = second.saturating_sub(RECENT_SECONDS - 1);
-        let fuel: u64 = self
+        let total: u64 = self
             .slots
             .iter()
             .filter(|(s, _)| *s != u64::MAX && *s >= first && *s <= second)
-            .map(|(_, fuel)| fuel)
+            .map(|(_, amount)| amount)
             .sum();
         let span = elapsed.as_secs_f64() - first as f64;
         if span <= 0.0 {
             0.0
         } else {
-            fuel as f64 / span.max(0.1)
+            total as f64 / span.max(0.1)
         }
     }
 }
@@ -173,6 +174,12 @@ pub struct CpuReport {
     /// Recent use over the share (1 means at its share); absent when
     /// unlimited.
     pub utilization: Option<f64>,
+    /// Share of the last few seconds the twin was paused for being over
+    /// its share (0 to 1); absent when unlimited. A twin whose work comes
+    /// in bursts (one update a second, each taking most of a second at its
+    /// share) is held back though its average use is well below its share:
+    /// this shows it, as a container's CPU-throttling ratio does.
+    pub throttled: Option<f64>,
 }
 
 /// One twin's CPU share and account, shared by its worker, its component
@@ -197,6 +204,8 @@ struct Inner {
 struct State {
     bucket: Bucket,
     recent: Recent,
+    /// Nanoseconds paused, per second, over the same few seconds.
+    paused: Recent,
 }
 
 impl std::fmt::Debug for CpuShare {
@@ -221,6 +230,7 @@ impl CpuShare {
                 state: Mutex::new(State {
                     bucket: Bucket::full(0.0, now),
                     recent: Recent::new(now),
+                    paused: Recent::new(now),
                 }),
                 changed: tokio::sync::Notify::new(),
             }),
@@ -305,6 +315,7 @@ impl CpuShare {
                 .inner
                 .throttled_ns
                 .fetch_add(paused, Ordering::Relaxed);
+            share.state().paused.add(Instant::now(), paused);
         }
     }
 
@@ -328,6 +339,11 @@ impl CpuShare {
         self.state().recent.rate(Instant::now()) / self.inner.fuel_per_cpu_second
     }
 
+    /// The share of the last few seconds the twin spent paused.
+    pub fn recent_throttling(&self) -> f64 {
+        (self.state().paused.rate(Instant::now()) / 1e9).clamp(0.0, 1.0)
+    }
+
     /// The share and the use, for the twin's report.
     pub fn report(&self) -> CpuReport {
         let share_millis = self.millis();
@@ -338,6 +354,7 @@ impl CpuShare {
             throttled_seconds: self.throttled_seconds(),
             recent_cores,
             utilization: share_millis.map(|m| recent_cores / (f64::from(m) / 1000.0)),
+            throttled: share_millis.map(|_| self.recent_throttling()),
         }
     }
 }
@@ -574,8 +591,12 @@ mod tests {
     #[tokio::test]
     async fn a_pause_counts_as_throttled_time() {
         let share = CpuShare::new(1000, Some(100));
-        share.pause(Duration::from_millis(30)).await;
-        assert!(share.throttled_seconds() >= 0.03, "{share:?}");
+        assert_eq!(share.report().throttled, Some(0.0));
+        share.pause(Duration::from_millis(300)).await;
+        assert!(share.throttled_seconds() >= 0.3, "{share:?}");
+        // 300 ms of the last few seconds (of which less than one has passed).
+        let throttled = share.report().throttled.unwrap_or_default();
+        assert!(throttled >= 0.06 && throttled <= 1.0, "{throttled}");
     }
 
     #[tokio::test]

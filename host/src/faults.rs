@@ -129,18 +129,18 @@ impl Shared {
 impl FaultProxy {
     /// Forwards to 127.0.0.1:`upstream`, cutting (both ways, before
     /// forwarding them) any connection on which the client sends `trigger`.
-    pub fn start(upstream: u16, trigger: &'static [u8]) -> Self {
+    pub fn start(upstream: u16, trigger: &'static [u8]) -> std::io::Result<Self> {
         Self::launch(upstream, Some(trigger))
     }
 
     /// Forwards to 127.0.0.1:`upstream` unchanged until told otherwise.
-    pub fn plain(upstream: u16) -> Self {
+    pub fn plain(upstream: u16) -> std::io::Result<Self> {
         Self::launch(upstream, None)
     }
 
-    fn launch(upstream: u16, trigger: Option<&'static [u8]>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
-        let port = listener.local_addr().expect("its address").port();
+    fn launch(upstream: u16, trigger: Option<&'static [u8]>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
@@ -157,7 +157,7 @@ impl FaultProxy {
         });
         let for_accept = shared.clone();
         thread::spawn(move || accept(listener, upstream, trigger, for_accept));
-        Self { port, shared }
+        Ok(Self { port, shared })
     }
 
     /// The proxy as an HTTP base URL.
