@@ -3,8 +3,10 @@
 
 mod client;
 mod control;
+mod experiment;
 mod host;
 mod keys;
+mod local;
 mod mobility;
 mod pt_sim;
 mod registry;
@@ -98,6 +100,10 @@ enum Command {
     Swap(mobility::SwapArgs),
     /// Simulate a motor publishing telemetry over MQTT.
     PtSim(pt_sim::PtSimArgs),
+    /// Reproduce the seed paper's experiment (network slowdown, heavier
+    /// model, slower device) with and without the control plane, and draw
+    /// its figure.
+    Experiment(experiment::ExperimentArgs),
     /// Run a model component against recorded updates (for plugin authors).
     Run(run::RunArgs),
     /// Create a publisher key pair.
@@ -157,6 +163,7 @@ impl Cli {
             Command::Migrate(args) => mobility::migrate(args),
             Command::Swap(args) => mobility::swap(args),
             Command::PtSim(args) => pt_sim::run(args),
+            Command::Experiment(args) => experiment::run(&self.global, args),
             Command::Run(args) => run::run(&self.global, args),
             Command::Keygen(args) => keys::keygen(args),
             Command::Sign(args) => keys::sign(args),

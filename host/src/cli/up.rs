@@ -7,20 +7,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use std::time::Duration;
-
-use wasmtwin::control::fleet::Timeouts;
-use wasmtwin::control::reconcile::ControlConfig;
-use wasmtwin::node::membership::{self, Membership};
-use wasmtwin::node::{Node, NodeConfig};
+use wasmtwin::node::Node;
 use wasmtwin::physical::BrokerAddress;
-use wasmtwin::runtime::write_atomically;
-use wasmtwin::signing::{self, Metadata, TrustPolicy, TrustSet};
+use wasmtwin::signing::TrustSet;
 use wasmtwin::sim::{self, SimConfig};
 use wasmtwin::spec::TwinSpec;
+
+use super::local;
 
 /// Arguments of `wasmtwin up`.
 #[derive(Debug, Args)]
@@ -67,32 +64,6 @@ pub struct UpArgs {
     connections: super::host::ConnectionArgs,
 }
 
-/// Signs `plugin` from `plugins` with the development key into `out`.
-fn sign_plugin(
-    plugins: &Path,
-    plugin: &str,
-    key: &ed25519_dalek::SigningKey,
-    out: &Path,
-) -> anyhow::Result<PathBuf> {
-    let source = plugins.join(format!("{plugin}.wasm"));
-    let bytes = std::fs::read(&source).with_context(|| {
-        format!(
-            "reading {} (build the plugins first: cargo build --release --target wasm32-wasip2 -p machine -p json-adapter)",
-            source.display()
-        )
-    })?;
-    let metadata = Metadata {
-        name: plugin.to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        publisher: "wasmtwin up (development key)".to_string(),
-        signed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-    };
-    let signed = signing::sign(&bytes, key, &metadata)?;
-    let path = out.join(format!("{plugin}.wasm"));
-    write_atomically(&path, &signed)?;
-    Ok(path)
-}
-
 /// The demo twin's spec. It names no broker: the twin uses the node's, so
 /// a run with another `--mqtt` resumes the same twin there.
 fn demo_spec(model: &Path, adapter: &Path, rate: f64) -> anyhow::Result<TwinSpec> {
@@ -120,26 +91,16 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
     if !(args.rate > 0.0 && args.rate <= 10_000.0) {
         anyhow::bail!("--rate must be in (0, 10000]");
     }
-    let key_dir = args.data.join("dev-key");
-    let key = if key_dir.join(signing::PRIVATE_KEY_FILE).exists() {
-        signing::read_private(&key_dir.join(signing::PRIVATE_KEY_FILE))?
-    } else {
-        let key = signing::generate()?;
-        signing::write_pair(&key_dir, &key, false)?;
-        tracing::info!(dir = %key_dir.display(), "created a development signing key");
-        key
-    };
-    let components = args.data.join("components");
-    std::fs::create_dir_all(&components)
-        .with_context(|| format!("creating {}", components.display()))?;
-    let model = sign_plugin(&args.plugins, "machine", &key, &components)?;
-    let adapter = sign_plugin(&args.plugins, "json_adapter", &key, &components)?;
-    // This node trusts the development key, and the keys --trust names.
+    // The nodes trust the development key, and the keys --trust names.
     let mut trust = match &args.trust {
         Some(path) => TrustSet::load(path)?,
         None => TrustSet::default(),
     };
-    trust.add(key.verifying_key(), key_dir.join(signing::PUBLIC_KEY_FILE));
+    let key = local::dev_key(&args.data.join("dev-key"), &mut trust)?;
+    let components = args.data.join("components");
+    let publisher = "wasmtwin up (development key)";
+    let model = local::sign_plugin(&args.plugins, "machine", &key, publisher, &components)?;
+    let adapter = local::sign_plugin(&args.plugins, "json_adapter", &key, publisher, &components)?;
 
     let token = match args.token {
         Some(token) => token,
@@ -159,74 +120,39 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         credentials: None,
         ca_pem: None,
     };
-    let component_dirs: Vec<PathBuf> = std::iter::once(components.clone())
-        .chain(args.component_dirs)
-        .collect();
+    let shared = local::Shared {
+        token: token.clone(),
+        trust,
+        component_dirs: std::iter::once(components.clone())
+            .chain(args.component_dirs)
+            .collect(),
+        limits: args.connections.resolve(),
+    };
     let spec = demo_spec(&model, &adapter, args.rate)?;
     let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
     io.block_on(async move {
         let [control_listener, edge_listener, cloud_listener] = listeners;
-        let control = wasmtwin::control::open(
-            &args.data.join("control"),
-            None,
-            ControlConfig {
-                timeouts: Timeouts {
-                    unreachable_ms: 5_000,
-                    gone_ms: 30_000,
-                },
-                node_token: Some(token.clone()),
-                checkpoint_every: Duration::from_secs(5),
-                policy: TrustPolicy::Require(trust.clone()),
-                component_dirs: component_dirs.clone(),
-                registry: Default::default(),
-                observe_only: false,
-            },
-            None,
-        )?;
-        super::control::start(&control, Duration::from_secs(10));
-        let control_url = format!("http://{}", args.control_http);
-        let mut nodes = Vec::new();
-        for (name, zone, http) in [("edge", "edge", args.http), ("cloud", "cloud", args.cloud_http)] {
-            let node = Arc::new(Node::new(
-                NodeConfig {
-                    name: name.into(),
-                    broker: broker.clone(),
-                    policy: TrustPolicy::Require(trust.clone()),
-                    queue_capacity: 1024,
-                    ceilings: wasmtwin::spec::Ceilings::default(),
-                    component_dirs: component_dirs.clone(),
-                    registry: Default::default(),
-                    fuel_per_cpu_second: None,
-                },
-                runtime.clone(),
-                wasmtwin::store::Store::open(&args.data.join(name))?,
-            )?);
-            super::host::resume(&node).await?;
-            tokio::spawn(membership::run(
-                node.clone(),
-                Membership {
-                    control: control_url.clone(),
-                    token: Some(token.clone()),
-                    zone: zone.into(),
-                    domain: "local".into(),
-                    labels: Default::default(),
-                    url: format!("http://{http}"),
-                    every: Duration::from_secs(1),
-                },
-            ));
-            nodes.push(node);
-        }
         // Serving first: the nodes' heartbeats reach the control plane
         // through its API, and placing the twin waits for them.
-        let limits = args.connections.resolve();
-        let auth = wasmtwin::api::Auth::Token(token.clone());
-        let max = super::host::DEFAULT_MAX_REQUESTS;
-        let app = wasmtwin::control::api::router(control.clone(), auth.clone());
-        let servers = [
-            tokio::spawn(super::host::serve_router(app, control_listener, limits)),
-            tokio::spawn(super::host::serve(nodes[0].clone(), edge_listener, auth.clone(), max, limits)),
-            tokio::spawn(super::host::serve(nodes[1].clone(), cloud_listener, auth, max, limits)),
-        ];
+        let control = local::control(
+            &args.data.join("control"),
+            control_listener,
+            &shared,
+            Duration::from_secs(5),
+            false,
+        )?;
+        let control_url = format!("http://{}", args.control_http);
+        let mut nodes = Vec::new();
+        for (name, listener) in [("edge", edge_listener), ("cloud", cloud_listener)] {
+            let plan = local::NodePlan {
+                name,
+                zone: name,
+                broker: broker.clone(),
+                listener,
+                fuel_per_cpu_second: None,
+            };
+            nodes.push(local::node(&runtime, &args.data, plan, &shared, &control_url).await?);
+        }
         // The control plane places the demo twin (a run with another
         // --rate updates its requirements).
         control
@@ -267,10 +193,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         println!("                  WASMTWIN_TOKEN={token} wasmtwin events --follow --control {control_url}");
         println!("  history:        {base}/v1/twins/motor-1/history?property=temperature");
         println!("  description:    {base}/v1/twins/motor-1/td");
-        // Each server stops at Ctrl-C.
-        for server in servers {
-            server.await.context("an HTTP server")??;
-        }
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         if let Err(e) = control.history().seal_now() {
             tracing::error!("sealing the event history: {e:#}");
         }

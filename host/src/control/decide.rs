@@ -173,12 +173,15 @@ pub fn decide(situation: &Situation) -> Verdict {
         Some((node, twin)) => tend(situation, desired, node, twin, &mut verdict),
     }
     // After an action the twin is left to settle for the cooldown: its
-    // window still holds what came before (a new twin's holds nothing).
-    if verdict
-        .decisions
-        .iter()
-        .any(|d| !matches!(d.action, Action::Notify | Action::Place { .. }))
-    {
+    // window still holds what came before (a new twin's holds nothing). A
+    // spec changed in place disturbs nothing the window holds: what the
+    // change itself breaks is seen, and remedied, at once.
+    if verdict.decisions.iter().any(|d| {
+        !matches!(
+            d.action,
+            Action::Notify | Action::Place { .. } | Action::Update { .. }
+        )
+    }) {
         verdict.memory.acted_ms = Some(situation.now_ms);
         verdict.memory.broken_since_ms = None;
     }
@@ -325,7 +328,11 @@ fn tend(
     // A breakage without a known cause is given a window more before it is
     // reported: measures that lag (a device's new rate is known only after
     // a few of its updates) may yet name the cause.
+    // Nor is it reported once a known cause was, while the breakage lasts:
+    // it is what the window still holds of that cause (a device back to its
+    // rate leaves a window short of updates).
     let hold_seconds = match cause {
+        Cause::Unknown { .. } if verdict.memory.notified.is_some() => return,
         Cause::Unknown { .. } => policy.hold_seconds + spec.spec.requirements.window_seconds,
         _ => policy.hold_seconds,
     };
@@ -845,6 +852,32 @@ mod tests {
         let told = world.decide(&first.memory, hold_ms + window_ms);
         assert_eq!(told.decisions.len(), 1, "{:?}", told.decisions);
         assert_eq!(told.decisions[0].action, Action::Notify);
+        // What is left of a breakage whose cause was reported is not.
+        let explained = Memory {
+            notified: Some("physicalTwinChanged".into()),
+            ..first.memory.clone()
+        };
+        let quiet = world.decide(&explained, hold_ms + window_ms);
+        assert!(quiet.decisions.is_empty(), "{:?}", quiet.decisions);
+    }
+
+    #[test]
+    fn a_spec_changed_in_place_starts_no_cooldown() {
+        let mut world = World::new();
+        world.desired.spec.spec.model.config = serde_json::json!({ "primes": 25000 });
+        let verdict = world.decide(&Memory::default(), 0);
+        assert!(
+            matches!(
+                verdict.decisions[..],
+                [Decision {
+                    action: Action::Update { .. },
+                    ..
+                }]
+            ),
+            "{:?}",
+            verdict.decisions
+        );
+        assert_eq!(verdict.memory.acted_ms, None);
     }
 
     #[test]

@@ -596,7 +596,7 @@ mod tests {
         assert!(share.throttled_seconds() >= 0.3, "{share:?}");
         // 300 ms of the last few seconds (of which less than one has passed).
         let throttled = share.report().throttled.unwrap_or_default();
-        assert!(throttled >= 0.06 && throttled <= 1.0, "{throttled}");
+        assert!((0.06..=1.0).contains(&throttled), "{throttled}");
     }
 
     #[tokio::test]

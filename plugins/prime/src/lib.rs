@@ -1,6 +1,7 @@
-//! The seed paper's twin model: every update costs the computation of the
-//! first N prime numbers before the state changes, so the work a twin does
-//! per update is a knob (`{"primes": N}`) that can be turned at runtime.
+//! The seed paper's twin model: every status update of the device costs
+//! the computation of the first N prime numbers before the state changes,
+//! so the work a twin does per update is a knob (`{"primes": N}`) that can
+//! be turned at runtime.
 //! `{"state_kib": K}` pads the state with K KiB, to measure what moving a
 //! twin of a given size costs.
 
@@ -138,7 +139,11 @@ impl Model for Prime {
     }
 
     fn on_update(&mut self, update: &Update, effects: &mut Effects) -> Result<(), Error> {
-        self.last_prime = nth_prime(self.primes);
+        // The work is per status update of the device (one sequence
+        // number), as in the paper, however many properties it carries.
+        if self.last_seq != Some(update.seq) {
+            self.last_prime = nth_prime(self.primes);
+        }
         self.updates_applied += 1;
         self.last_seq = Some(update.seq);
         self.last_value = update.value.clone();
@@ -220,6 +225,19 @@ mod tests {
         assert_eq!(model.last_seq, Some(2));
         assert_eq!(model.last_value, json!(4));
         assert_eq!(model.last_prime, 29);
+    }
+
+    #[test]
+    fn computes_once_per_status_update_whatever_it_carries() {
+        let mut model = Prime::init(primes(10)).unwrap();
+        let mut effects = Effects::default();
+        model.on_update(&update(1), &mut effects).unwrap();
+        model.primes = 1;
+        // Another property of the same status update: no new work.
+        model.on_update(&update(1), &mut effects).unwrap();
+        assert_eq!(model.last_prime, 29);
+        model.on_update(&update(2), &mut effects).unwrap();
+        assert_eq!(model.last_prime, 2);
     }
 
     #[test]
