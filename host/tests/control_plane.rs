@@ -449,7 +449,10 @@ fn a_twin_starved_by_its_cpu_share_gets_a_larger_one() {
     let processing = cause["queueMs"].as_f64().unwrap() + cause["modelMs"].as_f64().unwrap();
     let observed = &scale["data"]["observed"]["running"][0]["entanglement"]["parts"];
     let budget = (1000.0 - observed["transitMs"].as_f64().unwrap_or(0.0)) / 2.0;
-    let enough = ((50.0 * processing / budget).ceil() as u64).max(100).div_ceil(10) * 10;
+    let enough = ((50.0 * processing / budget).ceil() as u64)
+        .max(100)
+        .div_ceil(10)
+        * 10;
     assert_eq!(scale["data"]["action"]["millis"], enough, "{scale}");
     fleet.wait(
         |f| f.status("t6").as_deref() == Some("entangled"),

@@ -142,6 +142,8 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
             false,
         )?;
         let control_url = format!("http://{}", args.control_http);
+        // Both nodes share this machine's cores: one measure of its speed.
+        let fuel_per_cpu_second = Some(wasmtwin::runtime::cpu::calibrate(&runtime)?);
         let mut nodes = Vec::new();
         for (name, listener) in [("edge", edge_listener), ("cloud", cloud_listener)] {
             let plan = local::NodePlan {
@@ -149,7 +151,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
                 zone: name,
                 broker: broker.clone(),
                 listener,
-                fuel_per_cpu_second: None,
+                fuel_per_cpu_second,
             };
             nodes.push(local::node(&runtime, &args.data, plan, &shared, &control_url).await?);
         }

@@ -890,6 +890,7 @@ fn observation(state: &State, name: &str) -> Value {
                 "guestErrors": twin.guest_errors,
                 "cpuShareMillis": twin.cpu_share_millis,
                 "cpuUtilization": twin.cpu_utilization,
+                "cpuThrottled": twin.cpu_throttled,
                 "path": node.heartbeat.paths.first(),
             })
         })

@@ -220,8 +220,7 @@ impl Testbed {
             .await
             .map_err(|e| anyhow::anyhow!("the experiment's twin: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        let testbed_nodes = nodes;
-        while !testbed_nodes
+        while !nodes
             .iter()
             .any(|(_, node, _)| node.report(run.twin).is_ok())
         {
@@ -234,7 +233,7 @@ impl Testbed {
         let device = start_device(broker.port(), run, &topic, &command_topic)?;
         Ok(Self {
             control,
-            nodes: testbed_nodes,
+            nodes,
             twin: run.twin.to_string(),
             spec,
             device,
