@@ -13,6 +13,10 @@ use wasmtwin_tests::plugin;
 
 const WASMTWIN: &str = env!("CARGO_BIN_EXE_wasmtwin");
 
+/// One experiment at a time: a second one's start-up would load the
+/// machine under the first one's measured baseline.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The directory of the built plugins.
 fn plugins() -> std::path::PathBuf {
     let prime = plugin("prime");
@@ -25,6 +29,7 @@ fn plugins() -> std::path::PathBuf {
 #[test]
 #[ignore = "runs for six minutes and needs Debian's mosquitto; run by .ci/run"]
 fn the_papers_reactions_happen_for_its_reasons_and_nothing_else() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let out = tempfile::tempdir().unwrap();
     let plugins = plugins();
     let output = run(
@@ -89,6 +94,7 @@ fn the_papers_reactions_happen_for_its_reasons_and_nothing_else() {
 #[test]
 #[ignore = "needs Debian's mosquitto; run by .ci/run"]
 fn ctrl_c_stops_it_and_leaves_nothing_running() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let out = tempfile::tempdir().unwrap();
     let plugins = plugins();
     let mut child = Command::new(WASMTWIN)
