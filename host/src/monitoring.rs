@@ -267,3 +267,43 @@ impl Metrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The alerting rules users are given name only series a node exposes.
+    #[test]
+    fn every_metric_the_alerting_rules_name_is_exposed() {
+        let rules = include_str!("../../deploy/prometheus/alerts.yml");
+        let metrics = Metrics::default();
+        let label = TwinLabel { twin: "t".into() };
+        // One value in every per-twin series, as a running twin has.
+        metrics.entangled.get_or_create(&label).set(1);
+        metrics.odte.get_or_create(&label).set(1.0);
+        metrics.reliability.get_or_create(&label).set(1.0);
+        metrics.guest_errors.get_or_create(&label).inc();
+        metrics.oversized.get_or_create(&label).inc();
+        metrics.cpu(
+            &label,
+            &crate::runtime::cpu::CpuReport {
+                share_millis: Some(100),
+                used_seconds: 1.0,
+                throttled_seconds: 0.5,
+                ..Default::default()
+            },
+        );
+        let exposed = metrics.encode();
+        let named: std::collections::BTreeSet<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("wasmtwin_"))
+            .collect();
+        assert!(named.len() >= 5, "{named:?}");
+        for name in named {
+            assert!(
+                exposed.lines().any(|l| l.starts_with(&format!("{name}{{"))),
+                "deploy/prometheus/alerts.yml names {name}, which the node does not expose:\n{exposed}"
+            );
+        }
+    }
+}
