@@ -27,7 +27,7 @@ use wasmtwin::twin::Twin;
 use super::host::ConnectionLimits;
 use super::local;
 use plan::{Kind, Phase, Settings};
-use recorder::{Event, Reaction, Row};
+use recorder::{Event, Row};
 use testbed::{Broker, RunConfig, Testbed};
 use verdict::RunRecord;
 
@@ -282,8 +282,7 @@ async fn one_run(
                 "{} · on {} · {}",
                 phase.title,
                 row.node.as_deref().unwrap_or("no node"),
-                row.status
-                    .map_or("absent".into(), |s| format!("{s:?}").to_lowercase())
+                row.status_text()
             ));
             record.rows.push(row);
             loop {
@@ -533,13 +532,7 @@ fn figure_run(record: &RunRecord) -> figure::Run {
         .events
         .iter()
         .filter_map(|e| {
-            let (reaction, label) = e.reaction()?;
-            let kind = match reaction {
-                Reaction::Migrate => figure::MarkKind::Migrate,
-                Reaction::Scale => figure::MarkKind::Scale,
-                Reaction::Notify => figure::MarkKind::Notify,
-                Reaction::Other => figure::MarkKind::Other,
-            };
+            let (kind, label) = e.reaction()?;
             Some(figure::Mark {
                 t_s: e.t_s,
                 kind,

@@ -11,6 +11,8 @@ use wasmtwin::control::history::{Kind as RecordKind, Record};
 use wasmtwin::node::TwinReport;
 use wasmtwin::twin::entanglement::Status;
 
+use super::figure::MarkKind;
+
 /// One second of a run.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -72,6 +74,13 @@ impl Row {
         }
     }
 
+    /// The verdict in words (`entangled`, `degraded`, `disentangled`), or
+    /// `absent` while no node reports the twin.
+    pub fn status_text(&self) -> String {
+        self.status
+            .map_or("absent".into(), |s| format!("{s:?}").to_lowercase())
+    }
+
     /// Whether every requirement held.
     pub fn entangled(&self) -> bool {
         self.status == Some(Status::Entangled)
@@ -131,26 +140,17 @@ impl Event {
     }
 }
 
-/// The kinds of reaction the figure tells apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reaction {
-    Migrate,
-    Scale,
-    Notify,
-    Other,
-}
-
 impl Event {
     /// A remedy or a notification, in a few words (`migrate edge→cloud`,
     /// `scale to 130m`, `notify: device sends 0.50/s`); `None` for other
     /// records.
-    pub fn reaction(&self) -> Option<(Reaction, String)> {
+    pub fn reaction(&self) -> Option<(MarkKind, String)> {
         if self.is_notification() {
             let text = match self.cause_data()["rateHz"].as_f64() {
                 Some(rate) => format!("notify: device sends {rate:.2}/s"),
                 None => format!("notify: {}", self.cause().unwrap_or("unknown")),
             };
-            return Some((Reaction::Notify, text));
+            return Some((MarkKind::Notify, text));
         }
         if !self.is_remedy() {
             return None;
@@ -158,7 +158,7 @@ impl Event {
         let action = &self.record.data["action"];
         Some(match self.action() {
             Some("migrate") => (
-                Reaction::Migrate,
+                MarkKind::Migrate,
                 format!(
                     "migrate {}→{}",
                     action["from"].as_str().unwrap_or("?"),
@@ -166,10 +166,10 @@ impl Event {
                 ),
             ),
             Some("scale") => (
-                Reaction::Scale,
+                MarkKind::Scale,
                 format!("scale to {}m", action["millis"].as_u64().unwrap_or(0)),
             ),
-            other => (Reaction::Other, other.unwrap_or("act").to_string()),
+            other => (MarkKind::Other, other.unwrap_or("act").to_string()),
         })
     }
 }
@@ -187,8 +187,7 @@ pub fn write_rows(path: &Path, rows: &[Row], titles: &[String]) -> anyhow::Resul
             row.t_s,
             csv_field(titles.get(row.phase).map_or("", String::as_str)),
             row.node.as_deref().unwrap_or(""),
-            row.status
-                .map_or("absent".into(), |s| format!("{s:?}").to_lowercase()),
+            row.status_text(),
             opt(row.p50_ms),
             opt(row.p99_ms),
             row.reliability,
