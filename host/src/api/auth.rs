@@ -26,6 +26,16 @@ pub enum Auth {
     Open,
 }
 
+impl Auth {
+    /// The token callers must present, if any.
+    pub fn token(&self) -> Option<String> {
+        match self {
+            Auth::Token(token) => Some(token.clone()),
+            Auth::Open => None,
+        }
+    }
+}
+
 /// Refuses requests without the right bearer token with 401.
 pub async fn require(State(auth): State<Auth>, request: Request, next: Next) -> Response {
     if let Auth::Token(expected) = &auth {

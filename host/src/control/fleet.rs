@@ -117,6 +117,9 @@ pub fn spec_digest(spec: &crate::spec::TwinSpec) -> String {
     Digest::of(&json).to_string()
 }
 
+/// How the reason of a drain's cordon starts (`wasmtwin drain`).
+pub const DRAINING: &str = "draining";
+
 /// What the control plane thinks of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -222,7 +225,11 @@ impl Fleet {
                 changed.twins.push(name.to_string());
             }
         }
-        let cordoned = previous.and_then(|p| p.cordoned);
+        // A drain's cordon ends when the node is back after a silence: the
+        // pod it was draining stopped and a new one took its name.
+        let cordoned = previous
+            .and_then(|p| p.cordoned)
+            .filter(|why| old_state == Some(NodeState::Ready) || !why.starts_with(DRAINING));
         self.nodes.insert(
             beat.name.clone(),
             NodeEntry {
@@ -237,11 +244,21 @@ impl Fleet {
 
     /// Ages every node's last heartbeat at `now_ms`; the nodes whose state
     /// changed, with their twins.
+    ///
+    /// A node is taken for gone only while another is still heard from: if
+    /// every node falls silent at once, the likelier story is that the
+    /// control plane lost its own connection, and restoring (or, in an
+    /// operator, deleting) every twin elsewhere would be the worst answer.
+    /// They stay unreachable, their twins where they are.
     pub fn age(&mut self, now_ms: u64, timeouts: Timeouts) -> Changed {
         let mut changed = Changed::default();
+        let anyone_heard = self
+            .nodes
+            .values()
+            .any(|n| now_ms.saturating_sub(n.seen_ms) < timeouts.unreachable_ms);
         for (name, node) in &mut self.nodes {
             let silent = now_ms.saturating_sub(node.seen_ms);
-            let state = if silent >= timeouts.gone_ms {
+            let state = if silent >= timeouts.gone_ms && anyone_heard {
                 NodeState::Gone
             } else if silent >= timeouts.unreachable_ms {
                 NodeState::Unreachable
@@ -343,6 +360,8 @@ pub(crate) mod tests {
         let mut fleet = Fleet::default();
         let joined = fleet.heartbeat(beat("a"), 1_000);
         assert_eq!(joined.nodes, [("a".into(), None, NodeState::Ready)]);
+        fleet.heartbeat(beat("b"), 1_000);
+        fleet.heartbeat(beat("b"), 5_000);
         assert!(fleet.age(5_000, T).nodes.is_empty());
         let late = fleet.age(7_000, T);
         assert_eq!(
@@ -350,6 +369,7 @@ pub(crate) mod tests {
             [("a".into(), Some(NodeState::Ready), NodeState::Unreachable)]
         );
         assert!(!fleet.get("a").unwrap().schedulable());
+        fleet.heartbeat(beat("b"), 30_000);
         let dead = fleet.age(31_000, T);
         assert_eq!(
             dead.nodes,
@@ -362,6 +382,32 @@ pub(crate) mod tests {
         );
     }
 
+    /// The failure an operator had: it lost its own connection, took every
+    /// host for dead and deleted their workloads.
+    #[test]
+    fn when_every_node_falls_silent_none_is_taken_for_gone() {
+        let mut fleet = Fleet::default();
+        fleet.heartbeat(beat("a"), 1_000);
+        fleet.heartbeat(beat("b"), 1_000);
+        let silent = fleet.age(60_000, T);
+        assert!(
+            silent
+                .nodes
+                .iter()
+                .all(|(_, _, to)| *to == NodeState::Unreachable),
+            "{silent:?}"
+        );
+        assert_eq!(silent.nodes.len(), 2);
+        // One node heard again: the other's silence is its own.
+        fleet.heartbeat(beat("b"), 61_000);
+        let changed = fleet.age(61_000, T);
+        assert!(changed.nodes.contains(&(
+            "a".into(),
+            Some(NodeState::Unreachable),
+            NodeState::Gone
+        )));
+    }
+
     #[test]
     fn a_cordon_survives_heartbeats() {
         let mut fleet = Fleet::default();
@@ -370,5 +416,25 @@ pub(crate) mod tests {
         fleet.heartbeat(beat("a"), 1_000);
         assert!(!fleet.get("a").unwrap().schedulable());
         assert!(!fleet.cordon("nope", None));
+        // Even a restart's: a finding stays until someone lifts it.
+        fleet.heartbeat(beat("b"), 9_000);
+        fleet.age(9_000, T);
+        fleet.heartbeat(beat("a"), 10_000);
+        assert!(!fleet.get("a").unwrap().schedulable());
+    }
+
+    #[test]
+    fn a_drained_node_back_after_a_silence_is_schedulable_again() {
+        let mut fleet = Fleet::default();
+        fleet.heartbeat(beat("a"), 0);
+        fleet.heartbeat(beat("b"), 0);
+        assert!(fleet.cordon("a", Some(format!("{DRAINING}: its pod is stopping"))));
+        fleet.heartbeat(beat("a"), 1_000);
+        assert!(!fleet.get("a").unwrap().schedulable(), "still draining");
+        fleet.heartbeat(beat("b"), 8_000);
+        fleet.age(8_000, T);
+        assert_eq!(fleet.get("a").unwrap().state, NodeState::Unreachable);
+        fleet.heartbeat(beat("a"), 9_000);
+        assert!(fleet.get("a").unwrap().schedulable());
     }
 }

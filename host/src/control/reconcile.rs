@@ -18,10 +18,10 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::decide::{Action, Decision, Memory, Situation, decide};
-use super::fleet::{Fleet, Heartbeat, NodeState, Timeouts};
+use super::fleet::{Fleet, Heartbeat, NodeState, Timeouts, TwinObservation};
 use super::history::{Entry, History, Kind, Record};
 use super::placement::{self, Ranking};
-use super::repository::{Desired, Repository};
+use super::repository::{Desired, Placed, Repository};
 use super::webhook::Webhooks;
 use crate::client::NodeClient;
 use crate::digest::Digest;
@@ -111,6 +111,41 @@ struct State {
     /// Failed actions in a row, per twin, and when to try again.
     failures: HashMap<String, u32>,
     retry_at: HashMap<String, u64>,
+    /// The latest decision or notification about each twin.
+    last: HashMap<String, Record>,
+}
+
+/// A twin as the control plane knows it: what it decided, where the twin
+/// runs, the latest decision about it (what the Kubernetes operator writes
+/// into a `DigitalTwin`'s status).
+#[derive(Debug, Clone)]
+pub struct TwinReport {
+    /// The control plane's own decisions about it.
+    pub placed: Placed,
+    /// Each node not gone that reports running it.
+    pub running: Vec<Running>,
+    /// Its latest decision or notification.
+    pub last: Option<Record>,
+}
+
+/// A twin on one node.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// The node's name.
+    pub node: String,
+    /// Its zone.
+    pub zone: String,
+    /// Whether it still reports.
+    pub state: NodeState,
+    /// The twin as it last reported it.
+    pub twin: TwinObservation,
+}
+
+/// What [`Control::retire`] kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    /// The last checkpoint's file, if the twin had one.
+    pub checkpoint: Option<PathBuf>,
 }
 
 fn now_ms() -> u64 {
@@ -158,6 +193,11 @@ impl Control {
     fn record(&self, entry: Entry) -> Option<Record> {
         match self.history.append(entry) {
             Ok(record) => {
+                if matches!(record.kind, Kind::Decision | Kind::Notification)
+                    && let Some(twin) = &record.twin
+                {
+                    self.state().last.insert(twin.clone(), record.clone());
+                }
                 if record.kind == Kind::Notification
                     && let Some(hooks) = &self.webhooks
                 {
@@ -292,6 +332,7 @@ impl Control {
             state.deleted.insert(name.to_string());
             state.dirty.insert(name.to_string());
             state.memory.remove(name);
+            state.last.remove(name);
         }
         self.repo.remove(name)?;
         self.record(
@@ -300,6 +341,56 @@ impl Control {
                 .actor(actor),
         );
         Ok(())
+    }
+
+    /// Deletes a twin as the Kubernetes operator's finalizer does, keeping
+    /// its state: the last checkpoint is fetched from the node it runs on
+    /// and kept as `checkpoints/retired/NAME.bundle` (a twin no node runs
+    /// keeps its latest shipped one), then the twin is deleted. A twin whose
+    /// node is unreachable is not deleted yet: its latest state is there,
+    /// so the call fails, to be tried again once the node reports (or is
+    /// gone, when the latest shipped checkpoint is all there is).
+    pub async fn retire(&self, name: &str, actor: &str) -> Result<Retired, Refusal> {
+        let running: Option<(String, NodeState)> = {
+            let state = self.state();
+            if !state.twins.contains_key(name) {
+                return Err(Refusal::NotFound(format!("no twin named `{name}`")));
+            }
+            state
+                .fleet
+                .running(name)
+                .into_iter()
+                .find(|(node, _)| node.state != NodeState::Gone)
+                .map(|(node, _)| (node.heartbeat.name.clone(), node.state))
+        };
+        match running {
+            Some((node, NodeState::Ready)) => {
+                let mut bundle = Vec::new();
+                self.client(&node)?
+                    .checkpoint(name, false, &mut bundle)
+                    .await
+                    .with_context(|| format!("taking twin {name}'s last checkpoint on {node}"))?;
+                self.repo.keep_checkpoint(name, &bundle)?;
+            }
+            Some((node, _)) => {
+                return Err(Refusal::Other(anyhow::anyhow!(
+                    "twin {name} runs on {node}, which is unreachable: its last checkpoint waits for it"
+                )));
+            }
+            None => {}
+        }
+        let checkpoint = self.repo.retire_checkpoint(name)?;
+        let summary = match &checkpoint {
+            Some(path) => format!("kept twin {name}'s last checkpoint in {}", path.display()),
+            None => format!("twin {name} had no checkpoint to keep"),
+        };
+        self.record(
+            Entry::new(Kind::Management, summary)
+                .twin(name)
+                .actor(actor),
+        );
+        self.delete(name, actor)?;
+        Ok(Retired { checkpoint })
     }
 
     /// Sets a domain's trust level; every twin is looked at again, since
@@ -395,6 +486,34 @@ impl Control {
         let state = self.state();
         let desired = state.twins.get(name)?;
         Some(twin_view(&state, name, desired))
+    }
+
+    /// One twin's placement, where it runs and the latest decision about it.
+    pub fn report(&self, name: &str) -> Option<TwinReport> {
+        let state = self.state();
+        let desired = state.twins.get(name)?;
+        let running = state
+            .fleet
+            .running(name)
+            .into_iter()
+            .filter(|(node, _)| node.state != NodeState::Gone)
+            .map(|(node, twin)| Running {
+                node: node.heartbeat.name.clone(),
+                zone: node.heartbeat.zone.clone(),
+                state: node.state,
+                twin: twin.clone(),
+            })
+            .collect();
+        Some(TwinReport {
+            placed: desired.status.clone(),
+            running,
+            last: state.last.get(name).cloned(),
+        })
+    }
+
+    /// The names of every twin.
+    pub fn names(&self) -> Vec<String> {
+        self.state().twins.keys().cloned().collect()
     }
 
     /// One pass: ages the fleet, decides for every marked twin, and starts

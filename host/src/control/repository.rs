@@ -185,6 +185,21 @@ impl Repository {
         Ok(())
     }
 
+    /// Moves twin `name`'s latest checkpoint aside, to
+    /// `checkpoints/retired/NAME.bundle` (replacing an older one), where
+    /// forgetting the twin leaves it; its path, if there was one.
+    pub fn retire_checkpoint(&self, name: &str) -> anyhow::Result<Option<PathBuf>> {
+        let retired = self.checkpoints.join("retired");
+        std::fs::create_dir_all(&retired)
+            .with_context(|| format!("creating {}", retired.display()))?;
+        let to = retired.join(format!("{name}.bundle"));
+        match std::fs::rename(self.checkpoint_path(name), &to) {
+            Ok(()) => Ok(Some(to)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("keeping {}", to.display())),
+        }
+    }
+
     /// Twin `name`'s latest checkpoint, if one was shipped.
     pub fn checkpoint(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
         match std::fs::read(self.checkpoint_path(name)) {
@@ -226,6 +241,11 @@ mod tests {
         );
         assert_eq!(repo.domains().unwrap()["plant-a"], 3);
         assert_eq!(repo.checkpoint("p").unwrap().unwrap(), b"second");
+        let kept = repo.retire_checkpoint("p").unwrap().unwrap();
+        assert_eq!(std::fs::read(kept).unwrap(), b"second");
+        assert_eq!(repo.checkpoint("p").unwrap(), None);
+        assert_eq!(repo.retire_checkpoint("p").unwrap(), None);
+        repo.keep_checkpoint("p", b"third").unwrap();
         repo.remove("p").unwrap();
         assert!(repo.twins().unwrap().is_empty());
         assert_eq!(repo.checkpoint("p").unwrap(), None);
