@@ -17,6 +17,7 @@ pub mod faults;
 pub mod input;
 pub mod monitoring;
 pub mod node;
+pub mod operator;
 pub mod physical;
 pub mod registry;
 pub mod runtime;

@@ -292,6 +292,51 @@ fn a_killed_node_s_twin_resumes_elsewhere_with_what_the_broker_held() {
     drop(fleet);
 }
 
+/// A host pod's preStop hook: `wasmtwin drain` returns once the control
+/// plane has moved the node's twin away live, every update applied once.
+#[test]
+#[ignore = "needs Debian's mosquitto; run by .ci/run"]
+fn a_drained_node_s_twin_moves_away_before_drain_returns() {
+    let fleet = Fleet::start(WASMTWIN, &[("edge-a", "edge"), ("edge-b", "edge")]);
+    fleet.apply("t8", &good("t8", 10.0));
+    fleet.wait(|f| f.running_on("t8").is_some(), "t8 to be placed", 30);
+    let device = Device::start(fleet.mosquitto.port, "dev/t8", 10.0);
+    let first = fleet.running_on("t8").unwrap();
+    let control = fleet.control.api.base.clone();
+    let out = wasmtwin_tests::cli::run(
+        WASMTWIN,
+        &[
+            "drain",
+            "--node",
+            &first,
+            "--control",
+            &control,
+            "--timeout",
+            "40",
+        ],
+        &[("WASMTWIN_CONTROL_TOKEN", wasmtwin_tests::fleet::TOKEN)],
+    );
+    let said = wasmtwin_tests::cli::ok(out);
+    assert!(said.contains("drained"), "{said}");
+    let now = fleet.running_on("t8").expect("t8 still runs");
+    assert_ne!(now, first, "drain returned with the twin still there");
+    let sent = device.sent();
+    drop(device);
+    let api = fleet.api_of("t8");
+    api.wait_for_updates("t8", sent);
+    let seqs = applied_once(&api, "t8", "applied");
+    assert_eq!(seqs.len() as u64, sent, "every update applied once");
+    let node = fleet
+        .nodes()
+        .into_iter()
+        .find(|n| n["name"] == first.as_str())
+        .unwrap();
+    assert!(
+        node["cordoned"].as_str().unwrap().starts_with("draining"),
+        "{node}"
+    );
+}
+
 #[test]
 #[ignore = "needs Debian's mosquitto; run by .ci/run"]
 fn a_model_that_traps_after_a_swap_is_rolled_back() {

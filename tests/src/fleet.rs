@@ -22,6 +22,56 @@ use crate::servers::{Mosquitto, free_port};
 /// The token every API of the fleet takes.
 pub const TOKEN: &str = "control-plane-token-0123456789";
 
+/// The arguments of a `wasmtwin host` named `name` in `zone` (edge nodes
+/// in domain `plant-a`, mec in `metro-net`, cloud in `provider-x`), its
+/// API on `http`, reaching the broker on `mqtt_port`, its store in `data`,
+/// loading components from the plugins' directory and `components`, and
+/// joining the control plane at `control`.
+pub fn host_args(
+    name: &str,
+    zone: &str,
+    http: u16,
+    mqtt_port: u16,
+    data: &Path,
+    components: &Path,
+    control: &str,
+) -> Vec<String> {
+    // Each zone's nodes are run by someone else.
+    let domain = match zone {
+        "edge" => "plant-a",
+        "mec" => "metro-net",
+        _ => "provider-x",
+    };
+    [
+        "host",
+        "--name",
+        name,
+        "--http",
+        &format!("127.0.0.1:{http}"),
+        "--mqtt",
+        &format!("mqtt://127.0.0.1:{mqtt_port}"),
+        "--data",
+        arg(data),
+        "--token",
+        TOKEN,
+        "--allow-unsigned",
+        "--component-dir",
+        arg(plugin("misbehave").parent().unwrap()),
+        "--component-dir",
+        arg(components),
+        "--control",
+        control,
+        "--zone",
+        zone,
+        "--domain",
+        domain,
+        "--heartbeat-ms",
+        "300",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// One `wasmtwin host` behind its own proxy to the broker.
 pub struct Host {
     /// Its name (`--name`).
@@ -134,40 +184,15 @@ impl Fleet {
         let dir = self.dir.path().to_path_buf();
         let bin = self.bin.clone();
         let host = self.host_mut(name);
-        // Each zone's nodes are run by someone else.
-        let domain = match host.zone.as_str() {
-            "edge" => "plant-a",
-            "mec" => "metro-net",
-            _ => "provider-x",
-        };
-        let args: Vec<String> = [
-            "host",
-            "--name",
+        let args = host_args(
             &host.name,
-            "--http",
-            &format!("127.0.0.1:{}", host.http),
-            "--mqtt",
-            &format!("mqtt://127.0.0.1:{}", host.proxy.port),
-            "--data",
-            arg(&host.data),
-            "--token",
-            TOKEN,
-            "--allow-unsigned",
-            "--component-dir",
-            arg(plugin("misbehave").parent().unwrap()),
-            "--component-dir",
-            arg(&dir),
-            "--control",
-            &control,
-            "--zone",
             &host.zone,
-            "--domain",
-            domain,
-            "--heartbeat-ms",
-            "300",
-        ]
-        .map(String::from)
-        .to_vec();
+            host.http,
+            host.proxy.port,
+            &host.data,
+            &dir,
+            &control,
+        );
         host.node = Some(Node::spawn(&bin, &args, host.http, TOKEN));
     }
 

@@ -16,6 +16,7 @@ pub fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
 }
 
 /// A node's HTTP APIs, called with a bearer token.
+#[derive(Clone)]
 pub struct Api {
     /// `http://127.0.0.1:PORT`.
     pub base: String,

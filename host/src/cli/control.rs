@@ -80,6 +80,11 @@ pub struct PlaneArgs {
 }
 
 impl PlaneArgs {
+    /// How often the security agent checks every node.
+    pub fn security_every(&self) -> Duration {
+        Duration::from_secs(self.security_every)
+    }
+
     /// Opens the control plane on `data`; `token` is its own API token.
     pub fn open(&self, data: &Path, token: Option<String>) -> anyhow::Result<Arc<Control>> {
         if self.unreachable_after_ms == 0 || self.gone_after_ms <= self.unreachable_after_ms {
@@ -134,15 +139,12 @@ pub fn start(control: &Arc<Control>, security_every: Duration) {
 /// Runs the control plane until Ctrl-C.
 pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
     let auth = args.auth.resolve(false)?;
-    let token = match &auth {
-        wasmtwin::api::Auth::Token(token) => Some(token.clone()),
-        wasmtwin::api::Auth::Open => None,
-    };
+    let token = auth.token();
     let listener = super::host::listen(args.http)?;
     let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
     io.block_on(async {
         let control = args.plane.open(&args.data, token)?;
-        start(&control, Duration::from_secs(args.plane.security_every));
+        start(&control, args.plane.security_every());
         let app = wasmtwin::control::api::router(control.clone(), auth);
         let served = super::host::serve_router(app, listener, args.connections.resolve()).await;
         if let Err(e) = control.history().seal_now() {

@@ -8,6 +8,7 @@ mod host;
 mod keys;
 mod local;
 mod mobility;
+mod operator;
 mod pt_sim;
 mod registry;
 mod run;
@@ -82,6 +83,12 @@ enum Command {
     /// Run the control plane, which places twins on nodes and keeps them
     /// entangled.
     Control(Box<control::ControlArgs>),
+    /// Run the control plane inside Kubernetes: `DigitalTwin` resources in,
+    /// their status out, one leader among the replicas.
+    Operator(Box<operator::OperatorArgs>),
+    /// Cordon a node and wait until its twins have moved away (a host
+    /// pod's preStop hook).
+    Drain(operator::DrainArgs),
     /// Create or update a twin from a spec, on a node or the control plane.
     Apply(client::ApplyArgs),
     /// Read twins (from a node or the control plane), nodes or events.
@@ -156,6 +163,8 @@ impl Cli {
             Command::Control(args) => control::run(*args),
             Command::Events(args) => control::events(args),
             Command::Domain(args) => control::domain(args),
+            Command::Operator(args) => operator::run(*args),
+            Command::Drain(args) => operator::drain(args),
             Command::Apply(args) => client::apply(args),
             Command::Get(args) => client::get(args),
             Command::Checkpoint(args) => mobility::checkpoint(args),

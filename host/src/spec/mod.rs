@@ -49,9 +49,38 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
 }
 
-/// The body of the spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// What the twin is: its model, physical twin, requirements, limits,
+/// placement and policy.
+// Also the `spec` of the Kubernetes custom resource `DigitalTwin`, whose
+// CustomResourceDefinition is derived from these types: `wasmtwin apply`
+// and a cluster take one schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, kube::CustomResource)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Each printer column repeats `type_ = "string"`, which clippy takes for a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "wasmtwin.dev",
+    version = "v1alpha1",
+    kind = "DigitalTwin",
+    namespaced,
+    status = "crate::operator::status::DigitalTwinStatus",
+    shortname = "dt",
+    category = "wasmtwin",
+    doc = "A digital twin: the model that runs it, its physical twin, what the application requires of their entanglement, and where and how it may be kept so.",
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "ODTE",
+        type_ = "number",
+        json_path = ".status.entanglement.odte"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
 pub struct Spec {
     /// The model component and its configuration.
     pub model: ModelSpec,
@@ -115,11 +144,31 @@ pub struct ModelSpec {
     pub publisher_key: Option<String>,
     /// The model's configuration (passed to `init`).
     #[serde(default = "empty_object")]
+    #[schemars(schema_with = "any_object")]
     pub config: Value,
 }
 
 fn empty_object() -> Value {
     Value::Object(Default::default())
+}
+
+/// Any JSON object, kept whole: Kubernetes drops the fields of a custom
+/// resource its schema does not name, unless told to keep them.
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// A quantity as Kubernetes schemas declare one (`int-or-string`): `2`, or
+/// text such as `"250m"` or `"0.5"`. The parser also takes an unquoted
+/// fraction; the schema cannot say so and stay structural.
+fn quantity(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "anyOf": [{ "type": "integer" }, { "type": "string" }],
+        "x-kubernetes-int-or-string": true
+    })
 }
 
 /// The physical twin's side.
@@ -229,13 +278,13 @@ pub struct Resources {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "cpu_quantity"
     )]
-    #[schemars(with = "Option<Quantity>")]
+    #[schemars(schema_with = "quantity")]
     pub cpu: Option<String>,
 }
 
 /// A quantity as Kubernetes specs write it: a string (`250m`, `"2"`) or,
 /// unquoted in YAML, a number (`2`, `0.5`).
-#[derive(Deserialize, JsonSchema)]
+#[derive(Deserialize)]
 #[serde(untagged)]
 enum Quantity {
     /// `250m`, `0.5`, `2`.
