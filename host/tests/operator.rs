@@ -619,3 +619,44 @@ fn only_the_replica_holding_the_lease_acts_and_a_cut_off_leader_stops_before_ano
         "the old leader's lead() must end with why"
     );
 }
+
+/// The Service hosts use selects the leader by a label its pod carries:
+/// each replica sets it on its own pod, by a merge patch of that label
+/// alone.
+#[test]
+fn a_replica_labels_its_own_pod_leader_or_not() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (client, seen) = mock_api(
+        &runtime,
+        Box::new(|seen| {
+            let pod = json!({ "apiVersion": "v1", "kind": "Pod",
+                              "metadata": { "name": "wasmtwin-operator-1", "namespace": NAMESPACE,
+                                            "labels": seen.body["metadata"]["labels"].clone() } });
+            (200, pod)
+        }),
+    );
+    let pods = kube::Api::namespaced(client, NAMESPACE);
+    for leader in [false, true] {
+        runtime
+            .block_on(wasmtwin::operator::lease::label_pod(
+                &pods,
+                "wasmtwin-operator-1",
+                leader,
+            ))
+            .unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    for (request, value) in seen.iter().zip(["false", "true"]) {
+        assert_eq!(request.method, "PATCH");
+        assert_eq!(
+            request.path,
+            format!("/api/v1/namespaces/{NAMESPACE}/pods/wasmtwin-operator-1")
+        );
+        assert_eq!(request.content_type, "application/merge-patch+json");
+        assert_eq!(
+            request.body,
+            json!({ "metadata": { "labels": { "wasmtwin.dev/leader": value } } })
+        );
+    }
+}

@@ -13,9 +13,10 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 /// Who leads, as one attempt found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,4 +162,20 @@ impl Elector {
             }
         }
     }
+}
+
+/// The label on the leading replica's pod, which the Service hosts send
+/// their heartbeats to selects (`"true"`); every other replica's says
+/// `"false"`. Readiness then means "healthy in its role", so both replicas
+/// are ready: rolling updates and disruption budgets work as for any pod.
+pub const LEADER_LABEL: &str = "wasmtwin.dev/leader";
+
+/// Sets [`LEADER_LABEL`] on pod `pod` to `leader`.
+pub async fn label_pod(api: &Api<Pod>, pod: &str, leader: bool) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({
+        "metadata": { "labels": { LEADER_LABEL: leader.to_string() } }
+    });
+    api.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
 }

@@ -43,7 +43,9 @@ pub struct DigitalTwinStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// Entanglement at the twin's latest report.
+/// Entanglement at the twin's latest report, rounded (two decimals, whole
+/// milliseconds) so that a steady twin's status stays the same and costs
+/// the API server no write: high-rate figures stay on the hosts' metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Entanglement {
@@ -58,8 +60,6 @@ pub struct Entanglement {
     pub reliability: f64,
     /// Share of the window the twin was available.
     pub availability: f64,
-    /// Updates the twin applied since it was created.
-    pub updates_applied: u64,
 }
 
 /// A decision of the control plane, from its event history.
@@ -147,13 +147,13 @@ pub fn status(
             status.node = Some(run.node.clone());
             status.zone = Some(run.zone.clone());
             let e = &run.twin.entanglement;
+            let hundredths = |x: f64| (x * 100.0).round() / 100.0;
             status.entanglement = Some(Entanglement {
                 status: format!("{:?}", e.status).to_lowercase(),
-                odte: e.odte,
-                timeliness_ms: e.timeliness_ms.map(|p| p.required),
-                reliability: e.reliability,
-                availability: e.availability,
-                updates_applied: run.twin.updates_applied,
+                odte: hundredths(e.odte),
+                timeliness_ms: e.timeliness_ms.map(|p| p.required.round()),
+                reliability: hundredths(e.reliability),
+                availability: hundredths(e.availability),
             });
             let here = format!("running on {} ({})", run.node, run.zone);
             if run.state == NodeState::Ready {
