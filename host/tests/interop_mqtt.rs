@@ -337,6 +337,39 @@ fn prometheus_scrapes_the_metrics() {
         buckets["data"]["result"].as_array().map(Vec::len) > Some(5),
         "{buckets}"
     );
+
+    // A client asking for the older text format gets it, and promtool's
+    // linter (help text on every family, counters named `_total`…) passes.
+    let response = reqwest::blocking::Client::new()
+        .get(format!("{}/metrics", node.api.base))
+        .header("Accept", "text/plain; version=0.0.4")
+        .send()
+        .unwrap();
+    let kind = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    let text = response.text().unwrap();
+    assert!(
+        text.contains("# TYPE wasmtwin_twin_updates_total counter"),
+        "{text}"
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running promtool (Debian's prometheus)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success() && checked.stdout.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
 
 /// A `pt-sim` process, stopped if the test fails before it ends.

@@ -9,6 +9,7 @@ mod admission;
 mod auth;
 mod body;
 mod mobility;
+pub mod roles;
 mod stream;
 mod td;
 pub(crate) mod twins;
@@ -33,7 +34,7 @@ use crate::node::Node;
 pub fn router(node: Arc<Node>, auth: Auth, max_requests: usize) -> Router {
     let security = match auth {
         Auth::Open => td::Security::None,
-        Auth::Token(_) => td::Security::Bearer,
+        Auth::Token(_) | Auth::Tokens(_) => td::Security::Bearer,
     };
     let admission = Admission::new(max_requests, node.metrics().clone());
     // Layers run outside in: authentication before admission, so an
@@ -60,14 +61,19 @@ pub fn router(node: Arc<Node>, auth: Auth, max_requests: usize) -> Router {
         .with_state(node)
 }
 
-async fn metrics(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> impl IntoResponse {
+async fn metrics(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
     node.evaluate_all();
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::monitoring::Format::negotiate(accept);
     (
         StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        node.metrics().encode(),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "accept"),
+        ],
+        node.metrics().encode_as(format),
     )
 }

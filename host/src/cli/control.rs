@@ -80,6 +80,17 @@ pub struct PlaneArgs {
 }
 
 impl PlaneArgs {
+    /// Refuses a token file without `--node-token`: the control plane would
+    /// have no token to call nodes with.
+    pub fn check_node_token(&self, auth: &wasmtwin::api::Auth) -> anyhow::Result<()> {
+        if matches!(auth, wasmtwin::api::Auth::Tokens(_)) && self.node_token.is_none() {
+            anyhow::bail!(
+                "--tokens: also pass --node-token (or WASMTWIN_NODE_TOKEN), the admin token the control plane calls nodes with"
+            );
+        }
+        Ok(())
+    }
+
     /// How often the security agent checks every node.
     pub fn security_every(&self) -> Duration {
         Duration::from_secs(self.security_every)
@@ -139,10 +150,12 @@ pub fn start(control: &Arc<Control>, security_every: Duration) {
 /// Runs the control plane until Ctrl-C.
 pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
     let auth = args.auth.resolve(false)?;
+    args.plane.check_node_token(&auth)?;
     let token = auth.token();
     let listener = super::host::listen(args.http)?;
     let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
     io.block_on(async {
+        super::host::watch_tokens(&auth);
         let control = args.plane.open(&args.data, token)?;
         start(&control, args.plane.security_every());
         let app = wasmtwin::control::api::router(control.clone(), auth);

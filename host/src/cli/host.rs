@@ -25,6 +25,11 @@ pub struct AuthArgs {
     /// Read the bearer token from this file.
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
     token_file: Option<PathBuf>,
+    /// Accept the tokens of this file instead, each with a role (reader,
+    /// operator, admin) and maybe a set of twins; read again when it
+    /// changes (`wasmtwin token create|revoke` edit it).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["token", "token_file"])]
+    tokens: Option<PathBuf>,
     /// Serve the APIs without authentication (local development only).
     #[arg(long)]
     insecure_dev: bool,
@@ -39,6 +44,9 @@ impl AuthArgs {
                 "THE API IS OPEN TO ANYONE WHO CAN REACH IT (--insecure-dev); never do this outside development"
             );
             return Ok(Auth::Open);
+        }
+        if let Some(file) = &self.tokens {
+            return Ok(Auth::Tokens(wasmtwin::api::roles::Tokens::open(file)?));
         }
         let token = match (&self.token, &self.token_file) {
             (Some(token), _) => token.clone(),
@@ -55,6 +63,13 @@ impl AuthArgs {
             anyhow::bail!("the API token must be at least 16 characters");
         }
         Ok(Auth::Token(token))
+    }
+}
+
+/// Keeps a token file's tokens current while the server runs.
+pub fn watch_tokens(auth: &Auth) {
+    if let Auth::Tokens(tokens) = auth {
+        tokio::spawn(tokens.clone().watch(std::time::Duration::from_secs(2)));
     }
 }
 
@@ -513,10 +528,9 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
             store,
         )?);
         resume(&node).await?;
-        let token = match &auth {
-            Auth::Token(token) => Some(token.as_str()),
-            Auth::Open => None,
-        };
+        let token = auth.token();
+        let token = token.as_deref();
+        watch_tokens(&auth);
         let bound = listener.local_addr().context("the HTTP listener's address")?;
         if let Some(membership) = args.membership.resolve(bound, token) {
             tracing::info!(control = %membership.control, zone = %membership.zone, domain = %membership.domain, "joining the control plane");

@@ -12,6 +12,7 @@ mod operator;
 mod pt_sim;
 mod registry;
 mod run;
+mod tokens;
 mod up;
 
 use std::path::PathBuf;
@@ -113,6 +114,8 @@ enum Command {
     Experiment(experiment::ExperimentArgs),
     /// Run a model component against recorded updates (for plugin authors).
     Run(run::RunArgs),
+    /// Create, revoke or list API tokens with roles (`--tokens FILE`).
+    Token(tokens::TokenArgs),
     /// Create a publisher key pair.
     Keygen(keys::KeygenArgs),
     /// Sign a component (or counter-sign a signed one).
@@ -174,6 +177,7 @@ impl Cli {
             Command::PtSim(args) => pt_sim::run(args),
             Command::Experiment(args) => experiment::run(&self.global, args),
             Command::Run(args) => run::run(&self.global, args),
+            Command::Token(args) => tokens::run(args),
             Command::Keygen(args) => keys::keygen(args),
             Command::Sign(args) => keys::sign(args),
             Command::Verify(args) => keys::verify(args),

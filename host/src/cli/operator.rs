@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -14,11 +15,12 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use clap::Args;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use tower::ServiceExt;
 use wasmtwin::control::fleet::DRAINING;
 use wasmtwin::operator::controller::{self, Context as Reconciling};
-use wasmtwin::operator::lease::Elector;
+use wasmtwin::operator::lease::{self, Elector};
 use wasmtwin::spec::DigitalTwin;
 
 /// Arguments of `wasmtwin operator`.
@@ -28,7 +30,9 @@ pub struct OperatorArgs {
     #[arg(long)]
     crd: bool,
     /// Address of the control plane's API, which hosts join; served while
-    /// this replica leads (`/healthz` always, `/readyz` only when leading).
+    /// this replica leads (`/healthz` and `/readyz` always: a standby is
+    /// ready in its role; its pod's `wasmtwin.dev/leader` label says which
+    /// replica leads).
     #[arg(long, default_value = "0.0.0.0:7000")]
     http: SocketAddr,
     /// Where this replica keeps its control plane's store (checkpoints,
@@ -63,19 +67,23 @@ pub struct OperatorArgs {
     connections: super::host::ConnectionArgs,
 }
 
-/// Answers `/healthz` and refuses the rest until this replica leads; then
-/// hands every request to the control plane's router.
-fn gate(leading: Arc<OnceLock<Router>>) -> Router {
+/// Until this replica leads: answers `/healthz`, `/readyz` once `standby`
+/// is set (healthy in its role), and refuses the rest; then hands every
+/// request to the control plane's router.
+fn gate(leading: Arc<OnceLock<Router>>, standby: Arc<AtomicBool>) -> Router {
     Router::new().fallback(move |request: Request| {
-        let leading = leading.clone();
+        let (leading, standby) = (leading.clone(), standby.clone());
         async move {
-            match leading.get() {
-                Some(router) => match router.clone().oneshot(request).await {
+            if let Some(router) = leading.get() {
+                return match router.clone().oneshot(request).await {
                     Ok(response) => response,
                     Err(never) => match never {},
-                },
-                None if request.uri().path() == "/healthz" => "ok\n".into_response(),
-                None => (
+                };
+            }
+            match request.uri().path() {
+                "/healthz" => "ok\n".into_response(),
+                "/readyz" if standby.load(Ordering::SeqCst) => "standby\n".into_response(),
+                _ => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "not the leader: another replica of the operator serves the control plane\n",
                 )
@@ -83,6 +91,22 @@ fn gate(leading: Arc<OnceLock<Router>>) -> Router {
             }
         }
     })
+}
+
+/// Sets this replica's pod's leader label, retrying until it is set; a
+/// replica that is not a pod (run outside a cluster) has none to set.
+async fn label(pods: &Api<Pod>, pod: &str, leader: bool) {
+    loop {
+        match lease::label_pod(pods, pod, leader).await {
+            Ok(()) => return,
+            Err(kube::Error::Api(s)) if s.is_not_found() => {
+                tracing::warn!(%pod, "no such pod: no leader label to set (outside a cluster?)");
+                return;
+            }
+            Err(e) => tracing::warn!(%pod, "setting the leader label: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// Waits for Ctrl-C or SIGTERM (what Kubernetes sends a pod).
@@ -108,6 +132,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let auth = args.auth.resolve(false)?;
+    args.plane.check_node_token(&auth)?;
     let token = auth.token();
     let listener = super::host::listen(args.http)?;
     let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
@@ -123,12 +148,22 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             Some(identity) => identity.clone(),
             None => hostname()?,
         };
+        super::host::watch_tokens(&auth);
         let leading = Arc::new(OnceLock::new());
+        let standby = Arc::new(AtomicBool::new(false));
         tokio::spawn(super::host::serve_router(
-            gate(leading.clone()),
+            gate(leading.clone(), standby.clone()),
             listener,
             args.connections.resolve(),
         ));
+        // A replica restarted after leading still carries the leader's
+        // label: it is cleared before the replica is ready, or the Service
+        // would send it heartbeats it refuses.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        tokio::select! {
+            () = label(&pods, &identity, false) => standby.store(true, Ordering::SeqCst),
+            () = stopped() => return Ok(ExitCode::SUCCESS),
+        }
         let elector = Elector::new(
             Api::namespaced(client.clone(), &namespace),
             &args.lease,
@@ -154,6 +189,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             let _ = leading.set(wasmtwin::control::api::router(control.clone(), auth));
+            label(&pods, &identity, true).await;
             tokio::time::sleep(Duration::from_secs(args.settle_seconds)).await;
             super::control::start(&control, args.plane.security_every());
             let ctx = Arc::new(Reconciling {

@@ -1,6 +1,9 @@
 //! The monitoring interface: per-twin Prometheus metrics, named as the
 //! architecture promises, exposed at `/metrics`.
 
+pub mod exposition;
+
+pub use exposition::Format;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -223,12 +226,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The Prometheus text exposition of every metric.
+    /// The OpenMetrics exposition of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    /// The exposition of every metric in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        match format {
+            Format::OpenMetrics => self.encode(),
+            Format::PrometheusText => exposition::to_prometheus_text(&self.encode()),
+        }
     }
 
     /// Brings a twin's CPU series up to its account (its counters only
@@ -272,10 +283,14 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    /// The alerting rules users are given name only series a node exposes.
+    /// The alerting rules and the dashboard users are given name only
+    /// series a node exposes.
     #[test]
-    fn every_metric_the_alerting_rules_name_is_exposed() {
-        let rules = include_str!("../../deploy/prometheus/alerts.yml");
+    fn every_metric_the_alerting_rules_and_dashboard_name_is_exposed() {
+        let rules = concat!(
+            include_str!("../../../deploy/prometheus/alerts.yml"),
+            include_str!("../../../deploy/grafana/wasmtwin-fleet.json")
+        );
         let metrics = Metrics::default();
         let label = TwinLabel { twin: "t".into() };
         // One value in every per-twin series, as a running twin has.
@@ -284,6 +299,17 @@ mod tests {
         metrics.reliability.get_or_create(&label).set(1.0);
         metrics.guest_errors.get_or_create(&label).inc();
         metrics.oversized.get_or_create(&label).inc();
+        metrics.updates.get_or_create(&label).inc();
+        metrics.duplicates.get_or_create(&label).inc();
+        metrics.shed.get_or_create(&label).inc();
+        metrics.fuel.get_or_create(&label).inc();
+        metrics.queue_depth.get_or_create(&label).set(0);
+        metrics.timeliness.get_or_create(&label).observe(0.01);
+        metrics.model_seconds.get_or_create(&label).observe(0.001);
+        metrics
+            .requests_shed
+            .get_or_create(&ClassLabel { class: "read" })
+            .inc();
         metrics.cpu(
             &label,
             &crate::runtime::cpu::CpuReport {
@@ -298,11 +324,11 @@ mod tests {
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|word| word.starts_with("wasmtwin_"))
             .collect();
-        assert!(named.len() >= 5, "{named:?}");
+        assert!(named.len() >= 15, "{named:?}");
         for name in named {
             assert!(
                 exposed.lines().any(|l| l.starts_with(&format!("{name}{{"))),
-                "deploy/prometheus/alerts.yml names {name}, which the node does not expose:\n{exposed}"
+                "deploy/prometheus/alerts.yml or deploy/grafana names {name}, which the node does not expose:\n{exposed}"
             );
         }
     }

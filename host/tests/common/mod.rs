@@ -102,11 +102,13 @@ pub fn host(data: &Path, mqtt: u16, extra: &[String]) -> Node {
             .expect("the plugins' directory")),
         "--component-dir",
         arg(data),
-        "--token",
-        TOKEN,
     ]
     .map(String::from)
     .to_vec();
+    // A token file replaces the one token.
+    if !extra.iter().any(|a| a == "--tokens") {
+        args.extend(["--token".to_string(), TOKEN.to_string()]);
+    }
     args.extend(extra.iter().cloned());
     Node::spawn(env!("CARGO_BIN_EXE_wasmtwin"), &args, http, TOKEN)
 }
