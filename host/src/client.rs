@@ -24,6 +24,33 @@ pub struct Refused {
     pub reason: String,
 }
 
+/// The environment variable naming a CA certificate file (PEM) that every
+/// wasmtwin HTTP client trusts besides the system's roots: the CA of the
+/// certificates nodes and control planes serve with `--tls-cert`.
+pub const CA_ENV: &str = "WASMTWIN_CA";
+
+/// An HTTP client builder that trusts the CA of [`CA_ENV`] too. A file
+/// that cannot be read or holds no certificate is logged; HTTPS calls to
+/// servers it would have vouched for then fail verification.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    let mut builder = reqwest::Client::builder();
+    if let Some(file) = std::env::var_os(CA_ENV) {
+        let roots = std::fs::read(&file)
+            .map_err(anyhow::Error::from)
+            .and_then(|pem| Ok(reqwest::Certificate::from_pem_bundle(&pem)?));
+        match roots {
+            Ok(roots) if !roots.is_empty() => {
+                for root in roots {
+                    builder = builder.add_root_certificate(root);
+                }
+            }
+            Ok(_) => tracing::error!("{CA_ENV}={}: no certificate in it", file.to_string_lossy()),
+            Err(e) => tracing::error!("{CA_ENV}={}: {e:#}", file.to_string_lossy()),
+        }
+    }
+    builder
+}
+
 /// A node's API and the token to call it with.
 #[derive(Debug, Clone)]
 pub struct NodeClient {
@@ -38,7 +65,7 @@ impl NodeClient {
         Self {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: reqwest::Client::builder()
+            http: http_builder()
                 // A redirect is an answer here (the twin moved), not
                 // something to follow with our token.
                 .redirect(reqwest::redirect::Policy::none())

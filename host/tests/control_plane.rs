@@ -318,7 +318,14 @@ fn a_drained_node_s_twin_moves_away_before_drain_returns() {
     );
     let said = wasmtwin_tests::cli::ok(out);
     assert!(said.contains("drained"), "{said}");
-    let now = fleet.running_on("t8").expect("t8 still runs");
+    // Gone from the drained node; its new node reports it at its next
+    // heartbeat.
+    fleet.wait(
+        |f| f.running_on("t8").is_some(),
+        "t8 reported on its new node",
+        10,
+    );
+    let now = fleet.running_on("t8").unwrap();
     assert_ne!(now, first, "drain returned with the twin still there");
     let sent = device.sent();
     drop(device);

@@ -606,3 +606,50 @@ fn defect_02_a_message_over_the_payload_limit_does_not_jam_the_twin() {
         "{metrics}"
     );
 }
+
+/// A bundle carries its components; a node restores it only if it trusts
+/// who signed them, whoever pushes it.
+#[test]
+#[ignore = "needs Debian's mosquitto; run by .ci/run"]
+fn a_bundle_signed_by_a_key_the_node_does_not_trust_is_refused() {
+    let (broker, dir, signed, a) = node_on_mosquitto();
+    apply(&a, &dir, &signed, "press-9", "{}");
+    let bundle = dir.join("press-9.bundle");
+    cli(&[
+        "checkpoint",
+        "press-9",
+        "--with-component",
+        "--output",
+        arg(&bundle),
+        "--host",
+        &a.api.base,
+    ]);
+    // Node b trusts another publisher only.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let stranger = sign_plugins(&other);
+    let b = host(
+        &other,
+        &stranger,
+        &format!("mqtt://127.0.0.1:{}", broker.port),
+        &["--name".into(), "b".into()],
+    );
+    let mut args = vec!["restore", arg(&bundle), "--host", &b.api.base];
+    args.extend(["--token", TOKEN]);
+    let out = Command::new(BIN)
+        .args(&args)
+        .env("WASMTWIN_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "restored an untrusted bundle");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("untrusted") || said.contains("trust"),
+        "{said}"
+    );
+    assert_eq!(
+        b.api.get("/v1/twins/press-9").0,
+        404,
+        "the twin exists on b"
+    );
+}

@@ -30,6 +30,8 @@ pub struct ControlArgs {
     plane: PlaneArgs,
     #[command(flatten)]
     connections: super::host::ConnectionArgs,
+    #[command(flatten)]
+    tls: super::host::TlsArgs,
 }
 
 /// How the control plane decides and whom it trusts; `up` takes the same.
@@ -151,6 +153,7 @@ pub fn start(control: &Arc<Control>, security_every: Duration) {
 pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
     let auth = args.auth.resolve(false)?;
     args.plane.check_node_token(&auth)?;
+    let tls = args.tls.resolve()?;
     let token = auth.token();
     let listener = super::host::listen(args.http)?;
     let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
@@ -159,7 +162,8 @@ pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
         let control = args.plane.open(&args.data, token)?;
         start(&control, args.plane.security_every());
         let app = wasmtwin::control::api::router(control.clone(), auth);
-        let served = super::host::serve_router(app, listener, args.connections.resolve()).await;
+        let served =
+            super::host::serve_router(app, listener, args.connections.resolve(), tls).await;
         if let Err(e) = control.history().seal_now() {
             tracing::error!("sealing the event history: {e:#}");
         }

@@ -166,6 +166,8 @@ pub struct HostArgs {
     #[command(flatten)]
     connections: ConnectionArgs,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     ceilings: CeilingArgs,
     /// A directory local component paths in specs may name (repeat for
     /// more); without one, components come from registries only.
@@ -280,6 +282,47 @@ impl RegistryArgs {
     }
 }
 
+/// HTTPS on the APIs.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Serve the APIs over HTTPS with this certificate chain (PEM); clients
+    /// trust its CA (wasmtwin's own: `WASMTWIN_CA`).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS acceptor these flags ask for, if any.
+    pub fn resolve(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .with_context(|| {
+                format!("reading the certificates in --tls-cert {}", cert.display())
+            })?;
+        anyhow::ensure!(
+            !chain.is_empty(),
+            "--tls-cert {}: no certificate in it",
+            cert.display()
+        );
+        let key = PrivateKeyDer::from_pem_file(key)
+            .with_context(|| format!("reading the private key in --tls-key {}", key.display()))?;
+        let mut config = tokio_rustls::rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .context("--tls-cert and --tls-key: the key does not fit the certificate, or is not supported")?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
+}
+
 /// How many HTTP connections the node keeps, and for how long.
 #[derive(Debug, Args)]
 pub struct ConnectionArgs {
@@ -368,6 +411,7 @@ pub async fn serve(
     auth: Auth,
     max_requests: usize,
     limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> anyhow::Result<()> {
     let evaluator = node.clone();
     tokio::spawn(async move {
@@ -377,22 +421,24 @@ pub async fn serve(
             evaluator.evaluate_all();
         }
     });
-    serve_router(api::router(node, auth, max_requests), listener, limits).await
+    serve_router(api::router(node, auth, max_requests), listener, limits, tls).await
 }
 
 /// Serves `app` on `listener` until Ctrl-C, with the connection limits of
-/// [`serve`].
+/// [`serve`], over TLS with `tls`.
 pub async fn serve_router(
     app: axum::Router,
     listener: std::net::TcpListener,
     limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> anyhow::Result<()> {
     let http = listener
         .local_addr()
         .context("the HTTP listener's address")?;
     let listener = tokio::net::TcpListener::from_std(listener)
         .with_context(|| format!("listening on {http}"))?;
-    tracing::info!(%http, "HTTP APIs listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%http, scheme, "HTTP APIs listening");
     let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
     // Dropped to tell every connection to finish its request and close.
     let (stop, stopping) = tokio::sync::watch::channel(());
@@ -432,24 +478,23 @@ pub async fn serve_router(
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
         let service = TowerToHyperService::new(app.clone());
-        let mut stopping = stopping.clone();
+        let stopping = stopping.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _place = place;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            let connection = builder.serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(connection);
-            let finished = tokio::select! {
-                finished = connection.as_mut() => finished,
-                _ = stopping.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            match tls {
+                None => serve_connection(tcp, service, limits, stopping, remote).await,
+                Some(tls) => {
+                    // The handshake gets the time the headers would: a
+                    // client that stalls it holds a place no longer.
+                    match tokio::time::timeout(limits.header_timeout, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, service, limits, stopping, remote).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%remote, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                    }
                 }
-            };
-            if let Err(e) = finished {
-                tracing::debug!(%remote, "HTTP connection closed: {e}");
             }
         });
     }
@@ -464,6 +509,37 @@ pub async fn serve_router(
         );
     }
     Ok(())
+}
+
+/// Serves one connection's requests until it closes or the server stops.
+async fn serve_connection<IO, S>(
+    io: IO,
+    service: S,
+    limits: ConnectionLimits,
+    mut stopping: tokio::sync::watch::Receiver<()>,
+    remote: std::net::SocketAddr,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let finished = tokio::select! {
+        finished = connection.as_mut() => finished,
+        _ = stopping.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = finished {
+        tracing::debug!(%remote, "HTTP connection closed: {e}");
+    }
 }
 
 /// After a failed `accept`: a connection the peer gave up on is nothing;
@@ -507,6 +583,7 @@ pub async fn resume(node: &Arc<Node>) -> anyhow::Result<()> {
 pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCode> {
     let policy = args.trust.policy()?;
     let auth = args.auth.resolve(false)?;
+    let tls = args.tls.resolve()?;
     let broker = args.mqtt.resolve()?;
     let listener = listen(args.http)?;
     let store = Store::open(&args.data)?;
@@ -542,6 +619,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
             auth,
             args.max_requests,
             args.connections.resolve(),
+            tls,
         )
         .await
     })?;

@@ -35,9 +35,36 @@ pub fn dev_key(dir: &Path, trust: &mut TrustSet) -> anyhow::Result<SigningKey> {
     Ok(key)
 }
 
+/// Where the example plugins were built (`up` and `experiment` sign them
+/// with the development key).
+#[derive(Debug, clap::Args)]
+pub struct Plugins {
+    /// Where the built plugins are (`machine.wasm`, `prime.wasm`,
+    /// `json_adapter.wasm`).
+    #[arg(
+        long = "plugins",
+        value_name = "DIR",
+        default_value = "target/wasm32-wasip2/release"
+    )]
+    dir: PathBuf,
+}
+
+impl Plugins {
+    /// Signs `plugin` with `key` into `out`; the signed file's path.
+    pub fn sign(
+        &self,
+        plugin: &str,
+        key: &SigningKey,
+        publisher: &str,
+        out: &Path,
+    ) -> anyhow::Result<PathBuf> {
+        sign_plugin(&self.dir, plugin, key, publisher, out)
+    }
+}
+
 /// Signs `plugin` from `plugins` with `key` into `out`; the signed file's
 /// path.
-pub fn sign_plugin(
+fn sign_plugin(
     plugins: &Path,
     plugin: &str,
     key: &SigningKey,
@@ -105,7 +132,12 @@ pub fn control(
     super::control::start(&control, Duration::from_secs(10));
     let auth = wasmtwin::api::Auth::Token(shared.token.clone());
     let app = wasmtwin::control::api::router(control.clone(), auth);
-    tokio::spawn(super::host::serve_router(app, listener, shared.limits));
+    tokio::spawn(super::host::serve_router(
+        app,
+        listener,
+        shared.limits,
+        None,
+    ));
     Ok(control)
 }
 
@@ -160,6 +192,7 @@ pub async fn node(
         auth,
         super::host::DEFAULT_MAX_REQUESTS,
         shared.limits,
+        None,
     ));
     tokio::spawn(membership::run(
         node.clone(),

@@ -65,6 +65,8 @@ pub struct OperatorArgs {
     plane: super::control::PlaneArgs,
     #[command(flatten)]
     connections: super::host::ConnectionArgs,
+    #[command(flatten)]
+    tls: super::host::TlsArgs,
 }
 
 /// Until this replica leads: answers `/healthz`, `/readyz` once `standby`
@@ -133,6 +135,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     }
     let auth = args.auth.resolve(false)?;
     args.plane.check_node_token(&auth)?;
+    let tls = args.tls.resolve()?;
     let token = auth.token();
     let listener = super::host::listen(args.http)?;
     let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
@@ -155,6 +158,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             gate(leading.clone(), standby.clone()),
             listener,
             args.connections.resolve(),
+            tls,
         ));
         // A replica restarted after leading still carries the leader's
         // label: it is cleared before the replica is ready, or the Service

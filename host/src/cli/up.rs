@@ -41,13 +41,8 @@ pub struct UpArgs {
     /// store and each node's are kept; twins found there are resumed.
     #[arg(long, value_name = "DIR", default_value = "wasmtwin-data")]
     data: PathBuf,
-    /// Where the built plugins are (`machine.wasm`, `json_adapter.wasm`).
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "target/wasm32-wasip2/release"
-    )]
-    plugins: PathBuf,
+    #[command(flatten)]
+    plugins: local::Plugins,
     /// Telemetry messages per second from the simulated motor.
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
@@ -99,8 +94,10 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
     let key = local::dev_key(&args.data.join("dev-key"), &mut trust)?;
     let components = args.data.join("components");
     let publisher = "wasmtwin up (development key)";
-    let model = local::sign_plugin(&args.plugins, "machine", &key, publisher, &components)?;
-    let adapter = local::sign_plugin(&args.plugins, "json_adapter", &key, publisher, &components)?;
+    let model = args.plugins.sign("machine", &key, publisher, &components)?;
+    let adapter = args
+        .plugins
+        .sign("json_adapter", &key, publisher, &components)?;
 
     let token = match args.token {
         Some(token) => token,

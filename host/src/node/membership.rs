@@ -102,7 +102,7 @@ fn memory_bytes() -> u64 {
 /// Sends heartbeats until the process ends; a control plane that cannot
 /// be reached is logged (once per outage) and tried again at the next beat.
 pub async fn run(node: Arc<Node>, membership: Membership) {
-    let http = reqwest::Client::builder()
+    let http = crate::client::http_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap_or_default();

@@ -70,13 +70,8 @@ pub struct ExperimentArgs {
     /// replaced).
     #[arg(long, value_name = "DIR", default_value = "experiment")]
     out: PathBuf,
-    /// Where the built plugins are (`prime.wasm`, `json_adapter.wasm`).
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "target/wasm32-wasip2/release"
-    )]
-    plugins: PathBuf,
+    #[command(flatten)]
+    plugins: local::Plugins,
 }
 
 /// Which runs an experiment makes.
@@ -138,8 +133,10 @@ pub fn run(global: &super::GlobalArgs, args: ExperimentArgs) -> anyhow::Result<E
     let key = local::dev_key(&scratch.path().join("key"), &mut trust)?;
     let components = scratch.path().join("components");
     let publisher = "wasmtwin experiment (development key)";
-    let model = local::sign_plugin(&args.plugins, "prime", &key, publisher, &components)?;
-    let adapter = local::sign_plugin(&args.plugins, "json_adapter", &key, publisher, &components)?;
+    let model = args.plugins.sign("prime", &key, publisher, &components)?;
+    let adapter = args
+        .plugins
+        .sign("json_adapter", &key, publisher, &components)?;
     let broker = Broker::start(scratch.path())?;
     let runtime = global.runtime()?;
     let shared = local::Shared {
