@@ -29,26 +29,36 @@ pub struct Refused {
 /// certificates nodes and control planes serve with `--tls-cert`.
 pub const CA_ENV: &str = "WASMTWIN_CA";
 
-/// An HTTP client builder that trusts the CA of [`CA_ENV`] too. A file
-/// that cannot be read or holds no certificate is logged; HTTPS calls to
-/// servers it would have vouched for then fail verification.
+/// An HTTP client builder that trusts the CA of [`CA_ENV`] too. The file
+/// is read once per process (clients are built per call); one that cannot
+/// be read or holds no certificate is logged, and HTTPS calls to servers it
+/// would have vouched for then fail verification.
 pub fn http_builder() -> reqwest::ClientBuilder {
-    let mut builder = reqwest::Client::builder();
-    if let Some(file) = std::env::var_os(CA_ENV) {
+    static ROOTS: std::sync::OnceLock<Vec<reqwest::Certificate>> = std::sync::OnceLock::new();
+    let roots = ROOTS.get_or_init(|| {
+        let Some(file) = std::env::var_os(CA_ENV) else {
+            return Vec::new();
+        };
         let roots = std::fs::read(&file)
             .map_err(anyhow::Error::from)
             .and_then(|pem| Ok(reqwest::Certificate::from_pem_bundle(&pem)?));
         match roots {
-            Ok(roots) if !roots.is_empty() => {
-                for root in roots {
-                    builder = builder.add_root_certificate(root);
-                }
+            Ok(roots) if !roots.is_empty() => roots,
+            Ok(_) => {
+                tracing::error!("{CA_ENV}={}: no certificate in it", file.to_string_lossy());
+                Vec::new()
             }
-            Ok(_) => tracing::error!("{CA_ENV}={}: no certificate in it", file.to_string_lossy()),
-            Err(e) => tracing::error!("{CA_ENV}={}: {e:#}", file.to_string_lossy()),
+            Err(e) => {
+                tracing::error!("{CA_ENV}={}: {e:#}", file.to_string_lossy());
+                Vec::new()
+            }
         }
-    }
-    builder
+    });
+    roots
+        .iter()
+        .fold(reqwest::Client::builder(), |builder, root| {
+            builder.add_root_certificate(root.clone())
+        })
 }
 
 /// A node's API and the token to call it with.

@@ -314,6 +314,11 @@ mod tests {
         );
     }
 
+    fn touch(file: &Path, at: SystemTime) {
+        let opened = std::fs::File::options().write(true).open(file).unwrap();
+        opened.set_modified(at).unwrap();
+    }
+
     #[test]
     fn the_file_is_read_again_when_it_changes_and_a_broken_one_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -335,20 +340,14 @@ mod tests {
             Role::Reader
         );
         assert!(tokens.grant("token-b-0123456789").is_none());
-        // A later modification time, whatever the file system's resolution.
-        std::thread::sleep(Duration::from_millis(20));
         TokenFile {
             tokens: vec![grant("b", "token-b-0123456789", Role::Admin)],
         }
         .write(&file)
         .unwrap();
+        // A later modification time, whatever the file system's resolution.
         let later = SystemTime::now() + Duration::from_secs(2);
-        std::fs::File::options()
-            .write(true)
-            .open(&file)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
+        touch(&file, later);
         assert!(tokens.reload().unwrap());
         assert!(tokens.grant("token-a-0123456789").is_none(), "revoked");
         assert_eq!(
@@ -357,12 +356,7 @@ mod tests {
         );
         std::fs::write(&file, "tokens: [{name: c, sha256: nothex, role: admin}]").unwrap();
         let later = later + Duration::from_secs(2);
-        std::fs::File::options()
-            .write(true)
-            .open(&file)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
+        touch(&file, later);
         let error = tokens.reload().unwrap_err().to_string();
         assert!(error.contains("sha256 must be 64 hex digits"), "{error}");
         assert!(

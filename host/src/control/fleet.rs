@@ -311,6 +311,14 @@ impl Fleet {
             })
             .collect()
     }
+
+    /// The nodes not gone that report running twin `name`: where it may
+    /// still run (an unreachable node's report stands).
+    pub fn reporting(&self, name: &str) -> Vec<(&NodeEntry, &TwinObservation)> {
+        let mut running = self.running(name);
+        running.retain(|(node, _)| node.state != NodeState::Gone);
+        running
+    }
 }
 
 #[cfg(test)]

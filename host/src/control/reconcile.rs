@@ -358,9 +358,9 @@ impl Control {
             }
             state
                 .fleet
-                .running(name)
+                .reporting(name)
                 .into_iter()
-                .find(|(node, _)| node.state != NodeState::Gone)
+                .next()
                 .map(|(node, _)| (node.heartbeat.name.clone(), node.state))
         };
         match running {
@@ -494,9 +494,8 @@ impl Control {
         let desired = state.twins.get(name)?;
         let running = state
             .fleet
-            .running(name)
+            .reporting(name)
             .into_iter()
-            .filter(|(node, _)| node.state != NodeState::Gone)
             .map(|(node, twin)| Running {
                 node: node.heartbeat.name.clone(),
                 zone: node.heartbeat.zone.clone(),
@@ -944,12 +943,7 @@ fn situation<'a>(
     } else {
         state.twins.get(name)
     };
-    let running = state
-        .fleet
-        .running(name)
-        .into_iter()
-        .filter(|(node, _)| node.state != NodeState::Gone)
-        .collect();
+    let running = state.fleet.reporting(name);
     let placed = desired
         .and_then(|d| d.status.node.as_deref())
         .and_then(|n| state.fleet.get(n));
@@ -1020,9 +1014,8 @@ fn observation(state: &State, name: &str) -> Value {
 fn twin_view(state: &State, name: &str, desired: &Desired) -> Value {
     let running: Vec<Value> = state
         .fleet
-        .running(name)
+        .reporting(name)
         .into_iter()
-        .filter(|(node, _)| node.state != NodeState::Gone)
         .map(|(node, twin)| {
             let e = &twin.entanglement;
             json!({
