@@ -132,12 +132,19 @@ impl Node {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting wasmtwin");
-        let node = Self {
+        let mut node = Self {
             child,
             api: Api::new(format!("http://127.0.0.1:{http_port}"), token),
         };
+        // A process that exits at start (its port taken, a bad argument)
+        // must fail here, not leave the test talking to whatever answers.
         wait_for(
-            || node.api.get("/healthz").0 == 200,
+            || {
+                if let Ok(Some(status)) = node.child.try_wait() {
+                    panic!("wasmtwin {args:?} exited at start: {status}");
+                }
+                node.api.get("/healthz").0 == 200
+            },
             "the node to serve HTTP",
         );
         node

@@ -3,17 +3,29 @@
 //! packages, which `.ci/run` installs; a missing one fails the test with the
 //! package to install.
 
+use std::collections::BTreeSet;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, never one this process handed out
+/// before: the kernel may give a port just released to the next `bind(0)`,
+/// and two tests running at once then started servers on one port (the
+/// second fails to bind while its test talks to the first's).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding a free port")
+    static HANDED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("binding a free port");
+        if handed.insert(port) {
+            return port;
+        }
+    }
 }
 
 fn require(program: &str, package: &str) -> PathBuf {
@@ -386,5 +398,20 @@ impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_port;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn free_port_never_hands_out_a_port_twice() {
+        // 2,000 draws from ~28,000 ephemeral ports: the kernel alone
+        // repeats one with near certainty (the birthday bound).
+        let ports: Vec<u16> = (0..2000).map(|_| free_port()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
     }
 }
