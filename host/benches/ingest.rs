@@ -309,6 +309,7 @@ fn node(dir: &Path, port: u16, queue: usize) -> (Arc<Node>, impl Fn(usize) -> Tw
                 component_dirs: vec![dir.to_path_buf()],
                 registry: Default::default(),
                 fuel_per_cpu_second: None,
+                max_subscribers: wasmtwin::node::DEFAULT_MAX_SUBSCRIBERS,
             },
             runtime,
             store,

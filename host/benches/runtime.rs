@@ -241,11 +241,101 @@ fn bench_idle_memory(bytes: &[u8]) {
     drop(natives);
 }
 
+/// The spans one PT message creates on its way through a node, as the
+/// node creates them (physical, worker): the message, decode, model call
+/// and change stream, commit, acknowledgement.
+fn one_message_spans() {
+    let root = wasmtwin::physical::message_span("bench-client", "dev/bench", 64);
+    root.record("twin", "bench");
+    let _in_message = root.enter();
+    drop(wasmtwin::trace_span!("adapter.decode").entered());
+    {
+        let _model = wasmtwin::trace_span!("model.apply", updates = 1usize).entered();
+        drop(wasmtwin::trace_span!("changes.publish", subscribers = 0usize).entered());
+    }
+    drop(wasmtwin::trace_span!("store.commit"));
+    drop(wasmtwin::trace_span!(parent: &root, "mqtt.ack").entered());
+}
+
+/// What tracing adds to a message's path: its spans with no subscriber at
+/// all (the code before traces), with the node's filter when traces are
+/// off (the default), and recorded as OpenTelemetry spans (sampled, not
+/// exported), against the cheapest model call (`prime`, 10 primes, fuel
+/// on) in the same run. The modes take turns in every round, so a change
+/// in the machine's load hits each. A subscriber set per thread, as here,
+/// asks its filter at every span; the node's global one caches the answer
+/// per callsite, so "off" costs at most this.
+fn bench_trace_spans(bytes: &[u8]) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let (rounds, per_round) = if quick() { (3, 200) } else { (21, 5_000) };
+    let filter = |exporting| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "info,{}",
+            wasmtwin::telemetry::filter_directives(exporting)
+        ))
+    };
+    let none = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let off = tracing::Dispatch::new(tracing_subscriber::registry().with(filter(false)));
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let on = tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(filter(true))
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
+    );
+    let mut model = wasm_instance(&runtime(true, None), bytes, 10);
+    let mut seq = 0;
+    let mut samples: [Vec<Duration>; 4] = Default::default();
+    let time = |work: &mut dyn FnMut()| {
+        work(); // warm up
+        let started = Instant::now();
+        for _ in 0..per_round {
+            work();
+        }
+        started.elapsed() / per_round
+    };
+    for round in 0..rounds {
+        for turn in 0..4 {
+            let which = (round + turn) % 4;
+            samples[which].push(match which {
+                0 => time(&mut || {
+                    seq += 1;
+                    std::hint::black_box(wait(model.on_update(&update(seq))).expect("update"));
+                }),
+                1 => tracing::dispatcher::with_default(&none, || time(&mut one_message_spans)),
+                2 => tracing::dispatcher::with_default(&off, || time(&mut one_message_spans)),
+                _ => tracing::dispatcher::with_default(&on, || time(&mut one_message_spans)),
+            });
+        }
+    }
+    let [model_t, none_t, off_t, on_t] = samples.map(|mut s| median(&mut s));
+    println!(
+        "\n### Trace spans of one PT message (median of {rounds} rounds of {per_round}, modes interleaved)\n"
+    );
+    println!(
+        "| model call (reference) | spans, no subscriber | spans, traces off | spans, traces on | off − none, share of the model call | on − none, share of the model call |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let share =
+        |t: Duration| 100.0 * (t.as_secs_f64() - none_t.as_secs_f64()) / model_t.as_secs_f64();
+    println!(
+        "| {} | {} | {} | {} | {:.2} % | {:.1} % |",
+        fmt(model_t),
+        fmt(none_t),
+        fmt(off_t),
+        fmt(on_t),
+        share(off_t),
+        share(on_t)
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing here takes arguments.
     let bytes = wasmtwin_tests::plugin_bytes("prime");
     println!("## wasmtwin runtime benchmarks");
     bench_per_update(&bytes);
+    bench_trace_spans(&bytes);
     bench_compile_and_instantiate(&bytes);
     bench_idle_memory(&bytes);
 }

@@ -29,10 +29,60 @@ pub struct Refused {
 /// certificates nodes and control planes serve with `--tls-cert`.
 pub const CA_ENV: &str = "WASMTWIN_CA";
 
-/// An HTTP client builder that trusts the CA of [`CA_ENV`] too. The file
-/// is read once per process (clients are built per call); one that cannot
-/// be read or holds no certificate is logged, and HTTPS calls to servers it
-/// would have vouched for then fail verification.
+/// The environment variables naming the certificate (PEM, its chain) and
+/// private key (PEM) wasmtwin's clients present when a server asks for
+/// one (mutual TLS: `--tls-client-ca` on nodes and control planes). A
+/// node or control plane presents its own `--tls-cert` instead.
+pub const CLIENT_CERT_ENV: &str = "WASMTWIN_CLIENT_CERT";
+/// See [`CLIENT_CERT_ENV`].
+pub const CLIENT_KEY_ENV: &str = "WASMTWIN_CLIENT_KEY";
+
+/// The certificate this process presents, once settled.
+static IDENTITY: std::sync::OnceLock<Option<reqwest::Identity>> = std::sync::OnceLock::new();
+
+/// Makes this process's clients present `chain` (PEM certificates) and
+/// `key` (PEM): a node's or control plane's own certificate, so that its
+/// peers can tell it from anyone holding a token. Call before any client
+/// is built; later calls change nothing.
+pub fn present(chain: &[u8], key: &[u8]) -> anyhow::Result<()> {
+    let pem = [chain, b"\n", key].concat();
+    let identity = reqwest::Identity::from_pem(&pem)
+        .context("the certificate and key cannot be used as a client identity")?;
+    let _ = IDENTITY.set(Some(identity));
+    Ok(())
+}
+
+/// The identity of [`present`], else of [`CLIENT_CERT_ENV`] and
+/// [`CLIENT_KEY_ENV`] (read once; files that cannot be used are logged,
+/// and servers that ask for a certificate then refuse the calls).
+fn identity() -> Option<&'static reqwest::Identity> {
+    IDENTITY
+        .get_or_init(|| {
+            let cert = std::env::var_os(CLIENT_CERT_ENV)?;
+            let Some(key) = std::env::var_os(CLIENT_KEY_ENV) else {
+                tracing::error!("{CLIENT_CERT_ENV} is set but {CLIENT_KEY_ENV} is not");
+                return None;
+            };
+            let read = |file: &std::ffi::OsStr| {
+                std::fs::read(file).with_context(|| format!("reading {}", file.to_string_lossy()))
+            };
+            let pem = read(&cert).and_then(|cert| Ok([cert, b"\n".to_vec(), read(&key)?].concat()));
+            match pem.and_then(|pem| Ok(reqwest::Identity::from_pem(&pem)?)) {
+                Ok(identity) => Some(identity),
+                Err(e) => {
+                    tracing::error!("{CLIENT_CERT_ENV}, {CLIENT_KEY_ENV}: {e:#}");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// An HTTP client builder that trusts the CA of [`CA_ENV`] too, and
+/// presents this process's certificate if it has one ([`present`]). The
+/// CA file is read once per process (clients are built per call); one
+/// that cannot be read or holds no certificate is logged, and HTTPS calls
+/// to servers it would have vouched for then fail verification.
 pub fn http_builder() -> reqwest::ClientBuilder {
     static ROOTS: std::sync::OnceLock<Vec<reqwest::Certificate>> = std::sync::OnceLock::new();
     let roots = ROOTS.get_or_init(|| {
@@ -54,11 +104,15 @@ pub fn http_builder() -> reqwest::ClientBuilder {
             }
         }
     });
-    roots
+    let builder = roots
         .iter()
         .fold(reqwest::Client::builder(), |builder, root| {
             builder.add_root_certificate(root.clone())
-        })
+        });
+    match identity() {
+        Some(identity) => builder.identity(identity.clone()),
+        None => builder,
+    }
 }
 
 /// A node's API and the token to call it with.
@@ -91,7 +145,12 @@ impl NodeClient {
 
     /// A request to `path` on the node, authenticated.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, format!("{}{path}", self.base));
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        let mut traced = reqwest::header::HeaderMap::new();
+        crate::telemetry::inject(&mut traced);
+        if !traced.is_empty() {
+            request = request.headers(traced);
+        }
         match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,

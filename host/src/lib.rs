@@ -25,4 +25,5 @@ pub mod signing;
 pub mod sim;
 pub mod spec;
 pub mod store;
+pub mod telemetry;
 pub mod twin;

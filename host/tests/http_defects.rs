@@ -304,3 +304,49 @@ fn defect_06_connections_beyond_max_connections_are_closed_at_once() {
     }
     assert!(site.healthz(Duration::from_secs(5)).is_some());
 }
+
+#[test]
+fn event_streams_beyond_max_subscribers_are_refused_naming_the_limit() {
+    let site = common::Site::start(&["--max-subscribers", "2"]);
+    common::created(&site, "s1", &common::spec("s1", "good", ""));
+    let api = &site.node.api;
+    let open = || {
+        api.http
+            .get(format!("{}/v1/twins/s1/stream", api.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .expect("the node answers")
+    };
+    let first = open();
+    let second = open();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let third = open();
+    assert_eq!(third.status(), 503);
+    assert!(third.headers().contains_key("retry-after"));
+    let why = third.text().unwrap();
+    assert!(
+        why.contains("already has 2 stream subscribers") && why.contains("--max-subscribers"),
+        "{why}"
+    );
+    let (_, metrics) = api.get("/metrics");
+    assert!(
+        metrics.contains(r#"wasmtwin_node_requests_shed_total{class="stream"} 1"#),
+        "{metrics}"
+    );
+    // The twin goes on, and other reads are not refused.
+    assert_eq!(api.get("/v1/twins/s1").0, 200);
+    // A subscriber that leaves frees its place (the node learns it when
+    // the stream's next write fails: at the latest at the 15-s keep-alive).
+    drop(first);
+    let mut again = open();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while again.status() != 200 {
+        assert!(Instant::now() < deadline, "the place was never freed");
+        std::thread::sleep(Duration::from_millis(500));
+        again = open();
+    }
+    drop(second);
+}

@@ -97,6 +97,8 @@ pub struct Fleet {
     /// The broker.
     pub mosquitto: Mosquitto,
     dir: tempfile::TempDir,
+    /// Arguments every process gets.
+    global: Vec<String>,
 }
 
 impl Fleet {
@@ -110,6 +112,17 @@ impl Fleet {
 
     /// [`Fleet::start`], with `extra` arguments for `wasmtwin control`.
     pub fn start_with(bin: &str, nodes: &[(&str, &str)], extra: &[&str]) -> Self {
+        Self::launch(bin, nodes, extra, Vec::new())
+    }
+
+    /// [`Fleet::start`], every process exporting its traces to the OTLP
+    /// collector at `otlp`.
+    pub fn start_exporting(bin: &str, nodes: &[(&str, &str)], otlp: &str) -> Self {
+        Self::launch(bin, nodes, &[], vec!["--otlp-endpoint".into(), otlp.into()])
+    }
+
+    /// Starts the fleet; `global` goes to every process.
+    fn launch(bin: &str, nodes: &[(&str, &str)], extra: &[&str], global: Vec<String>) -> Self {
         let mosquitto = Mosquitto::start();
         let dir = tempfile::tempdir().unwrap();
         let control_data = dir.path().join("control");
@@ -138,6 +151,7 @@ impl Fleet {
         .to_vec()
         .into_iter()
         .chain(extra.iter().map(|a| a.to_string()))
+        .chain(global.iter().cloned())
         .collect::<Vec<_>>();
         let control = Node::spawn(bin, &args, http, TOKEN);
         let mut fleet = Self {
@@ -147,6 +161,7 @@ impl Fleet {
             hosts: Vec::new(),
             mosquitto,
             dir,
+            global,
         };
         for (name, zone) in nodes {
             let host = Host {
@@ -184,7 +199,7 @@ impl Fleet {
         let dir = self.dir.path().to_path_buf();
         let bin = self.bin.clone();
         let host = self.host_mut(name);
-        let args = host_args(
+        let mut args = host_args(
             &host.name,
             &host.zone,
             host.http,
@@ -193,6 +208,8 @@ impl Fleet {
             &dir,
             &control,
         );
+        args.extend(self.global.iter().cloned());
+        let host = self.host_mut(name);
         host.node = Some(Node::spawn(&bin, &args, host.http, TOKEN));
     }
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub use wasmtwin::faults;
 pub mod fleet;
 pub mod node;
+pub mod otlp;
 pub mod servers;
 
 /// Runs a future (a guest call: they are async) to completion on this

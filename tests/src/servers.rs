@@ -28,7 +28,7 @@ pub fn free_port() -> u16 {
     }
 }
 
-fn require(program: &str, package: &str) -> PathBuf {
+pub(crate) fn require(program: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(program))
@@ -163,8 +163,10 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// Makes a fresh CA and server certificate in `dir`.
+    /// Makes a fresh CA and a certificate for 127.0.0.1 in `dir` (made if
+    /// missing), good for a server and, as nodes use theirs, a client.
     pub fn make(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).expect("making the certificates' directory");
         let path = |name: &str| dir.join(name);
         let s = |p: &PathBuf| p.to_str().expect("utf-8 path").to_string();
         let (ca_key, ca, key, csr, cert, ext) = (
@@ -216,7 +218,7 @@ impl TlsFiles {
         );
         std::fs::write(
             &ext,
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
         )
         .expect("writing the certificate extensions");
         tool(

@@ -44,19 +44,24 @@ pub const BUNDLE_TYPE: &str = "application/vnd.wasmtwin.checkpoint";
 const BUNDLE_MAX: usize = 256 << 20;
 
 pub fn routes() -> Router<Arc<Node>> {
-    Router::new()
+    // Everything that takes a twin's state in or out: peers only, when the
+    // node asks for certificates.
+    let moving = Router::new()
         .route("/v1/twins/{name}/checkpoint", get(checkpoint).put(restore))
         .route("/v1/twins/{name}/handover", post(handover))
         .route("/v1/twins/{name}/history/rows", get(history_rows))
         .route("/v1/twins/{name}/resume", post(resume))
         .route("/v1/twins/{name}/moved", post(moved))
-        .route("/v1/twins/{name}/swap", post(swap))
         .route(
             "/v1/migrations/{name}",
             put(receive).get(first_buffered).post(accept).delete(refuse),
         )
         .route("/v1/migrations/{name}/history", put(import_history))
         .route("/v1/migrations/{name}/session", post(listen))
+        .route_layer(axum::middleware::from_fn(super::peers::certified));
+    Router::new()
+        .route("/v1/twins/{name}/swap", post(swap))
+        .merge(moving)
 }
 
 /// Middleware: a read or action on a twin that moved away is redirected

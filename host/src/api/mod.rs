@@ -9,6 +9,7 @@ mod admission;
 mod auth;
 mod body;
 mod mobility;
+pub mod peers;
 pub mod roles;
 mod stream;
 mod td;

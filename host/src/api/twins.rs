@@ -48,7 +48,7 @@ pub(super) fn node_error(e: NodeError) -> Response {
             .into_response(),
         NodeError::Refused(_) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         NodeError::Conflict(_) => error(StatusCode::CONFLICT, e.to_string()),
-        NodeError::Moving(_) => (
+        NodeError::Moving(_) | NodeError::Subscribers { .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
             Json(json!({ "error": cap_message(e.to_string()) })),

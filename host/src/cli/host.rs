@@ -1,7 +1,7 @@
 //! `wasmtwin host`: the long-running node, and the pieces `up` reuses.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,6 +159,10 @@ pub struct HostArgs {
     /// PT messages a twin may have waiting before its session stops reading.
     #[arg(long, default_value_t = 1024)]
     queue: usize,
+    /// Event streams (`/stream`, `/events/…`, `/properties/…/observe`) a
+    /// twin may have open at once; more get 503.
+    #[arg(long, default_value_t = wasmtwin::node::DEFAULT_MAX_SUBSCRIBERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_subscribers: usize,
     /// Digital and management requests served at once; beyond this, history
     /// queries are shed first, then reads, then actions (503 + Retry-After).
     #[arg(long, default_value_t = DEFAULT_MAX_REQUESTS)]
@@ -233,12 +237,14 @@ fn label(text: &str) -> Result<(String, String), String> {
 
 impl MembershipArgs {
     /// The membership these flags ask for, if any; `http` is the node's
-    /// API address and `token` its own token.
+    /// API address, served over HTTPS if `https`, and `token` its own token.
     pub fn resolve(
         &self,
         http: SocketAddr,
+        https: bool,
         token: Option<&str>,
     ) -> Option<wasmtwin::node::membership::Membership> {
+        let scheme = if https { "https" } else { "http" };
         let control = self.control.clone()?;
         Some(wasmtwin::node::membership::Membership {
             control,
@@ -249,7 +255,7 @@ impl MembershipArgs {
             url: self
                 .advertise
                 .clone()
-                .unwrap_or_else(|| format!("http://{http}")),
+                .unwrap_or_else(|| format!("{scheme}://{http}")),
             every: Duration::from_millis(self.heartbeat_ms),
         })
     }
@@ -286,40 +292,92 @@ impl RegistryArgs {
 #[derive(Debug, Args)]
 pub struct TlsArgs {
     /// Serve the APIs over HTTPS with this certificate chain (PEM); clients
-    /// trust its CA (wasmtwin's own: `WASMTWIN_CA`).
+    /// trust its CA (wasmtwin's own: `WASMTWIN_CA`). This process's own
+    /// calls to nodes and control planes present it as their client
+    /// certificate (issue it for serverAuth and clientAuth).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Mutual TLS: ask clients for a certificate signed by these CAs (PEM).
+    /// The routes that move a twin's state in or out of a node, and
+    /// heartbeats, then refuse a caller without one (403), token or not;
+    /// other routes still take a token alone.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+/// How the APIs are served over TLS.
+#[derive(Clone)]
+pub struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// Clients are asked for certificates (`--tls-client-ca`).
+    asks_peers: bool,
 }
 
 impl TlsArgs {
-    /// The TLS acceptor these flags ask for, if any.
-    pub fn resolve(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    /// The TLS these flags ask for, if any; this process's clients present
+    /// the certificate from then on.
+    pub fn resolve(&self) -> anyhow::Result<Option<Tls>> {
+        use tokio_rustls::rustls;
         use tokio_rustls::rustls::pki_types::pem::PemObject;
         use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(None);
         };
-        let chain = CertificateDer::pem_file_iter(cert)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .with_context(|| {
-                format!("reading the certificates in --tls-cert {}", cert.display())
-            })?;
-        anyhow::ensure!(
-            !chain.is_empty(),
-            "--tls-cert {}: no certificate in it",
-            cert.display()
-        );
-        let key = PrivateKeyDer::from_pem_file(key)
+        let read = |flag: &str, file: &Path| {
+            std::fs::read(file).with_context(|| format!("reading {flag} {}", file.display()))
+        };
+        let certificates = |flag: &str, file: &Path| -> anyhow::Result<Vec<CertificateDer>> {
+            let certs = CertificateDer::pem_slice_iter(&read(flag, file)?)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| {
+                    format!("reading the certificates in {flag} {}", file.display())
+                })?;
+            anyhow::ensure!(
+                !certs.is_empty(),
+                "{flag} {}: no certificate in it",
+                file.display()
+            );
+            Ok(certs)
+        };
+        let chain = certificates("--tls-cert", cert)?;
+        let key_pem = read("--tls-key", key)?;
+        let private = PrivateKeyDer::from_pem_slice(&key_pem)
             .with_context(|| format!("reading the private key in --tls-key {}", key.display()))?;
-        let mut config = tokio_rustls::rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .context("--tls-cert and --tls-key: the key does not fit the certificate, or is not supported")?;
+        let builder = rustls::ServerConfig::builder();
+        let builder = match &self.tls_client_ca {
+            None => builder.with_no_client_auth(),
+            Some(file) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for ca in certificates("--tls-client-ca", file)? {
+                    roots.add(ca).with_context(|| {
+                        format!(
+                            "--tls-client-ca {}: a certificate is not a usable CA",
+                            file.display()
+                        )
+                    })?;
+                }
+                // Asked for, not demanded: readers and dashboards still come
+                // with a token alone; the routes that need a peer check.
+                let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                    .allow_unauthenticated()
+                    .build()
+                    .context("--tls-client-ca")?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(chain, private).context(
+            "--tls-cert and --tls-key: the key does not fit the certificate, or is not supported",
+        )?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+        wasmtwin::client::present(&read("--tls-cert", cert)?, &key_pem)
+            .context("--tls-cert and --tls-key as this process's client certificate")?;
+        Ok(Some(Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            asks_peers: self.tls_client_ca.is_some(),
+        }))
     }
 }
 
@@ -411,7 +469,7 @@ pub async fn serve(
     auth: Auth,
     max_requests: usize,
     limits: ConnectionLimits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Tls>,
 ) -> anyhow::Result<()> {
     let evaluator = node.clone();
     tokio::spawn(async move {
@@ -430,7 +488,7 @@ pub async fn serve_router(
     app: axum::Router,
     listener: std::net::TcpListener,
     limits: ConnectionLimits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Tls>,
 ) -> anyhow::Result<()> {
     let http = listener
         .local_addr()
@@ -439,6 +497,7 @@ pub async fn serve_router(
         .with_context(|| format!("listening on {http}"))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%http, scheme, "HTTP APIs listening");
+    let app = app.layer(axum::middleware::from_fn(wasmtwin::telemetry::request_span));
     let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
     // Dropped to tell every connection to finish its request and close.
     let (stop, stopping) = tokio::sync::watch::channel(());
@@ -477,18 +536,25 @@ pub async fn serve_router(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let stopping = stopping.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _place = place;
             match tls {
-                None => serve_connection(tcp, service, limits, stopping, remote).await,
+                None => {
+                    let service = with_peer(app, false, false);
+                    serve_connection(tcp, service, limits, stopping, remote).await
+                }
                 Some(tls) => {
                     // The handshake gets the time the headers would: a
                     // client that stalls it holds a place no longer.
-                    match tokio::time::timeout(limits.header_timeout, tls.accept(tcp)).await {
+                    let handshake = tls.acceptor.accept(tcp);
+                    match tokio::time::timeout(limits.header_timeout, handshake).await {
                         Ok(Ok(stream)) => {
+                            // rustls hands over only certificates it verified.
+                            let certified = stream.get_ref().1.peer_certificates().is_some();
+                            let service = with_peer(app, tls.asks_peers, certified);
                             serve_connection(stream, service, limits, stopping, remote).await
                         }
                         Ok(Err(e)) => tracing::debug!(%remote, "TLS handshake failed: {e}"),
@@ -509,6 +575,34 @@ pub async fn serve_router(
         );
     }
     Ok(())
+}
+
+/// `app` for one connection, each request of which carries what the
+/// connection proved of its client ([`api::peers::Peer`]).
+fn with_peer(
+    app: axum::Router,
+    required: bool,
+    certified: bool,
+) -> TowerToHyperService<
+    tower::util::MapRequest<
+        axum::Router,
+        impl FnMut(
+            axum::http::Request<hyper::body::Incoming>,
+        ) -> axum::http::Request<hyper::body::Incoming>
+        + Clone,
+    >,
+> {
+    let peer = api::peers::Peer {
+        required,
+        certified,
+    };
+    TowerToHyperService::new(tower::ServiceExt::map_request(
+        app,
+        move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(peer);
+            request
+        },
+    ))
 }
 
 /// Serves one connection's requests until it closes or the server stops.
@@ -600,6 +694,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
                 component_dirs: args.component_dirs,
                 registry: args.registry.resolve()?,
                 fuel_per_cpu_second: args.fuel_per_cpu_second,
+                max_subscribers: args.max_subscribers,
             },
             runtime,
             store,
@@ -609,7 +704,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
         let token = token.as_deref();
         watch_tokens(&auth);
         let bound = listener.local_addr().context("the HTTP listener's address")?;
-        if let Some(membership) = args.membership.resolve(bound, token) {
+        if let Some(membership) = args.membership.resolve(bound, tls.is_some(), token) {
             tracing::info!(control = %membership.control, zone = %membership.zone, domain = %membership.domain, "joining the control plane");
             tokio::spawn(wasmtwin::node::membership::run(node.clone(), membership));
         }

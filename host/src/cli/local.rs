@@ -180,6 +180,7 @@ pub async fn node(
             component_dirs: shared.component_dirs.clone(),
             registry: Default::default(),
             fuel_per_cpu_second: plan.fuel_per_cpu_second,
+            max_subscribers: wasmtwin::node::DEFAULT_MAX_SUBSCRIBERS,
         },
         runtime.clone(),
         wasmtwin::store::Store::open(&data.join(plan.name))?,

@@ -18,9 +18,11 @@ mod up;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wasmtwin::runtime::{Runtime, RuntimeConfig, default_cache_dir};
 use wasmtwin::signing::TrustPolicy;
+use wasmtwin::telemetry::{self, Export, Exporter};
 
 /// Host trustworthy digital twins as signed, sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -47,6 +49,34 @@ pub struct GlobalArgs {
     /// Compile components afresh instead of using the on-disk cache.
     #[arg(long, global = true)]
     no_cache: bool,
+    /// Export traces to this OpenTelemetry collector over OTLP/HTTP
+    /// (`http://HOST:4318`, or the full `…/v1/traces` URL); off when absent.
+    #[arg(
+        long,
+        global = true,
+        env = "WASMTWIN_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    otlp_endpoint: Option<String>,
+    /// The share of the traces started here that are exported (a trace
+    /// continued from a caller follows the caller's choice).
+    #[arg(
+        long,
+        global = true,
+        env = "WASMTWIN_OTLP_SAMPLE_RATIO",
+        value_name = "RATIO",
+        default_value_t = 1.0,
+        value_parser = ratio
+    )]
+    otlp_sample_ratio: f64,
+}
+
+/// A number from 0 to 1.
+fn ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{text}` is not a number from 0 to 1")),
+    }
 }
 
 /// Which components may run.
@@ -128,20 +158,64 @@ enum Command {
     Pull(registry::PullArgs),
 }
 
-/// Sends logs to standard error, leaving standard output to command results.
-pub fn init_logging(global: &GlobalArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&global.log).unwrap_or_else(|e| {
-        eprintln!("warning: ignoring log filter `{}`: {e}", global.log);
-        tracing_subscriber::EnvFilter::new("info")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Sends logs to standard error, leaving standard output to command
+/// results, and traces to the OTLP collector if one is named: the
+/// exporter to shut down at exit.
+pub fn init_logging(global: &GlobalArgs) -> anyhow::Result<Option<Exporter>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let export = global
+        .otlp_endpoint
+        .as_deref()
+        .map(|endpoint| Export::new(endpoint, global.otlp_sample_ratio))
+        .transpose()
+        .context("--otlp-endpoint")?;
+    let traces = telemetry::filter_directives(export.is_some());
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{},{traces}", global.log))
+        .unwrap_or_else(|e| {
+            eprintln!("warning: ignoring log filter `{}`: {e}", global.log);
+            tracing_subscriber::EnvFilter::new(format!("info,{traces}"))
+        });
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match global.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let logs = match global.log_format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs
+            .json()
+            .event_format(telemetry::WithTraceIds(
+                tracing_subscriber::fmt::format().json(),
+            ))
+            .boxed(),
+    };
+    let (exporter, tracer) = match &export {
+        Some(export) => {
+            let (exporter, tracer) = Exporter::start(export)?;
+            (Some(exporter), Some(tracer))
+        }
+        None => (None, None),
+    };
+    let traces = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            // The attributes are ours; where in the code, and on which
+            // thread, only make every span larger.
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .init();
+    if let Some(export) = &export {
+        tracing::info!(endpoint = %export.endpoint, ratio = export.sample_ratio, "exporting traces over OTLP");
     }
+    Ok(exporter)
 }
 
 impl GlobalArgs {

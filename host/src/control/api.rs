@@ -37,7 +37,11 @@ pub fn router(control: Arc<Control>, auth: Auth) -> Router {
         .route("/v1/nodes", get(nodes))
         .route(
             "/v1/nodes/{name}",
-            put(heartbeat).layer(axum::extract::DefaultBodyLimit::max(HEARTBEAT_MAX)),
+            // Only a node may say it is one: with --tls-client-ca, its
+            // certificate too.
+            put(heartbeat)
+                .layer(axum::extract::DefaultBodyLimit::max(HEARTBEAT_MAX))
+                .layer(axum::middleware::from_fn(crate::api::peers::certified)),
         )
         .route("/v1/nodes/{name}/cordon", put(cordon).delete(uncordon))
         .route("/v1/domains", get(domains))

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 use super::decide::{Action, Decision, Memory, Situation, decide};
 use super::fleet::{Fleet, Heartbeat, NodeState, Timeouts, TwinObservation};
@@ -611,21 +612,40 @@ impl Control {
             }
             // A remedy for broken requirements is the decision with a cause.
             let withheld = self.config.observe_only && decision.cause.is_some();
+            // The root of the trace every request of the action joins, on
+            // the nodes too; the history names it.
+            let action = json!(decision.action);
+            let span = crate::trace_span!(
+                "control.decision",
+                twin = %name,
+                action = %action["action"].as_str().unwrap_or_default(),
+                reason = %decision.reason,
+                carried_out = !withheld,
+                ok = tracing::field::Empty,
+            );
+            let mut data = json!({
+                "action": action,
+                "cause": decision.cause,
+                "observed": observed,
+                "carriedOut": !withheld,
+            });
+            if let Some((trace, _)) = crate::telemetry::ids_of(&span) {
+                data["traceId"] = json!(trace);
+            }
             self.record(
                 Entry::new(Kind::Decision, decision.reason.clone())
                     .twin(name)
-                    .data(json!({
-                        "action": decision.action,
-                        "cause": decision.cause,
-                        "observed": observed,
-                        "carriedOut": !withheld,
-                    })),
+                    .data(data),
             );
             if withheld {
                 continue;
             }
             let started = std::time::Instant::now();
-            let outcome = self.act(name, &decision.action).await;
+            let outcome = self
+                .act(name, &decision.action)
+                .instrument(span.clone())
+                .await;
+            span.record("ok", outcome.is_ok());
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             let (summary, ok) = match &outcome {
                 Ok(done) => (done.clone(), true),

@@ -27,7 +27,8 @@ fn latency_histogram() -> Histogram {
 /// The label of node-wide request metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabel {
-    /// The request's priority class: `action`, `read` or `history`.
+    /// The request's priority class: `action`, `read` or `history`;
+    /// `stream` for an event stream refused (`--max-subscribers`).
     pub class: &'static str,
 }
 
@@ -117,7 +118,7 @@ impl Default for Metrics {
         let requests_shed = Family::default();
         root.sub_registry_with_prefix("wasmtwin_node").register(
             "requests_shed",
-            "HTTP requests refused by admission control under overload",
+            "HTTP requests refused by admission control under overload, and event streams refused over a twin's --max-subscribers",
             requests_shed.clone(),
         );
         let (timeliness, model_seconds) = (

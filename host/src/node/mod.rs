@@ -66,7 +66,15 @@ pub struct NodeConfig {
     /// The fuel one CPU-second burns here, which turns CPU shares into fuel
     /// rates; `None` measures it as the node starts.
     pub fuel_per_cpu_second: Option<u64>,
+    /// Change-stream subscribers (server-sent event streams) a twin may
+    /// have at once; more are refused.
+    pub max_subscribers: usize,
 }
+
+/// [`NodeConfig::max_subscribers`] unless told otherwise: each stream
+/// holds a connection, and the node-wide connection limit (1,024) must
+/// leave room for more than one twin's watchers.
+pub const DEFAULT_MAX_SUBSCRIBERS: usize = 64;
 
 /// How long a stopping twin may take to finish the call under way before
 /// its worker is cancelled (nothing it had not made durable is
@@ -208,6 +216,11 @@ pub enum NodeError {
     /// The twin is moving to another node; ask again shortly.
     #[error("twin `{0}` is moving to another node; retry shortly")]
     Moving(String),
+    /// The twin has as many change-stream subscribers as it may.
+    #[error(
+        "twin `{twin}` already has {max} stream subscribers, the most it may (--max-subscribers); retry later"
+    )]
+    Subscribers { twin: String, max: usize },
     /// The request clashes with what is here.
     #[error("{0}")]
     Conflict(String),
@@ -859,6 +872,19 @@ impl Node {
     /// still arriving from another node).
     pub fn subscribe(&self, name: &str) -> Result<broadcast::Receiver<Change>, NodeError> {
         if let Some(hosted) = lock(&self.twins).get(name) {
+            // Checked and taken under the twins' lock: concurrent
+            // subscribers cannot both take the last place.
+            let max = self.config.max_subscribers;
+            if hosted.changes.receiver_count() >= max {
+                self.metrics
+                    .requests_shed
+                    .get_or_create(&crate::monitoring::ClassLabel { class: "stream" })
+                    .inc();
+                return Err(NodeError::Subscribers {
+                    twin: name.to_string(),
+                    max,
+                });
+            }
             return Ok(hosted.changes.subscribe());
         }
         self.subscribe_arriving(name)

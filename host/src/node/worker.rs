@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::Instrument as _;
 
 use super::view::{Change, Shared};
 use crate::checkpoint::{Checkpoint, GUEST_SECTION};
@@ -277,6 +278,13 @@ impl Worker {
     /// Applies one PT message and makes it durable; its acknowledgement
     /// waits for that.
     async fn on_message(&mut self, adapter: &mut AdapterInstance, message: Inbound) {
+        let span = message.span.clone();
+        span.record("twin", self.name.as_str());
+        self.handle_message(adapter, message).instrument(span).await;
+    }
+
+    /// [`Worker::on_message`], inside the message's span.
+    async fn handle_message(&mut self, adapter: &mut AdapterInstance, message: Inbound) {
         let mut ops = Vec::new();
         if let Some(size) = message.oversized {
             // Acknowledged below like any other, so the broker forgets it.
@@ -294,9 +302,17 @@ impl Worker {
                     Err(e) => self.failed(&format!("{e:#}")),
                 }
             }
-            match adapter.decode(&message.topic, &message.payload).await {
+            let decoded = adapter
+                .decode(&message.topic, &message.payload)
+                .instrument(crate::trace_span!("adapter.decode"))
+                .await;
+            match decoded {
                 Ok(updates) => {
-                    if let Some(op) = self.apply(&updates, message.received_us).await {
+                    let applied = self
+                        .apply(&updates, message.received_us)
+                        .instrument(crate::trace_span!("model.apply", updates = updates.len()))
+                        .await;
+                    if let Some(op) = applied {
                         ops.push(op);
                         self.since_recovery.push(updates);
                     }
@@ -305,9 +321,16 @@ impl Worker {
             }
         }
         let link = message.via.unwrap_or_else(|| self.link.clone());
-        let ack = message.packet.map(|packet| {
+        // The commit span lasts until the write is durable (queueing
+        // included); the acknowledgement, a span of its own, follows it.
+        let traced = !message.span.is_disabled();
+        let commit = crate::trace_span!("store.commit");
+        let (span, packet) = (message.span, message.packet);
+        let ack = (packet.is_some() || traced).then(|| {
             Box::new(move |written: Result<(), String>| {
-                if written.is_ok() {
+                drop(commit);
+                if let (Ok(()), Some(packet)) = (written, packet) {
+                    let _acking = crate::trace_span!(parent: &span, "mqtt.ack").entered();
                     link.ack(&packet);
                 }
             }) as crate::store::Done
@@ -473,6 +496,11 @@ impl Worker {
                     updates: updates.to_vec(),
                     changes: change.changes.clone(),
                 };
+                let _delivering = crate::trace_span!(
+                    "changes.publish",
+                    subscribers = self.changes.receiver_count()
+                )
+                .entered();
                 // Nobody listening is not an error.
                 let _ = self.changes.send(change);
                 Some(op)

@@ -90,6 +90,22 @@ pub struct Inbound {
     /// The session to acknowledge it on, when not the twin's own (a
     /// session adopted from a lost node, see `Node::restore_bundle`).
     pub via: Option<Link>,
+    /// The message's trace, from receipt to acknowledgement (disabled
+    /// unless traces are exported).
+    pub span: tracing::Span,
+}
+
+/// The root span of a PT message's trace (its worker records the twin).
+pub fn message_span(client_id: &str, topic: &str, size: usize) -> tracing::Span {
+    crate::trace_span!(
+        "pt.message",
+        otel.kind = "consumer",
+        messaging.system = "mqtt",
+        messaging.client.id = %client_id,
+        messaging.destination.name = %topic,
+        messaging.message.body.size = size,
+        twin = tracing::field::Empty,
+    )
 }
 
 /// The handle a twin's worker uses: acknowledge and send commands.
@@ -395,6 +411,7 @@ impl Session {
                     let size = publish.payload.len();
                     let oversized = (size > self.max_payload).then_some(size);
                     let message = Inbound {
+                        span: message_span(&client_id, &publish.topic, size),
                         topic: publish.topic,
                         payload: if oversized.is_some() {
                             Bytes::new()
