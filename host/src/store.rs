@@ -267,6 +267,12 @@ const GROUP_MAX: usize = 4096;
 
 impl Store {
     /// Opens (or creates) the store at `dir/wasmtwin.redb`.
+    /// The database, for what keeps tables of its own in the node's store
+    /// (the audit history of a node that runs alone).
+    pub fn database(&self) -> Arc<Database> {
+        self.inner.db.clone()
+    }
+
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the data directory {}", dir.display()))?;

@@ -183,3 +183,73 @@ fn a_bad_token_file_or_name_is_refused_before_anything_changes() {
     let said = String::from_utf8_lossy(&started.stderr);
     assert!(said.contains("sha256 must be 64 hex digits"), "{said}");
 }
+
+#[test]
+fn a_node_alone_records_each_management_call_with_its_caller_and_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.yaml");
+    let admin = create(&file, "deployer", "admin", &[]);
+    let line = create(&file, "line-1", "operator", &[]);
+    let reader = create(&file, "dashboard", "reader", &[]);
+    let mut site = Site::start(&["--tokens", arg(&file)]);
+    let as_ = |token: &str| Api::new(site.node.api.base.clone(), token);
+    let (admin, line, reader) = (as_(&admin), as_(&line), as_(&reader));
+
+    assert_eq!(
+        admin.put("/v1/twins/press-1", &machine_spec("press-1")).0,
+        200
+    );
+    assert_eq!(admin.put("/v1/twins/press-2", "not: [a spec").0, 422);
+    assert_eq!(line.post("/v1/twins/press-1/actions/reset", "").0, 200);
+    assert_eq!(reader.delete("/v1/twins/press-1").0, 403);
+    assert_eq!(admin.delete("/v1/twins/press-1").0, 204);
+
+    let events = reader.json("/v1/events");
+    let calls: Vec<(String, String, String, u64)> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "management")
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap_or_default().to_string(),
+                e["data"]["method"].as_str().unwrap_or_default().to_string(),
+                e["twin"].as_str().unwrap_or_default().to_string(),
+                e["data"]["status"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let call = |actor: &str, method: &str, twin: &str, status: u64| {
+        (
+            actor.to_string(),
+            method.to_string(),
+            twin.to_string(),
+            status,
+        )
+    };
+    // Who, what and the result; not the action, nor the call refused
+    // before it reached the node.
+    assert_eq!(
+        calls,
+        vec![
+            call("token deployer", "PUT", "press-1", 200),
+            call("token deployer", "PUT", "press-2", 422),
+            call("token deployer", "DELETE", "press-1", 204),
+        ],
+        "{events}"
+    );
+
+    // The chain holds once the node has stopped.
+    let _ = site.node.child.kill();
+    let _ = site.node.child.wait();
+    let data = site.data.join("node");
+    let verified = ok(run(
+        WASMTWIN,
+        &["events", "verify", "--data", arg(&data)],
+        &[],
+    ));
+    assert!(
+        verified.contains("the event history is intact: 3 records"),
+        "{verified}"
+    );
+}

@@ -6,6 +6,7 @@
 //! monitoring routes are open so Prometheus and probes can reach them.
 
 mod admission;
+mod audit;
 mod auth;
 mod body;
 mod mobility;
@@ -28,11 +29,18 @@ pub use body::{ACTION_MAX, SMALL_MAX, SPEC_MAX};
 pub use mobility::BUNDLE_TYPE;
 pub use td::thing_description;
 
+use crate::control::history::History;
 use crate::node::Node;
 
 /// Builds the router for `node`, admitting at most `max_requests` digital
-/// and management requests at once.
-pub fn router(node: Arc<Node>, auth: Auth, max_requests: usize) -> Router {
+/// and management requests at once, recording management calls in `audit`
+/// if the node keeps its own history (it runs alone).
+pub fn router(
+    node: Arc<Node>,
+    auth: Auth,
+    max_requests: usize,
+    audit: Option<Arc<History>>,
+) -> Router {
     let security = match auth {
         Auth::Open => td::Security::None,
         Auth::Token(_) | Auth::Tokens(_) => td::Security::Bearer,
@@ -40,9 +48,17 @@ pub fn router(node: Arc<Node>, auth: Auth, max_requests: usize) -> Router {
     let admission = Admission::new(max_requests, node.metrics().clone());
     // Layers run outside in: authentication before admission, so an
     // unauthenticated flood cannot take places.
-    let protected = twins::routes()
+    let routes = twins::routes()
         .merge(stream::routes())
-        .merge(mobility::routes())
+        .merge(mobility::routes());
+    // Inside authentication: the actor is the token's holder.
+    let routes = match audit {
+        Some(history) => routes
+            .merge(audit::routes(history.clone()))
+            .layer(axum::middleware::from_fn_with_state(history, audit::record)),
+        None => routes,
+    };
+    let protected = routes
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
             mobility::redirect_moved,

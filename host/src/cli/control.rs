@@ -263,13 +263,13 @@ enum EventsCommand {
 /// Arguments of `wasmtwin events verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The control plane's data directory (it must not be running: the
-    /// store is opened directly). Without it, `--control` is asked for
-    /// every record over the API.
+    /// The control plane's data directory, or that of a node that ran alone
+    /// (it must not be running: the store is opened directly). Without it,
+    /// `--control` is asked for every record over the API.
     #[arg(long, value_name = "DIR", conflicts_with = "control")]
     data: Option<PathBuf>,
-    /// The control plane's public key [default:
-    /// DATA/control-key/wasmtwin.pub].
+    /// The history's public key [default: DATA/control-key/wasmtwin.pub,
+    /// or DATA/node-key/wasmtwin.pub for a node].
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
     /// The control plane's API, to verify a copy of its records.
@@ -358,24 +358,39 @@ async fn print_events(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The store holding a history in a data directory, and the directory of
+/// its key: a control plane's, or the audit history of a node that ran
+/// alone.
+fn history_store(data: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let control = data.join("control.redb");
+    if control.exists() {
+        return Ok((control, data.join("control-key")));
+    }
+    let node = data.join("wasmtwin.redb");
+    if node.exists() {
+        return Ok((node, data.join(wasmtwin::control::NODE_KEY_DIR)));
+    }
+    anyhow::bail!(
+        "{} holds neither a control plane's store nor a node's",
+        data.display()
+    )
+}
+
 fn verify_history(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let key_file = match (&args.key, &args.data) {
+    let store = args.data.as_deref().map(history_store).transpose()?;
+    let key_file = match (&args.key, &store) {
         (Some(key), _) => key.clone(),
-        (None, Some(data)) => data.join("control-key").join(signing::PUBLIC_KEY_FILE),
+        (None, Some((_, keys))) => keys.join(signing::PUBLIC_KEY_FILE),
         (None, None) => {
             anyhow::bail!("--key FILE (the control plane's public key) is needed with --control")
         }
     };
     let key = signing::read_public(&key_file)?;
-    let outcome = match (&args.data, &args.control) {
-        (Some(data), _) => {
-            let path = data.join("control.redb");
-            if !path.exists() {
-                anyhow::bail!("{} holds no control plane store", data.display());
-            }
-            let db = redb::Database::open(&path).with_context(|| {
+    let outcome = match (&store, &args.control) {
+        (Some((path, _)), _) => {
+            let db = redb::Database::open(path).with_context(|| {
                 format!(
-                    "opening {} (is the control plane still running?)",
+                    "opening {} (is the control plane or node still running?)",
                     path.display()
                 )
             })?;

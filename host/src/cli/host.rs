@@ -470,6 +470,7 @@ pub async fn serve(
     max_requests: usize,
     limits: ConnectionLimits,
     tls: Option<Tls>,
+    audit: Option<Arc<wasmtwin::control::history::History>>,
 ) -> anyhow::Result<()> {
     let evaluator = node.clone();
     tokio::spawn(async move {
@@ -479,7 +480,8 @@ pub async fn serve(
             evaluator.evaluate_all();
         }
     });
-    serve_router(api::router(node, auth, max_requests), listener, limits, tls).await
+    let app = api::router(node, auth, max_requests, audit);
+    serve_router(app, listener, limits, tls).await
 }
 
 /// Serves `app` on `listener` until Ctrl-C, with the connection limits of
@@ -681,6 +683,12 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
     let broker = args.mqtt.resolve()?;
     let listener = listen(args.http)?;
     let store = Store::open(&args.data)?;
+    // A node under a control plane is audited there; alone, it keeps its
+    // own history.
+    let audit = match args.membership.control {
+        Some(_) => None,
+        None => Some(wasmtwin::control::node_history(&store, &args.data)?),
+    };
     let runtime = global.runtime()?;
     let io = tokio::runtime::Runtime::new().context("starting the I/O runtime")?;
     io.block_on(async {
@@ -715,8 +723,15 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
             args.max_requests,
             args.connections.resolve(),
             tls,
+            audit.clone(),
         )
         .await
     })?;
+    // The chain's head signed at shutdown, as the control plane does.
+    if let Some(history) = audit
+        && let Err(e) = history.seal_now()
+    {
+        tracing::error!("sealing the audit history: {e:#}");
+    }
     Ok(ExitCode::SUCCESS)
 }

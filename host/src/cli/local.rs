@@ -194,6 +194,7 @@ pub async fn node(
         super::host::DEFAULT_MAX_REQUESTS,
         shared.limits,
         None,
+        None,
     ));
     tokio::spawn(membership::run(
         node.clone(),

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::fleet::Heartbeat;
+use super::history::History;
 use super::reconcile::{Applied, Control, Refusal};
 use crate::api::twins::{error, spec_error, spec_named};
 use crate::api::{Auth, require};
@@ -222,7 +223,7 @@ async fn delete(
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct EventsQuery {
+pub(crate) struct EventsQuery {
     /// Records after this sequence number.
     #[serde(default)]
     after: u64,
@@ -251,11 +252,13 @@ async fn events(
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             .into_response();
     }
+    list_events(control.history(), &query)
+}
+
+/// The records `query` asks for, as JSON.
+pub(crate) fn list_events(history: &History, query: &EventsQuery) -> Response {
     let limit = query.limit.min(10_000);
-    match control
-        .history()
-        .records(query.after, query.twin.as_deref(), limit)
-    {
+    match history.records(query.after, query.twin.as_deref(), limit) {
         Ok(records) => Json(records).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }

@@ -35,21 +35,31 @@ use webhook::Webhooks;
 
 use crate::signing;
 
-/// The history's signing key: `--key`, or the one in `data`, created on
+/// A history's signing key: `--key`, or the one in `dir`, created on
 /// first start.
-fn signing_key(key: Option<&Path>, data: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+fn signing_key(key: Option<&Path>, dir: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
     if let Some(file) = key {
         return signing::read_private(file);
     }
-    let dir = data.join("control-key");
     let file = dir.join(signing::PRIVATE_KEY_FILE);
     if file.exists() {
         return signing::read_private(&file);
     }
     let key = signing::generate()?;
-    signing::write_pair(&dir, &key, false)?;
-    tracing::info!(dir = %dir.display(), "created the control plane's history signing key");
+    signing::write_pair(dir, &key, false)?;
+    tracing::info!(dir = %dir.display(), "created the event history's signing key");
     Ok(key)
+}
+
+/// Where a node that runs alone keeps its audit history's key, under its
+/// data directory.
+pub const NODE_KEY_DIR: &str = "node-key";
+
+/// The audit history of a node that runs alone, in its store (the node's
+/// data directory `data`), signed with the key in `data/node-key`.
+pub fn node_history(store: &crate::store::Store, data: &Path) -> anyhow::Result<Arc<History>> {
+    let key = signing_key(None, &data.join(NODE_KEY_DIR))?;
+    Ok(Arc::new(History::open(store.database(), key, 100)?))
 }
 
 /// Opens a control plane's store in `data` (created if need be), its
@@ -61,7 +71,7 @@ pub fn open(
     webhooks: Option<Webhooks>,
 ) -> anyhow::Result<Arc<Control>> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let key = signing_key(key, data)?;
+    let key = signing_key(key, &data.join("control-key"))?;
     let repo = Repository::open(data)?;
     let history = History::open(repo.database(), key, 100)?;
     Ok(Arc::new(Control::new(repo, history, webhooks, config)?))
