@@ -310,6 +310,7 @@ fn node(dir: &Path, port: u16, queue: usize) -> (Arc<Node>, impl Fn(usize) -> Tw
                 registry: Default::default(),
                 fuel_per_cpu_second: None,
                 max_subscribers: wasmtwin::node::DEFAULT_MAX_SUBSCRIBERS,
+                inputs: Default::default(),
             },
             runtime,
             store,

@@ -291,3 +291,38 @@ mod tests {
         );
     }
 }
+
+/// The size limits on what a node's clients send, each a flag of
+/// `wasmtwin host`; over one, a request is refused with 413 (a size) or 400
+/// (a query), naming the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// A twin spec (`PUT /v1/twins/{name}`, a migration's spec).
+    pub spec_bytes: usize,
+    /// An action's input.
+    pub action_bytes: usize,
+    /// A checkpoint bundle or a history copy.
+    pub bundle_bytes: usize,
+    /// The points one history query may ask for (`limit`).
+    pub history_points: usize,
+}
+
+impl Default for InputLimits {
+    /// A megabyte of spec or action input is far more than any real one.
+    /// A bundle (guest state, history and, with `--with-component`, the
+    /// components together) or a history copy streams through a blocking
+    /// reader and its history through a temporary file, so memory is not
+    /// the reason for its cap: disk and the time a request may hold a
+    /// blocking thread are. A twin's guest state is at most its memory
+    /// limit (64 MiB by default), its components a few MiB each, and its
+    /// history about `maxPoints` (100,000) rows of well under 1 KiB for
+    /// typical telemetry, about 100 MiB: 256 MiB leaves room for all of it.
+    fn default() -> Self {
+        Self {
+            spec_bytes: 1 << 20,
+            action_bytes: 1 << 20,
+            bundle_bytes: 256 << 20,
+            history_points: 100_000,
+        }
+    }
+}

@@ -350,3 +350,49 @@ fn event_streams_beyond_max_subscribers_are_refused_naming_the_limit() {
     }
     drop(second);
 }
+
+#[test]
+fn input_limits_are_configurable_and_named_when_exceeded() {
+    let site = common::Site::start(&[
+        "--max-spec-size",
+        "2KiB",
+        "--max-action-size",
+        "1KiB",
+        "--max-history-points",
+        "10",
+    ]);
+    common::created(&site, "s1", &common::spec("s1", "good", ""));
+    let api = &site.node.api;
+    let padded = format!(
+        "{}\n# {}\n",
+        common::spec("s2", "good", ""),
+        "x".repeat(3000)
+    );
+    let (status, body) = api.put("/v1/twins/s2", &padded);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("2 KiB"), "{body}");
+    let (status, body) = api.post("/v1/twins/s1/actions/any", &"x".repeat(2000));
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("1 KiB"), "{body}");
+    let (status, body) = api.get("/v1/twins/s1/history?property=x&limit=11");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("between 1 and 10 (--max-history-points)"),
+        "{body}"
+    );
+    assert_eq!(api.get("/v1/twins/s1/history?property=x&limit=10").0, 200);
+    assert_eq!(site.twin("s1")["name"], "s1", "nothing changed");
+
+    // A limit that is not a size is refused at start, naming it.
+    let refused = cli::run(
+        env!("CARGO_BIN_EXE_wasmtwin"),
+        &["host", "--max-spec-size", "lots"],
+        &[],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("--max-spec-size") && said.contains("not a size"),
+        "{said}"
+    );
+}

@@ -14,10 +14,6 @@ use serde::de::DeserializeOwned;
 use super::twins::error;
 use crate::input::{MAX_NESTING, Syntax, cap_message, check_nesting};
 
-/// Largest twin spec accepted (`PUT /v1/twins/{name}`, a migration's spec).
-pub const SPEC_MAX: usize = 1 << 20;
-/// Largest action input accepted.
-pub const ACTION_MAX: usize = 1 << 20;
 /// Largest small JSON request (a swap, a move) accepted.
 pub const SMALL_MAX: usize = 64 << 10;
 
@@ -106,7 +102,7 @@ mod tests {
 
     #[test]
     fn limits_read_well() {
-        assert_eq!(human(SPEC_MAX), "1 MiB");
+        assert_eq!(human(1 << 20), "1 MiB");
         assert_eq!(human(SMALL_MAX), "64 KiB");
         assert_eq!(human(1000), "1000 bytes");
     }

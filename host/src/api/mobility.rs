@@ -32,17 +32,6 @@ const ROW_MAX: usize = 1 << 20;
 /// The media type of checkpoint bundles.
 pub const BUNDLE_TYPE: &str = "application/vnd.wasmtwin.checkpoint";
 
-/// Largest bundle accepted (guest state, history and, with
-/// `--with-component`, the components together), and largest history
-/// copy. A bundle streams through a blocking reader and its history through
-/// a temporary file, so memory is not the reason for the cap: disk and the
-/// time a request may hold a blocking thread are. A twin's guest state is
-/// at most its memory limit (64 MiB by default), its components a few MiB
-/// each, and its history about `maxPoints` (100,000) rows of well under
-/// 1 KiB for typical telemetry, about 100 MiB: 256 MiB leaves room for all
-/// of it and is a quarter of the gibibyte accepted before.
-const BUNDLE_MAX: usize = 256 << 20;
-
 pub fn routes() -> Router<Arc<Node>> {
     // Everything that takes a twin's state in or out: peers only, when the
     // node asks for certificates.
@@ -118,18 +107,19 @@ fn bundle(outgoing: Outgoing) -> Response {
 }
 
 /// A request body as a blocking reader, for bundles read as they arrive
-/// (on a blocking thread). More than [`BUNDLE_MAX`] bytes is an error, and
+/// (on a blocking thread). More than `limit` bytes is an error, and
 /// marks the reader's `too_large` flag so the answer can be 413.
 struct BodyReader {
     chunks: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
     current: Bytes,
     read: usize,
+    limit: usize,
     too_large: Arc<AtomicBool>,
 }
 
 impl BodyReader {
     /// A reader of `body`, and the flag it raises if the body is too large.
-    fn new(body: axum::body::Body) -> (Self, Arc<AtomicBool>) {
+    fn new(body: axum::body::Body, limit: usize) -> (Self, Arc<AtomicBool>) {
         let (tx, chunks) = tokio::sync::mpsc::channel(8);
         let mut stream = body.into_data_stream();
         tokio::spawn(async move {
@@ -146,6 +136,7 @@ impl BodyReader {
             chunks,
             current: Bytes::new(),
             read: 0,
+            limit,
             too_large: too_large.clone(),
         };
         (reader, too_large)
@@ -164,22 +155,22 @@ impl std::io::Read for BodyReader {
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
         self.read += n;
-        if self.read > BUNDLE_MAX {
+        if self.read > self.limit {
             self.too_large.store(true, Ordering::Relaxed);
             return Err(std::io::Error::other(format!(
                 "the bundle is larger than the {} accepted",
-                body::human(BUNDLE_MAX)
+                body::human(self.limit)
             )));
         }
         Ok(n)
     }
 }
 
-/// A bundle whose announced length is over [`BUNDLE_MAX`] is refused
-/// before a byte of it is read.
-fn bundle_too_large(body: &axum::body::Body) -> Option<Response> {
+/// A bundle whose announced length is over `limit` is refused before a
+/// byte of it is read.
+fn bundle_too_large(body: &axum::body::Body, limit: usize) -> Option<Response> {
     use axum::body::HttpBody;
-    (body.size_hint().lower() > BUNDLE_MAX as u64).then(|| too_large("bundle", BUNDLE_MAX))
+    (body.size_hint().lower() > limit as u64).then(|| too_large("bundle", limit))
 }
 
 /// Runs blocking node work off the I/O threads; errors become statuses.
@@ -231,10 +222,11 @@ async fn restore(
     Query(query): Query<RestoreQuery>,
     body: axum::body::Body,
 ) -> Response {
-    if let Some(response) = bundle_too_large(&body) {
+    let limit = node.inputs().bundle_bytes;
+    if let Some(response) = bundle_too_large(&body, limit) {
         return response;
     }
-    let (reader, too_large_flag) = BodyReader::new(body);
+    let (reader, too_large_flag) = BodyReader::new(body, limit);
     let twin = name.clone();
     if let Some(from) = &query.adopt
         && (from.is_empty()
@@ -253,7 +245,7 @@ async fn restore(
             .await;
     match restored {
         Ok(()) => (StatusCode::CREATED, Json(json!({ "twin": name }))).into_response(),
-        Err(_) if too_large_flag.load(Ordering::Relaxed) => too_large("bundle", BUNDLE_MAX),
+        Err(_) if too_large_flag.load(Ordering::Relaxed) => too_large("bundle", limit),
         Err(response) => response,
     }
 }
@@ -358,7 +350,7 @@ async fn receive(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    let spec = match super::twins::spec_named(body, &name).await {
+    let spec = match super::twins::spec_named(body, &name, node.inputs().spec_bytes).await {
         Ok(spec) => spec,
         Err(response) => return response,
     };
@@ -387,14 +379,15 @@ async fn accept(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    if let Some(response) = bundle_too_large(&body) {
+    let limit = node.inputs().bundle_bytes;
+    if let Some(response) = bundle_too_large(&body, limit) {
         return response;
     }
     let twin = name.clone();
-    let (reader, too_large_flag) = BodyReader::new(body);
+    let (reader, too_large_flag) = BodyReader::new(body, limit);
     match blocking(move || node.accept(&twin, reader)).await {
         Ok(()) => Json(json!({ "arrived": name })).into_response(),
-        Err(_) if too_large_flag.load(Ordering::Relaxed) => too_large("bundle", BUNDLE_MAX),
+        Err(_) if too_large_flag.load(Ordering::Relaxed) => too_large("bundle", limit),
         Err(response) => response,
     }
 }
@@ -467,7 +460,8 @@ async fn import_history(
     Path(name): Path<String>,
     body: axum::body::Body,
 ) -> Response {
-    if let Some(response) = bundle_too_large(&body) {
+    let limit = node.inputs().bundle_bytes;
+    if let Some(response) = bundle_too_large(&body, limit) {
         return response;
     }
     let mut stream = body.into_data_stream();
@@ -487,8 +481,8 @@ async fn import_history(
         let done = chunk.is_none();
         if let Some(chunk) = &chunk {
             received += chunk.len();
-            if received > BUNDLE_MAX {
-                return too_large("history copy", BUNDLE_MAX);
+            if received > limit {
+                return too_large("history copy", limit);
             }
         }
         match chunk {

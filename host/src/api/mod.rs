@@ -25,7 +25,7 @@ use axum::routing::get;
 
 pub use admission::Admission;
 pub use auth::{Auth, require};
-pub use body::{ACTION_MAX, SMALL_MAX, SPEC_MAX};
+pub use body::SMALL_MAX;
 pub use mobility::BUNDLE_TYPE;
 pub use td::thing_description;
 

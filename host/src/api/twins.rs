@@ -17,9 +17,6 @@ use crate::input::cap_message;
 use crate::node::{Node, NodeError, TwinReport};
 use crate::spec::{SpecError, TwinSpec};
 
-/// Most history points one request returns.
-const HISTORY_LIMIT_MAX: usize = 100_000;
-
 pub fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/v1/twins", get(list))
@@ -303,10 +300,11 @@ async fn history(
         return error(StatusCode::BAD_REQUEST, "`from` is after `to`");
     }
     let limit = query.limit.unwrap_or(1000);
-    if limit == 0 || limit > HISTORY_LIMIT_MAX {
+    let max = node.inputs().history_points;
+    if limit == 0 || limit > max {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("`limit` must be between 1 and {HISTORY_LIMIT_MAX}"),
+            format!("`limit` must be between 1 and {max} (--max-history-points)"),
         );
     }
     // The store reads from disk; keep it off the I/O threads.
@@ -353,7 +351,7 @@ async fn apply(
     Query(query): Query<ReplaceQuery>,
     body: axum::body::Body,
 ) -> Response {
-    let spec = match spec_named(body, &name).await {
+    let spec = match spec_named(body, &name, node.inputs().spec_bytes).await {
         Ok(spec) => spec,
         Err(response) => return response,
     };
@@ -376,8 +374,12 @@ async fn apply(
 /// within the spec size limit and parsed off the I/O threads (parsing a
 /// megabyte of YAML takes a while, and those threads serve every other
 /// request and drive the twins' MQTT sessions).
-pub(crate) async fn spec_named(body: axum::body::Body, name: &str) -> Result<TwinSpec, Response> {
-    let text = body::text(body, body::SPEC_MAX, "spec").await?;
+pub(crate) async fn spec_named(
+    body: axum::body::Body,
+    name: &str,
+    limit: usize,
+) -> Result<TwinSpec, Response> {
+    let text = body::text(body, limit, "spec").await?;
     let spec = match tokio::task::spawn_blocking(move || TwinSpec::parse(&text)).await {
         Ok(Ok(spec)) => spec,
         Ok(Err(e)) => return Err(spec_error(e)),
@@ -422,7 +424,8 @@ async fn act(
     Path((name, action)): Path<(String, String)>,
     body: axum::body::Body,
 ) -> Response {
-    let text = match body::text(body, body::ACTION_MAX, "action's input").await {
+    let limit = node.inputs().action_bytes;
+    let text = match body::text(body, limit, "action's input").await {
         Ok(text) => text,
         Err(response) => return response,
     };

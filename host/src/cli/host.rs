@@ -163,6 +163,8 @@ pub struct HostArgs {
     /// twin may have open at once; more get 503.
     #[arg(long, default_value_t = wasmtwin::node::DEFAULT_MAX_SUBSCRIBERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_subscribers: usize,
+    #[command(flatten)]
+    inputs: InputArgs,
     /// Digital and management requests served at once; beyond this, history
     /// queries are shed first, then reads, then actions (503 + Retry-After).
     #[arg(long, default_value_t = DEFAULT_MAX_REQUESTS)]
@@ -285,6 +287,48 @@ impl RegistryArgs {
             ca_pem,
             ..Default::default()
         })
+    }
+}
+
+/// The size limits on what clients send (413 or 400 beyond them).
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// Largest twin spec accepted (`apply`, a migration's spec), e.g. `1MiB`.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = size)]
+    max_spec_size: usize,
+    /// Largest action input accepted.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = size)]
+    max_action_size: usize,
+    /// Largest checkpoint bundle or history copy accepted.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = size)]
+    max_bundle_size: usize,
+    /// Most points one history query may ask for.
+    #[arg(long, value_name = "N", default_value_t = wasmtwin::input::InputLimits::default().history_points,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_history_points: usize,
+}
+
+impl InputArgs {
+    fn resolve(&self) -> wasmtwin::input::InputLimits {
+        wasmtwin::input::InputLimits {
+            spec_bytes: self.max_spec_size,
+            action_bytes: self.max_action_size,
+            bundle_bytes: self.max_bundle_size,
+            history_points: self.max_history_points,
+        }
+    }
+}
+
+/// A size such as `512KiB`, `1MiB` or `4096`, at least one byte.
+fn size(text: &str) -> Result<usize, String> {
+    let bytes = text
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| format!("`{text}` is not a size like 512KiB or 1MiB: {e}"))?
+        .as_u64();
+    match usize::try_from(bytes) {
+        Ok(0) => Err("a size of 0 would refuse everything".into()),
+        Ok(bytes) => Ok(bytes),
+        Err(_) => Err(format!("`{text}` is too large")),
     }
 }
 
@@ -703,6 +747,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
                 registry: args.registry.resolve()?,
                 fuel_per_cpu_second: args.fuel_per_cpu_second,
                 max_subscribers: args.max_subscribers,
+                inputs: args.inputs.resolve(),
             },
             runtime,
             store,

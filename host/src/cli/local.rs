@@ -181,6 +181,7 @@ pub async fn node(
             registry: Default::default(),
             fuel_per_cpu_second: plan.fuel_per_cpu_second,
             max_subscribers: wasmtwin::node::DEFAULT_MAX_SUBSCRIBERS,
+            inputs: Default::default(),
         },
         runtime.clone(),
         wasmtwin::store::Store::open(&data.join(plan.name))?,

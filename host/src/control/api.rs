@@ -193,7 +193,9 @@ async fn apply(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let spec = match spec_named(body, &name).await {
+    // The control plane takes what a node takes by default.
+    let limit = crate::input::InputLimits::default().spec_bytes;
+    let spec = match spec_named(body, &name, limit).await {
         Ok(spec) => spec,
         Err(response) => return response,
     };

@@ -69,6 +69,8 @@ pub struct NodeConfig {
     /// Change-stream subscribers (server-sent event streams) a twin may
     /// have at once; more are refused.
     pub max_subscribers: usize,
+    /// The size limits on what clients send.
+    pub inputs: crate::input::InputLimits,
 }
 
 /// [`NodeConfig::max_subscribers`] unless told otherwise: each stream
@@ -341,6 +343,11 @@ impl Node {
             }
         }
         Ok(resumed)
+    }
+
+    /// The size limits on what its clients send.
+    pub fn inputs(&self) -> crate::input::InputLimits {
+        self.config.inputs
     }
 
     /// The node's metrics.
