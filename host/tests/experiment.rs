@@ -49,9 +49,15 @@ fn the_papers_reactions_happen_for_its_reasons_and_nothing_else() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    // The event histories say why the control plane did what it did.
+    let events = |run: &str| {
+        std::fs::read_to_string(out.path().join(format!("{run}-events.csv"))).unwrap_or_default()
+    };
     assert!(
         output.status.success(),
-        "the experiment's checks failed:\n{stdout}\n{stderr}"
+        "the experiment's checks failed:\n{stdout}\n{stderr}\nacting-events.csv:\n{}\nobserving-events.csv:\n{}",
+        events("acting"),
+        events("observing")
     );
     assert!(stdout.contains("broker: Mosquitto"), "{stdout}");
     let summary = std::fs::read_to_string(out.path().join("summary.md")).unwrap();

@@ -48,19 +48,23 @@ pub fn check(phases: &[Phase], run: &RunRecord, window_s: f64, rate_hz: f64) -> 
             Expected::Nothing => {
                 // Observing only, the fault before was never remedied: while
                 // the window still holds it, its remedy is decided again
-                // (once a cooldown), and that is no new reaction.
+                // (once a cooldown), or, the fault itself being gone, the
+                // stakeholders are told that no remedy would help; neither
+                // is a reaction to the baseline.
                 let lingering = index
                     .checked_sub(1)
                     .and_then(|before| remedy_for(phases[before].kind.expected()))
                     .filter(|_| run.observe_only);
                 let told: Vec<String> = remedies
                     .iter()
+                    .chain(&notes)
                     .filter(|e| {
                         lingering.is_none_or(|(action, cause)| {
-                            e.action() != Some(action) || e.cause() != Some(cause)
+                            let same_fault = e.cause() == Some(cause)
+                                && (e.is_notification() || e.action() == Some(action));
+                            !same_fault
                         })
                     })
-                    .chain(&notes)
                     .map(|e| e.record.summary.clone())
                     .collect();
                 check(
@@ -453,15 +457,41 @@ mod tests {
             "{checks:?}"
         );
         // Observing: the migration decided again in the baseline after
-        // phase 1 is the same fault, not a new reaction.
+        // phase 1, and the notification that no node has a better path once
+        // the link is good again, are the same fault, not a new reaction.
+        let network_note = event(
+            63.0,
+            2,
+            RecordKind::Notification,
+            json!({ "cause": { "cause": "network" } }),
+        );
         let observed = record(
             true,
-            vec![migrate(34.0, 1, false), migrate(62.0, 2, false)],
+            vec![
+                migrate(34.0, 1, false),
+                migrate(62.0, 2, false),
+                network_note,
+            ],
             rows(|_| true),
         );
         let checks = check(&phases, &observed, 10.0, 1.0);
         assert!(
             !failed(&checks).iter().any(|c| c.contains("baseline")),
+            "{checks:?}"
+        );
+        // Another cause in that baseline is still a reaction to it.
+        let other = event(
+            63.0,
+            2,
+            RecordKind::Notification,
+            json!({ "cause": { "cause": "unknown" } }),
+        );
+        let observed = record(true, vec![migrate(34.0, 1, false), other], rows(|_| true));
+        let checks = check(&phases, &observed, 10.0, 1.0);
+        assert!(
+            failed(&checks)
+                .iter()
+                .any(|c| c.contains("baseline: expected no reaction")),
             "{checks:?}"
         );
         // A withheld decision that was carried out anyway is caught.
