@@ -45,11 +45,15 @@ static IDENTITY: std::sync::OnceLock<Option<reqwest::Identity>> = std::sync::Onc
 /// peers can tell it from anyone holding a token. Call before any client
 /// is built; later calls change nothing.
 pub fn present(chain: &[u8], key: &[u8]) -> anyhow::Result<()> {
-    let pem = [chain, b"\n", key].concat();
-    let identity = reqwest::Identity::from_pem(&pem)
-        .context("the certificate and key cannot be used as a client identity")?;
-    let _ = IDENTITY.set(Some(identity));
+    let _ = IDENTITY.set(Some(client_identity(chain, key)?));
     Ok(())
+}
+
+/// A client identity from a PEM certificate chain and its PEM key.
+fn client_identity(chain: &[u8], key: &[u8]) -> anyhow::Result<reqwest::Identity> {
+    let pem = [chain, b"\n", key].concat();
+    reqwest::Identity::from_pem(&pem)
+        .context("the certificate and key cannot be used as a client identity")
 }
 
 /// The identity of [`present`], else of [`CLIENT_CERT_ENV`] and
@@ -66,8 +70,7 @@ fn identity() -> Option<&'static reqwest::Identity> {
             let read = |file: &std::ffi::OsStr| {
                 std::fs::read(file).with_context(|| format!("reading {}", file.to_string_lossy()))
             };
-            let pem = read(&cert).and_then(|cert| Ok([cert, b"\n".to_vec(), read(&key)?].concat()));
-            match pem.and_then(|pem| Ok(reqwest::Identity::from_pem(&pem)?)) {
+            match read(&cert).and_then(|cert| client_identity(&cert, &read(&key)?)) {
                 Ok(identity) => Some(identity),
                 Err(e) => {
                     tracing::error!("{CLIENT_CERT_ENV}, {CLIENT_KEY_ENV}: {e:#}");

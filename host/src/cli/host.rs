@@ -373,20 +373,23 @@ impl TlsArgs {
         let read = |flag: &str, file: &Path| {
             std::fs::read(file).with_context(|| format!("reading {flag} {}", file.display()))
         };
-        let certificates = |flag: &str, file: &Path| -> anyhow::Result<Vec<CertificateDer>> {
-            let certs = CertificateDer::pem_slice_iter(&read(flag, file)?)
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| {
-                    format!("reading the certificates in {flag} {}", file.display())
-                })?;
-            anyhow::ensure!(
-                !certs.is_empty(),
-                "{flag} {}: no certificate in it",
-                file.display()
-            );
-            Ok(certs)
-        };
-        let chain = certificates("--tls-cert", cert)?;
+        let certificates =
+            |flag: &str, file: &Path, pem: &[u8]| -> anyhow::Result<Vec<CertificateDer>> {
+                let certs = CertificateDer::pem_slice_iter(pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .with_context(|| {
+                        format!("reading the certificates in {flag} {}", file.display())
+                    })?;
+                anyhow::ensure!(
+                    !certs.is_empty(),
+                    "{flag} {}: no certificate in it",
+                    file.display()
+                );
+                Ok(certs)
+            };
+        // Read once: served, and presented by this process's clients.
+        let cert_pem = read("--tls-cert", cert)?;
+        let chain = certificates("--tls-cert", cert, &cert_pem)?;
         let key_pem = read("--tls-key", key)?;
         let private = PrivateKeyDer::from_pem_slice(&key_pem)
             .with_context(|| format!("reading the private key in --tls-key {}", key.display()))?;
@@ -395,7 +398,7 @@ impl TlsArgs {
             None => builder.with_no_client_auth(),
             Some(file) => {
                 let mut roots = rustls::RootCertStore::empty();
-                for ca in certificates("--tls-client-ca", file)? {
+                for ca in certificates("--tls-client-ca", file, &read("--tls-client-ca", file)?)? {
                     roots.add(ca).with_context(|| {
                         format!(
                             "--tls-client-ca {}: a certificate is not a usable CA",
@@ -416,7 +419,7 @@ impl TlsArgs {
             "--tls-cert and --tls-key: the key does not fit the certificate, or is not supported",
         )?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        wasmtwin::client::present(&read("--tls-cert", cert)?, &key_pem)
+        wasmtwin::client::present(&cert_pem, &key_pem)
             .context("--tls-cert and --tls-key as this process's client certificate")?;
         Ok(Some(Tls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
