@@ -123,7 +123,6 @@ impl Exporter {
             ))))
             .with_resource(resource.build())
             .build();
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let tracer = provider.tracer("wasmtwin");
         Ok((Self { provider }, tracer))
     }
