@@ -7,6 +7,8 @@
 use std::time::{Duration, Instant};
 
 use prime::Prime;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Publish;
 use serde_json::json;
 use wasmtwin::runtime::{CacheOutcome, Limits, ModelInstance, Runtime, RuntimeConfig, Update};
 use wasmtwin_sdk::{Effects, Model};
@@ -244,8 +246,8 @@ fn bench_idle_memory(bytes: &[u8]) {
 /// The spans one PT message creates on its way through a node, as the
 /// node creates them (physical, worker): the message, decode, model call
 /// and change stream, commit, acknowledgement.
-fn one_message_spans() {
-    let root = wasmtwin::physical::message_span("bench-client", "dev/bench", 64);
+fn one_message_spans(message: &Publish) {
+    let root = wasmtwin::physical::message_span("bench-client", message);
     root.record("twin", "bench");
     let _in_message = root.enter();
     drop(wasmtwin::trace_span!("adapter.decode").entered());
@@ -285,6 +287,8 @@ fn bench_trace_spans(bytes: &[u8]) {
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench"))),
     );
     let mut model = wasm_instance(&runtime(true, None), bytes, 10);
+    let message = Publish::new("dev/bench", QoS::AtLeastOnce, vec![0u8; 64], None);
+    let mut spans = || one_message_spans(&message);
     let mut seq = 0;
     let mut samples: [Vec<Duration>; 4] = Default::default();
     let time = |work: &mut dyn FnMut()| {
@@ -303,9 +307,9 @@ fn bench_trace_spans(bytes: &[u8]) {
                     seq += 1;
                     std::hint::black_box(wait(model.on_update(&update(seq))).expect("update"));
                 }),
-                1 => tracing::dispatcher::with_default(&none, || time(&mut one_message_spans)),
-                2 => tracing::dispatcher::with_default(&off, || time(&mut one_message_spans)),
-                _ => tracing::dispatcher::with_default(&on, || time(&mut one_message_spans)),
+                1 => tracing::dispatcher::with_default(&none, || time(&mut spans)),
+                2 => tracing::dispatcher::with_default(&off, || time(&mut spans)),
+                _ => tracing::dispatcher::with_default(&on, || time(&mut spans)),
             });
         }
     }

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
@@ -146,15 +146,38 @@ pub fn inject(headers: &mut reqwest::header::HeaderMap) {
     TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
 }
 
-/// Makes `span` continue the trace whose `traceparent` is in `headers`,
-/// if any (before the span is first entered).
-pub fn follow(span: &tracing::Span, headers: &axum::http::HeaderMap) {
-    if span.is_disabled() || !headers.contains_key("traceparent") {
+/// Makes `span` continue the trace whose `traceparent` is in `carrier`
+/// (HTTP headers, an MQTT 5 message's user properties), if any, before
+/// the span is first entered.
+pub fn follow(span: &tracing::Span, carrier: &dyn Extractor) {
+    if span.is_disabled() || carrier.get(TRACEPARENT).is_none() {
         return;
     }
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    // A malformed header leaves an invalid parent: the span starts a trace.
+    let parent = TraceContextPropagator::new().extract(carrier);
+    // A malformed value leaves an invalid parent: the span starts a trace.
     let _ = span.set_parent(parent);
+}
+
+/// The W3C trace-context key, in headers and in MQTT user properties.
+const TRACEPARENT: &str = "traceparent";
+
+/// An MQTT 5 message's user properties as a trace-context carrier: a
+/// device continues its own trace by sending `traceparent` (and
+/// `tracestate`) among them. Keys are matched exactly, as MQTT keeps
+/// their case; the first of a repeated key counts.
+pub struct UserProperties<'a>(pub &'a [(String, String)]);
+
+impl Extractor for UserProperties<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_str()).collect()
+    }
 }
 
 /// The trace and span ids of the span entered on this thread, as hex, if
@@ -205,7 +228,7 @@ pub async fn request_span(request: Request, next: Next) -> Response {
     if span.is_disabled() {
         return next.run(request).await;
     }
-    follow(&span, request.headers());
+    follow(&span, &HeaderExtractor(request.headers()));
     let response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     response

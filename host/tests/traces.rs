@@ -4,11 +4,12 @@
 //! arrives must be whole traces with the right parents: one per PT
 //! message, from receipt to acknowledgement; one per control-plane
 //! decision, whose requests to the nodes continue it (W3C `traceparent`),
-//! so a migration is one trace across three processes.
+//! so a migration is one trace across three processes; a device's own
+//! trace, sent as an MQTT 5 user property, continued by its message's.
 
 mod common;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use wasmtwin_tests::fleet::{Device, Fleet};
 use wasmtwin_tests::otlp::OtlpReceiver;
 
@@ -191,5 +192,34 @@ fn a_message_and_a_migration_each_leave_one_trace_across_processes() {
         .find(|e| e["data"]["action"]["action"] == "migrate")
         .expect("the migration's decision in the history");
     assert_eq!(recorded["data"]["traceId"], migration["traceId"]);
+
+    // A device with a trace of its own (Mosquitto's client, over MQTT 5,
+    // the node's session over 5 too): the message's trace continues it.
+    // Last, as its sequence number leaps ahead of the device's.
+    let (device_trace, device_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let published = std::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &fleet.mosquitto.port.to_string()])
+        .args(["-V", "mqttv5", "-q", "1", "-t", "dev/tr"])
+        .arg("-m")
+        .arg(String::from_utf8(common::message(1_000_000, json!(1))).unwrap())
+        .args(["-D", "publish", "user-property", "traceparent"])
+        .arg(format!("00-{device_trace}-{device_span}-01"))
+        .output()
+        .expect("mosquitto_pub runs");
+    assert!(published.status.success(), "{published:?}");
+    let continued = |spans: &[Value]| {
+        spans
+            .iter()
+            .find(|s| s["name"] == "pt.message" && s["traceId"] == device_trace)
+            .cloned()
+    };
+    fleet.wait(
+        |_| continued(&receiver.spans()).is_some(),
+        "the device's own trace to be continued",
+        20,
+    );
+    let root = continued(&receiver.spans()).unwrap();
+    assert_eq!(root["parentSpanId"], device_span, "{root}");
+    assert_eq!(root["attributes"]["twin"], "tr", "{root}");
     drop(device);
 }

@@ -3,13 +3,19 @@
 //! QoS 1 message only once the state change it caused is committed, so a
 //! crash never loses an acknowledged update. Commands go back the same way.
 //!
+//! Sessions speak MQTT 5 (devices may speak 3.1.1 or 5: the broker
+//! translates): its user properties let a device send the W3C
+//! `traceparent` of its own trace, which the message's trace continues.
+//!
 //! This module knows MQTT and nothing of HTTP or of models.
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Publish};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions};
 use tokio::sync::mpsc;
 
 pub mod probe;
@@ -86,7 +92,7 @@ pub struct Inbound {
     /// When the node received it, µs since the Unix epoch.
     pub received_us: u64,
     /// The packet, to acknowledge once committed (QoS 1 only).
-    pub packet: Option<rumqttc::Publish>,
+    pub packet: Option<Publish>,
     /// The session to acknowledge it on, when not the twin's own (a
     /// session adopted from a lost node, see `Node::restore_bundle`).
     pub via: Option<Link>,
@@ -95,17 +101,26 @@ pub struct Inbound {
     pub span: tracing::Span,
 }
 
-/// The root span of a PT message's trace (its worker records the twin).
-pub fn message_span(client_id: &str, topic: &str, size: usize) -> tracing::Span {
-    crate::trace_span!(
+/// The root span of a PT message's trace (its worker records the twin),
+/// continuing the device's own trace when the message carries a
+/// `traceparent` user property.
+pub fn message_span(client_id: &str, publish: &Publish) -> tracing::Span {
+    let span = crate::trace_span!(
         "pt.message",
         otel.kind = "consumer",
         messaging.system = "mqtt",
         messaging.client.id = %client_id,
-        messaging.destination.name = %topic,
-        messaging.message.body.size = size,
+        messaging.destination.name = %String::from_utf8_lossy(&publish.topic),
+        messaging.message.body.size = publish.payload.len(),
         twin = tracing::field::Empty,
-    )
+    );
+    if let Some(properties) = &publish.properties {
+        crate::telemetry::follow(
+            &span,
+            &crate::telemetry::UserProperties(&properties.user_properties),
+        );
+    }
+    span
 }
 
 /// The handle a twin's worker uses: acknowledge and send commands.
@@ -134,7 +149,7 @@ impl std::fmt::Debug for Link {
 }
 
 enum Outgoing {
-    Ack(rumqttc::Publish),
+    Ack(Publish),
     Command { topic: String, payload: Vec<u8> },
     Disconnect,
 }
@@ -180,7 +195,7 @@ impl Link {
     }
 
     /// Acknowledges a committed message.
-    pub fn ack(&self, packet: &rumqttc::Publish) {
+    pub fn ack(&self, packet: &Publish) {
         if self.outgoing.send(Outgoing::Ack(packet.clone())).is_err() {
             tracing::debug!("not acknowledging a message: the session is closed");
         }
@@ -214,7 +229,10 @@ pub fn now_us() -> u64 {
 
 /// The largest packet MQTT can carry (its remaining length is at most
 /// 268,435,455 bytes) plus the fixed header.
-const MQTT_MAX_PACKET: usize = 268_435_455 + 5;
+const MQTT_MAX_PACKET: u32 = 268_435_455 + 5;
+
+/// The session expiry interval MQTT 5 reads as "never".
+const SESSION_NEVER_EXPIRES: u32 = u32::MAX;
 
 /// What a twin's session subscribes to, and what it takes.
 #[derive(Debug, Clone)]
@@ -287,15 +305,18 @@ pub(crate) fn options(broker: &BrokerAddress, client_id: &str, clean: bool) -> M
     let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     options
         .set_keep_alive(Duration::from_secs(15))
-        .set_clean_session(clean)
+        .set_clean_start(clean)
+        // MQTT 5 ends a session at disconnection unless told otherwise; a
+        // persistent one must outlive a node's restart, however long.
+        .set_session_expiry_interval((!clean).then_some(SESSION_NEVER_EXPIRES))
         .set_manual_acks(true)
-        // The client takes any packet MQTT allows: one it refused would be
-        // redelivered after every reconnect, forever, and block every
-        // message behind it. Payloads over the twin's own maximum are
-        // dropped after reading (bound memory with the broker's
-        // `message_size_limit`).
-        .set_max_packet_size(MQTT_MAX_PACKET, 1 << 20)
-        .set_inflight(100);
+        // The client takes any packet MQTT allows: a broker must not send
+        // a packet over the announced maximum, and drops it for this
+        // session instead, so a lower one would lose updates silently.
+        // Payloads over the twin's own maximum are dropped after reading
+        // (bound memory with the broker's `message_size_limit`).
+        .set_max_packet_size(Some(MQTT_MAX_PACKET))
+        .set_outgoing_inflight_upper_limit(100);
     if let Some((user, password)) = &broker.credentials {
         options.set_credentials(user.clone(), password.clone());
     }
@@ -370,7 +391,7 @@ impl Session {
         &mut self,
         eventloop: &mut EventLoop,
         connected: bool,
-    ) -> Option<Result<Event, rumqttc::ConnectionError>> {
+    ) -> Option<Result<Event, ConnectionError>> {
         if connected {
             return Some(eventloop.poll().await);
         }
@@ -393,10 +414,7 @@ impl Session {
                     connected = true;
                     backoff = Duration::from_millis(100);
                     tracing::info!(client = %client_id, "connected to the broker");
-                    let filters = self
-                        .topics
-                        .iter()
-                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), self.qos));
+                    let filters = self.topics.iter().map(|t| Filter::new(t.clone(), self.qos));
                     if let Err(e) = self.client.subscribe_many(filters).await {
                         tracing::warn!(client = %client_id, "cannot subscribe: {e}");
                     }
@@ -411,8 +429,10 @@ impl Session {
                     let size = publish.payload.len();
                     let oversized = (size > self.max_payload).then_some(size);
                     let message = Inbound {
-                        span: message_span(&client_id, &publish.topic, size),
-                        topic: publish.topic,
+                        span: message_span(&client_id, &publish),
+                        // Brokers pass on only UTF-8 topics (MQTT requires
+                        // them); an alias is resolved by the client.
+                        topic: String::from_utf8_lossy(&publish.topic).into_owned(),
                         payload: if oversized.is_some() {
                             Bytes::new()
                         } else {
