@@ -13,7 +13,10 @@
 //! first the target applied, both seen on the nodes' change streams (the
 //! target's is open while the twin is still arriving). Guest state is
 //! padded to 1 KiB, 1 MiB and 16 MiB (`prime`'s `state_kib`); histories of
-//! 0, 10,000 and 100,000 points travel with the twin.
+//! 0, 10,000 and 100,000 points travel with the twin. Live migrations and
+//! hot-swaps alternate between the SDK's two snapshot encodings (JSON, the
+//! previous and default one, and binary), switched by reconfiguring the
+//! twin between runs, so both meet the same load.
 
 mod common;
 
@@ -224,13 +227,19 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-fn spec(model: &Path, adapter: &Path, state_kib: u32) -> String {
+/// The SDK's snapshot encodings, as `prime`'s configuration names them.
+const ENCODINGS: [&str; 2] = ["json", "binary"];
+
+fn spec(model: &Path, adapter: &Path, state_kib: u32, encoding: &str) -> String {
     json!({
         "apiVersion": wasmtwin::spec::API_VERSION,
         "kind": wasmtwin::spec::KIND,
         "metadata": { "name": "p" },
         "spec": {
-            "model": { "ref": model.display().to_string(), "config": { "primes": 1, "state_kib": state_kib } },
+            "model": {
+                "ref": model.display().to_string(),
+                "config": { "primes": 1, "state_kib": state_kib, "state_encoding": encoding },
+            },
             "physical": { "topics": [TOPIC], "adapter": { "ref": adapter.display().to_string() } },
             "requirements": { "expectedRateHz": 1000 },
             "resources": { "memory": "256MiB" },
@@ -304,6 +313,14 @@ async fn migrate_once(from: &Host, to: &Host) -> Option<(Duration, Duration)> {
         .then(|| (first_at.saturating_duration_since(last_at), moved.total))
 }
 
+/// Reconfigures twin `p` on `node` to write its snapshots in `encoding`.
+async fn encode_with(node: &NodeClient, s: &Setup, kib: u32, encoding: &str) {
+    let text = spec(&s.model, &s.adapter, kib, encoding);
+    node.send(node.request(reqwest::Method::PUT, "/v1/twins/p").body(text))
+        .await
+        .expect("reconfiguring the twin");
+}
+
 struct Setup {
     broker: Mosquitto,
     dir: tempfile::TempDir,
@@ -361,12 +378,12 @@ async fn main() {
         "Live migration between two host processes vs. the slow way (fresh host process + restore from a checkpoint file), {runs} runs each.\n"
     );
     println!(
-        "| guest state | history | live: downtime p50 | p99 | total p50 | slow way: downtime p50 | p99 | live / slow (p50) |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| guest state | history | live, JSON: downtime p50 | p99 | live, binary: downtime p50 | p99 | total p50 (JSON / binary) | slow way: downtime p50 | p99 | live JSON / slow (p50) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut swaps = Vec::new();
     for &kib in states {
         for &points in histories {
-            let text = spec(&s.model, &s.adapter, kib);
+            let text = spec(&s.model, &s.adapter, kib, ENCODINGS[0]);
             let created = a
                 .client
                 .send(
@@ -379,32 +396,40 @@ async fn main() {
             give_history(&a.client, points).await;
             a.applied_after(0).await;
 
-            let mut live = Vec::new();
-            let mut totals = Vec::new();
+            // Per encoding: downtimes and totals.
+            let mut live: [Vec<Duration>; 2] = Default::default();
+            let mut totals: [Vec<Duration>; 2] = Default::default();
             let mut on_a = true;
-            for _ in 0..runs * 3 {
-                if live.len() == runs {
+            for run in 0..runs * 6 {
+                if live.iter().all(|l| l.len() >= runs) {
                     break;
                 }
+                let encoding = run % 2;
                 let (from, to) = if on_a { (&a, &b) } else { (&b, &a) };
+                encode_with(&from.client, &s, kib, ENCODINGS[encoding]).await;
                 if let Some((downtime, total)) = migrate_once(from, to).await {
-                    live.push(downtime);
-                    totals.push(total);
+                    live[encoding].push(downtime);
+                    totals[encoding].push(total);
                 }
                 on_a = !on_a;
             }
             // Runs whose target stream opened late are not measured; the
             // table says how many were.
-            let measured = live.len();
+            let measured = live.iter().map(Vec::len).min().unwrap_or(0);
             if !on_a {
                 client::migrate("p", &b.client, &a.client)
                     .await
                     .expect("back to A");
             }
 
-            // Hot-swap pauses, to the next release and back.
+            // Hot-swap pauses, to the next release and back, each encoding
+            // in turn.
             if points == 0 {
-                for i in 0..runs {
+                for i in 0..runs * 2 {
+                    let encoding = (i / 2) % 2;
+                    if i % 2 == 0 {
+                        encode_with(&a.client, &s, kib, ENCODINGS[encoding]).await;
+                    }
                     let to = if i % 2 == 0 {
                         Some((s.next_model.to_str().expect("utf-8"), None))
                     } else {
@@ -413,10 +438,13 @@ async fn main() {
                     let report = a.client.swap("p", to).await.expect("a swap");
                     swaps.push((
                         kib,
+                        encoding,
                         Duration::from_micros(report["pauseUs"].as_u64().unwrap_or(0)),
                     ));
                 }
             }
+            // The slow way is the baseline as it always was: JSON.
+            encode_with(&a.client, &s, kib, ENCODINGS[0]).await;
 
             // The slow way: stop, checkpoint to a file, fresh process, restore.
             let mut slow = Vec::new();
@@ -463,23 +491,27 @@ async fn main() {
                 slow.push(first_at.saturating_duration_since(last_at));
             }
 
-            let (live_p50, live_p99) = percentiles(&mut live);
-            let (total_p50, _) = percentiles(&mut totals);
+            let [(json_p50, json_p99), (binary_p50, binary_p99)] =
+                live.each_mut().map(|l| percentiles(l));
+            let [(json_total, _), (binary_total, _)] = totals.each_mut().map(|t| percentiles(t));
             let (slow_p50, slow_p99) = percentiles(&mut slow);
             println!(
-                "| {}{} | {points} | {} | {} | {} | {} | {} | {:.3}× |",
+                "| {}{} | {points} | {} | {} | {} | {} | {} / {} | {} | {} | {:.3}× |",
                 size(kib),
                 if measured < runs {
                     format!(" ({measured} runs)")
                 } else {
                     String::new()
                 },
-                ms(live_p50),
-                ms(live_p99),
-                ms(total_p50),
+                ms(json_p50),
+                ms(json_p99),
+                ms(binary_p50),
+                ms(binary_p99),
+                ms(json_total),
+                ms(binary_total),
                 ms(slow_p50),
                 ms(slow_p99),
-                live_p50.as_secs_f64() / slow_p50.as_secs_f64()
+                json_p50.as_secs_f64() / slow_p50.as_secs_f64()
             );
             let deleted = a.client.request(reqwest::Method::DELETE, "/v1/twins/p");
             a.client.send(deleted).await.expect("deleting the twin");
@@ -488,14 +520,26 @@ async fn main() {
         }
     }
     println!("\n## Hot-swap pause (checkpoint of the old instance + restore into the new)\n");
-    println!("| guest state | p50 | p99 |\n|---:|---:|---:|");
+    println!(
+        "| guest state | JSON: p50 | p99 | binary: p50 | p99 | binary / JSON (p50) |\n|---:|---:|---:|---:|---:|---:|"
+    );
     for &kib in states {
-        let mut pauses: Vec<Duration> = swaps
-            .iter()
-            .filter(|(k, _)| *k == kib)
-            .map(|(_, d)| *d)
-            .collect();
-        let (p50, p99) = percentiles(&mut pauses);
-        println!("| {} | {} | {} |", size(kib), ms(p50), ms(p99));
+        let [(json_p50, json_p99), (binary_p50, binary_p99)] = [0, 1].map(|encoding| {
+            let mut pauses: Vec<Duration> = swaps
+                .iter()
+                .filter(|(k, e, _)| *k == kib && *e == encoding)
+                .map(|(_, _, d)| *d)
+                .collect();
+            percentiles(&mut pauses)
+        });
+        println!(
+            "| {} | {} | {} | {} | {} | {:.2}× |",
+            size(kib),
+            ms(json_p50),
+            ms(json_p99),
+            ms(binary_p50),
+            ms(binary_p99),
+            binary_p50.as_secs_f64() / json_p50.as_secs_f64()
+        );
     }
 }

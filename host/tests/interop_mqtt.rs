@@ -392,6 +392,8 @@ fn cli(args: &[&str]) -> String {
 #[test]
 #[ignore = "needs Debian's mosquitto; run by .ci/run"]
 fn a_twin_moves_swaps_and_survives_a_crash_without_losing_an_update() {
+    // The twin writes binary snapshots: every move, swap and recovery
+    // below goes through that encoding (the other tests use JSON's).
     const N: u64 = 10_000;
     let broker = Mosquitto::start();
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
@@ -417,7 +419,7 @@ fn a_twin_moves_swaps_and_survives_a_crash_without_losing_an_update() {
     std::fs::write(
         &spec,
         format!(
-            "apiVersion: wasmtwin.dev/v1alpha1\nkind: DigitalTwin\nmetadata:\n  name: p\nspec:\n  model:\n    ref: {}\n    config: {{primes: 10}}\n  physical:\n    topics: [plant/p/telemetry]\n    adapter:\n      ref: {}\n  requirements:\n    expectedRateHz: 1000\n  history:\n    maxPoints: 100000\n",
+            "apiVersion: wasmtwin.dev/v1alpha1\nkind: DigitalTwin\nmetadata:\n  name: p\nspec:\n  model:\n    ref: {}\n    config: {{primes: 10, state_encoding: binary}}\n  physical:\n    topics: [plant/p/telemetry]\n    adapter:\n      ref: {}\n  requirements:\n    expectedRateHz: 1000\n  history:\n    maxPoints: 100000\n",
             prime.display(),
             signed.adapter.display()
         ),
@@ -559,6 +561,25 @@ fn a_twin_moves_swaps_and_survives_a_crash_without_losing_an_update() {
         seqs,
         (1..=N).collect::<Vec<_>>(),
         "updates 1..N, in order, once each"
+    );
+    let saved = dir.join("p.bundle");
+    cli(&[
+        "checkpoint",
+        "p",
+        "--output",
+        arg(&saved),
+        "--host",
+        &a.api.base,
+    ]);
+    let bundle = wasmtwin::node::Bundle::from_bytes(&std::fs::read(&saved).unwrap()).unwrap();
+    let guest = bundle
+        .checkpoint
+        .section("guest")
+        .expect("the model's state");
+    assert!(
+        guest.starts_with(b"\0wasmtwin-state:msgpack\n"),
+        "a binary snapshot: {:?}",
+        &guest[..guest.len().min(32)]
     );
 }
 

@@ -110,6 +110,13 @@
 //! version and implement [`Model::upgrade`] to read the old JSON: the host can
 //! then swap the new model in under a running twin.
 //!
+//! A model with a large state (thousands of samples, a long string, a byte
+//! buffer) can return [`StateEncoding::Binary`] from
+//! [`Model::state_encoding`]: its snapshots are then MessagePack, quicker to
+//! write and read, which shortens the pause of a migration or a hot-swap.
+//! Both encodings are always read, so a model can change its choice in any
+//! release, and `upgrade` gets a binary snapshot as JSON all the same.
+//!
 //! # Adapters
 //!
 //! An adapter turns a device's payloads into [`Update`]s and [`Command`]s into
@@ -137,7 +144,9 @@ pub use adapter::Adapter;
 pub use describe::{ActionInfo, Description, EventInfo, PropertyInfo, describe};
 pub use error::Error;
 pub use host::{Level, debug, info, log, now_ms, warn};
-pub use model::{Command, Effects, Model, Outcome, Update, parse_config, restore, snapshot};
+pub use model::{
+    Command, Effects, Model, Outcome, StateEncoding, Update, parse_config, restore, snapshot,
+};
 
 /// Used by the code the export macros generate. Not part of the API.
 #[cfg(target_arch = "wasm32")]

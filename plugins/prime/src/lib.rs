@@ -3,11 +3,14 @@
 //! so the work a twin does per update is a knob (`{"primes": N}`) that can
 //! be turned at runtime.
 //! `{"state_kib": K}` pads the state with K KiB, to measure what moving a
-//! twin of a given size costs.
+//! twin of a given size costs; `{"state_encoding": "binary"}` writes its
+//! snapshots in the SDK's binary encoding instead of JSON.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use wasmtwin_sdk::{ActionInfo, Effects, Error, Model, Outcome, PropertyInfo, Update};
+use wasmtwin_sdk::{
+    ActionInfo, Effects, Error, Model, Outcome, PropertyInfo, StateEncoding, Update,
+};
 
 /// The largest N accepted, so a typo cannot make every update take minutes.
 pub const MAX_PRIMES: u32 = 10_000_000;
@@ -28,17 +31,38 @@ pub struct Prime {
     /// Padding that makes the state `state_kib` KiB larger.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     ballast: String,
+    /// How snapshots are written (absent from JSON ones: older releases
+    /// wrote JSON only).
+    #[serde(default, skip_serializing_if = "Encoding::is_json")]
+    state_encoding: Encoding,
+}
+
+/// `state_encoding`: the SDK's encodings, as the configuration names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Json,
+    Binary,
+}
+
+impl Encoding {
+    fn is_json(&self) -> bool {
+        *self == Encoding::Json
+    }
 }
 
 /// The largest state padding accepted, in KiB.
 pub const MAX_STATE_KIB: u32 = 64 * 1024;
 
-/// `{"primes": N, "state_kib": K}`; N defaults to 1000, K to 0.
+/// `{"primes": N, "state_kib": K, "state_encoding": "json" | "binary"}`;
+/// N defaults to 1000, K to 0, the encoding to JSON.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     primes: u32,
     state_kib: u32,
+    state_encoding: Encoding,
 }
 
 impl Default for Config {
@@ -46,13 +70,15 @@ impl Default for Config {
         Config {
             primes: 1000,
             state_kib: 0,
+            state_encoding: Encoding::Json,
         }
     }
 }
 
 impl Config {
-    /// The primes per update and the state padding, if both are in range.
-    fn checked(self) -> Result<(u32, String), Error> {
+    /// The primes per update, the state padding and the encoding, if the
+    /// first two are in range.
+    fn checked(self) -> Result<(u32, String, Encoding), Error> {
         if self.primes == 0 || self.primes > MAX_PRIMES {
             return Err(Error::new(format!(
                 "primes must be between 1 and {MAX_PRIMES}, got {}",
@@ -65,7 +91,8 @@ impl Config {
                 self.state_kib
             )));
         }
-        Ok((self.primes, "x".repeat(self.state_kib as usize * 1024)))
+        let ballast = "x".repeat(self.state_kib as usize * 1024);
+        Ok((self.primes, ballast, self.state_encoding))
     }
 }
 
@@ -122,7 +149,7 @@ impl Model for Prime {
     )];
 
     fn init(config: Config) -> Result<Self, Error> {
-        let (primes, ballast) = config.checked()?;
+        let (primes, ballast, state_encoding) = config.checked()?;
         Ok(Prime {
             primes,
             updates_applied: 0,
@@ -130,12 +157,20 @@ impl Model for Prime {
             last_value: Value::Null,
             last_prime: 0,
             ballast,
+            state_encoding,
         })
     }
 
     fn reconfigure(&mut self, config: Config) -> Result<(), Error> {
-        (self.primes, self.ballast) = config.checked()?;
+        (self.primes, self.ballast, self.state_encoding) = config.checked()?;
         Ok(())
+    }
+
+    fn state_encoding(&self) -> StateEncoding {
+        match self.state_encoding {
+            Encoding::Json => StateEncoding::Json,
+            Encoding::Binary => StateEncoding::Binary,
+        }
     }
 
     fn on_update(&mut self, update: &Update, effects: &mut Effects) -> Result<(), Error> {
@@ -204,6 +239,7 @@ mod tests {
         let model = Prime::init(Config {
             primes: 1,
             state_kib: 3,
+            ..Config::default()
         })
         .unwrap();
         let bytes = wasmtwin_sdk::snapshot(&model).unwrap();
@@ -211,6 +247,7 @@ mod tests {
         let too_big = Config {
             primes: 1,
             state_kib: MAX_STATE_KIB + 1,
+            ..Config::default()
         };
         assert!(Prime::init(too_big).is_err());
     }
@@ -253,6 +290,7 @@ mod tests {
         let mut model = Prime::init(Config {
             primes: 5,
             state_kib: 2,
+            ..Config::default()
         })
         .unwrap();
         model
@@ -263,5 +301,28 @@ mod tests {
         assert_eq!(back, model);
         let err = wasmtwin_sdk::restore::<Prime>(&bytes, Prime::STATE_VERSION + 1).unwrap_err();
         assert!(err.message().contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn a_binary_configured_twin_snapshots_in_binary_and_can_go_back_to_json() {
+        let config = |encoding: &str| -> Config {
+            serde_json::from_value(json!({"state_kib": 4, "state_encoding": encoding})).unwrap()
+        };
+        let mut model = Prime::init(config("binary")).unwrap();
+        model
+            .on_update(&update(3), &mut Effects::default())
+            .unwrap();
+        let binary = wasmtwin_sdk::snapshot(&model).unwrap();
+        assert_eq!(binary.first(), Some(&0), "the SDK's binary marker");
+        let back: Prime = wasmtwin_sdk::restore(&binary, Prime::STATE_VERSION).unwrap();
+        assert_eq!(back, model, "the encoding itself survives a restore");
+        model.reconfigure(config("json")).unwrap();
+        let json = wasmtwin_sdk::snapshot(&model).unwrap();
+        assert_eq!(json.first(), Some(&b'{'));
+        assert!(
+            !String::from_utf8_lossy(&json).contains("state_encoding"),
+            "a JSON snapshot keeps the layout older releases wrote"
+        );
+        assert!(serde_json::from_value::<Config>(json!({"state_encoding": "yaml"})).is_err());
     }
 }
