@@ -231,6 +231,10 @@ pub fn now_us() -> u64 {
 /// 268,435,455 bytes) plus the fixed header.
 const MQTT_MAX_PACKET: u32 = 268_435_455 + 5;
 
+/// Commands a twin's session may have unacknowledged at once; more wait
+/// in its queue.
+const OUTGOING_INFLIGHT: u16 = 16;
+
 /// The session expiry interval MQTT 5 reads as "never".
 const SESSION_NEVER_EXPIRES: u32 = u32::MAX;
 
@@ -270,7 +274,7 @@ pub fn connect(
         max_payload,
     } = subscription;
     let options = options(broker, client_id, false);
-    let (client, eventloop) = AsyncClient::new(options, 256);
+    let (client, eventloop) = client(options, 256);
     let qos = if qos == 0 {
         QoS::AtMostOnce
     } else {
@@ -299,6 +303,16 @@ pub fn connect(
     Ok(Link::new(client, closing, session))
 }
 
+/// A client and its event loop, `requests` of which may wait to be sent.
+pub(crate) fn client(options: MqttOptions, requests: usize) -> (AsyncClient, EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(options, requests);
+    // The event loop starts with room for 100 events of ~400 bytes each
+    // (39 KiB, more than the rest of an idle session); it holds one or two
+    // at a time, so it grows to what it needs instead.
+    eventloop.state.events = std::collections::VecDeque::new();
+    (client, eventloop)
+}
+
 /// Session options for `client_id` at `broker`; a persistent session
 /// unless `clean`.
 pub(crate) fn options(broker: &BrokerAddress, client_id: &str, clean: bool) -> MqttOptions {
@@ -316,7 +330,11 @@ pub(crate) fn options(broker: &BrokerAddress, client_id: &str, clean: bool) -> M
         // Payloads over the twin's own maximum are dropped after reading
         // (bound memory with the broker's `message_size_limit`).
         .set_max_packet_size(Some(MQTT_MAX_PACKET))
-        .set_outgoing_inflight_upper_limit(100);
+        // The client keeps a slot per publish it may have in flight, and an
+        // MQTT 5 publish with its properties takes hundreds of bytes: a
+        // twin's session sends only commands, which admission control
+        // keeps few, so a small window saves tens of KiB per twin.
+        .set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT);
     if let Some((user, password)) = &broker.credentials {
         options.set_credentials(user.clone(), password.clone());
     }
@@ -338,7 +356,7 @@ pub(crate) fn options(broker: &BrokerAddress, client_id: &str, clean: bool) -> M
 /// a clean session: done when a twin has moved to another node, so the
 /// broker stops keeping its messages here.
 pub async fn forget_session(broker: BrokerAddress, client_id: String) {
-    let (client, mut eventloop) = AsyncClient::new(options(&broker, &client_id, true), 10);
+    let (client, mut eventloop) = client(options(&broker, &client_id, true), 10);
     let done = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match eventloop.poll().await {

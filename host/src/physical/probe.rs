@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, Incoming};
+use rumqttc::v5::{Event, Incoming};
 
 use super::BrokerAddress;
 use crate::control::fleet::BrokerPath;
@@ -81,8 +81,7 @@ impl Probe {
         let _ = getrandom::fill(&mut nonce);
         let client_id = format!("wasmtwin-probe-{node}-{}", hex::encode(nonce));
         let topic = format!("wasmtwin/probe/{node}/{}", hex::encode(nonce));
-        let (client, mut eventloop) =
-            AsyncClient::new(super::options(broker, &client_id, true), 16);
+        let (client, mut eventloop) = super::client(super::options(broker, &client_id, true), 16);
         let outcomes = Arc::new(Mutex::new(Outcomes::default()));
         let seen = outcomes.clone();
         let task = tokio::spawn(async move {
