@@ -146,6 +146,7 @@ async fn cost(twins: usize) {
         component_dirs: vec![plugin("misbehave").parent().expect("plugins").to_path_buf()],
         registry: Default::default(),
         observe_only: false,
+        spec_bytes: 1 << 20,
     };
     let control = wasmtwin::control::open(dir.path(), None, config, None).expect("a control plane");
 

@@ -396,3 +396,42 @@ fn input_limits_are_configurable_and_named_when_exceeded() {
         "{said}"
     );
 }
+
+/// The control plane's `apply` took specs up to 1 MiB whatever it was
+/// told; `--max-spec-size` now sets it, as on a node.
+#[test]
+fn the_control_planes_spec_limit_is_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = wasmtwin_tests::servers::free_port();
+    let plugins = wasmtwin_tests::plugin("misbehave");
+    let args: Vec<String> = [
+        "control",
+        "--http",
+        &format!("127.0.0.1:{port}"),
+        "--data",
+        arg(dir.path()),
+        "--token",
+        TOKEN,
+        "--allow-unsigned",
+        "--component-dir",
+        arg(plugins.parent().unwrap()),
+        "--max-spec-size",
+        "2KiB",
+    ]
+    .map(String::from)
+    .to_vec();
+    let control =
+        wasmtwin_tests::node::Node::spawn(env!("CARGO_BIN_EXE_wasmtwin"), &args, port, TOKEN);
+    let padded = format!(
+        "{}\n# {}\n",
+        common::spec("s2", "good", ""),
+        "x".repeat(3000)
+    );
+    let (status, body) = control.api.put("/v1/twins/s2", &padded);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("2 KiB"), "{body}");
+    let (status, body) = control
+        .api
+        .put("/v1/twins/s1", &common::spec("s1", "good", ""));
+    assert!(status == 200 || status == 201, "{status}: {body}");
+}

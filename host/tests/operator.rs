@@ -120,6 +120,7 @@ impl Cluster {
                 component_dirs: vec![plugin("misbehave").parent().unwrap().to_path_buf()],
                 registry: Default::default(),
                 observe_only: false,
+                spec_bytes: 1 << 20,
             },
             None,
         )

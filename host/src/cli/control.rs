@@ -34,7 +34,7 @@ pub struct ControlArgs {
     tls: super::host::TlsArgs,
 }
 
-/// How the control plane decides and whom it trusts; `up` takes the same.
+/// How the control plane decides and whom it trusts; the operator takes the same.
 #[derive(Debug, Args)]
 pub struct PlaneArgs {
     /// The token the control plane calls nodes' APIs with (also
@@ -79,6 +79,10 @@ pub struct PlaneArgs {
     /// would do before letting it.
     #[arg(long)]
     observe_only: bool,
+    /// Largest twin spec `apply` accepts, e.g. `1MiB` (a node's
+    /// `--max-spec-size` bounds what it takes from the control plane).
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = super::host::size)]
+    max_spec_size: usize,
 }
 
 impl PlaneArgs {
@@ -134,6 +138,7 @@ impl PlaneArgs {
             component_dirs: self.component_dirs.clone(),
             registry: self.registry.resolve()?,
             observe_only: self.observe_only,
+            spec_bytes: self.max_spec_size,
         };
         wasmtwin::control::open(data, self.key.as_deref(), config, webhooks)
     }

@@ -320,7 +320,7 @@ impl InputArgs {
 }
 
 /// A size such as `512KiB`, `1MiB` or `4096`, at least one byte.
-fn size(text: &str) -> Result<usize, String> {
+pub(super) fn size(text: &str) -> Result<usize, String> {
     let bytes = text
         .parse::<bytesize::ByteSize>()
         .map_err(|e| format!("`{text}` is not a size like 512KiB or 1MiB: {e}"))?

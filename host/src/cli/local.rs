@@ -126,6 +126,7 @@ pub fn control(
             component_dirs: shared.component_dirs.clone(),
             registry: Default::default(),
             observe_only,
+            spec_bytes: wasmtwin::input::InputLimits::default().spec_bytes,
         },
         None,
     )?;

@@ -193,9 +193,7 @@ async fn apply(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    // The control plane takes what a node takes by default.
-    let limit = crate::input::InputLimits::default().spec_bytes;
-    let spec = match spec_named(body, &name, limit).await {
+    let spec = match spec_named(body, &name, control.spec_limit()).await {
         Ok(spec) => spec,
         Err(response) => return response,
     };

@@ -51,6 +51,8 @@ pub struct ControlConfig {
     /// have done, next to what happens without it. Placing twins, repairing
     /// drift and notifying go on.
     pub observe_only: bool,
+    /// The largest spec `apply` takes, in bytes.
+    pub spec_bytes: usize,
 }
 
 /// What an apply did.
@@ -183,6 +185,11 @@ impl Control {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The largest spec `apply` takes, in bytes.
+    pub fn spec_limit(&self) -> usize {
+        self.config.spec_bytes
     }
 
     /// The event history.

@@ -132,6 +132,7 @@ mod tests {
             component_dirs: vec![plugin("misbehave").parent().unwrap().to_path_buf()],
             registry: Default::default(),
             observe_only: false,
+            spec_bytes: 1 << 20,
         };
         let control = crate::control::open(dir.path(), None, config, None).unwrap();
         let mut spec = crate::spec::minimal();
