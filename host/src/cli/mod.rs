@@ -38,7 +38,14 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Log filter, e.g. `info` or `wasmtwin=debug` (also `WASMTWIN_LOG`).
-    #[arg(long, global = true, env = "WASMTWIN_LOG", default_value = "info")]
+    /// The embedded broker logs each connection at `info`: by default
+    /// only its warnings show.
+    #[arg(
+        long,
+        global = true,
+        env = "WASMTWIN_LOG",
+        default_value = "info,rumqttd=warn"
+    )]
     log: String,
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

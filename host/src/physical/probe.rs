@@ -85,7 +85,9 @@ impl Probe {
         let outcomes = Arc::new(Mutex::new(Outcomes::default()));
         let seen = outcomes.clone();
         let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            // Not at once: the first tick would cancel the poll that is
+            // still connecting, and the session would connect twice.
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut next = 0u64;
             let mut subscribed = false;
@@ -147,6 +149,37 @@ impl Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A probe connected twice at start: its first tick, due at once,
+    /// cancelled the poll that was still connecting.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn defect_a_probe_connects_once_at_start() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // A "broker" that accepts every CONNECT (MQTT 5 CONNACK, success),
+        // a little later as one across a network would, and counts the
+        // connections.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 1024];
+                    if socket.read(&mut buffer).await.unwrap_or(0) > 0 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let _ = socket.write_all(&[0x20, 0x03, 0x00, 0x00, 0x00]).await;
+                    }
+                    while socket.read(&mut buffer).await.unwrap_or(0) > 0 {}
+                });
+            }
+        });
+        let broker: BrokerAddress = format!("mqtt://127.0.0.1:{port}").parse().unwrap();
+        let _probe = Probe::start(&broker, "n", Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn late_probes_are_losses_and_only_the_recent_count() {
