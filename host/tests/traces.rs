@@ -20,6 +20,55 @@ fn in_trace<'a>(spans: &'a [Value], trace: &Value) -> Vec<&'a Value> {
     spans.iter().filter(|s| &s["traceId"] == trace).collect()
 }
 
+/// Trace `trace` as an indented tree, each span with the process it came
+/// from (named by `process`), its start after the trace's first span and
+/// its duration: what docs/observability.md shows (run with --nocapture).
+fn tree(spans: &[Value], trace: &Value, process: &dyn Fn(&Value) -> String) -> String {
+    let mut spans = in_trace(spans, trace);
+    spans.sort_by_key(|s| s["startNs"].as_u64());
+    let origin = spans
+        .first()
+        .and_then(|s| s["startNs"].as_u64())
+        .unwrap_or(0);
+    let ms = |ns: u64| ns as f64 / 1e6;
+    fn below(
+        out: &mut String,
+        spans: &[&Value],
+        parent: &Value,
+        depth: usize,
+        line: &dyn Fn(&Value) -> String,
+    ) {
+        for span in spans.iter().filter(|s| &s["parentSpanId"] == parent) {
+            out.push_str(&format!("{}{}\n", "  ".repeat(depth), line(span)));
+            below(out, spans, &span["spanId"], depth + 1, line);
+        }
+    }
+    let line = |s: &Value| {
+        let (start, end) = (
+            s["startNs"].as_u64().unwrap_or(0),
+            s["endNs"].as_u64().unwrap_or(0),
+        );
+        format!(
+            "{}  [{}]  +{:.2} ms, {:.2} ms",
+            s["name"].as_str().unwrap_or("?"),
+            process(s),
+            ms(start.saturating_sub(origin)),
+            ms(end.saturating_sub(start))
+        )
+    };
+    let roots: Vec<&Value> = spans
+        .iter()
+        .copied()
+        .filter(|s| !spans.iter().any(|p| p["spanId"] == s["parentSpanId"]))
+        .collect();
+    let mut out = String::new();
+    for root in roots {
+        out.push_str(&format!("{}\n", line(root)));
+        below(&mut out, &spans, &root["spanId"], 1, &line);
+    }
+    out
+}
+
 /// A PT message's span and the spans of its stages, if one whole trace has
 /// arrived for twin `twin`: decode, model call, commit and acknowledgement
 /// its children, the change stream's delivery a child of the model call.
@@ -69,6 +118,12 @@ fn a_message_and_a_migration_each_leave_one_trace_across_processes() {
         )
     };
     let control_pid = u64::from(fleet.control.child.id());
+    let process = |s: &Value| -> String {
+        ["edge-a", "edge-b"]
+            .into_iter()
+            .find(|n| s["pid"] == pid_of(n))
+            .map_or_else(|| "control plane".to_string(), |n| format!("node {n}"))
+    };
     let spec = common::spec(
         "tr",
         "good",
@@ -88,6 +143,10 @@ fn a_message_and_a_migration_each_leave_one_trace_across_processes() {
         20,
     );
     let (root, stages) = message_trace(&receiver.spans(), "tr").unwrap();
+    println!(
+        "One PT message:\n{}",
+        tree(&receiver.spans(), &root["traceId"], &process)
+    );
     assert_eq!(root["pid"], pid_of(&first), "{root}");
     assert_eq!(
         root["parentSpanId"], "",
@@ -155,8 +214,14 @@ fn a_message_and_a_migration_each_leave_one_trace_across_processes() {
         "the migration's spans from both nodes",
         20,
     );
+    // The last spans of the move (the target's) may still be on their way.
+    std::thread::sleep(std::time::Duration::from_secs(2));
     let spans = receiver.spans();
     let migration = decided(&spans).unwrap();
+    println!(
+        "One migration:\n{}",
+        tree(&spans, &migration["traceId"], &process)
+    );
     assert_eq!(migration["pid"], control_pid);
     assert_eq!(migration["parentSpanId"], "", "a decision starts a trace");
     assert_eq!(migration["attributes"]["ok"], true, "{migration}");

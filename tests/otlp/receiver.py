@@ -56,6 +56,8 @@ class Traces(BaseHTTPRequestHandler):
                                 "traceId": span.trace_id.hex(),
                                 "spanId": span.span_id.hex(),
                                 "parentSpanId": span.parent_span_id.hex(),
+                                "startNs": span.start_time_unix_nano,
+                                "endNs": span.end_time_unix_nano,
                                 "attributes": attributes(span.attributes),
                             }
                         ),
