@@ -9,6 +9,7 @@
 //! and any proxy in front of it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,45 +85,55 @@ impl Probe {
         let (client, mut eventloop) = super::client(super::options(broker, &client_id, true), 16);
         let outcomes = Arc::new(Mutex::new(Outcomes::default()));
         let seen = outcomes.clone();
+        // The event loop and the ticks run side by side, never one
+        // cancelling the other: a tick that cancelled a poll still
+        // connecting made the session connect again, and again on every
+        // tick while connecting took longer than the period.
         let task = tokio::spawn(async move {
-            // Not at once: the first tick would cancel the poll that is
-            // still connecting, and the session would connect twice.
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut next = 0u64;
-            let mut subscribed = false;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        lock(&seen).expire(Instant::now());
-                        if !subscribed {
-                            continue;
-                        }
-                        next += 1;
-                        lock(&seen).pending.insert(next, Instant::now());
-                        let _ = client.try_publish(&topic, QoS::AtMostOnce, false, next.to_string());
-                    }
-                    event = eventloop.poll() => match event {
+            let subscribed = AtomicBool::new(false);
+            let receive = async {
+                loop {
+                    match eventloop.poll().await {
                         Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                            subscribed = client.subscribe(&topic, QoS::AtMostOnce).await.is_ok();
+                            let asked = client.subscribe(&topic, QoS::AtMostOnce).await.is_ok();
+                            subscribed.store(asked, Ordering::Relaxed);
                         }
                         Ok(Event::Incoming(Incoming::Publish(p))) => {
                             let back = Instant::now();
-                            let number = std::str::from_utf8(&p.payload).ok().and_then(|t| t.parse::<u64>().ok());
+                            let number = std::str::from_utf8(&p.payload)
+                                .ok()
+                                .and_then(|t| t.parse::<u64>().ok());
                             let mut outcomes = lock(&seen);
                             if let Some(sent) = number.and_then(|n| outcomes.pending.remove(&n)) {
-                                outcomes.push(Some(back.duration_since(sent).as_secs_f64() * 1000.0));
+                                outcomes
+                                    .push(Some(back.duration_since(sent).as_secs_f64() * 1000.0));
                             }
                         }
                         Ok(_) => {}
                         Err(e) => {
                             tracing::debug!("probe session to the broker: {e}");
-                            subscribed = false;
+                            subscribed.store(false, Ordering::Relaxed);
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
-                    },
+                    }
                 }
-            }
+            };
+            let send = async {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut next = 0u64;
+                loop {
+                    tick.tick().await;
+                    lock(&seen).expire(Instant::now());
+                    if subscribed.load(Ordering::Relaxed) {
+                        next += 1;
+                        lock(&seen).pending.insert(next, Instant::now());
+                        let _ =
+                            client.try_publish(&topic, QoS::AtMostOnce, false, next.to_string());
+                    }
+                }
+            };
+            tokio::join!(receive, send);
         })
         .abort_handle();
         Self {
@@ -151,13 +162,14 @@ mod tests {
     use super::*;
 
     /// A probe connected twice at start: its first tick, due at once,
-    /// cancelled the poll that was still connecting.
+    /// cancelled the poll that was still connecting (and so did every
+    /// tick while connecting took longer than the period).
     #[tokio::test(flavor = "multi_thread")]
     async fn defect_a_probe_connects_once_at_start() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         // A "broker" that accepts every CONNECT (MQTT 5 CONNACK, success),
-        // a little later as one across a network would, and counts the
-        // connections.
+        // later than the probe's period, as one across a slow network
+        // would, and counts the connections.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -168,7 +180,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buffer = [0u8; 1024];
                     if socket.read(&mut buffer).await.unwrap_or(0) > 0 {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(300)).await;
                         let _ = socket.write_all(&[0x20, 0x03, 0x00, 0x00, 0x00]).await;
                     }
                     while socket.read(&mut buffer).await.unwrap_or(0) > 0 {}
