@@ -1,8 +1,10 @@
 //! Ingest benchmark: PT messages through a real MQTT broker (Mosquitto, on
 //! loopback) into twins on one node, against the broker's own
 //! publish→subscribe floor measured in the same run with the same
-//! publishers and payloads. And the resident memory of idle twins, against
-//! bare model instances, each in a fresh child process.
+//! publishers and payloads. Then the latency of waking a hibernating twin,
+//! against the same twin's next message while awake; and the resident
+//! memory of idle twins, awake and hibernating, against bare model
+//! instances, each in a fresh child process.
 //!
 //! `cargo bench -p wasmtwin --bench ingest` prints Markdown tables. Needs
 //! `mosquitto` on the PATH (Debian: `apt-get install mosquitto`).
@@ -41,8 +43,8 @@ use wasmtwin::twin::Twin;
 use wasmtwin_tests::servers::Mosquitto;
 use wasmtwin_tests::wait;
 
-/// Child-process mode for the memory measurements: `twins:N:PORT` or
-/// `instances:N`.
+/// Child-process mode for the memory measurements: `twins:N:PORT`,
+/// `sleeping:N:PORT` or `instances:N`.
 const CHILD: &str = "WASMTWIN_BENCH_CHILD";
 
 /// Publish times of messages in flight, and the latencies of those that
@@ -154,14 +156,7 @@ impl Publishers {
             let twin = k % twins;
             self.seqs[twin] += 1;
             let seq = self.seqs[twin];
-            let payload = json!({
-                "seq": seq,
-                "ts_ms": now_ms(),
-                "temperature": 20.0 + (k % 50) as f64 / 10.0,
-                "rpm": 1450,
-                "running": true,
-            })
-            .to_string();
+            let payload = telemetry(seq, k);
             tracker.published(twin, seq);
             self.clients[twin % self.clients.len()]
                 .publish(
@@ -175,6 +170,18 @@ impl Publishers {
         }
         started
     }
+}
+
+/// The `k`th motor reading sent, numbered `seq` for its twin.
+fn telemetry(seq: u64, k: usize) -> String {
+    json!({
+        "seq": seq,
+        "ts_ms": now_ms(),
+        "temperature": 20.0 + (k % 50) as f64 / 10.0,
+        "rpm": 1450,
+        "running": true,
+    })
+    .to_string()
 }
 
 /// What one configuration measured.
@@ -283,7 +290,15 @@ fn signed_plugins(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, TrustP
     (model, adapter, TrustPolicy::Require(trust))
 }
 
-fn node(dir: &Path, port: u16, queue: usize) -> (Arc<Node>, impl Fn(usize) -> TwinSpec) {
+/// A node named `name` on Mosquitto at `port`, with job queues of `queue`,
+/// and the spec of its twin `i` (fed from `NAME/I/telemetry`).
+fn node(
+    dir: &Path,
+    port: u16,
+    queue: usize,
+    name: &str,
+    hibernate_after: Option<Duration>,
+) -> (Arc<Node>, impl Fn(usize) -> TwinSpec) {
     let (model, adapter, policy) = signed_plugins(dir);
     let runtime = Runtime::new(RuntimeConfig {
         fuel: true,
@@ -301,7 +316,7 @@ fn node(dir: &Path, port: u16, queue: usize) -> (Arc<Node>, impl Fn(usize) -> Tw
     let node = Arc::new(
         Node::new(
             NodeConfig {
-                name: "bench".into(),
+                name: name.into(),
                 broker,
                 policy,
                 queue_capacity: queue,
@@ -311,12 +326,14 @@ fn node(dir: &Path, port: u16, queue: usize) -> (Arc<Node>, impl Fn(usize) -> Tw
                 fuel_per_cpu_second: None,
                 max_subscribers: wasmtwin::node::DEFAULT_MAX_SUBSCRIBERS,
                 inputs: Default::default(),
+                hibernate_after,
             },
             runtime,
             store,
         )
         .expect("node"),
     );
+    let prefix = name.to_string();
     let spec = move |i: usize| {
         let text = json!({
             "apiVersion": wasmtwin::spec::API_VERSION,
@@ -325,7 +342,7 @@ fn node(dir: &Path, port: u16, queue: usize) -> (Arc<Node>, impl Fn(usize) -> Tw
             "spec": {
                 "model": { "ref": model.display().to_string() },
                 "physical": {
-                    "topics": [format!("bench/{i}/telemetry")],
+                    "topics": [format!("{prefix}/{i}/telemetry")],
                     "adapter": { "ref": adapter.display().to_string() },
                 },
             },
@@ -354,8 +371,9 @@ fn mappings() -> u64 {
         .unwrap_or(0)
 }
 
-/// Child process: creates `n` idle twins (or bare instances) and prints the
-/// growth of its resident memory in KiB and of its memory mappings.
+/// Child process: creates `n` idle twins (left to hibernate, for
+/// `sleeping`) or bare instances, and prints the growth of its resident
+/// memory in KiB and of its memory mappings.
 fn child(mode: &str) {
     let parts: Vec<&str> = mode.split(':').collect();
     let n: usize = parts[1].parse().expect("count");
@@ -364,9 +382,10 @@ fn child(mode: &str) {
     let _enter = io.enter();
     let (before, maps_before);
     match parts[0] {
-        "twins" => {
+        kind @ ("twins" | "sleeping") => {
             let port: u16 = parts[2].parse().expect("port");
-            let (node, spec) = node(dir.path(), port, 64);
+            let hibernate_after = (kind == "sleeping").then_some(Duration::from_secs(1));
+            let (node, spec) = node(dir.path(), port, 64, kind, hibernate_after);
             // Load the components before the baseline, as for instances.
             node.apply(spec(0), false).expect("a twin");
             (before, maps_before) = (rss_kib(), mappings());
@@ -374,6 +393,13 @@ fn child(mode: &str) {
                 node.apply(spec(i), false).expect("a twin");
             }
             std::thread::sleep(Duration::from_secs(1));
+            if hibernate_after.is_some() {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while node.metrics().hibernating.get() < n as i64 + 1 {
+                    assert!(Instant::now() < deadline, "the twins did not all hibernate");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
             println!(
                 "{} {}",
                 rss_kib().saturating_sub(before),
@@ -458,6 +484,75 @@ fn check_map_count(twins: usize) {
     );
 }
 
+/// Publish → state changed for `twins` hibernating twins, one message at
+/// a time, each followed by the same twin's next message while it is awake
+/// (the baseline, interleaved so that load hits both alike); `rounds`
+/// rounds after a warm-up one. Returns (awake, hibernating) latencies, µs.
+fn wake_latency(
+    io: &tokio::runtime::Runtime,
+    port: u16,
+    twins: usize,
+    rounds: usize,
+) -> (Histogram<u64>, Histogram<u64>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, spec) = node(
+        dir.path(),
+        port,
+        1024,
+        "wake",
+        Some(Duration::from_millis(200)),
+    );
+    let mut streams: Vec<_> = (0..twins)
+        .map(|i| {
+            node.apply(spec(i), false).expect("a wake twin");
+            node.subscribe(&format!("twin-{i}"))
+                .expect("its change stream")
+        })
+        .collect();
+    let mut options = MqttOptions::new("bench-wake", "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let mut hists = [(); 2].map(|()| Histogram::<u64>::new(3).expect("histogram"));
+    let mut seqs = vec![0; twins];
+    let mut sent = 0;
+    io.block_on(async {
+        for round in 0..=rounds {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while node.metrics().hibernating.get() < twins as i64 {
+                assert!(Instant::now() < deadline, "the twins did not all hibernate");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for (i, stream) in streams.iter_mut().enumerate() {
+                // Asleep first, then awake.
+                for awake in [false, true] {
+                    seqs[i] += 1;
+                    sent += 1;
+                    let started = Instant::now();
+                    client
+                        .publish(
+                            format!("wake/{i}/telemetry"),
+                            QoS::AtLeastOnce,
+                            false,
+                            telemetry(seqs[i], sent),
+                        )
+                        .await
+                        .expect("publishing");
+                    while stream.recv().await.expect("a change").seq < seqs[i] {}
+                    if round > 0 {
+                        let us = started.elapsed().as_micros() as u64;
+                        hists[usize::from(!awake)]
+                            .record(us.max(1))
+                            .expect("record");
+                    }
+                }
+            }
+        }
+    });
+    let [awake, asleep] = hists;
+    (awake, asleep)
+}
+
 fn fmt_us(us: u64) -> String {
     if us >= 1000 {
         format!("{:.2} ms", us as f64 / 1000.0)
@@ -485,7 +580,7 @@ fn main() {
         .collect();
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let (node, spec) = node(dir.path(), broker.port, 1024);
+    let (node, spec) = node(dir.path(), broker.port, 1024, "bench", None);
     let twins = Tracker::new();
     let mut hosted = 0;
     let mut publishers = Publishers::connect(broker.port, 4);
@@ -531,8 +626,27 @@ fn main() {
     }
     drop(node);
 
+    let (wake_twins, rounds) = if quick() { (5, 2) } else { (100, 5) };
+    let (awake, asleep) = wake_latency(&io, broker.port, wake_twins, rounds);
+    println!(
+        "\n## Wake-up latency: publish → state changed, {wake_twins} twins × {rounds} rounds, each woken then sent its next message\n"
+    );
+    println!("| twin | p50 | p99 | max |\n|---|---:|---:|---:|");
+    for (what, h) in [
+        ("awake (baseline: the same twin's next message)", &awake),
+        ("hibernating (the message wakes it)", &asleep),
+    ] {
+        println!(
+            "| {what} | {} | {} | {} |",
+            fmt_us(h.value_at_quantile(0.5)),
+            fmt_us(h.value_at_quantile(0.99)),
+            fmt_us(h.max())
+        );
+    }
+
     check_map_count(idle);
     let (twin_kib, twin_maps) = idle_memory(&format!("twins:{idle}:{}", broker.port));
+    let (sleeping_kib, sleeping_maps) = idle_memory(&format!("sleeping:{idle}:{}", broker.port));
     let (instance_kib, instance_maps) = idle_memory(&format!("instances:{idle}"));
     println!("\n## Resident memory of {idle} idle twins on one node\n");
     println!("| what | total | per twin | mappings per twin |\n|---|---:|---:|---:|");
@@ -546,6 +660,11 @@ fn main() {
             "hosted twins (model + adapter instances, MQTT session, queues, store)",
             twin_kib,
             twin_maps,
+        ),
+        (
+            "hosted twins, hibernating (instances dropped; session, queues, last checkpoint kept)",
+            sleeping_kib,
+            sleeping_maps,
         ),
     ] {
         println!(

@@ -189,6 +189,40 @@ pub struct HostArgs {
     /// give it for reproducible shares across machines or runs.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     fuel_per_cpu_second: Option<u64>,
+    /// A twin with no message, action or other work for this long
+    /// hibernates: its Wasm instances are dropped and its state kept as its
+    /// last checkpoint, until the next message, action or swap wakes it
+    /// (reads do not). Its entanglement is measured all along. A duration
+    /// (`90s`, `5m`), or `never`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_hibernate_after,
+          default_value_t = Hibernation(Some(wasmtwin::node::DEFAULT_HIBERNATE_AFTER)))]
+    hibernate_after: Hibernation,
+}
+
+/// `--hibernate-after`: a delay, or never.
+#[derive(Debug, Clone, Copy)]
+struct Hibernation(Option<Duration>);
+
+impl std::fmt::Display for Hibernation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(delay) => write!(f, "{}", humantime::format_duration(delay)),
+            None => f.write_str("never"),
+        }
+    }
+}
+
+fn parse_hibernate_after(text: &str) -> Result<Hibernation, String> {
+    if text == "never" {
+        return Ok(Hibernation(None));
+    }
+    match humantime::parse_duration(text) {
+        Ok(delay) if delay.is_zero() => Err("must be above zero (or `never`)".into()),
+        Ok(delay) => Ok(Hibernation(Some(delay))),
+        Err(e) => Err(format!(
+            "{e}: give a duration such as `90s` or `5m`, or `never`"
+        )),
+    }
 }
 
 /// Whether, and as what, the node joins a control plane.
@@ -751,6 +785,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
                 fuel_per_cpu_second: args.fuel_per_cpu_second,
                 max_subscribers: args.max_subscribers,
                 inputs: args.inputs.resolve(),
+                hibernate_after: args.hibernate_after.0,
             },
             runtime,
             store,

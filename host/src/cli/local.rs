@@ -183,6 +183,7 @@ pub async fn node(
             fuel_per_cpu_second: plan.fuel_per_cpu_second,
             max_subscribers: wasmtwin::node::DEFAULT_MAX_SUBSCRIBERS,
             inputs: Default::default(),
+            hibernate_after: Some(wasmtwin::node::DEFAULT_HIBERNATE_AFTER),
         },
         runtime.clone(),
         wasmtwin::store::Store::open(&data.join(plan.name))?,

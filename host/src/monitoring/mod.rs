@@ -78,6 +78,10 @@ pub struct Metrics {
     pub cpu_share: Family<TwinLabel, Ratio>,
     /// HTTP requests shed by admission control, by priority class.
     pub requests_shed: Family<ClassLabel, Counter>,
+    /// Twins hibernating now.
+    pub hibernating: Gauge,
+    /// From a job arriving for a hibernating twin to its instance restored.
+    pub wake_seconds: Histogram,
 }
 
 /// A per-twin family, as far as forgetting a twin goes.
@@ -116,10 +120,24 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut root = Registry::default();
         let requests_shed = Family::default();
-        root.sub_registry_with_prefix("wasmtwin_node").register(
+        let node = root.sub_registry_with_prefix("wasmtwin_node");
+        node.register(
             "requests_shed",
             "HTTP requests refused by admission control under overload, and event streams refused over a twin's --max-subscribers",
             requests_shed.clone(),
+        );
+        let hibernating = Gauge::default();
+        // 50 µs to about 0.4 s.
+        let wake_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 14));
+        node.register(
+            "twins_hibernating",
+            "Twins hibernating (idle past --hibernate-after: instance dropped, state kept as its last checkpoint)",
+            hibernating.clone(),
+        );
+        node.register(
+            "wake_seconds",
+            "From a job arriving for a hibernating twin to its instance restored and ready",
+            wake_seconds.clone(),
         );
         let (timeliness, model_seconds) = (
             Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -222,6 +240,8 @@ impl Default for Metrics {
             cpu_throttled_seconds,
             cpu_share,
             requests_shed,
+            hibernating,
+            wake_seconds,
         }
     }
 }

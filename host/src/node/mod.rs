@@ -71,7 +71,16 @@ pub struct NodeConfig {
     pub max_subscribers: usize,
     /// The size limits on what clients send.
     pub inputs: crate::input::InputLimits,
+    /// A twin that gets no message, action or other job for this long
+    /// hibernates (its instances are dropped until one comes); `None`
+    /// keeps every twin awake.
+    pub hibernate_after: Option<std::time::Duration>,
 }
+
+/// [`NodeConfig::hibernate_after`] unless told otherwise: long enough that
+/// a device reporting every few minutes keeps its twin awake, so only
+/// twins with nothing to do pay the wake-up.
+pub const DEFAULT_HIBERNATE_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// [`NodeConfig::max_subscribers`] unless told otherwise: each stream
 /// holds a connection, and the node-wide connection limit (1,024) must
@@ -717,6 +726,7 @@ impl Node {
             entanglement,
             guest_errors: 0,
             last_error: None,
+            asleep: false,
         }));
         let changes = session.changes;
         let history = &spec.spec.history;
@@ -728,7 +738,6 @@ impl Node {
             adapter: components.adapter,
             limits: components.limits,
             cpu: cpu.clone(),
-            twin,
             link: session.link.clone(),
             command_topic: spec.spec.physical.command_topic.clone(),
             max_payload: spec.max_payload(),
@@ -743,13 +752,14 @@ impl Node {
             },
             recovery: stored,
             since_recovery: Vec::new(),
+            hibernate_after: self.config.hibernate_after,
         };
         let (done, finished) = std::sync::mpsc::channel();
         let queue = session.queue;
         let task = self
             .workers
             .spawn(async move {
-                worker.run(queue).await;
+                worker.run(twin, queue).await;
                 let _ = done.send(());
             })
             .abort_handle();

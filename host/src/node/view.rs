@@ -27,6 +27,8 @@ pub struct Shared {
     pub guest_errors: u64,
     /// The most recent failure, in words.
     pub last_error: Option<String>,
+    /// Hibernating: no instance runs; the next job wakes it.
+    pub asleep: bool,
 }
 
 /// What one applied message changed, as the change stream carries it.
@@ -113,6 +115,9 @@ pub struct TwinReport {
     pub last_error: Option<String>,
     /// The twin's CPU share and use.
     pub cpu: CpuReport,
+    /// Hibernating (idle past the node's `--hibernate-after`): its
+    /// instance is dropped until a message, action or swap wakes it.
+    pub hibernating: bool,
 }
 
 impl Shared {
@@ -152,6 +157,7 @@ impl Shared {
             last_error: self.last_error.clone(),
             // The node fills it from the twin's CPU account.
             cpu: CpuReport::default(),
+            hibernating: self.asleep,
         };
         (report, transition)
     }

@@ -11,10 +11,17 @@
 //! failure that poisons the instance is recovered from the last checkpoint
 //! plus the messages applied since, replayed; the update that failed is
 //! dropped and counted, and the twin goes on.
+//!
+//! A twin that gets no work for the node's `hibernate_after` sleeps: its
+//! state is already durable as its last checkpoint, so the worker drops
+//! its instances and keeps only that checkpoint; the next job restores it
+//! (reads are served from the shared view and wake nothing, and the twin's
+//! entanglement, measured there, goes on being measured while it sleeps).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use anyhow::Context as _;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument as _;
@@ -96,7 +103,6 @@ pub struct Worker {
     pub limits: Limits,
     /// The twin's CPU share, which every instance it runs is charged to.
     pub cpu: CpuShare,
-    pub twin: Twin,
     pub link: Link,
     pub command_topic: Option<String>,
     /// The largest payload the twin takes (for the message that says why
@@ -112,6 +118,61 @@ pub struct Worker {
     pub recovery: Option<Arc<Checkpoint>>,
     /// …followed by the messages applied since.
     pub since_recovery: Vec<Vec<Update>>,
+    /// Idle this long, the twin hibernates; `None` keeps it awake.
+    pub hibernate_after: Option<std::time::Duration>,
+}
+
+/// The twin's instances, while it is awake.
+struct Live {
+    twin: Twin,
+    adapter: AdapterInstance,
+}
+
+/// What the queue brought next. (Not boxed: it lives for one turn of the
+/// loop, and a box would cost every message an allocation.)
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Job(Job),
+    /// The queue closed: the twin is gone.
+    Closed,
+    /// The pending handover's deadline passed.
+    Late,
+    /// Nothing came for the hibernation delay.
+    Idle,
+}
+
+/// The next job, or why none came: the pending handover's deadline, else
+/// the idle delay, bounds the wait.
+async fn next(
+    jobs: &mut mpsc::Receiver<Job>,
+    handover: Option<Instant>,
+    idle: Option<std::time::Duration>,
+) -> Next {
+    let received = |job: Option<Job>| job.map_or(Next::Closed, Next::Job);
+    match (handover, idle) {
+        (Some(deadline), _) => tokio::time::timeout_at(deadline.into(), jobs.recv())
+            .await
+            .map_or(Next::Late, received),
+        (None, Some(idle)) => tokio::time::timeout(idle, jobs.recv())
+            .await
+            .map_or(Next::Idle, received),
+        (None, None) => received(jobs.recv().await),
+    }
+}
+
+impl Job {
+    /// Answers a job that cannot be carried out (its twin could not be
+    /// woken): a message stays unacknowledged, so the broker keeps it.
+    fn refuse(self, why: &str) {
+        let why = why.to_string();
+        match self {
+            Job::Message(_) | Job::Stop => {}
+            Job::Act { reply, .. } => drop(reply.send(Err(why))),
+            Job::Checkpoint { reply } | Job::Handover { reply, .. } => drop(reply.send(Err(why))),
+            Job::Swap { reply, .. } => drop(reply.send(Err(why))),
+            Job::Reconfigure { reply, .. } => drop(reply.send(Err(why))),
+        }
+    }
 }
 
 /// A handover waiting for the twin to reach a sequence number.
@@ -191,65 +252,101 @@ impl Worker {
         }
     }
 
+    /// A twin's instances, its adapter created beside it, both charged to
+    /// the twin's CPU share.
+    async fn live(&mut self, mut twin: Twin) -> anyhow::Result<Live> {
+        twin.set_cpu(self.cpu.clone());
+        let adapter = self.new_adapter().await?;
+        Ok(Live { twin, adapter })
+    }
+
     /// Serves the queue until it closes, a stop, or a handover. Runs on the
     /// node's twin runtime, whose threads exist for this CPU-bound work: a
     /// call into the guest is awaited, yielding the thread to other twins
     /// at every epoch tick, and bounded by its fuel and deadline.
-    pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        self.twin.set_cpu(self.cpu.clone());
-        let mut adapter = match self.new_adapter().await {
-            Ok(adapter) => adapter,
+    pub async fn run(mut self, twin: Twin, mut jobs: mpsc::Receiver<Job>) {
+        let mut live = match self.live(twin).await {
+            Ok(live) => live,
             Err(e) => return self.failed(&format!("{e:#}")),
         };
         // The starting point, durable before the first message: a new twin,
         // or a resumed one with its journal replayed. A twin that arrived
         // from another node brings its own (the node stored the bundle).
         if self.recovery.is_none() {
-            self.new_recovery_point(Vec::new(), None).await;
+            self.new_recovery_point(&mut live.twin, Vec::new(), None)
+                .await;
         }
+        let mut live = Some(live);
         let mut handover: Option<Handover> = None;
         loop {
-            let next = match &handover {
-                Some(h) => match tokio::time::timeout_at(h.deadline.into(), jobs.recv()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        if let Some(h) = handover.take() {
-                            h.fail(self.twin.state().last_seq);
-                        }
-                        continue;
+            let idle = self.hibernate_after.filter(|_| live.is_some());
+            let job = match next(&mut jobs, handover.as_ref().map(|h| h.deadline), idle).await {
+                Next::Job(job) => job,
+                Next::Closed => break,
+                Next::Late => {
+                    let last_seq = live.as_ref().and_then(|l| l.twin.state().last_seq);
+                    if let Some(h) = handover.take() {
+                        h.fail(last_seq);
                     }
-                },
-                None => jobs.recv().await,
+                    continue;
+                }
+                Next::Idle => {
+                    if let Some(awake) = live.take() {
+                        live = self.hibernate(awake).await;
+                    }
+                    continue;
+                }
             };
-            let Some(job) = next else { break };
             self.metrics
                 .queue_depth
                 .get_or_create(&self.label())
                 .set(jobs.len() as i64);
+            let job = match (job, &self.recovery, &live) {
+                (Job::Stop, ..) => break,
+                // Asleep, the twin is its recovery point: no need to wake it.
+                (Job::Checkpoint { reply }, Some(recovery), None) => {
+                    let _ = reply.send(Ok(recovery.as_ref().clone()));
+                    continue;
+                }
+                (job, ..) => job,
+            };
+            let awake = match live {
+                Some(ref mut awake) => awake,
+                None => match self.wake().await {
+                    Ok(woken) => live.insert(woken),
+                    Err(e) => {
+                        let why = format!("waking the twin: {e:#}");
+                        self.failed(&why);
+                        job.refuse(&why);
+                        continue;
+                    }
+                },
+            };
             match job {
-                Job::Message(message) => self.on_message(&mut adapter, message).await,
+                Job::Message(message) => self.on_message(awake, message).await,
                 Job::Stop => break,
                 Job::Act { name, input, reply } => {
-                    self.act(&mut adapter, &name, &input, reply).await;
+                    self.act(awake, &name, &input, reply).await;
                 }
                 Job::Reconfigure { config, reply } => {
-                    let result = self
+                    let result = awake
                         .twin
                         .reconfigure(&config)
                         .await
                         .map_err(|e| e.to_string());
                     if result.is_ok() {
                         // The configuration is part of the state.
-                        self.new_recovery_point(Vec::new(), None).await;
+                        self.new_recovery_point(&mut awake.twin, Vec::new(), None)
+                            .await;
                     }
                     let _ = reply.send(result);
                 }
                 Job::Checkpoint { reply } => {
-                    let checkpoint = self.twin.checkpoint().await;
+                    let checkpoint = awake.twin.checkpoint().await;
                     let _ = reply.send(checkpoint.map_err(|e| format!("{e:#}")));
                 }
                 Job::Swap { model, reply } => {
-                    let _ = reply.send(self.swap(model).await);
+                    let _ = reply.send(self.swap(&mut awake.twin, model).await);
                 }
                 Job::Handover {
                     until,
@@ -263,28 +360,81 @@ impl Worker {
                     });
                 }
             }
-            if let Some(h) = handover.take_if(|h| h.reached(self.twin.state().last_seq)) {
+            if let Some(h) = handover.take_if(|h| h.reached(awake.twin.state().last_seq)) {
                 // The last state this node applies; the worker stops here.
                 // (Should the move fail, the store's last checkpoint plus
                 // its journal bring the twin back to this same state.)
-                let checkpoint = self.twin.checkpoint().await;
+                let checkpoint = awake.twin.checkpoint().await;
                 let _ = h.reply.send(checkpoint.map_err(|e| format!("{e:#}")));
                 break;
             }
         }
+        if live.is_none() {
+            self.set_asleep(false);
+        }
         self.link.close();
+    }
+
+    /// Lets an idle twin sleep: its state, made the recovery point if it
+    /// is not already, is all that stays; its instances are dropped.
+    /// Returns the twin still awake if that checkpoint could not be taken.
+    async fn hibernate(&mut self, mut live: Live) -> Option<Live> {
+        // A recovery point written by another build (the one the twin
+        // arrived with from another node) would not restore into this one.
+        let current = self.recovery.as_ref().is_some_and(|recovery| {
+            self.since_recovery.is_empty()
+                && recovery.model.component == live.twin.model().component
+        });
+        if !current {
+            self.new_recovery_point(&mut live.twin, Vec::new(), None)
+                .await;
+            if !self.since_recovery.is_empty() || self.recovery.is_none() {
+                return Some(live);
+            }
+        }
+        drop(live);
+        // A Vec keeps its capacity when cleared: up to a checkpoint
+        // interval's worth of message slots per sleeping twin.
+        self.since_recovery = Vec::new();
+        self.set_asleep(true);
+        tracing::debug!(twin = %self.name, "hibernating");
+        None
+    }
+
+    /// Wakes a hibernating twin: its recovery point restored into a new
+    /// instance, with whatever the journal holds after it replayed.
+    async fn wake(&mut self) -> anyhow::Result<Live> {
+        let started = Instant::now();
+        let twin = self.restored().await?;
+        let live = self.live(twin).await?;
+        self.set_asleep(false);
+        self.metrics
+            .wake_seconds
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(twin = %self.name, took = ?started.elapsed(), "woken");
+        Ok(live)
+    }
+
+    /// Marks the twin asleep or awake, in its view and the node's count.
+    fn set_asleep(&self, asleep: bool) {
+        let mut shared = self.shared();
+        if shared.asleep != asleep {
+            shared.asleep = asleep;
+            self.metrics.hibernating.inc_by(if asleep { 1 } else { -1 });
+        }
     }
 
     /// Applies one PT message and makes it durable; its acknowledgement
     /// waits for that.
-    async fn on_message(&mut self, adapter: &mut AdapterInstance, message: Inbound) {
+    async fn on_message(&mut self, live: &mut Live, message: Inbound) {
         let span = message.span.clone();
         span.record("twin", self.name.as_str());
-        self.handle_message(adapter, message).instrument(span).await;
+        self.handle_message(live, message).instrument(span).await;
     }
 
     /// [`Worker::on_message`], inside the message's span.
-    async fn handle_message(&mut self, adapter: &mut AdapterInstance, message: Inbound) {
+    async fn handle_message(&mut self, live: &mut Live, message: Inbound) {
+        let Live { twin, adapter } = live;
         let mut ops = Vec::new();
         if let Some(size) = message.oversized {
             // Acknowledged below like any other, so the broker forgets it.
@@ -309,7 +459,7 @@ impl Worker {
             match decoded {
                 Ok(updates) => {
                     let applied = self
-                        .apply(&updates, message.received_us)
+                        .apply(twin, &updates, message.received_us)
                         .instrument(crate::trace_span!("model.apply", updates = updates.len()))
                         .await;
                     if let Some(op) = applied {
@@ -336,7 +486,7 @@ impl Worker {
             }) as crate::store::Done
         });
         if self.since_recovery.len() >= self.checkpoint_interval() {
-            self.new_recovery_point(ops, None).await;
+            self.new_recovery_point(twin, ops, None).await;
             // The checkpoint's writes carry this message's too.
             self.store.write(Vec::new(), ack);
         } else {
@@ -359,10 +509,11 @@ impl Worker {
     /// `done` is told once they are durable.
     async fn new_recovery_point(
         &mut self,
+        twin: &mut Twin,
         mut ops: Vec<Op>,
         done: Option<crate::store::Done>,
     ) -> Option<Arc<Checkpoint>> {
-        let checkpoint = self.checkpoint(&mut ops).await;
+        let checkpoint = self.checkpoint(twin, &mut ops).await;
         self.store.write(ops, done);
         if let Some(c) = &checkpoint {
             self.recovery = Some(c.clone());
@@ -374,10 +525,10 @@ impl Worker {
     /// Replaces the model between two updates: the old instance's
     /// checkpoint is restored into the new component; if that fails, the
     /// old instance goes on as if nothing happened.
-    async fn swap(&mut self, model: ModelComponent) -> Result<SwapReport, String> {
+    async fn swap(&mut self, twin: &mut Twin, model: ModelComponent) -> Result<SwapReport, String> {
         let started = Instant::now();
-        let checkpoint = self.twin.checkpoint().await.map_err(|e| format!("{e:#}"))?;
-        let twin = Twin::restore(
+        let checkpoint = twin.checkpoint().await.map_err(|e| format!("{e:#}"))?;
+        let mut swapped = Twin::restore(
             &self.runtime,
             &model,
             &checkpoint,
@@ -386,30 +537,29 @@ impl Worker {
         )
         .await
         .map_err(|e| format!("the new model refused the twin's state: {e:#}"))?;
-        let mut twin = twin;
-        twin.set_cpu(self.cpu.clone());
-        let from = self.twin.model().clone();
-        self.twin = twin;
+        swapped.set_cpu(self.cpu.clone());
+        let from = twin.model().clone();
+        *twin = swapped;
         self.model = model;
         let pause = started.elapsed();
         {
             let mut shared = self.shared();
-            shared.model = self.twin.model().clone();
-            shared.description = self.twin.description().clone();
+            shared.model = twin.model().clone();
+            shared.description = twin.description().clone();
         }
-        self.new_recovery_point(Vec::new(), None).await;
-        tracing::info!(twin = %self.name, from = %from.component, to = %self.twin.model().component, ?pause, "model swapped");
+        self.new_recovery_point(twin, Vec::new(), None).await;
+        tracing::info!(twin = %self.name, from = %from.component, to = %twin.model().component, ?pause, "model swapped");
         Ok(SwapReport {
             from,
-            to: self.twin.model().clone(),
+            to: twin.model().clone(),
             pause_us: u64::try_from(pause.as_micros()).unwrap_or(u64::MAX),
         })
     }
 
     /// Takes a checkpoint and adds its store writes (checkpoint, journal
     /// truncation, history pruning) to `ops`.
-    async fn checkpoint(&mut self, ops: &mut Vec<Op>) -> Option<Arc<Checkpoint>> {
-        match self.twin.checkpoint().await {
+    async fn checkpoint(&mut self, twin: &mut Twin, ops: &mut Vec<Op>) -> Option<Arc<Checkpoint>> {
+        match twin.checkpoint().await {
             Ok(checkpoint) => {
                 let checkpoint = Arc::new(checkpoint);
                 let retention_ms =
@@ -417,7 +567,7 @@ impl Worker {
                 ops.push(Op::Checkpoint {
                     name: self.name.clone(),
                     checkpoint: checkpoint.clone(),
-                    through_seq: self.twin.state().last_seq,
+                    through_seq: twin.state().last_seq,
                 });
                 ops.push(Op::Prune {
                     name: self.name.clone(),
@@ -435,15 +585,15 @@ impl Worker {
 
     /// Applies one PT message; if it changed the state, returns the store
     /// write that records it.
-    async fn apply(&mut self, updates: &[Update], received_us: u64) -> Option<Op> {
+    async fn apply(&mut self, twin: &mut Twin, updates: &[Update], received_us: u64) -> Option<Op> {
         let update = updates.first()?;
         let started = Instant::now();
         let timing = Timing {
             received_us,
             started_us: now_us(),
         };
-        let previous_seq = self.twin.state().last_seq;
-        match self.twin.apply_message(updates).await {
+        let previous_seq = twin.state().last_seq;
+        match twin.apply_message(updates).await {
             Ok((Applied::Changed(effects), refused)) => {
                 for error in refused {
                     self.failed(&error.to_string());
@@ -464,7 +614,7 @@ impl Worker {
                     self.metrics.sequence_restarts.get_or_create(&label).inc();
                 }
                 let mut shared = self.shared();
-                shared.state = self.twin.state().clone();
+                shared.state = twin.state().clone();
                 if let Some(previous) = restarted {
                     shared
                         .entanglement
@@ -512,7 +662,7 @@ impl Worker {
             Err(error) => {
                 self.failed(&error.to_string());
                 if error.failure.poisons() {
-                    self.recover(&error).await;
+                    self.recover(twin, &error).await;
                 }
                 None
             }
@@ -521,29 +671,11 @@ impl Worker {
 
     /// Rebuilds the twin from the last checkpoint and the updates applied
     /// since, after the instance failed.
-    async fn recover(&mut self, error: &GuestError) {
-        let Some(from) = &self.recovery else {
-            return self.failed(&format!("cannot recover after `{error}`: no checkpoint"));
-        };
+    async fn recover(&mut self, twin: &mut Twin, error: &GuestError) {
         self.shared().entanglement.set_available(false, now_us());
-        let restored = Twin::restore(
-            &self.runtime,
-            &self.model,
-            from,
-            self.limits,
-            RestorePolicy::SameComponent,
-        )
-        .await;
-        match restored {
-            Ok(mut twin) => {
-                twin.set_cpu(self.cpu.clone());
-                for message in &self.since_recovery {
-                    if let Err(e) = twin.apply_message(message).await {
-                        self.failed(&format!("replay after recovery failed: {e}"));
-                        break;
-                    }
-                }
-                self.twin = twin;
+        match self.restored().await {
+            Ok(restored) => {
+                *twin = restored;
                 tracing::info!(twin = %self.name, replayed = self.since_recovery.len(), "recovered from the last checkpoint");
             }
             Err(e) => self.failed(&format!("cannot recover after `{error}`: {e:#}")),
@@ -551,48 +683,74 @@ impl Worker {
         self.shared().entanglement.set_available(true, now_us());
     }
 
+    /// The twin as of now, rebuilt from its recovery point and the messages
+    /// applied since (replayed; a failing one ends the replay, counted).
+    async fn restored(&mut self) -> anyhow::Result<Twin> {
+        let from = self
+            .recovery
+            .clone()
+            .context("no checkpoint to restore the twin from")?;
+        let mut twin = Twin::restore(
+            &self.runtime,
+            &self.model,
+            &from,
+            self.limits,
+            RestorePolicy::SameComponent,
+        )
+        .await?;
+        twin.set_cpu(self.cpu.clone());
+        for message in &self.since_recovery {
+            if let Err(e) = twin.apply_message(message).await {
+                self.failed(&format!("replay after recovery failed: {e}"));
+                break;
+            }
+        }
+        Ok(twin)
+    }
+
     /// Carries out an action and answers `reply` once what it changed is
     /// durable: an action may change the twin's state (WIT 0.2.0), outside
     /// the journal of PT messages, so a checkpoint records it.
     async fn act(
         &mut self,
-        adapter: &mut AdapterInstance,
+        live: &mut Live,
         name: &str,
         input: &Value,
         reply: oneshot::Sender<Result<ActionOutcome, String>>,
     ) {
-        let outcome = match self.twin.act(name, input).await {
+        let outcome = match live.twin.act(name, input).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 if e.failure.poisons() {
                     self.failed(&e.to_string());
-                    self.recover(&e).await;
+                    self.recover(&mut live.twin, &e).await;
                 }
                 let _ = reply.send(Err(e.to_string()));
                 return;
             }
         };
         if !outcome.changes.is_empty() || !outcome.events.is_empty() {
-            self.shared().state = self.twin.state().clone();
+            self.shared().state = live.twin.state().clone();
             for (event, data) in &outcome.events {
                 tracing::info!(twin = %self.name, action = name, %event, %data, "event");
             }
             let now_ms = now_us() / 1000;
             // Nobody listening is not an error.
             let _ = self.changes.send(Change::new(
-                self.twin.state().last_seq.unwrap_or(0),
+                live.twin.state().last_seq.unwrap_or(0),
                 now_ms,
                 now_ms,
                 outcome.changes.clone(),
                 outcome.events.clone(),
             ));
         }
-        let sent = self.send_commands(adapter, &outcome).await;
+        let sent = self.send_commands(&mut live.adapter, &outcome).await;
         let answer = sent.map(|()| outcome);
         let done: crate::store::Done = Box::new(move |written| {
             let _ = reply.send(written.and(answer));
         });
-        self.new_recovery_point(Vec::new(), Some(done)).await;
+        self.new_recovery_point(&mut live.twin, Vec::new(), Some(done))
+            .await;
     }
 
     /// Encodes an action's commands and sends them to the device.

@@ -1,0 +1,166 @@
+//! Hibernation: a twin with nothing to do drops its Wasm instances and
+//! keeps only its last checkpoint; the next message, action or swap wakes
+//! it with its state intact, reads and checkpoints do not, and its
+//! entanglement is measured while it sleeps. The node runs as a `wasmtwin host` process with a short
+//! `--hibernate-after`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Site, created, machine_spec, message};
+use serde_json::{Value, json};
+use wasmtwin_tests::cli::arg;
+use wasmtwin_tests::node::wait_for;
+use wasmtwin_tests::plugin;
+
+/// A telemetry message of the motor.
+fn reading(seq: u64, temperature: f64) -> Vec<u8> {
+    let ts_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    serde_json::to_vec(&json!({ "seq": seq, "ts_ms": ts_ms, "temperature": temperature })).unwrap()
+}
+
+/// The value of an unlabelled sample in the node's metrics.
+fn metric(site: &Site, name: &str) -> f64 {
+    let (status, text) = site.node.api.get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+fn asleep(site: &Site, name: &str) -> bool {
+    site.twin(name)["hibernating"] == true
+}
+
+fn wait_asleep(site: &Site, name: &str) {
+    wait_for(|| asleep(site, name), "the twin to hibernate");
+}
+
+#[test]
+fn an_idle_twin_hibernates_and_wakes_with_its_state_for_messages_and_actions() {
+    let site = Site::start(&["--hibernate-after", "500ms"]);
+    created(&site, "motor", &machine_spec("motor"));
+    site.publish("dev/motor", &[reading(1, 95.0)]);
+    site.node.api.wait_for_updates("motor", 1);
+    wait_asleep(&site, "motor");
+    assert_eq!(metric(&site, "wasmtwin_node_twins_hibernating"), 1.0);
+    // (On a slow machine the new twin may have slept before its first
+    // message came: count wake-ups from here.)
+    let woken = metric(&site, "wasmtwin_node_wake_seconds_count");
+
+    // Reads and checkpoints are served from what the node keeps: they
+    // wake nothing.
+    let twin = site.twin("motor");
+    assert_eq!(twin["properties"]["alarms"]["value"], 1, "{twin}");
+    let (status, body) = site.node.api.get("/v1/twins/motor/checkpoint");
+    assert_eq!(status, 200, "{body}");
+    assert!(asleep(&site, "motor"));
+    assert_eq!(metric(&site, "wasmtwin_node_wake_seconds_count"), woken);
+
+    // Each message wakes it, and the model remembers what it saw before it
+    // slept: a second alarm counts 2, which a fresh instance would count 1.
+    for (seq, temperature) in [(2, 50.0), (3, 96.0)] {
+        site.publish("dev/motor", &[reading(seq, temperature)]);
+        wait_for(
+            || site.twin("motor")["lastSeq"] == seq,
+            "the twin to wake and apply the message",
+        );
+        wait_asleep(&site, "motor");
+    }
+    let twin = site.twin("motor");
+    assert_eq!(twin["properties"]["alarms"]["value"], 2, "{twin}");
+    assert_eq!(twin["properties"]["health"]["value"], "alarm", "{twin}");
+    assert_eq!(twin["updatesApplied"], 3, "{twin}");
+    assert_eq!(
+        metric(&site, "wasmtwin_node_wake_seconds_count"),
+        woken + 2.0
+    );
+
+    // An action wakes it too, and changes its state durably.
+    let (status, body) = site.node.api.post("/v1/twins/motor/actions/reset", "");
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["result"], json!({"cleared": 2}), "{answer}");
+    assert_eq!(
+        metric(&site, "wasmtwin_node_wake_seconds_count"),
+        woken + 3.0
+    );
+    wait_asleep(&site, "motor");
+    site.publish("dev/motor", &[reading(4, 97.0)]);
+    wait_for(
+        || site.twin("motor")["lastSeq"] == 4,
+        "the message after the action",
+    );
+    let twin = site.twin("motor");
+    assert_eq!(twin["properties"]["alarms"]["value"], 0, "{twin}");
+    assert_eq!(twin["guestErrors"], 0, "{twin}");
+}
+
+#[test]
+fn a_sleeping_twin_whose_device_falls_silent_is_reported_disentangled() {
+    let site = Site::start(&["--hibernate-after", "200ms"]);
+    let spec =
+        machine_spec("motor") + "  requirements:\n    expectedRateHz: 10\n    windowSeconds: 2\n";
+    created(&site, "motor", &spec);
+    for seq in 1..=20 {
+        site.publish("dev/motor", &[reading(seq, 60.0)]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    site.node.api.wait_for_updates("motor", 20);
+    // The device stops: the twin sleeps, and its entanglement, measured by
+    // the node and not by the instance, shows the silence.
+    wait_asleep(&site, "motor");
+    wait_for(
+        || {
+            let twin = site.twin("motor");
+            twin["hibernating"] == true
+                && twin["entanglement"]["status"] == "disentangled"
+                && twin["entanglement"]["reliability"].as_f64() < Some(0.5)
+        },
+        "the sleeping twin to be reported disentangled, its reliability falling",
+    );
+    let (_, metrics) = site.node.api.get("/metrics");
+    assert!(
+        metrics.contains("wasmtwin_twin_entangled{twin=\"motor\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_sleeping_twin_is_swapped_to_a_new_release_with_its_state() {
+    let site = Site::start(&["--hibernate-after", "300ms"]);
+    let spec = common::spec("p", "good", "")
+        .replace(arg(&plugin("misbehave")), arg(&plugin("prime")))
+        .replace("config: {mode: good}", "config: {primes: 10}");
+    created(&site, "p", &spec);
+    site.publish("dev/p", &[message(1, json!(1.0)), message(2, json!(2.0))]);
+    site.node.api.wait_for_updates("p", 2);
+    wait_asleep(&site, "p");
+
+    let next = site.data.join("prime-next.wasm");
+    std::fs::copy(wasmtwin_tests::prime_next_release(), &next).unwrap();
+    let (status, body) = site.node.api.post(
+        "/v1/twins/p/swap",
+        &json!({ "ref": arg(&next) }).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let twin = site.twin("p");
+    assert_eq!(twin["model"]["version"], "0.2.0-next", "{twin}");
+
+    // The new release took the state the sleeping twin kept: the model's
+    // own count of updates goes on from 2.
+    wait_asleep(&site, "p");
+    site.publish("dev/p", &[message(3, json!(3.0))]);
+    wait_for(
+        || site.twin("p")["lastSeq"] == 3,
+        "the message after the swap",
+    );
+    let twin = site.twin("p");
+    assert_eq!(twin["properties"]["updates_applied"]["value"], 3, "{twin}");
+    assert_eq!(twin["model"]["version"], "0.2.0-next", "{twin}");
+    assert_eq!(twin["guestErrors"], 0, "{twin}");
+}
