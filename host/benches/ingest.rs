@@ -43,8 +43,9 @@ use wasmtwin::twin::Twin;
 use wasmtwin_tests::servers::Mosquitto;
 use wasmtwin_tests::wait;
 
-/// Child-process mode for the memory measurements: `twins:N:PORT`,
-/// `sleeping:N:PORT` or `instances:N`.
+/// Child-process mode for the memory measurements (`twins:N:PORT`,
+/// `sleeping:N:PORT`, `instances:N`) and the restarts
+/// (`populate:N:PORT:DIR`, `resume:N:PORT:DIR:lazy|eager:SEQ`).
 const CHILD: &str = "WASMTWIN_BENCH_CHILD";
 
 /// Publish times of messages in flight, and the latencies of those that
@@ -269,7 +270,10 @@ fn floor_subscriber(port: u16, tracker: Arc<Tracker>) {
 
 /// Signed machine model and JSON adapter, and the trust policy for them.
 fn signed_plugins(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, TrustPolicy) {
-    let key = signing::generate().expect("key");
+    // A fixed key (Ed25519 signs deterministically): every child process
+    // signs the plugins into the same bytes, so a restarted node finds the
+    // very component its twins' checkpoints were written by.
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let sign = |plugin: &str, file: &str| {
         let bytes = std::fs::read(wasmtwin_tests::plugin(plugin)).expect("plugin");
         let metadata = Metadata {
@@ -373,7 +377,10 @@ fn mappings() -> u64 {
 
 /// Child process: creates `n` idle twins (left to hibernate, for
 /// `sleeping`) or bare instances, and prints the growth of its resident
-/// memory in KiB and of its memory mappings.
+/// memory in KiB and of its memory mappings; or fills a node's store with
+/// `n` hibernated twins (`populate`), or restarts a node on that store and
+/// prints the seconds until it serves and until a twin applied an update
+/// (`resume`).
 fn child(mode: &str) {
     let parts: Vec<&str> = mode.split(':').collect();
     let n: usize = parts[1].parse().expect("count");
@@ -394,11 +401,7 @@ fn child(mode: &str) {
             }
             std::thread::sleep(Duration::from_secs(1));
             if hibernate_after.is_some() {
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while node.metrics().hibernating.get() < n as i64 + 1 {
-                    assert!(Instant::now() < deadline, "the twins did not all hibernate");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                wait_asleep(&node, n + 1);
             }
             println!(
                 "{} {}",
@@ -406,6 +409,66 @@ fn child(mode: &str) {
                 mappings().saturating_sub(maps_before)
             );
             std::mem::forget(node); // exit without tearing 10k sessions down
+        }
+        "populate" => {
+            let (port, data) = (parts[2].parse().expect("port"), Path::new(parts[3]));
+            let (node, spec) = node(data, port, 64, "restart", Some(Duration::from_millis(500)));
+            for i in 0..n {
+                node.apply(spec(i), false).expect("a twin");
+            }
+            wait_asleep(&node, n);
+            // The checkpoints they fell asleep on reach the disk.
+            std::thread::sleep(Duration::from_secs(2));
+            std::mem::forget(node);
+        }
+        "resume" => {
+            let (port, data) = (parts[2].parse().expect("port"), Path::new(parts[3]));
+            let lazily = parts[4] == "lazy";
+            let seq: u64 = parts[5].parse().expect("seq");
+            let started = Instant::now();
+            let (node, _) = node(
+                data,
+                port,
+                64,
+                "restart",
+                lazily.then_some(Duration::from_secs(3600)),
+            );
+            let resumed = node.resume().expect("resuming");
+            let serving = started.elapsed();
+            assert_eq!(resumed.len(), n, "twins resumed");
+            // Lazily, every twin starts asleep but those earlier runs sent
+            // an update to (their journals may not be empty).
+            let asleep = node.metrics().hibernating.get() as usize;
+            if lazily {
+                assert!(asleep + seq as usize > n, "{asleep} of {n} twins asleep");
+            } else {
+                assert_eq!(asleep, 0, "twins asleep");
+            }
+            // Twin number `seq`, which no earlier run woke, applies an update.
+            let twin = seq as usize % n;
+            let mut changes = node.subscribe(&format!("twin-{twin}")).expect("stream");
+            let (client, mut eventloop) =
+                AsyncClient::new(MqttOptions::new("bench-restart", "127.0.0.1", port), 10);
+            io.block_on(async {
+                tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+                client
+                    .publish(
+                        format!("restart/{twin}/telemetry"),
+                        QoS::AtLeastOnce,
+                        false,
+                        telemetry(seq, 0),
+                    )
+                    .await
+                    .expect("publishing");
+                while changes.recv().await.expect("a change").seq < seq {}
+            });
+            println!(
+                "{} {} {}",
+                serving.as_secs_f64(),
+                started.elapsed().as_secs_f64(),
+                rss_kib()
+            );
+            std::mem::forget(node);
         }
         _ => {
             let runtime = Runtime::new(RuntimeConfig {
@@ -446,26 +509,63 @@ fn child(mode: &str) {
     }
 }
 
-/// Resident KiB and memory mappings a child's twins or instances added.
-fn idle_memory(mode: &str) -> (u64, u64) {
+/// Runs this benchmark as a child in `mode`; the numbers it printed.
+fn in_child<T: std::str::FromStr>(mode: &str) -> Vec<T> {
     let output = std::process::Command::new(std::env::current_exe().expect("own path"))
         .env(CHILD, mode)
         .env("WASMTWIN_LOG", "error")
         .output()
-        .expect("running the memory child");
+        .expect("running a child");
     assert!(
         output.status.success(),
         "{mode}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut numbers = text
+    String::from_utf8_lossy(&output.stdout)
         .split_whitespace()
-        .map(|n| n.parse().expect("a number"));
-    (
-        numbers.next().expect("KiB"),
-        numbers.next().expect("mappings"),
-    )
+        .map(|n| n.parse().ok().expect("a number"))
+        .collect()
+}
+
+/// Resident KiB and memory mappings a child's twins or instances added.
+fn idle_memory(mode: &str) -> (u64, u64) {
+    match in_child(mode)[..] {
+        [kib, maps] => (kib, maps),
+        _ => panic!("{mode}: expected KiB and mappings"),
+    }
+}
+
+/// Waits until `n` of the node's twins hibernate.
+fn wait_asleep(node: &Node, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while node.metrics().hibernating.get() < n as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} twins hibernated",
+            node.metrics().hibernating.get()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Restarts of a node holding `twins` hibernated twins, their twins
+/// started asleep (lazy) and, alternating, restored at once (eager): seconds
+/// until it serves reads (every twin resumed) and until a twin has applied
+/// an update, and the process's resident memory then, KiB.
+fn restarts(port: u16, twins: usize) -> Vec<(bool, f64, f64, f64)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().display();
+    in_child::<u64>(&format!("populate:{twins}:{port}:{data}"));
+    (1..=4u64)
+        .map(|run| {
+            let lazy = run % 2 == 1;
+            let how = if lazy { "lazy" } else { "eager" };
+            match in_child(&format!("resume:{twins}:{port}:{data}:{how}:{run}"))[..] {
+                [serving, updating, kib] => (lazy, serving, updating, kib),
+                _ => panic!("resume: expected two times and a size"),
+            }
+        })
+        .collect()
 }
 
 /// Each idle twin holds about ten memory mappings (its instances' linear
@@ -518,11 +618,7 @@ fn wake_latency(
     let mut sent = 0;
     io.block_on(async {
         for round in 0..=rounds {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while node.metrics().hibernating.get() < twins as i64 {
-                assert!(Instant::now() < deadline, "the twins did not all hibernate");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            wait_asleep(&node, twins);
             for (i, stream) in streams.iter_mut().enumerate() {
                 // Asleep first, then awake.
                 for awake in [false, true] {
@@ -648,6 +744,7 @@ fn main() {
     let (twin_kib, twin_maps) = idle_memory(&format!("twins:{idle}:{}", broker.port));
     let (sleeping_kib, sleeping_maps) = idle_memory(&format!("sleeping:{idle}:{}", broker.port));
     let (instance_kib, instance_maps) = idle_memory(&format!("instances:{idle}"));
+    let restarted = restarts(broker.port, idle);
     println!("\n## Resident memory of {idle} idle twins on one node\n");
     println!("| what | total | per twin | mappings per twin |\n|---|---:|---:|---:|");
     for (what, kib, maps) in [
@@ -672,6 +769,22 @@ fn main() {
             kib as f64 / 1024.0,
             kib as f64 / idle as f64,
             maps as f64 / idle as f64
+        );
+    }
+    println!("\n## Restart of a node holding {idle} hibernated twins (A/B/A/B)\n");
+    println!(
+        "| run | twins start | serving reads (all resumed) | a twin applied an update | resident memory |\n|---:|---|---:|---:|---:|"
+    );
+    for (run, (lazy, serving, updating, kib)) in restarted.iter().enumerate() {
+        let how = if *lazy {
+            "asleep (lazily)"
+        } else {
+            "awake (restored at once, as before)"
+        };
+        println!(
+            "| {} | {how} | {serving:.2} s | {updating:.2} s | {:.0} MiB |",
+            run + 1,
+            kib / 1024.0
         );
     }
 }

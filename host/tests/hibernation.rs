@@ -164,3 +164,39 @@ fn a_sleeping_twin_is_swapped_to_a_new_release_with_its_state() {
     assert_eq!(twin["model"]["version"], "0.2.0-next", "{twin}");
     assert_eq!(twin["guestErrors"], 0, "{twin}");
 }
+
+#[test]
+fn a_restarted_node_serves_its_sleeping_twins_without_waking_them() {
+    let mut site = Site::start(&["--hibernate-after", "300ms"]);
+    created(&site, "motor", &machine_spec("motor"));
+    site.publish("dev/motor", &[reading(1, 95.0)]);
+    site.node.api.wait_for_updates("motor", 1);
+    wait_asleep(&site, "motor");
+    // The checkpoint taken as it fell asleep reaches the disk.
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Restarted with a delay no test reaches: the twin sleeps because it
+    // started asleep, not because it fell asleep again.
+    site.restart_with(&["--hibernate-after".into(), "1h".into()]);
+    // Served from the stored checkpoint, with no instance made.
+    let twin = site.twin("motor");
+    assert_eq!(twin["hibernating"], true, "{twin}");
+    assert_eq!(twin["properties"]["alarms"]["value"], 1, "{twin}");
+    assert_eq!(twin["model"]["name"], "machine", "{twin}");
+    let (status, td) = site.node.api.get("/v1/twins/motor/td");
+    assert_eq!(status, 200, "{td}");
+    assert!(td.contains("\"reset\""), "{td}");
+    assert_eq!(metric(&site, "wasmtwin_node_twins_hibernating"), 1.0);
+    assert_eq!(metric(&site, "wasmtwin_node_wake_seconds_count"), 0.0);
+
+    // Its first messages wake it with the state it had.
+    site.publish("dev/motor", &[reading(2, 50.0), reading(3, 96.0)]);
+    wait_for(
+        || site.twin("motor")["lastSeq"] == 3,
+        "the twin to wake and apply both messages",
+    );
+    let twin = site.twin("motor");
+    assert_eq!(twin["properties"]["alarms"]["value"], 2, "{twin}");
+    assert_eq!(twin["updatesApplied"], 3, "{twin}");
+    assert_eq!(metric(&site, "wasmtwin_node_wake_seconds_count"), 1.0);
+}

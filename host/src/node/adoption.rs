@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{Job, Node, Session, forward, subscription};
-use crate::physical::{self, Inbound, Link};
+use crate::physical::{self, Inbound, Link, Subscribing};
 use crate::spec::TwinSpec;
 
 /// Without a barrier, the lost session's backlog is taken as delivered
@@ -37,10 +37,22 @@ impl Node {
         let capacity = self.config.queue_capacity;
         let (jobs, queue) = mpsc::channel(capacity);
         let (own_tx, own_rx) = mpsc::channel(capacity);
-        let link = physical::connect(&broker, &client_id, subscription(spec), own_tx)?;
+        let link = physical::connect(
+            &broker,
+            &client_id,
+            subscription(spec),
+            own_tx,
+            Subscribing::Confirmed,
+        )?;
         let lost_id = format!("wasmtwin-{from}-{}", spec.name());
         let (lost_tx, lost_rx) = mpsc::channel(capacity);
-        let lost = physical::connect(&broker, &lost_id, subscription(spec), lost_tx)?;
+        let lost = physical::connect(
+            &broker,
+            &lost_id,
+            subscription(spec),
+            lost_tx,
+            Subscribing::Confirmed,
+        )?;
         let first = Arc::new(std::sync::OnceLock::new());
         let (feed, seen, name) = (jobs.clone(), first.clone(), spec.name().to_string());
         let from = from.to_string();

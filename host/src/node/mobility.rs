@@ -30,9 +30,10 @@ use anyhow::bail;
 use tokio::sync::{broadcast, oneshot};
 
 use super::bundle::{Bundle, History, Outgoing};
-use super::worker::{Job, SwapReport};
+use super::worker::{Job, Start, SwapReport};
 use super::{Change, Components, Node, NodeError, Origin, Prepared, Session, lock, spec_op};
 use crate::checkpoint::Checkpoint;
+use crate::physical::Subscribing;
 use crate::runtime::AdapterInstance;
 use crate::spec::{ComponentRef, TwinSpec};
 use crate::store::{HistoryMark, HistoryRow, Op};
@@ -220,7 +221,7 @@ impl Node {
         self.store.write_now(vec![spec_op(&bundle.spec)?])?;
         let prepared = Prepared {
             components,
-            twin,
+            twin: Start::Awake(twin),
             window: bundle.entanglement,
         };
         let hosted = match adopt {
@@ -405,7 +406,7 @@ impl Node {
             Some(arriving) => arriving.spec.clone(),
             None => return Err(NodeError::NotFound(format!("{name} (nothing is arriving)")).into()),
         };
-        let mut session = self.connect(&spec)?;
+        let mut session = self.connect(&spec, Subscribing::Confirmed)?;
         match lock(&self.incoming).get_mut(name) {
             Some(arriving) if arriving.session.is_none() => {
                 session.changes = arriving.changes.clone();
@@ -544,7 +545,7 @@ impl Node {
         );
         let prepared = Prepared {
             components: arriving.components,
-            twin,
+            twin: Start::Awake(twin),
             window: bundle.entanglement,
         };
         let hosted = self.start(&arriving.spec, prepared, session, Some(stored));

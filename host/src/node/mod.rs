@@ -26,10 +26,10 @@ pub(crate) use mobility::IMPORT_BATCH;
 pub use view::{Change, PropertyView, TwinReport};
 pub use worker::SwapReport;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, ModelInfo};
 use crate::digest::Digest;
 use crate::monitoring::{Metrics, TwinLabel};
-use crate::physical::{self, BrokerAddress, Link};
+use crate::physical::{self, BrokerAddress, Link, Subscribing};
 use crate::registry::{self, Location};
 use crate::runtime::cpu::{self, CpuShare};
 use crate::runtime::{ActionOutcome, Description, Limits, ModelComponent, Runtime};
@@ -37,9 +37,9 @@ use crate::signing::{KeyId, TrustPolicy};
 use crate::spec::{Ceilings, ComponentRef, TwinSpec};
 use crate::store::{Op, Point, Saved, Store};
 use crate::twin::entanglement::{Entanglement, Status, Window};
-use crate::twin::{RestorePolicy, Twin};
+use crate::twin::{RestorePolicy, Twin, TwinState};
 use view::Shared;
-use worker::{HistoryPolicy, Job, Worker};
+use worker::{Dormant, HistoryPolicy, Job, Start, Worker};
 
 /// Changes a slow stream subscriber may fall behind by before it is told
 /// it missed some.
@@ -116,10 +116,14 @@ struct Components {
     limits: Limits,
 }
 
+/// Components already loaded, by what specs name (see
+/// [`Node::components_once`]).
+type Loaded = HashMap<String, (ModelComponent, crate::runtime::AdapterComponent)>;
+
 /// A twin ready to connect: components compiled, instance created.
 struct Prepared {
     components: Components,
-    twin: Twin,
+    twin: Start,
     /// The entanglement window it brings from another node.
     window: Option<Window>,
 }
@@ -261,6 +265,9 @@ pub struct Node {
     /// One lock per twin name that management calls hold while they
     /// change that twin, so concurrent calls on one name take turns.
     changing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// What each model component is and offers, once asked, for twins
+    /// that start asleep (and so have no instance to ask).
+    described: Mutex<HashMap<Digest, (ModelInfo, Description)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -305,6 +312,7 @@ impl Node {
             in_transit: Mutex::new(HashMap::new()),
             incoming: Mutex::new(HashMap::new()),
             changing: Mutex::new(HashMap::new()),
+            described: Mutex::new(HashMap::new()),
         })
     }
 
@@ -335,12 +343,16 @@ impl Node {
     pub fn resume(&self) -> anyhow::Result<Vec<String>> {
         lock(&self.moved).extend(self.store.moved()?);
         let mut resumed = Vec::new();
+        let mut loaded = Loaded::new();
         for (name, saved) in self.store.saved()? {
             let started = TwinSpec::parse(&saved.spec)
                 .map_err(anyhow::Error::from)
                 .and_then(|spec| {
-                    let prepared = self.prepare(&spec, Origin::Saved(saved))?;
-                    self.launch(&spec, prepared)
+                    let components = self.components_once(&spec, &mut loaded)?;
+                    let prepared = self.prepare_with(&spec, components, Origin::Saved(saved))?;
+                    // The broker kept its session, subscription included.
+                    let session = self.connect(&spec, Subscribing::InBackground)?;
+                    Ok(self.start(&spec, prepared, session, None))
                 });
             match started {
                 Ok(hosted) => {
@@ -556,6 +568,29 @@ impl Node {
             .map_err(|e| NodeError::Refused(e).into())
     }
 
+    /// [`Node::components`], fetched, verified and compiled once for all
+    /// the specs that name the same ones: a node resuming thousands of
+    /// twins of one model reads it once.
+    fn components_once(&self, spec: &TwinSpec, loaded: &mut Loaded) -> anyhow::Result<Components> {
+        let named = (
+            &spec.spec.model.component,
+            &spec.spec.model.publisher_key,
+            &spec.spec.physical.adapter,
+        );
+        let key = serde_json::to_string(&named).context("naming a spec's components")?;
+        if let Some((model, adapter)) = loaded.get(&key) {
+            spec.check_ceilings(&self.config.ceilings)?;
+            return Ok(Components {
+                model: model.clone(),
+                adapter: adapter.clone(),
+                limits: spec.limits(),
+            });
+        }
+        let components = self.components(spec, None)?;
+        loaded.insert(key, (components.model.clone(), components.adapter.clone()));
+        Ok(components)
+    }
+
     /// Fetches (unless `carried` brings them), verifies and compiles a
     /// spec's components.
     fn components(
@@ -591,8 +626,20 @@ impl Node {
     /// Fetches, verifies and compiles a spec's components and creates its
     /// twin from `origin`, without connecting it to anything.
     fn prepare(&self, spec: &TwinSpec, origin: Origin) -> anyhow::Result<Prepared> {
-        let components = self.components(spec, None)?;
-        let twin = self.run_guest(self.make_twin(spec, &components, origin))?;
+        self.prepare_with(spec, self.components(spec, None)?, origin)
+    }
+
+    /// [`Node::prepare`] with the spec's components at hand.
+    fn prepare_with(
+        &self,
+        spec: &TwinSpec,
+        components: Components,
+        origin: Origin,
+    ) -> anyhow::Result<Prepared> {
+        let twin = match self.dormant(spec, &components, &origin)? {
+            Some(dormant) => Start::Asleep(dormant),
+            None => Start::Awake(self.run_guest(self.make_twin(spec, &components, origin))?),
+        };
         Ok(Prepared {
             components,
             twin,
@@ -653,6 +700,58 @@ impl Node {
         Ok(twin)
     }
 
+    /// A saved twin that may start asleep, so that a node holding many
+    /// twins serves again without instantiating any: hibernation is on,
+    /// its journal is empty (its checkpoint is all of it) and the
+    /// checkpoint was written by the component its spec runs now.
+    fn dormant(
+        &self,
+        spec: &TwinSpec,
+        components: &Components,
+        origin: &Origin,
+    ) -> anyhow::Result<Option<Dormant>> {
+        let Origin::Saved(saved) = origin else {
+            return Ok(None);
+        };
+        let (Some(_), Some(bytes), true) = (
+            self.config.hibernate_after,
+            &saved.checkpoint,
+            saved.journal.is_empty(),
+        ) else {
+            return Ok(None);
+        };
+        let checkpoint = Checkpoint::read_from(bytes.as_slice())
+            .with_context(|| format!("twin `{}`'s stored checkpoint", spec.name()))?;
+        if checkpoint.twin != spec.name() || checkpoint.model.component != components.model.digest()
+        {
+            return Ok(None);
+        }
+        let state = TwinState::of(&checkpoint)?;
+        let (model, description) = self.describe(components)?;
+        Ok(Some(Dormant {
+            state,
+            model,
+            description,
+            checkpoint: Arc::new(checkpoint),
+        }))
+    }
+
+    /// What a spec's model component is and offers, asked once per
+    /// component.
+    fn describe(&self, components: &Components) -> anyhow::Result<(ModelInfo, Description)> {
+        let digest = components.model.digest();
+        if let Some(known) = lock(&self.described).get(&digest) {
+            return Ok(known.clone());
+        }
+        let known = self.run_guest(Twin::describe(
+            &self.runtime,
+            &components.model,
+            components.limits,
+        ))?;
+        lock(&self.described).insert(digest, known.clone());
+        Ok(known)
+    }
+
     /// Runs guest code (instantiation, restore, replay) from the blocking
     /// threads the management calls run on.
     fn run_guest<F: std::future::Future>(&self, work: F) -> F::Output {
@@ -661,12 +760,18 @@ impl Node {
 
     /// Opens a twin's MQTT session into a job queue that no worker reads
     /// yet: until one does, messages wait there and then at the broker.
-    fn connect(&self, spec: &TwinSpec) -> anyhow::Result<Session> {
+    fn connect(&self, spec: &TwinSpec, subscribing: Subscribing) -> anyhow::Result<Session> {
         let (broker, client_id) = self.session_of(spec)?;
         let (jobs, queue) = mpsc::channel(self.config.queue_capacity);
         // PT messages share the job queue; actions queue behind them.
         let (inbound_tx, inbound_rx) = mpsc::channel(self.config.queue_capacity);
-        let link = physical::connect(&broker, &client_id, subscription(spec), inbound_tx)?;
+        let link = physical::connect(
+            &broker,
+            &client_id,
+            subscription(spec),
+            inbound_tx,
+            subscribing,
+        )?;
         let first = Arc::new(std::sync::OnceLock::new());
         tokio::spawn(forward(inbound_rx, jobs.clone(), first.clone()));
         Ok(Session {
@@ -726,8 +831,13 @@ impl Node {
             entanglement,
             guest_errors: 0,
             last_error: None,
-            asleep: false,
+            asleep: matches!(twin, Start::Asleep(_)),
         }));
+        // Counted from the start, before its worker runs, so that a resumed
+        // node's count is right as soon as it serves.
+        if lock(&shared).asleep {
+            self.metrics.hibernating.inc();
+        }
         let changes = session.changes;
         let history = &spec.spec.history;
         let cpu = CpuShare::new(self.fuel_per_cpu_second, spec.cpu_millis());
@@ -750,7 +860,7 @@ impl Node {
                     .unwrap_or(std::time::Duration::MAX),
                 max_rows: history.max_points,
             },
-            recovery: stored,
+            recovery: stored.or_else(|| twin.checkpoint()),
             since_recovery: Vec::new(),
             hibernate_after: self.config.hibernate_after,
         };
@@ -778,7 +888,7 @@ impl Node {
 
     /// Connects a prepared twin to its broker and starts its worker.
     fn launch(&self, spec: &TwinSpec, prepared: Prepared) -> anyhow::Result<Hosted> {
-        let session = self.connect(spec)?;
+        let session = self.connect(spec, Subscribing::Confirmed)?;
         Ok(self.start(spec, prepared, session, None))
     }
 

@@ -27,17 +27,17 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument as _;
 
 use super::view::{Change, Shared};
-use crate::checkpoint::{Checkpoint, GUEST_SECTION};
+use crate::checkpoint::{Checkpoint, GUEST_SECTION, ModelInfo};
 use crate::monitoring::{Metrics, TwinLabel};
 use crate::physical::{Inbound, Link, now_us};
 use crate::runtime::cpu::CpuShare;
 use crate::runtime::{
-    ActionOutcome, AdapterComponent, AdapterInstance, GuestError, Limits, ModelComponent, Runtime,
-    Update,
+    ActionOutcome, AdapterComponent, AdapterInstance, Description, GuestError, Limits,
+    ModelComponent, Runtime, Update,
 };
 use crate::store::{Op, Store};
 use crate::twin::entanglement::Timing;
-use crate::twin::{Applied, RestorePolicy, Twin};
+use crate::twin::{Applied, RestorePolicy, Twin, TwinState};
 
 /// Messages applied between two checkpoints, at least.
 const CHECKPOINT_EVERY: usize = 256;
@@ -120,6 +120,63 @@ pub struct Worker {
     pub since_recovery: Vec<Vec<Update>>,
     /// Idle this long, the twin hibernates; `None` keeps it awake.
     pub hibernate_after: Option<std::time::Duration>,
+}
+
+/// How a worker starts its twin. (Made once per twin start and moved
+/// into the worker: the size difference between its variants costs
+/// nothing worth a box.)
+#[allow(clippy::large_enum_variant)]
+pub enum Start {
+    /// Awake, running this instance.
+    Awake(Twin),
+    /// Asleep: the twin is its stored checkpoint until a job wakes it.
+    Asleep(Dormant),
+}
+
+/// A twin that starts asleep, and what the node shows of it meanwhile.
+pub struct Dormant {
+    /// Its state, the checkpoint's.
+    pub state: TwinState,
+    /// The model it runs.
+    pub model: ModelInfo,
+    /// What the model offers.
+    pub description: Description,
+    /// Its stored checkpoint: its recovery point.
+    pub checkpoint: Arc<Checkpoint>,
+}
+
+impl Start {
+    /// The host's view of the twin.
+    pub fn state(&self) -> &TwinState {
+        match self {
+            Start::Awake(twin) => twin.state(),
+            Start::Asleep(dormant) => &dormant.state,
+        }
+    }
+
+    /// The model it runs.
+    pub fn model(&self) -> &ModelInfo {
+        match self {
+            Start::Awake(twin) => twin.model(),
+            Start::Asleep(dormant) => &dormant.model,
+        }
+    }
+
+    /// What the model offers.
+    pub fn description(&self) -> &Description {
+        match self {
+            Start::Awake(twin) => twin.description(),
+            Start::Asleep(dormant) => &dormant.description,
+        }
+    }
+
+    /// The checkpoint a sleeping twin is.
+    pub fn checkpoint(&self) -> Option<Arc<Checkpoint>> {
+        match self {
+            Start::Awake(_) => None,
+            Start::Asleep(dormant) => Some(dormant.checkpoint.clone()),
+        }
+    }
 }
 
 /// The twin's instances, while it is awake.
@@ -264,19 +321,26 @@ impl Worker {
     /// node's twin runtime, whose threads exist for this CPU-bound work: a
     /// call into the guest is awaited, yielding the thread to other twins
     /// at every epoch tick, and bounded by its fuel and deadline.
-    pub async fn run(mut self, twin: Twin, mut jobs: mpsc::Receiver<Job>) {
-        let mut live = match self.live(twin).await {
-            Ok(live) => live,
-            Err(e) => return self.failed(&format!("{e:#}")),
+    pub async fn run(mut self, start: Start, mut jobs: mpsc::Receiver<Job>) {
+        let mut live = match start {
+            Start::Awake(twin) => {
+                let mut live = match self.live(twin).await {
+                    Ok(live) => live,
+                    Err(e) => return self.failed(&format!("{e:#}")),
+                };
+                // The starting point, durable before the first message: a
+                // new twin, or a resumed one with its journal replayed. A
+                // twin that arrived from another node brings its own (the
+                // node stored the bundle).
+                if self.recovery.is_none() {
+                    self.new_recovery_point(&mut live.twin, Vec::new(), None)
+                        .await;
+                }
+                Some(live)
+            }
+            // The node's view counts it asleep already.
+            Start::Asleep(_) => None,
         };
-        // The starting point, durable before the first message: a new twin,
-        // or a resumed one with its journal replayed. A twin that arrived
-        // from another node brings its own (the node stored the bundle).
-        if self.recovery.is_none() {
-            self.new_recovery_point(&mut live.twin, Vec::new(), None)
-                .await;
-        }
-        let mut live = Some(live);
         let mut handover: Option<Handover> = None;
         loop {
             let idle = self.hibernate_after.filter(|_| live.is_some());

@@ -249,6 +249,17 @@ pub struct Subscription {
     pub max_payload: usize,
 }
 
+/// Whether [`connect`] waits for the broker to confirm the subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscribing {
+    /// Wait: a new session, which misses what is published before.
+    Confirmed,
+    /// Don't: a session the broker already holds, with its subscription,
+    /// which keeps what is published meanwhile (a node resuming its twins
+    /// connects them all at once instead of one round trip each).
+    InBackground,
+}
+
 /// How long [`connect`] waits for the broker to confirm the subscription
 /// before returning anyway (the session keeps trying in the background).
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
@@ -258,15 +269,17 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// restarted node gets what it had not acknowledged. Reconnects with
 /// exponential backoff until the returned link is closed.
 ///
-/// Returns once the broker has confirmed the subscription (or delivered a
-/// message), so nothing published after that is missed (or after [`SUBSCRIBE_WAIT`], with a
-/// warning, when the broker cannot be reached yet). Blocks: call it off the
-/// async threads.
+/// With [`Subscribing::Confirmed`], returns once the broker has confirmed
+/// the subscription (or delivered a message), so nothing published after
+/// that is missed (or after [`SUBSCRIBE_WAIT`], with a warning, when the
+/// broker cannot be reached yet); this blocks: call it off the async
+/// threads.
 pub fn connect(
     broker: &BrokerAddress,
     client_id: &str,
     subscription: Subscription,
     inbound: mpsc::Sender<Inbound>,
+    subscribing: Subscribing,
 ) -> anyhow::Result<Link> {
     let Subscription {
         topics,
@@ -293,7 +306,7 @@ pub fn connect(
         subscribed: Some(subscribed),
     };
     let session = tokio::spawn(session.drive(eventloop)).abort_handle();
-    if confirmed.recv_timeout(SUBSCRIBE_WAIT).is_err() {
+    if subscribing == Subscribing::Confirmed && confirmed.recv_timeout(SUBSCRIBE_WAIT).is_err() {
         tracing::warn!(
             client = %client_id,
             broker = %format!("{}:{}", broker.host, broker.port),
@@ -510,11 +523,18 @@ mod tests {
             qos: 1,
             max_payload: 1024,
         };
-        let link =
-            tokio::task::spawn_blocking(move || connect(&broker, "gone", subscription, inbound))
-                .await
-                .unwrap()
-                .unwrap();
+        let link = tokio::task::spawn_blocking(move || {
+            connect(
+                &broker,
+                "gone",
+                subscription,
+                inbound,
+                Subscribing::Confirmed,
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
         assert!(!link.is_ended(), "the session should still be retrying");
         link.close();
         let deadline = std::time::Instant::now() + Duration::from_secs(2);

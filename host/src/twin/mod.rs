@@ -39,6 +39,18 @@ pub struct TwinState {
     pub changed: BTreeMap<String, Observed>,
 }
 
+impl TwinState {
+    /// The host's view a checkpoint carries.
+    pub fn of(checkpoint: &Checkpoint) -> anyhow::Result<Self> {
+        serde_json::from_slice(
+            checkpoint
+                .section(TWIN_SECTION)
+                .context("checkpoint has no twin state")?,
+        )
+        .context("checkpoint's twin state is malformed")
+    }
+}
+
 /// The update behind a property's value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -128,12 +140,7 @@ impl Twin {
         let guest = checkpoint
             .section(GUEST_SECTION)
             .context("checkpoint has no guest snapshot")?;
-        let state: TwinState = serde_json::from_slice(
-            checkpoint
-                .section(TWIN_SECTION)
-                .context("checkpoint has no twin state")?,
-        )
-        .context("checkpoint's twin state is malformed")?;
+        let state = TwinState::of(checkpoint)?;
         let mut instance = ModelInstance::new(runtime, component, &checkpoint.twin, limits).await?;
         let (model, description) = model_info(&mut instance).await?;
         let from = &checkpoint.model;
@@ -175,6 +182,17 @@ impl Twin {
             description,
             state,
         })
+    }
+
+    /// What `component` is (its model, release and state layout) and what
+    /// it offers, asked of an instance made for that and dropped.
+    pub async fn describe(
+        runtime: &Runtime,
+        component: &ModelComponent,
+        limits: Limits,
+    ) -> anyhow::Result<(ModelInfo, Description)> {
+        let mut instance = ModelInstance::new(runtime, component, "describe", limits).await?;
+        Ok(model_info(&mut instance).await?)
     }
 
     /// The twin's name.

@@ -44,8 +44,16 @@ impl Site {
 
     /// Kills the node and starts it again on the same data.
     pub fn restart(&mut self) {
+        let extra = self.extra.clone();
+        self.restart_with(&extra);
+    }
+
+    /// Kills the node and starts it again on the same data, with `extra`
+    /// arguments from now on.
+    pub fn restart_with(&mut self, extra: &[String]) {
         let _ = self.node.child.kill();
         let _ = self.node.child.wait();
+        self.extra = extra.to_vec();
         self.node = host(&self.data, self.mqtt, &self.extra);
     }
 
