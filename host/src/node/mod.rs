@@ -120,7 +120,8 @@ struct Components {
 /// [`Node::components_once`]).
 type Loaded = HashMap<String, (ModelComponent, crate::runtime::AdapterComponent)>;
 
-/// A twin ready to connect: components compiled, instance created.
+/// A twin ready to connect: components compiled, instance created (or,
+/// for a twin that starts asleep, its checkpoint read).
 struct Prepared {
     components: Components,
     twin: Start,
