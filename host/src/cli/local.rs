@@ -79,11 +79,18 @@ fn sign_plugin(
             source.display()
         )
     })?;
+    // Dated by the build, not the clock: the same build signs into the
+    // same bytes (Ed25519 is deterministic), so `up` run again runs the
+    // very component its control plane pinned the time before, instead of
+    // one with another digest (which its security check would flag).
+    let built = std::fs::metadata(&source)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| std::time::SystemTime::now());
     let metadata = Metadata {
         name: plugin.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         publisher: publisher.to_string(),
-        signed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        signed_at: humantime::format_rfc3339_seconds(built).to_string(),
     };
     let signed = signing::sign(&bytes, key, &metadata)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -212,4 +219,33 @@ pub async fn node(
         },
     ));
     Ok(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defect_a_plugin_signed_again_keeps_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        // A component header and one section is all signing reads.
+        let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+        component.extend([1, 3, 0xaa, 0xbb, 0xcc]);
+        std::fs::write(plugins.join("machine.wasm"), component).unwrap();
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let sign = |out: &str| {
+            let path =
+                sign_plugin(&plugins, "machine", &key, "test", &dir.path().join(out)).unwrap();
+            std::fs::read(path).unwrap()
+        };
+        let first = sign("a");
+        // A later second (signed_at has seconds) must not change a byte.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(
+            first == sign("b"),
+            "signing the same build twice gave two components"
+        );
+    }
 }
