@@ -825,6 +825,7 @@ impl Node {
             Some(window) => Entanglement::resume(requirements, window, physical::now_us()),
             None => Entanglement::new(requirements, physical::now_us()),
         };
+        let asleep = matches!(twin, Start::Asleep(_));
         let shared = Arc::new(Mutex::new(Shared {
             state: twin.state().clone(),
             model: twin.model().clone(),
@@ -832,11 +833,11 @@ impl Node {
             entanglement,
             guest_errors: 0,
             last_error: None,
-            asleep: matches!(twin, Start::Asleep(_)),
+            asleep,
         }));
         // Counted from the start, before its worker runs, so that a resumed
         // node's count is right as soon as it serves.
-        if lock(&shared).asleep {
+        if asleep {
             self.metrics.hibernating.inc();
         }
         let changes = session.changes;

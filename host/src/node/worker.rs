@@ -433,9 +433,8 @@ impl Worker {
                 break;
             }
         }
-        if live.is_none() {
-            self.set_asleep(false);
-        }
+        // A twin stopped asleep leaves the node's count.
+        self.set_asleep(false);
         self.link.close();
     }
 
