@@ -16,7 +16,9 @@
 //! 0, 10,000 and 100,000 points travel with the twin. Live migrations and
 //! hot-swaps alternate between the SDK's two snapshot encodings (JSON, the
 //! previous and default one, and binary), switched by reconfiguring the
-//! twin between runs, so both meet the same load.
+//! twin between runs, so both meet the same load. Last, in one process, a
+//! bundle's trip from writer to checked reader with format 3's hashing
+//! while writing against format 2's hashing first, interleaved.
 
 mod common;
 
@@ -28,7 +30,9 @@ use std::time::{Duration, Instant};
 use common::{now_ms, quick};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{Value, json};
+use wasmtwin::checkpoint::{Checkpoint, GUEST_SECTION, ModelInfo, TWIN_SECTION};
 use wasmtwin::client::{self, NodeClient};
+use wasmtwin::digest::Digest;
 use wasmtwin::node::{Bundle, History};
 use wasmtwin::signing::{self, Metadata};
 use wasmtwin::store::HistoryRow;
@@ -541,5 +545,118 @@ async fn main() {
             ms(binary_p99),
             binary_p50.as_secs_f64() / json_p50.as_secs_f64()
         );
+    }
+    bundle_transfer(states, runs);
+}
+
+/// A bundle's trip from the thread writing it to the thread reading and
+/// checking it, through a channel of 64 KiB chunks (how a node streams one),
+/// in one process: format 3 hashes each section as it is written, against
+/// format 2's order, in the same run and interleaved, which hashed every
+/// section before the first byte went out. The reader hashes as it reads
+/// in both.
+fn bundle_transfer(states: &[u32], runs: usize) {
+    println!(
+        "\n## A bundle from writer to checked reader, in one process (hash first, as format 2 did, vs. hash while writing, format 3)\n"
+    );
+    println!(
+        "| guest state | hash first: p50 | p99 | hash while writing: p50 | p99 | ratio (p50) |\n|---:|---:|---:|---:|---:|---:|"
+    );
+    for &kib in states {
+        let checkpoint = Checkpoint {
+            twin: "p".into(),
+            created_ms: 0,
+            model: ModelInfo {
+                name: "prime".into(),
+                version: "0.0.0".into(),
+                component: Digest::of(b"prime"),
+                state_version: 1,
+            },
+            sections: vec![
+                (GUEST_SECTION.into(), vec![b'x'; kib as usize * 1024]),
+                (TWIN_SECTION.into(), b"{}".to_vec()),
+            ],
+        };
+        let mut took: [Vec<Duration>; 2] = Default::default();
+        for run in 0..runs * 2 {
+            let hash_first = run % 2 == 0;
+            took[usize::from(!hash_first)].push(transfer(&checkpoint, hash_first));
+        }
+        let [(first_p50, first_p99), (while_p50, while_p99)] =
+            took.each_mut().map(|t| percentiles(t));
+        println!(
+            "| {} | {} | {} | {} | {} | {:.2}× |",
+            size(kib),
+            ms(first_p50),
+            ms(first_p99),
+            ms(while_p50),
+            ms(while_p99),
+            while_p50.as_secs_f64() / first_p50.as_secs_f64()
+        );
+    }
+}
+
+/// One trip of `checkpoint` (see [`bundle_transfer`]).
+fn transfer(checkpoint: &Checkpoint, hash_first: bool) -> Duration {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            if hash_first {
+                for (_, body) in &checkpoint.sections {
+                    std::hint::black_box(Digest::of(body));
+                }
+            }
+            let writer = std::io::BufWriter::with_capacity(CHUNK, Chunks(tx));
+            checkpoint.write_to(writer).expect("writing the bundle");
+        });
+        let reader = ChunksIn {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+        };
+        let read = Checkpoint::read_from(reader).expect("reading the bundle");
+        assert_eq!(read.sections.len(), checkpoint.sections.len());
+    });
+    started.elapsed()
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// Sends what is written as chunks.
+struct Chunks(std::sync::mpsc::SyncSender<Vec<u8>>);
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .send(buf.to_vec())
+            .map_err(|_| std::io::Error::other("the reader stopped"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads the chunks [`Chunks`] sends.
+struct ChunksIn {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for ChunksIn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(chunk) => (self.chunk, self.at) = (chunk, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }

@@ -4,21 +4,26 @@
 //!
 //! ```text
 //! "WTWINCKP"                 8 bytes of magic
-//! format version             u32 (this code writes 2)
+//! format version             u32 (this code writes 3)
 //! header length              u32
 //! header                     JSON: twin, model, component digest, state
 //!                            version, and the list of sections with the
-//!                            length and SHA-256 of each
+//!                            length of each
 //! section bodies             in the order the header lists them
-//! trailer                    SHA-256 of every byte before the bodies
+//! section digests            the SHA-256 of each body, in the same order
+//! trailer                    SHA-256 of the header part and the digests
 //! ```
 //!
 //! The JSON header makes a bundle self-describing (`head -c 4096` shows
 //! what it is); the per-section digests say which part is damaged; the
-//! trailer seals the header, and with it those digests, so every byte is
-//! covered while the bodies are hashed only once — they are most of a
-//! bundle, and hashing them twice was a visible part of a migration's
-//! pause. Version 1, whose trailer hashed the bodies again, is still read.
+//! trailer seals the header and the digests, so every byte is covered
+//! while each body is hashed only once. The digests come after the bodies
+//! so that a writer hashes each body as it writes it: the first byte goes
+//! out at once instead of after a pass over the whole bundle, which was
+//! a visible part of a migration's pause, and a reader hashes what it
+//! reads as it reads it, so both passes overlap the transfer. Versions 1
+//! (digests in the header, a trailer over the bodies too) and 2 (digests
+//! in the header, a trailer over the header only) are still read.
 
 use std::io::{Read, Seek, Write};
 
@@ -29,9 +34,11 @@ use crate::digest::Digest;
 
 const MAGIC: &[u8; 8] = b"WTWINCKP";
 /// The format version this code writes.
-pub const FORMAT_VERSION: u32 = 2;
-/// The first format, whose trailer hashes the section bodies too.
+pub const FORMAT_VERSION: u32 = 3;
+/// The first format: digests in the header, a trailer over the bodies too.
 const FORMAT_VERSION_1: u32 = 1;
+/// The second: digests in the header, a trailer over the header only.
+const FORMAT_VERSION_2: u32 = 2;
 /// Largest header accepted, so a corrupt length cannot exhaust memory.
 const HEADER_MAX: u32 = 1 << 20;
 /// Bodies are read in steps of this size.
@@ -69,7 +76,7 @@ pub enum CheckpointError {
     NotACheckpoint,
     /// Written by a newer or unknown format.
     #[error(
-        "checkpoint format version {0} is not supported (this wasmtwin reads versions 1 and {FORMAT_VERSION})"
+        "checkpoint format version {0} is not supported (this wasmtwin reads versions 1 to {FORMAT_VERSION})"
     )]
     UnsupportedVersion(u32),
     /// The bytes end early.
@@ -109,8 +116,10 @@ pub struct SectionInfo {
     pub name: String,
     /// Its length in bytes.
     pub len: u64,
-    /// Its SHA-256.
-    pub digest: Digest,
+    /// Its SHA-256, in the header of versions 1 and 2 only (version 3
+    /// writes the digests after the bodies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
 }
 
 /// The self-describing header.
@@ -144,15 +153,13 @@ pub struct Checkpoint {
 pub type WriteBody<'a> = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send + 'a>;
 
 /// A section too large to hold in memory, written as the bundle is: its
-/// length and digest are known ahead (from a first pass over its source),
-/// and `write` produces exactly those bytes.
+/// length is known ahead (from a first pass over its source), and `write`
+/// produces exactly that many bytes.
 pub struct StreamedSection<'a> {
     /// What the section holds.
     pub name: String,
     /// Its length in bytes.
     pub len: u64,
-    /// Its SHA-256.
-    pub digest: Digest,
     /// Writes the body.
     pub write: WriteBody<'a>,
 }
@@ -162,12 +169,11 @@ enum Body<'a> {
     Streamed(StreamedSection<'a>),
 }
 
-/// A bundle whose header is sealed: its length is known, and writing it
+/// A bundle whose header is written: its length is known, and writing it
 /// holds no more in memory than its sections already were.
 pub struct Sealed<'a> {
     head: Vec<u8>,
     bodies: Vec<Body<'a>>,
-    trailer: [u8; 32],
 }
 
 impl Sealed<'_> {
@@ -181,46 +187,65 @@ impl Sealed<'_> {
                 Body::Streamed(s) => s.len,
             })
             .sum();
-        self.head.len() as u64 + bodies + self.trailer.len() as u64
+        let digests = DIGEST_LEN * self.bodies.len() as u64;
+        self.head.len() as u64 + bodies + digests + DIGEST_LEN
     }
 
-    /// Writes it. A streamed section that produces other than its
-    /// announced length fails the write (the bundle would not read back).
+    /// Writes it, hashing each body as it goes. A streamed section that
+    /// produces other than its announced length fails the write (the
+    /// bundle would not read back).
     pub fn write_to(self, mut writer: impl Write) -> Result<(), CheckpointError> {
         writer.write_all(&self.head)?;
+        let mut digests = Vec::with_capacity(DIGEST_LEN as usize * self.bodies.len());
         for body in self.bodies {
+            let mut hashing = Hashing {
+                inner: &mut writer,
+                written: 0,
+                hash: Sha256::new(),
+            };
             match body {
-                Body::Held(bytes) => writer.write_all(bytes)?,
+                // In steps, each hashed while still in cache.
+                Body::Held(bytes) => {
+                    for step in bytes.chunks(STEP) {
+                        hashing.write_all(step)?;
+                    }
+                }
                 Body::Streamed(section) => {
-                    let mut counted = Counted {
-                        inner: &mut writer,
-                        written: 0,
-                    };
-                    (section.write)(&mut counted)?;
-                    if counted.written != section.len {
+                    (section.write)(&mut hashing)?;
+                    if hashing.written != section.len {
                         return Err(CheckpointError::Io(std::io::Error::other(format!(
                             "section `{}` came out {} bytes long, not the {} announced",
-                            section.name, counted.written, section.len
+                            section.name, hashing.written, section.len
                         ))));
                     }
                 }
             }
+            digests.extend_from_slice(&hashing.hash.finalize());
         }
-        writer.write_all(&self.trailer)?;
+        writer.write_all(&digests)?;
+        let mut trailer = Sha256::new();
+        trailer.update(&self.head);
+        trailer.update(&digests);
+        writer.write_all(&trailer.finalize())?;
         writer.flush()?;
         Ok(())
     }
 }
 
-/// Counts what is written through it.
-struct Counted<W> {
+/// Length of a SHA-256 digest in bytes.
+const DIGEST_LEN: u64 = 32;
+
+/// Counts and hashes what is written through it.
+struct Hashing<W> {
     inner: W,
     written: u64,
+    hash: Sha256,
 }
 
-impl<W: Write> Write for Counted<W> {
+impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
         self.written += n as u64;
         Ok(n)
     }
@@ -275,8 +300,8 @@ impl Checkpoint {
     }
 
     /// The bundle of these sections followed by `streamed` ones, ready to
-    /// write: its header sealed, so its length is known before a byte goes
-    /// out.
+    /// write: its header made, so its length is known before a byte goes
+    /// out, and nothing hashed yet.
     pub fn seal<'a>(
         &'a self,
         streamed: Vec<StreamedSection<'a>>,
@@ -287,13 +312,13 @@ impl Checkpoint {
             .map(|(name, body)| SectionInfo {
                 name: name.clone(),
                 len: body.len() as u64,
-                digest: Digest::of(body),
+                digest: None,
             })
             .collect();
         sections.extend(streamed.iter().map(|s| SectionInfo {
             name: s.name.clone(),
             len: s.len,
-            digest: s.digest,
+            digest: None,
         }));
         let header = Header {
             twin: self.twin.clone(),
@@ -314,18 +339,13 @@ impl Checkpoint {
         head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         head.extend_from_slice(&header_len.to_le_bytes());
         head.extend_from_slice(&header);
-        let trailer = Sha256::digest(&head).into();
         let mut bodies: Vec<Body<'a>> = self
             .sections
             .iter()
             .map(|(_, b)| Body::Held(b.as_slice()))
             .collect();
         bodies.extend(streamed.into_iter().map(Body::Streamed));
-        Ok(Sealed {
-            head,
-            bodies,
-            trailer,
-        })
+        Ok(Sealed { head, bodies })
     }
 
     /// Writes the bundle into a byte vector.
@@ -362,7 +382,7 @@ impl Checkpoint {
         }
         r.hash.update(magic);
         let version = r.u32("the format version")?;
-        if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
+        if !(FORMAT_VERSION_1..=FORMAT_VERSION).contains(&version) {
             return Err(CheckpointError::UnsupportedVersion(version));
         }
         let header_len = r.u32("the header length")?;
@@ -375,10 +395,13 @@ impl Checkpoint {
         r.exact(&mut header, "the header")?;
         let header: Header = serde_json::from_slice(&header)
             .map_err(|e| CheckpointError::BadHeader(e.to_string()))?;
+        check_digests_declared(&header.sections, version)?;
         check_declared(&header.sections, &spill)?;
-        // Version 2 seals the header here; version 1 goes on over the bodies.
-        let sealed = (version == FORMAT_VERSION).then(|| r.hash.clone().finalize());
+        // Version 2 seals the header here; version 1 goes on over the
+        // bodies, version 3 over the digests after them.
+        let sealed = (version == FORMAT_VERSION_2).then(|| r.hash.clone().finalize());
         let mut sections = Vec::with_capacity(header.sections.len());
+        let mut digests = Vec::with_capacity(header.sections.len());
         let mut spilled = Vec::new();
         let mut chunk = vec![0u8; STEP];
         for info in &header.sections {
@@ -406,10 +429,10 @@ impl Checkpoint {
                         &mut body[at..]
                     }
                 };
-                if sealed.is_some() {
-                    r.unhashed(step, &what)?;
-                } else {
+                if version == FORMAT_VERSION_1 {
                     r.exact(step, &what)?;
+                } else {
+                    r.unhashed(step, &what)?;
                 }
                 digest.update(&*step);
                 if let Some(file) = &mut to_file {
@@ -417,12 +440,7 @@ impl Checkpoint {
                 }
                 left -= n as u64;
             }
-            if Digest::from_hash(digest.finalize().into()) != info.digest {
-                return Err(CheckpointError::Corrupted(format!(
-                    "section `{}` does not match its checksum",
-                    info.name
-                )));
-            }
+            digests.push(Digest::from_hash(digest.finalize().into()));
             match to_file {
                 Some(file) => {
                     let mut file = file.into_inner().map_err(|e| e.into_error())?;
@@ -432,8 +450,24 @@ impl Checkpoint {
                 None => sections.push((info.name.clone(), body)),
             }
         }
+        for (info, actual) in header.sections.iter().zip(&digests) {
+            let declared = match info.digest {
+                Some(declared) => declared,
+                None => {
+                    let mut bytes = [0u8; DIGEST_LEN as usize];
+                    r.exact(&mut bytes, "the section digests")?;
+                    Digest::from_hash(bytes)
+                }
+            };
+            if declared != *actual {
+                return Err(CheckpointError::Corrupted(format!(
+                    "section `{}` does not match its checksum",
+                    info.name
+                )));
+            }
+        }
         let expected = sealed.unwrap_or_else(|| r.hash.finalize());
-        let mut trailer = [0u8; 32];
+        let mut trailer = [0u8; DIGEST_LEN as usize];
         r.inner
             .read_exact(&mut trailer)
             .map_err(|_| CheckpointError::Truncated("the final checksum is missing".into()))?;
@@ -455,6 +489,23 @@ impl Checkpoint {
             sections,
         };
         Ok((checkpoint, spilled))
+    }
+}
+
+/// Refuses a header whose sections' digests are not where its version
+/// keeps them: in the header before version 3, after the bodies from it.
+fn check_digests_declared(sections: &[SectionInfo], version: u32) -> Result<(), CheckpointError> {
+    let in_header = version < FORMAT_VERSION;
+    match sections.iter().find(|s| s.digest.is_some() != in_header) {
+        Some(section) if in_header => Err(CheckpointError::BadHeader(format!(
+            "section `{}` has no digest, which a version {version} header must give",
+            section.name
+        ))),
+        Some(section) => Err(CheckpointError::BadHeader(format!(
+            "section `{}` has a digest in the header, where version {version} has none",
+            section.name
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -524,7 +575,6 @@ mod tests {
         let streamed = StreamedSection {
             name: "history".into(),
             len: body.len() as u64,
-            digest: Digest::of(body),
             write: Box::new(|w| w.write_all(body)),
         };
         let checkpoint = sample();
@@ -550,7 +600,6 @@ mod tests {
         let streamed = StreamedSection {
             name: "history".into(),
             len: 5,
-            digest: Digest::of(b"12345"),
             write: Box::new(|w| w.write_all(b"1234")),
         };
         let checkpoint = sample();
@@ -562,19 +611,69 @@ mod tests {
         assert!(err.to_string().contains("4 bytes long, not the 5"), "{err}");
     }
 
+    /// `checkpoint` as format version 1 or 2 wrote it: each section's
+    /// digest in the header, the trailer over everything before it (1) or
+    /// over the header part only (2).
+    fn legacy(checkpoint: &Checkpoint, version: u32) -> Vec<u8> {
+        let header = Header {
+            twin: checkpoint.twin.clone(),
+            created_ms: checkpoint.created_ms,
+            model: checkpoint.model.clone(),
+            sections: checkpoint
+                .sections
+                .iter()
+                .map(|(name, body)| SectionInfo {
+                    name: name.clone(),
+                    len: body.len() as u64,
+                    digest: Some(Digest::of(body)),
+                })
+                .collect(),
+        };
+        let header = serde_json::to_vec(&header).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&version.to_le_bytes());
+        bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&header);
+        let head = Sha256::digest(&bytes);
+        for (_, body) in &checkpoint.sections {
+            bytes.extend_from_slice(body);
+        }
+        let trailer = match version {
+            FORMAT_VERSION_1 => Sha256::digest(&bytes),
+            _ => head,
+        };
+        bytes.extend_from_slice(&trailer);
+        bytes
+    }
+
     #[test]
-    fn reads_version_1() {
-        // Version 1's trailer hashes the bodies too: rebuild one from a
-        // version 2 bundle (same header and bodies).
-        let v2 = sample().to_bytes().unwrap();
-        let mut v1 = v2[..v2.len() - 32].to_vec();
-        v1[8..12].copy_from_slice(&FORMAT_VERSION_1.to_le_bytes());
-        let trailer = Sha256::digest(&v1);
-        v1.extend_from_slice(&trailer);
-        assert_eq!(Checkpoint::read_from(&v1[..]).unwrap(), sample());
-        let last_body_byte = v1.len() - 33;
-        v1[last_body_byte] ^= 1;
-        assert!(Checkpoint::read_from(&v1[..]).is_err());
+    fn reads_versions_1_and_2() {
+        for version in [FORMAT_VERSION_1, FORMAT_VERSION_2] {
+            let mut old = legacy(&sample(), version);
+            assert_eq!(Checkpoint::read_from(&old[..]).unwrap(), sample());
+            let last_body_byte = old.len() - 33;
+            old[last_body_byte] ^= 1;
+            let err = Checkpoint::read_from(&old[..]).unwrap_err();
+            assert!(err.to_string().contains("section `twin`"), "{err}");
+        }
+    }
+
+    /// Each version keeps the digests in one place: a header that gives
+    /// them where its version has none (or not where it has) is refused,
+    /// not half-checked.
+    #[test]
+    fn digests_must_be_where_the_version_keeps_them() {
+        let mut v2_as_v3 = legacy(&sample(), FORMAT_VERSION_2);
+        v2_as_v3[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let err = Checkpoint::read_from(&v2_as_v3[..]).unwrap_err();
+        assert!(
+            err.to_string().contains("has a digest in the header"),
+            "{err}"
+        );
+        let mut v3_as_v2 = sample().to_bytes().unwrap();
+        v3_as_v2[8..12].copy_from_slice(&FORMAT_VERSION_2.to_le_bytes());
+        let err = Checkpoint::read_from(&v3_as_v2[..]).unwrap_err();
+        assert!(err.to_string().contains("has no digest"), "{err}");
     }
 
     #[test]
@@ -626,7 +725,8 @@ mod tests {
         let err = Checkpoint::read_from(&future[..]).unwrap_err();
         assert!(err.to_string().contains("version 9"), "{err}");
         let mut damaged = bytes.clone();
-        let last_body_byte = bytes.len() - 33;
+        // Before the trailer and the two sections' digests.
+        let last_body_byte = bytes.len() - 3 * 32 - 1;
         damaged[last_body_byte] ^= 0xff;
         let err = Checkpoint::read_from(&damaged[..]).unwrap_err();
         assert!(err.to_string().contains("section `twin`"), "{err}");

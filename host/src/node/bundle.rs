@@ -3,21 +3,19 @@
 //! sections of the checkpoint format.
 //!
 //! A history can be larger than a node should hold, so it streams both
-//! ways: out of a store snapshot (a first pass measures its length and
-//! digest for the sealed header, a second writes it), and in to a temporary
+//! ways: out of a store snapshot (a first pass measures its length for the
+//! header, a second writes it), and in to a temporary
 //! file (checked, then imported in batches).
 
 use std::io::{BufRead, BufReader, Read, Seek, Write};
 
 use anyhow::{Context, bail};
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoint::{
     ADAPTER_SECTION, Checkpoint, ENTANGLEMENT_SECTION, HISTORY_SECTION, MODEL_SECTION,
     SPEC_SECTION, StreamedSection,
 };
-use crate::digest::Digest;
 use crate::spec::TwinSpec;
 use crate::store::{HistoryRow, HistorySnapshot};
 use crate::twin::entanglement::Window;
@@ -103,25 +101,23 @@ impl History {
         Ok(())
     }
 
-    /// The rows as the history section holds them: its length and digest,
-    /// and how to write it.
+    /// The rows as the history section holds them: its length, and how to
+    /// write it.
     fn section<'a>(self) -> anyhow::Result<StreamedSection<'a>> {
-        let (len, digest) = match &self {
+        let len = match &self {
             History::Rows(rows) => {
                 let mut measured = Measure::default();
                 write_rows(rows, &mut measured)?;
-                measured.finish()
+                measured.len
             }
-            History::Spilled { file, .. } => {
-                let mut measured = Measure::default();
-                std::io::copy(&mut &*file, &mut measured)?;
-                (&*file).rewind()?;
-                measured.finish()
-            }
+            History::Spilled { file, .. } => file.metadata()?.len(),
             History::Store(snapshot) => {
-                let mut measured = Measure::default();
-                snapshot.lines(|chunk| measured.write_all(&chunk).is_ok())?;
-                measured.finish()
+                let mut len = 0;
+                snapshot.lines(|chunk| {
+                    len += chunk.len() as u64;
+                    true
+                })?;
+                len
             }
         };
         let write = move |w: &mut dyn Write| -> std::io::Result<()> {
@@ -146,7 +142,6 @@ impl History {
         Ok(StreamedSection {
             name: HISTORY_SECTION.into(),
             len,
-            digest,
             write: Box::new(write),
         })
     }
@@ -164,23 +159,15 @@ fn write_rows(rows: &[HistoryRow], w: &mut dyn Write) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Length and SHA-256 of what is written through it.
+/// The length of what is written through it.
 #[derive(Default)]
 struct Measure {
     len: u64,
-    hash: Sha256,
-}
-
-impl Measure {
-    fn finish(self) -> (u64, Digest) {
-        (self.len, Digest::from_hash(self.hash.finalize().into()))
-    }
 }
 
 impl Write for Measure {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.len += buf.len() as u64;
-        self.hash.update(buf);
         Ok(buf.len())
     }
 
@@ -380,7 +367,7 @@ mod tests {
                 model: ModelInfo {
                     name: "prime".into(),
                     version: "0.1.0".into(),
-                    component: Digest::of(b"prime"),
+                    component: crate::digest::Digest::of(b"prime"),
                     state_version: 1,
                 },
                 sections: vec![("guest".into(), b"{}".to_vec())],
