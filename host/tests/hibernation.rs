@@ -1,17 +1,17 @@
 //! Hibernation: a twin with nothing to do drops its Wasm instances and
 //! keeps only its last checkpoint; the next message, action or swap wakes
-//! it with its state intact, reads and checkpoints do not, and its
-//! entanglement is measured while it sleeps. The node runs as a `wasmtwin host` process with a short
-//! `--hibernate-after`.
+//! it with its state intact, reads, checkpoints and a move to another node
+//! do not, and its entanglement is measured while it sleeps. The node runs
+//! as a `wasmtwin host` process with a short `--hibernate-after`.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Site, created, machine_spec, message};
+use common::{Site, TOKEN, created, machine_spec, message};
 use serde_json::{Value, json};
 use wasmtwin_tests::cli::arg;
-use wasmtwin_tests::node::wait_for;
+use wasmtwin_tests::node::{Api, wait_for};
 use wasmtwin_tests::plugin;
 
 /// A telemetry message of the motor.
@@ -23,9 +23,14 @@ fn reading(seq: u64, temperature: f64) -> Vec<u8> {
     serde_json::to_vec(&json!({ "seq": seq, "ts_ms": ts_ms, "temperature": temperature })).unwrap()
 }
 
-/// The value of an unlabelled sample in the node's metrics.
+/// The value of an unlabelled sample in the site's node's metrics.
 fn metric(site: &Site, name: &str) -> f64 {
-    let (status, text) = site.node.api.get("/metrics");
+    metric_of(&site.node.api, name)
+}
+
+/// The value of an unlabelled sample in a node's metrics.
+fn metric_of(api: &Api, name: &str) -> f64 {
+    let (status, text) = api.get("/metrics");
     assert_eq!(status, 200, "{text}");
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -199,4 +204,105 @@ fn a_restarted_node_serves_its_sleeping_twins_without_waking_them() {
     assert_eq!(twin["properties"]["alarms"]["value"], 2, "{twin}");
     assert_eq!(twin["updatesApplied"], 3, "{twin}");
     assert_eq!(metric(&site, "wasmtwin_node_wake_seconds_count"), 1.0);
+}
+
+#[test]
+fn a_sleeping_twin_moves_to_another_node_without_being_woken() {
+    let site = Site::start(&["--hibernate-after", "300ms"]);
+    let second = site.data.join("second");
+    std::fs::create_dir_all(&second).unwrap();
+    // Named apart: a node's broker sessions carry its name.
+    let target = common::host(
+        &second,
+        site.mqtt,
+        &["--name", "second", "--hibernate-after", "300ms"].map(String::from),
+    );
+    created(&site, "motor", &machine_spec("motor"));
+    site.publish("dev/motor", &[reading(1, 95.0)]);
+    site.node.api.wait_for_updates("motor", 1);
+    wait_asleep(&site, "motor");
+    let woken = metric(&site, "wasmtwin_node_wake_seconds_count");
+
+    let moved = wasmtwin_tests::cli::run(
+        env!("CARGO_BIN_EXE_wasmtwin"),
+        &[
+            "migrate",
+            "motor",
+            "--from",
+            &site.node.api.base,
+            "--to",
+            &target.api.base,
+            "--token",
+            TOKEN,
+        ],
+        &[],
+    );
+    let out = wasmtwin_tests::cli::ok(moved);
+    assert!(out.contains("moved"), "{out}");
+    // The source handed over the checkpoint it kept as the twin fell
+    // asleep: no instance was made to take another.
+    assert_eq!(metric(&site, "wasmtwin_node_wake_seconds_count"), woken);
+    assert_eq!(metric(&site, "wasmtwin_node_twins_hibernating"), 0.0);
+
+    // On the target the twin goes on from that state: a second alarm
+    // counts 2.
+    let twin = target.api.json("/v1/twins/motor");
+    assert_eq!(twin["properties"]["alarms"]["value"], 1, "{twin}");
+    site.publish("dev/motor", &[reading(2, 50.0), reading(3, 96.0)]);
+    wait_for(
+        || target.api.json("/v1/twins/motor")["lastSeq"] == 3,
+        "the target to apply the next messages",
+    );
+    let twin = target.api.json("/v1/twins/motor");
+    assert_eq!(twin["properties"]["alarms"]["value"], 2, "{twin}");
+    assert_eq!(twin["updatesApplied"], 3, "{twin}");
+    assert_eq!(twin["guestErrors"], 0, "{twin}");
+}
+
+/// What a hostile or broken device sends a sleeping twin: payloads over
+/// its maxPayload are dropped without waking it (a flood of them costs an
+/// acknowledgement each, not a restore); malformed ones wake it, are
+/// refused by its adapter, and leave its state as it was.
+#[test]
+fn a_sleeping_twin_shrugs_off_oversized_and_malformed_messages() {
+    let site = Site::start(&["--hibernate-after", "300ms"]);
+    let limited =
+        machine_spec("motor").replace("  physical:\n", "  physical:\n    maxPayload: 1KiB\n");
+    created(&site, "motor", &limited);
+    site.publish("dev/motor", &[reading(1, 95.0)]);
+    site.node.api.wait_for_updates("motor", 1);
+    wait_asleep(&site, "motor");
+    let woken = metric(&site, "wasmtwin_node_wake_seconds_count");
+
+    let flood: Vec<Vec<u8>> = (0..50).map(|_| vec![b'x'; 4096]).collect();
+    site.publish("dev/motor", &flood);
+    wait_for(
+        || site.twin("motor")["guestErrors"] == 50,
+        "the oversized messages to be counted",
+    );
+    let oversized = "wasmtwin_twin_oversized_messages_total{twin=\"motor\"}";
+    assert_eq!(metric(&site, oversized), 50.0);
+    assert!(asleep(&site, "motor"));
+    assert_eq!(metric(&site, "wasmtwin_node_wake_seconds_count"), woken);
+    let twin = site.twin("motor");
+    let error = twin["lastError"].as_str().unwrap_or_default();
+    assert!(error.contains("maxPayload"), "{error}");
+
+    site.publish(
+        "dev/motor",
+        &[b"{not json".to_vec(), vec![0xff, 0xfe, 0x00]],
+    );
+    wait_for(
+        || site.twin("motor")["guestErrors"] == 52,
+        "the malformed messages to be refused",
+    );
+    // The refusals changed nothing: the next alarm still counts 2.
+    site.publish("dev/motor", &[reading(2, 50.0), reading(3, 96.0)]);
+    wait_for(
+        || site.twin("motor")["lastSeq"] == 3,
+        "the messages after the hostile ones",
+    );
+    let twin = site.twin("motor");
+    assert_eq!(twin["properties"]["alarms"]["value"], 2, "{twin}");
+    assert_eq!(twin["updatesApplied"], 3, "{twin}");
 }

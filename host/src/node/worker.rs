@@ -241,8 +241,12 @@ struct Handover {
 
 impl Handover {
     fn reached(&self, last_seq: Option<u64>) -> bool {
-        self.until
-            .is_none_or(|until| last_seq.unwrap_or(0) >= until)
+        Self::reaches(self.until, last_seq)
+    }
+
+    /// Whether a twin at `last_seq` has applied everything up to `until`.
+    fn reaches(until: Option<u64>, last_seq: Option<u64>) -> bool {
+        until.is_none_or(|until| last_seq.unwrap_or(0) >= until)
     }
 
     fn fail(self, last_seq: Option<u64>) {
@@ -370,6 +374,29 @@ impl Worker {
                 // Asleep, the twin is its recovery point: no need to wake it.
                 (Job::Checkpoint { reply }, Some(recovery), None) => {
                     let _ = reply.send(Ok(recovery.as_ref().clone()));
+                    continue;
+                }
+                // Nor to hand it over, when that point is as far as the
+                // target needs: the move's pause then has no restore and no
+                // snapshot in it.
+                (Job::Handover { until, reply, .. }, Some(recovery), None)
+                    if Handover::reaches(until, self.shared().state.last_seq) =>
+                {
+                    let _ = reply.send(Ok(recovery.as_ref().clone()));
+                    break;
+                }
+                // Nor to drop a message over its maxPayload.
+                (
+                    Job::Message(
+                        message @ Inbound {
+                            oversized: Some(size),
+                            ..
+                        },
+                    ),
+                    _,
+                    None,
+                ) => {
+                    self.drop_oversized_asleep(message, size);
                     continue;
                 }
                 (job, ..) => job,
@@ -501,13 +528,7 @@ impl Worker {
         let mut ops = Vec::new();
         if let Some(size) = message.oversized {
             // Acknowledged below like any other, so the broker forgets it.
-            self.metrics.oversized.get_or_create(&self.label()).inc();
-            self.failed(&format!(
-                "dropping a message of {} on {}: over the twin's maxPayload of {}",
-                bytesize::ByteSize(size as u64).display().iec(),
-                message.topic,
-                bytesize::ByteSize(self.max_payload).display().iec()
-            ));
+            self.drop_oversized(&message.topic, size);
         } else {
             if adapter.is_poisoned() {
                 match self.new_adapter().await {
@@ -533,21 +554,7 @@ impl Worker {
                 Err(e) => self.failed(&format!("dropping a message on {}: {e}", message.topic)),
             }
         }
-        let link = message.via.unwrap_or_else(|| self.link.clone());
-        // The commit span lasts until the write is durable (queueing
-        // included); the acknowledgement, a span of its own, follows it.
-        let traced = !message.span.is_disabled();
-        let commit = crate::trace_span!("store.commit");
-        let (span, packet) = (message.span, message.packet);
-        let ack = (packet.is_some() || traced).then(|| {
-            Box::new(move |written: Result<(), String>| {
-                drop(commit);
-                if let (Ok(()), Some(packet)) = (written, packet) {
-                    let _acking = crate::trace_span!(parent: &span, "mqtt.ack").entered();
-                    link.ack(&packet);
-                }
-            }) as crate::store::Done
-        });
+        let ack = self.acknowledgement(message);
         if self.since_recovery.len() >= self.checkpoint_interval() {
             self.new_recovery_point(twin, ops, None).await;
             // The checkpoint's writes carry this message's too.
@@ -555,6 +562,46 @@ impl Worker {
         } else {
             self.store.write(ops, ack);
         }
+    }
+
+    /// Counts a message over the twin's maxPayload, whose payload the
+    /// session dropped, and says so.
+    fn drop_oversized(&self, topic: &str, size: usize) {
+        self.metrics.oversized.get_or_create(&self.label()).inc();
+        self.failed(&format!(
+            "dropping a message of {} on {topic}: over the twin's maxPayload of {}",
+            bytesize::ByteSize(size as u64).display().iec(),
+            bytesize::ByteSize(self.max_payload).display().iec()
+        ));
+    }
+
+    /// Drops an oversized message that came for a sleeping twin, which
+    /// needs nothing of the twin: a flood of them does not wake it. It is
+    /// acknowledged in its turn, after what was written before.
+    fn drop_oversized_asleep(&self, message: Inbound, size: usize) {
+        message.span.record("twin", self.name.as_str());
+        self.drop_oversized(&message.topic, size);
+        self.store.write(Vec::new(), self.acknowledgement(message));
+    }
+
+    /// What acknowledges `message` once the writes queued with it are
+    /// durable (nothing for a QoS 0 message that is not traced).
+    fn acknowledgement(&self, message: Inbound) -> Option<crate::store::Done> {
+        let link = message.via.unwrap_or_else(|| self.link.clone());
+        // The commit span lasts until the write is durable (queueing
+        // included); the acknowledgement, a span of its own, follows it.
+        let traced = !message.span.is_disabled();
+        let commit = crate::trace_span!("store.commit");
+        let (span, packet) = (message.span, message.packet);
+        (packet.is_some() || traced).then(|| {
+            Box::new(move |written: Result<(), String>| {
+                drop(commit);
+                if let (Ok(()), Some(packet)) = (written, packet) {
+                    let _acking = crate::trace_span!(parent: &span, "mqtt.ack").entered();
+                    link.ack(&packet);
+                }
+            }) as crate::store::Done
+        })
     }
 
     /// Messages to apply between two checkpoints, by the size of the last.
