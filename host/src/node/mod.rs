@@ -894,6 +894,18 @@ impl Node {
         Ok(self.start(spec, prepared, session, None))
     }
 
+    /// Stops every twin's worker and session, as the end of the process
+    /// would, but waiting for each worker; their broker sessions and what
+    /// the store holds stay for the next start. For a node that ends while
+    /// its process goes on (a benchmark hosting several nodes in turn):
+    /// dropping a node does not stop its twins, whose tasks hold it.
+    /// Blocks: call it off the async threads.
+    pub fn shutdown(&self) {
+        for name in self.names() {
+            self.stop(&name);
+        }
+    }
+
     /// Stops a twin's worker and session and waits for the worker to end;
     /// what it had not yet applied stays unacknowledged at the broker.
     fn stop(&self, name: &str) -> Option<TwinSpec> {
