@@ -357,6 +357,7 @@ impl Bundle {
 mod tests {
     use super::*;
     use crate::checkpoint::ModelInfo;
+    use crate::digest::Digest;
 
     fn bundle(rows: u64) -> Bundle {
         Bundle {
@@ -367,7 +368,7 @@ mod tests {
                 model: ModelInfo {
                     name: "prime".into(),
                     version: "0.1.0".into(),
-                    component: crate::digest::Digest::of(b"prime"),
+                    component: Digest::of(b"prime"),
                     state_version: 1,
                 },
                 sections: vec![("guest".into(), b"{}".to_vec())],

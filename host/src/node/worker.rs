@@ -385,7 +385,8 @@ impl Worker {
                     let _ = reply.send(Ok(recovery.as_ref().clone()));
                     break;
                 }
-                // Nor to drop a message over its maxPayload.
+                // A message over its maxPayload needs nothing of the twin,
+                // awake or asleep: a flood of them wakes nothing.
                 (
                     Job::Message(
                         message @ Inbound {
@@ -393,10 +394,9 @@ impl Worker {
                             ..
                         },
                     ),
-                    _,
-                    None,
+                    ..,
                 ) => {
-                    self.drop_oversized_asleep(message, size);
+                    self.drop_oversized(message, size);
                     continue;
                 }
                 (job, ..) => job,
@@ -526,33 +526,28 @@ impl Worker {
     async fn handle_message(&mut self, live: &mut Live, message: Inbound) {
         let Live { twin, adapter } = live;
         let mut ops = Vec::new();
-        if let Some(size) = message.oversized {
-            // Acknowledged below like any other, so the broker forgets it.
-            self.drop_oversized(&message.topic, size);
-        } else {
-            if adapter.is_poisoned() {
-                match self.new_adapter().await {
-                    Ok(fresh) => *adapter = fresh,
-                    Err(e) => self.failed(&format!("{e:#}")),
+        if adapter.is_poisoned() {
+            match self.new_adapter().await {
+                Ok(fresh) => *adapter = fresh,
+                Err(e) => self.failed(&format!("{e:#}")),
+            }
+        }
+        let decoded = adapter
+            .decode(&message.topic, &message.payload)
+            .instrument(crate::trace_span!("adapter.decode"))
+            .await;
+        match decoded {
+            Ok(updates) => {
+                let applied = self
+                    .apply(twin, &updates, message.received_us)
+                    .instrument(crate::trace_span!("model.apply", updates = updates.len()))
+                    .await;
+                if let Some(op) = applied {
+                    ops.push(op);
+                    self.since_recovery.push(updates);
                 }
             }
-            let decoded = adapter
-                .decode(&message.topic, &message.payload)
-                .instrument(crate::trace_span!("adapter.decode"))
-                .await;
-            match decoded {
-                Ok(updates) => {
-                    let applied = self
-                        .apply(twin, &updates, message.received_us)
-                        .instrument(crate::trace_span!("model.apply", updates = updates.len()))
-                        .await;
-                    if let Some(op) = applied {
-                        ops.push(op);
-                        self.since_recovery.push(updates);
-                    }
-                }
-                Err(e) => self.failed(&format!("dropping a message on {}: {e}", message.topic)),
-            }
+            Err(e) => self.failed(&format!("dropping a message on {}: {e}", message.topic)),
         }
         let ack = self.acknowledgement(message);
         if self.since_recovery.len() >= self.checkpoint_interval() {
@@ -564,23 +559,18 @@ impl Worker {
         }
     }
 
-    /// Counts a message over the twin's maxPayload, whose payload the
-    /// session dropped, and says so.
-    fn drop_oversized(&self, topic: &str, size: usize) {
+    /// Drops a message over the twin's maxPayload, whose payload the
+    /// session already dropped: counted, said, and acknowledged in its
+    /// turn, after what was written before, so the broker forgets it.
+    fn drop_oversized(&self, message: Inbound, size: usize) {
+        message.span.record("twin", self.name.as_str());
         self.metrics.oversized.get_or_create(&self.label()).inc();
         self.failed(&format!(
-            "dropping a message of {} on {topic}: over the twin's maxPayload of {}",
+            "dropping a message of {} on {}: over the twin's maxPayload of {}",
             bytesize::ByteSize(size as u64).display().iec(),
+            message.topic,
             bytesize::ByteSize(self.max_payload).display().iec()
         ));
-    }
-
-    /// Drops an oversized message that came for a sleeping twin, which
-    /// needs nothing of the twin: a flood of them does not wake it. It is
-    /// acknowledged in its turn, after what was written before.
-    fn drop_oversized_asleep(&self, message: Inbound, size: usize) {
-        message.span.record("twin", self.name.as_str());
-        self.drop_oversized(&message.topic, size);
         self.store.write(Vec::new(), self.acknowledgement(message));
     }
 
