@@ -16,6 +16,8 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 
+mod relay;
+
 /// Starts a broker listening on `listen` in background threads and waits
 /// until it accepts connections.
 pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
@@ -148,12 +150,12 @@ async fn hand_over(mut client: TcpStream, inner: Inner) {
         Ok(None) | Err(_) => return,
     };
     let target = if version == 5 { inner.v5 } else { inner.v4 };
-    let Ok(mut broker) = TcpStream::connect(target).await else {
+    let Ok(broker) = TcpStream::connect(target).await else {
         let _ = client.shutdown().await;
         return;
     };
     let _ = broker.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+    relay::relay(client, broker).await;
 }
 
 /// The protocol level of the CONNECT packet `client` starts with, read

@@ -147,16 +147,33 @@ fn a_sleeping_twin_whose_device_falls_silent_is_reported_disentangled() {
     );
 }
 
+/// Twin `p` of the `prime` model at `model`, asleep after two updates.
+fn prime_asleep_after_two(site: &Site, model: &std::path::Path) {
+    let spec = common::spec("p", "good", "")
+        .replace(arg(&plugin("misbehave")), arg(model))
+        .replace("config: {mode: good}", "config: {primes: 10}");
+    created(site, "p", &spec);
+    site.publish("dev/p", &[message(1, json!(1.0)), message(2, json!(2.0))]);
+    site.node.api.wait_for_updates("p", 2);
+    wait_asleep(site, "p");
+}
+
+/// Sends twin `p` its third update and checks that it runs the next
+/// release and that the model's own count, kept across what came
+/// between, is 3.
+fn third_update_counts_three(site: &Site, what: &str) {
+    site.publish("dev/p", &[message(3, json!(3.0))]);
+    wait_for(|| site.twin("p")["lastSeq"] == 3, what);
+    let twin = site.twin("p");
+    assert_eq!(twin["properties"]["updates_applied"]["value"], 3, "{twin}");
+    assert_eq!(twin["model"]["version"], "0.2.0-next", "{twin}");
+    assert_eq!(twin["guestErrors"], 0, "{twin}");
+}
+
 #[test]
 fn a_sleeping_twin_is_swapped_to_a_new_release_with_its_state() {
     let site = Site::start(&["--hibernate-after", "300ms"]);
-    let spec = common::spec("p", "good", "")
-        .replace(arg(&plugin("misbehave")), arg(&plugin("prime")))
-        .replace("config: {mode: good}", "config: {primes: 10}");
-    created(&site, "p", &spec);
-    site.publish("dev/p", &[message(1, json!(1.0)), message(2, json!(2.0))]);
-    site.node.api.wait_for_updates("p", 2);
-    wait_asleep(&site, "p");
+    prime_asleep_after_two(&site, &plugin("prime"));
 
     let next = site.data.join("prime-next.wasm");
     std::fs::copy(wasmtwin_tests::prime_next_release(), &next).unwrap();
@@ -171,15 +188,27 @@ fn a_sleeping_twin_is_swapped_to_a_new_release_with_its_state() {
     // The new release took the state the sleeping twin kept: the model's
     // own count of updates goes on from 2.
     wait_asleep(&site, "p");
-    site.publish("dev/p", &[message(3, json!(3.0))]);
-    wait_for(
-        || site.twin("p")["lastSeq"] == 3,
-        "the message after the swap",
-    );
+    third_update_counts_three(&site, "the message after the swap");
+}
+
+/// A node restarted after its twin's component was replaced by a newer
+/// release: the twin cannot start asleep on a checkpoint of the older
+/// build, so it starts in the new release, restored from that checkpoint.
+#[test]
+fn a_restarted_node_starts_an_upgraded_sleeping_twin_from_its_checkpoint() {
+    let mut site = Site::start(&["--hibernate-after", "300ms"]);
+    let model = site.data.join("prime.wasm");
+    std::fs::copy(plugin("prime"), &model).unwrap();
+    prime_asleep_after_two(&site, &model);
+    // The checkpoint taken as it fell asleep reaches the disk.
+    std::thread::sleep(Duration::from_millis(300));
+
+    std::fs::copy(wasmtwin_tests::prime_next_release(), &model).unwrap();
+    site.restart();
     let twin = site.twin("p");
-    assert_eq!(twin["properties"]["updates_applied"]["value"], 3, "{twin}");
     assert_eq!(twin["model"]["version"], "0.2.0-next", "{twin}");
-    assert_eq!(twin["guestErrors"], 0, "{twin}");
+    assert_eq!(twin["properties"]["updates_applied"]["value"], 2, "{twin}");
+    third_update_counts_three(&site, "the message after the restart");
 }
 
 #[test]

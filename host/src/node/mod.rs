@@ -637,9 +637,11 @@ impl Node {
         components: Components,
         origin: Origin,
     ) -> anyhow::Result<Prepared> {
-        let twin = match self.dormant(spec, &components, &origin)? {
-            Some(dormant) => Start::Asleep(dormant),
-            None => Start::Awake(self.run_guest(self.make_twin(spec, &components, origin))?),
+        let twin = match self.dormant(spec, &components, origin)? {
+            Ok(dormant) => Start::Asleep(dormant),
+            Err(origin) => {
+                Start::Awake(self.run_guest(self.make_twin(spec, &components, origin))?)
+            }
         };
         Ok(Prepared {
             components,
@@ -704,32 +706,34 @@ impl Node {
     /// A saved twin that may start asleep, so that a node holding many
     /// twins serves again without instantiating any: hibernation is on,
     /// its journal is empty (its checkpoint is all of it) and the
-    /// checkpoint was written by the component its spec runs now.
+    /// checkpoint was written by the component its spec runs now. A twin
+    /// that must wake is given back as its origin, with the checkpoint
+    /// read here if it was, so that it is not read twice.
     fn dormant(
         &self,
         spec: &TwinSpec,
         components: &Components,
-        origin: &Origin,
-    ) -> anyhow::Result<Option<Dormant>> {
-        let Origin::Saved(saved) = origin else {
-            return Ok(None);
-        };
-        let (Some(_), Some(bytes), true) = (
-            self.config.hibernate_after,
-            &saved.checkpoint,
-            saved.journal.is_empty(),
-        ) else {
-            return Ok(None);
+        origin: Origin,
+    ) -> anyhow::Result<Result<Dormant, Origin>> {
+        let bytes = match &origin {
+            Origin::Saved(Saved {
+                checkpoint: Some(bytes),
+                journal,
+                ..
+            }) if journal.is_empty() && self.config.hibernate_after.is_some() => bytes,
+            _ => return Ok(Err(origin)),
         };
         let checkpoint = Checkpoint::read_from(bytes.as_slice())
             .with_context(|| format!("twin `{}`'s stored checkpoint", spec.name()))?;
         if checkpoint.twin != spec.name() || checkpoint.model.component != components.model.digest()
         {
-            return Ok(None);
+            // With no journal to replay after it, the checkpoint is all
+            // the saved twin is.
+            return Ok(Err(Origin::Checkpoint(Arc::new(checkpoint))));
         }
         let state = TwinState::of(&checkpoint)?;
         let (model, description) = self.describe(components)?;
-        Ok(Some(Dormant {
+        Ok(Ok(Dormant {
             state,
             model,
             description,
