@@ -140,13 +140,11 @@ async fn cost(twins: usize) {
             unreachable_ms: 3_600_000,
             gone_ms: 7_200_000,
         },
-        node_token: None,
         checkpoint_every: Duration::from_secs(3600),
-        policy: TrustPolicy::from_args(None, true).expect("a policy"),
-        component_dirs: vec![plugin("misbehave").parent().expect("plugins").to_path_buf()],
-        registry: Default::default(),
-        observe_only: false,
-        spec_bytes: 1 << 20,
+        ..ControlConfig::new(
+            TrustPolicy::from_args(None, true).expect("a policy"),
+            vec![plugin("misbehave").parent().expect("plugins").to_path_buf()],
+        )
     };
     let control = wasmtwin::control::open(dir.path(), None, config, None).expect("a control plane");
 

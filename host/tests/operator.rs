@@ -116,11 +116,10 @@ impl Cluster {
                 },
                 node_token: Some(TOKEN.into()),
                 checkpoint_every: Duration::from_secs(1),
-                policy: wasmtwin::signing::TrustPolicy::AllowUnsigned,
-                component_dirs: vec![plugin("misbehave").parent().unwrap().to_path_buf()],
-                registry: Default::default(),
-                observe_only: false,
-                spec_bytes: 1 << 20,
+                ..ControlConfig::new(
+                    wasmtwin::signing::TrustPolicy::AllowUnsigned,
+                    vec![plugin("misbehave").parent().unwrap().to_path_buf()],
+                )
             },
             None,
         )

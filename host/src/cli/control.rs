@@ -43,15 +43,15 @@ pub struct PlaneArgs {
     node_token: Option<String>,
     /// Milliseconds without a heartbeat before a node is unreachable (its
     /// twins stay; nothing new goes there).
-    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    #[arg(long, value_name = "MS", default_value_t = Timeouts::DEFAULT.unreachable_ms)]
     unreachable_after_ms: u64,
     /// Milliseconds without a heartbeat before a node is gone (its twins
     /// are restored elsewhere from their latest checkpoints).
-    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    #[arg(long, value_name = "MS", default_value_t = Timeouts::DEFAULT.gone_ms)]
     gone_after_ms: u64,
     /// Milliseconds between checkpoints fetched from each running twin's
     /// node (what a twin restored after its node is gone starts from).
-    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    #[arg(long, value_name = "MS", default_value_t = ControlConfig::CHECKPOINT_EVERY_MS)]
     checkpoint_every_ms: u64,
     /// Seconds between the security agent's checks of every node.
     #[arg(long, value_name = "S", default_value_t = 10)]

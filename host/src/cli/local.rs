@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ed25519_dalek::SigningKey;
-use wasmtwin::control::fleet::Timeouts;
 use wasmtwin::control::reconcile::Control;
 use wasmtwin::control::reconcile::ControlConfig;
 use wasmtwin::node::membership::{self, Membership};
@@ -123,17 +122,13 @@ pub fn control(
         data,
         None,
         ControlConfig {
-            timeouts: Timeouts {
-                unreachable_ms: 5_000,
-                gone_ms: 30_000,
-            },
             node_token: Some(shared.token.clone()),
             checkpoint_every,
-            policy: TrustPolicy::Require(shared.trust.clone()),
-            component_dirs: shared.component_dirs.clone(),
-            registry: Default::default(),
             observe_only,
-            spec_bytes: wasmtwin::input::InputLimits::default().spec_bytes,
+            ..ControlConfig::new(
+                TrustPolicy::Require(shared.trust.clone()),
+                shared.component_dirs.clone(),
+            )
         },
         None,
     )?;

@@ -144,6 +144,14 @@ pub struct Timeouts {
     pub gone_ms: u64,
 }
 
+impl Timeouts {
+    /// `wasmtwin control`'s: unreachable after 5 s, gone after 30 s.
+    pub const DEFAULT: Self = Self {
+        unreachable_ms: 5_000,
+        gone_ms: 30_000,
+    };
+}
+
 /// One node as the control plane knows it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -55,6 +55,28 @@ pub struct ControlConfig {
     pub spec_bytes: usize,
 }
 
+impl ControlConfig {
+    /// How often running twins' checkpoints are fetched unless told.
+    pub const CHECKPOINT_EVERY_MS: u64 = 5_000;
+
+    /// A control plane that places components from `component_dirs`
+    /// under `policy`, with `wasmtwin control`'s defaults for the rest:
+    /// [`Timeouts::DEFAULT`], [`Self::CHECKPOINT_EVERY_MS`], the nodes'
+    /// default largest spec, remedies carried out.
+    pub fn new(policy: TrustPolicy, component_dirs: Vec<PathBuf>) -> Self {
+        Self {
+            timeouts: Timeouts::DEFAULT,
+            node_token: None,
+            checkpoint_every: Duration::from_millis(Self::CHECKPOINT_EVERY_MS),
+            policy,
+            component_dirs,
+            registry: Default::default(),
+            observe_only: false,
+            spec_bytes: crate::input::InputLimits::default().spec_bytes,
+        }
+    }
+}
+
 /// What an apply did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

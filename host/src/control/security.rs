@@ -126,13 +126,11 @@ mod tests {
                 unreachable_ms: 60_000,
                 gone_ms: 120_000,
             },
-            node_token: None,
             checkpoint_every: Duration::from_secs(3600),
-            policy: crate::signing::TrustPolicy::from_args(None, true).unwrap(),
-            component_dirs: vec![plugin("misbehave").parent().unwrap().to_path_buf()],
-            registry: Default::default(),
-            observe_only: false,
-            spec_bytes: 1 << 20,
+            ..ControlConfig::new(
+                crate::signing::TrustPolicy::from_args(None, true).unwrap(),
+                vec![plugin("misbehave").parent().unwrap().to_path_buf()],
+            )
         };
         let control = crate::control::open(dir.path(), None, config, None).unwrap();
         let mut spec = crate::spec::minimal();
