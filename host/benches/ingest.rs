@@ -20,6 +20,10 @@
 //!
 //! The floor is one subscriber on a wildcard over as many topics: what the
 //! broker alone costs.
+//!
+//! Then, for a node restart: reading its stored specs with the YAML parser
+//! (as before) and the JSON one, in-process, and the restart itself, twins
+//! started asleep against restored at once, each in a fresh child process.
 
 mod common;
 
@@ -568,6 +572,27 @@ fn restarts(port: u16, twins: usize) -> Vec<(bool, f64, f64, f64)> {
         .collect()
 }
 
+/// Reading the specs a node stored, as it does for every twin when it
+/// resumes: the YAML parser (what resuming used before) against the JSON
+/// one, over the same `count` specs in the form the node stores them,
+/// A/B/A/B. Per spec, µs: (YAML, JSON) for each round.
+fn stored_spec_parsing(spec: &impl Fn(usize) -> TwinSpec, count: usize) -> Vec<(f64, f64)> {
+    let stored: Vec<String> = (0..count)
+        .map(|i| serde_json::to_string(&spec(i)).expect("serialising a spec"))
+        .collect();
+    type Parse = fn(&str) -> Result<TwinSpec, wasmtwin::spec::SpecError>;
+    let per_spec = |parse: Parse| {
+        let started = Instant::now();
+        for text in &stored {
+            std::hint::black_box(parse(text).expect("a stored spec"));
+        }
+        started.elapsed().as_secs_f64() * 1e6 / count as f64
+    };
+    (0..2)
+        .map(|_| (per_spec(TwinSpec::parse), per_spec(TwinSpec::from_stored)))
+        .collect()
+}
+
 /// Each awake twin holds about fourteen memory mappings (its instances'
 /// linear memories, their guards and fiber stacks), so many twins need
 /// more than Linux's default 65,530.
@@ -729,6 +754,7 @@ fn main() {
     // Its sessions closed: the children below connect as many again.
     node.shutdown();
     drop(node);
+    let parsing = stored_spec_parsing(&spec, idle);
 
     let (wake_twins, rounds) = if quick() { (5, 2) } else { (100, 5) };
     let (awake, asleep) = wake_latency(&io, broker.port, wake_twins, rounds);
@@ -792,6 +818,17 @@ fn main() {
             "| {} | {how} | {serving:.2} s | {updating:.2} s | {:.0} MiB |",
             run + 1,
             kib / 1024.0
+        );
+    }
+    println!(
+        "\n## Reading {idle} stored specs as a node resumes, per spec (A/B/A/B, in-process)\n"
+    );
+    println!("| round | YAML parser (before) | JSON parser | JSON / YAML |\n|---:|---:|---:|---:|");
+    for (round, (yaml, json)) in parsing.iter().enumerate() {
+        println!(
+            "| {} | {yaml:.1} µs | {json:.1} µs | {:.2}× |",
+            round + 1,
+            json / yaml
         );
     }
 }

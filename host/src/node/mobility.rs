@@ -328,7 +328,7 @@ impl Node {
             .find(|(n, _)| n == name)
             .map(|(_, saved)| saved)
             .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
-        let spec = TwinSpec::parse(&saved.spec)?;
+        let spec = TwinSpec::from_stored(&saved.spec)?;
         let mut prepared = self.prepare(&spec, Origin::Saved(saved))?;
         prepared.window = lock(&self.in_transit)
             .get(name)

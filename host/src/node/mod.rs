@@ -346,7 +346,7 @@ impl Node {
         let mut resumed = Vec::new();
         let mut loaded = Loaded::new();
         for (name, saved) in self.store.saved()? {
-            let started = TwinSpec::parse(&saved.spec)
+            let started = TwinSpec::from_stored(&saved.spec)
                 .map_err(anyhow::Error::from)
                 .and_then(|spec| {
                     let components = self.components_once(&spec, &mut loaded)?;
