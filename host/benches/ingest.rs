@@ -440,6 +440,19 @@ fn child(mode: &str) {
             let resumed = node.resume().expect("resuming");
             let serving = started.elapsed();
             assert_eq!(resumed.len(), n, "twins resumed");
+            // Every twin's session reconnects in the background.
+            let sessions = node.metrics().broker_sessions.clone();
+            let reconnected = std::thread::spawn(move || {
+                while sessions.get() < n as i64 {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(120),
+                        "{} of {n} sessions reconnected in 120 s",
+                        sessions.get()
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                started.elapsed()
+            });
             // Lazily, every twin starts asleep but those earlier runs sent
             // an update to (their journals may not be empty).
             let asleep = node.metrics().hibernating.get() as usize;
@@ -466,10 +479,13 @@ fn child(mode: &str) {
                     .expect("publishing");
                 while changes.recv().await.expect("a change").seq < seq {}
             });
+            let updated = started.elapsed();
+            let reconnected = reconnected.join().expect("the sessions' watch");
             println!(
-                "{} {} {}",
+                "{} {} {} {}",
                 serving.as_secs_f64(),
-                started.elapsed().as_secs_f64(),
+                updated.as_secs_f64(),
+                reconnected.as_secs_f64(),
                 rss_kib()
             );
             std::mem::forget(node);
@@ -554,9 +570,10 @@ fn wait_asleep(node: &Node, n: usize) {
 
 /// Restarts of a node holding `twins` hibernated twins, their twins
 /// started asleep (lazy) and, alternating, restored at once (eager): seconds
-/// until it serves reads (every twin resumed) and until a twin has applied
-/// an update, and the process's resident memory then, KiB.
-fn restarts(port: u16, twins: usize) -> Vec<(bool, f64, f64, f64)> {
+/// until it serves reads (every twin resumed), until a twin has applied an
+/// update and until every twin's session is connected again, and the
+/// process's resident memory then, KiB.
+fn restarts(port: u16, twins: usize) -> Vec<(bool, [f64; 4])> {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().display();
     in_child::<u64>(&format!("populate:{twins}:{port}:{data}"));
@@ -565,8 +582,10 @@ fn restarts(port: u16, twins: usize) -> Vec<(bool, f64, f64, f64)> {
             let lazy = run % 2 == 1;
             let how = if lazy { "lazy" } else { "eager" };
             match in_child(&format!("resume:{twins}:{port}:{data}:{how}:{run}"))[..] {
-                [serving, updating, kib] => (lazy, serving, updating, kib),
-                _ => panic!("resume: expected two times and a size"),
+                [serving, updating, reconnected, kib] => {
+                    (lazy, [serving, updating, reconnected, kib])
+                }
+                _ => panic!("resume: expected three times and a size"),
             }
         })
         .collect()
@@ -806,16 +825,16 @@ fn main() {
     }
     println!("\n## Restart of a node holding {idle} hibernated twins (A/B/A/B)\n");
     println!(
-        "| run | twins start | serving reads (all resumed) | a twin applied an update | resident memory |\n|---:|---|---:|---:|---:|"
+        "| run | twins start | serving reads (all resumed) | a twin applied an update | every session reconnected | resident memory |\n|---:|---|---:|---:|---:|---:|"
     );
-    for (run, (lazy, serving, updating, kib)) in restarted.iter().enumerate() {
+    for (run, (lazy, [serving, updating, reconnected, kib])) in restarted.iter().enumerate() {
         let how = if *lazy {
             "asleep (lazily)"
         } else {
             "awake (restored at once, as before)"
         };
         println!(
-            "| {} | {how} | {serving:.2} s | {updating:.2} s | {:.0} MiB |",
+            "| {} | {how} | {serving:.2} s | {updating:.2} s | {reconnected:.2} s | {:.0} MiB |",
             run + 1,
             kib / 1024.0
         );

@@ -234,6 +234,11 @@ fn a_restarted_node_serves_its_sleeping_twins_without_waking_them() {
     assert!(td.contains("\"reset\""), "{td}");
     assert_eq!(metric(&site, "wasmtwin_node_twins_hibernating"), 1.0);
     assert_eq!(metric(&site, "wasmtwin_node_wake_seconds_count"), 0.0);
+    // Its broker session comes back in the background, asleep or not.
+    wait_for(
+        || metric(&site, "wasmtwin_node_broker_sessions_connected") == 1.0,
+        "the twin's broker session to reconnect",
+    );
 
     // Its first messages wake it with the state it had.
     second_alarm_counts_two(
@@ -281,6 +286,15 @@ fn a_sleeping_twin_moves_to_another_node_without_being_woken() {
     // asleep: no instance was made to take another.
     assert_eq!(metric(&site, "wasmtwin_node_wake_seconds_count"), woken);
     assert_eq!(metric(&site, "wasmtwin_node_twins_hibernating"), 0.0);
+    // The session moved with the twin.
+    assert_eq!(
+        metric_of(&target.api, "wasmtwin_node_broker_sessions_connected"),
+        1.0
+    );
+    wait_for(
+        || metric(&site, "wasmtwin_node_broker_sessions_connected") == 0.0,
+        "the source's session to close",
+    );
 
     // On the target the twin goes on from that state: a second alarm
     // counts 2.

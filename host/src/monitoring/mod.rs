@@ -82,6 +82,8 @@ pub struct Metrics {
     pub hibernating: Gauge,
     /// From a job arriving for a hibernating twin to its instance restored.
     pub wake_seconds: Histogram,
+    /// The node's MQTT sessions connected to their broker now.
+    pub broker_sessions: Gauge,
 }
 
 /// A per-twin family, as far as forgetting a twin goes.
@@ -138,6 +140,12 @@ impl Default for Metrics {
             "wake_seconds",
             "From a job arriving for a hibernating twin to its instance restored and ready",
             wake_seconds.clone(),
+        );
+        let broker_sessions = Gauge::default();
+        node.register(
+            "broker_sessions_connected",
+            "MQTT sessions connected to their broker now: one per twin, and one more for each lost node's backlog being adopted",
+            broker_sessions.clone(),
         );
         let (timeliness, model_seconds) = (
             Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -242,6 +250,7 @@ impl Default for Metrics {
             requests_shed,
             hibernating,
             wake_seconds,
+            broker_sessions,
         }
     }
 }

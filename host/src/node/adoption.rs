@@ -43,6 +43,7 @@ impl Node {
             subscription(spec),
             own_tx,
             Subscribing::Confirmed,
+            self.metrics.broker_sessions.clone(),
         )?;
         let lost_id = format!("wasmtwin-{from}-{}", spec.name());
         let (lost_tx, lost_rx) = mpsc::channel(capacity);
@@ -52,6 +53,7 @@ impl Node {
             subscription(spec),
             lost_tx,
             Subscribing::Confirmed,
+            self.metrics.broker_sessions.clone(),
         )?;
         let first = Arc::new(std::sync::OnceLock::new());
         let (feed, seen, name) = (jobs.clone(), first.clone(), spec.name().to_string());

@@ -776,6 +776,7 @@ impl Node {
             subscription(spec),
             inbound_tx,
             subscribing,
+            self.metrics.broker_sessions.clone(),
         )?;
         let first = Arc::new(std::sync::OnceLock::new());
         tokio::spawn(forward(inbound_rx, jobs.clone(), first.clone()));

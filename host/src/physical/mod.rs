@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Publish};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions};
@@ -267,7 +268,8 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// Connects `client_id` to `broker`, subscribes to `topics` at `qos`, and
 /// forwards every message to `inbound`. The session is persistent, so a
 /// restarted node gets what it had not acknowledged. Reconnects with
-/// exponential backoff until the returned link is closed.
+/// exponential backoff until the returned link is closed. `connected`
+/// counts it while it is connected.
 ///
 /// With [`Subscribing::Confirmed`], returns once the broker has confirmed
 /// the subscription (or delivered a message), so nothing published after
@@ -280,6 +282,7 @@ pub fn connect(
     subscription: Subscription,
     inbound: mpsc::Sender<Inbound>,
     subscribing: Subscribing,
+    connected: Gauge,
 ) -> anyhow::Result<Link> {
     let Subscription {
         topics,
@@ -304,6 +307,7 @@ pub fn connect(
         max_payload,
         client_id: client_id.to_string(),
         subscribed: Some(subscribed),
+        connected: Counted::new(connected),
     };
     let session = tokio::spawn(session.drive(eventloop)).abort_handle();
     if subscribing == Subscribing::Confirmed && confirmed.recv_timeout(SUBSCRIBE_WAIT).is_err() {
@@ -405,6 +409,34 @@ struct Session {
     subscribed: Option<std::sync::mpsc::Sender<()>>,
     /// True once the link is closed.
     closed: tokio::sync::watch::Receiver<bool>,
+    /// Whether it is connected, counted in the node's gauge.
+    connected: Counted,
+}
+
+/// Whether a session is connected, kept in step with a gauge of connected
+/// sessions until the session ends.
+struct Counted {
+    gauge: Gauge,
+    up: bool,
+}
+
+impl Counted {
+    fn new(gauge: Gauge) -> Self {
+        Self { gauge, up: false }
+    }
+
+    fn set(&mut self, up: bool) {
+        if self.up != up {
+            self.up = up;
+            self.gauge.inc_by(if up { 1 } else { -1 });
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 impl Session {
@@ -418,12 +450,8 @@ impl Session {
     /// The next event, or `None` once the link is closed while the
     /// session is not connected (connected, the link's own disconnect
     /// request ends it, after the acknowledgements queued before).
-    async fn next(
-        &mut self,
-        eventloop: &mut EventLoop,
-        connected: bool,
-    ) -> Option<Result<Event, ConnectionError>> {
-        if connected {
+    async fn next(&mut self, eventloop: &mut EventLoop) -> Option<Result<Event, ConnectionError>> {
+        if self.connected.up {
             return Some(eventloop.poll().await);
         }
         if *self.closed.borrow() {
@@ -438,11 +466,10 @@ impl Session {
     async fn drive(mut self, mut eventloop: EventLoop) {
         let client_id = self.client_id.clone();
         let mut backoff = Duration::from_millis(100);
-        let mut connected = false;
-        while let Some(event) = self.next(&mut eventloop, connected).await {
+        while let Some(event) = self.next(&mut eventloop).await {
             match event {
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    connected = true;
+                    self.connected.set(true);
                     backoff = Duration::from_millis(100);
                     tracing::info!(client = %client_id, "connected to the broker");
                     let filters = self.topics.iter().map(|t| Filter::new(t.clone(), self.qos));
@@ -483,7 +510,7 @@ impl Session {
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                 Ok(_) => {}
                 Err(e) => {
-                    connected = false;
+                    self.connected.set(false);
                     if self.inbound.is_closed() || *self.closed.borrow() {
                         return;
                     }
@@ -530,6 +557,7 @@ mod tests {
                 subscription,
                 inbound,
                 Subscribing::Confirmed,
+                Gauge::default(),
             )
         })
         .await
