@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// How long rumqttd has to close a connection whose client sent
 /// DISCONNECT, before the relay closes it anyway.
@@ -27,31 +28,35 @@ const DISCONNECT: u8 = 14;
 pub(super) async fn relay(client: TcpStream, broker: TcpStream) {
     let (mut client_in, mut client_out) = client.into_split();
     let (mut broker_in, mut broker_out) = broker.into_split();
-    let mut downstream = Box::pin(tokio::io::copy(&mut broker_in, &mut client_out));
-    let upstream = async {
-        let mut framing = Framing::default();
-        let mut buffer = vec![0u8; 16 * 1024];
-        loop {
-            let read = match client_in.read(&mut buffer).await {
-                Ok(0) | Err(_) => return framing.ended_with(DISCONNECT),
-                Ok(read) => read,
-            };
-            framing.feed(&buffer[..read]);
-            if broker_out.write_all(&buffer[..read]).await.is_err() {
-                return false;
-            }
-        }
-    };
-    let said_goodbye = tokio::select! {
+    let mut framing = Framing::default();
+    let upstream = pump(&mut client_in, &mut broker_out, |bytes| framing.feed(bytes));
+    let mut downstream = std::pin::pin!(pump(&mut broker_in, &mut client_out, |_| {}));
+    tokio::select! {
         // rumqttd closed first: nothing is left to carry.
         _ = &mut downstream => return,
-        said_goodbye = upstream => said_goodbye,
-    };
-    if said_goodbye {
-        let _ = tokio::time::timeout(BROKER_CLOSE_WAIT, &mut downstream).await;
-    } else {
+        _ = upstream => {}
+    }
+    if !framing.ended_with(DISCONNECT) {
         let _ = broker_out.shutdown().await;
-        let _ = tokio::time::timeout(BROKER_CLOSE_WAIT, downstream).await;
+    }
+    let _ = tokio::time::timeout(BROKER_CLOSE_WAIT, downstream).await;
+}
+
+/// Copies `from` to `to` until `from` ends, showing each chunk to `seen`
+/// first. Once `to` fails, the rest is read and dropped: the relay must
+/// still see `from` end (rumqttd may send a client that has just left a
+/// message it had in flight, and its side must stay open until it closes
+/// it).
+async fn pump(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf, mut seen: impl FnMut(&[u8])) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut writing = true;
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        seen(&buffer[..read]);
+        writing = writing && to.write_all(&buffer[..read]).await.is_ok();
     }
 }
 
@@ -202,13 +207,12 @@ mod tests {
         (client, broker_side)
     }
 
-    /// Reads `socket` to its end, within `wait`; `None` if it stays open.
+    /// Reads `socket` to its end, within `wait`: what came before it
+    /// closed (or was reset), or `None` if it stays open.
     async fn read_to_end(socket: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
         let mut got = Vec::new();
-        tokio::time::timeout(wait, socket.read_to_end(&mut got))
-            .await
-            .ok()
-            .map(|read| read.map(|_| got).unwrap())
+        let ended = tokio::time::timeout(wait, socket.read_to_end(&mut got)).await;
+        ended.is_ok().then_some(got)
     }
 
     #[tokio::test]
@@ -231,6 +235,30 @@ mod tests {
         drop(broker);
         let reply = read_to_end(&mut client, Duration::from_secs(5)).await;
         assert_eq!(reply.as_deref(), Some(&b"bye"[..]));
+    }
+
+    /// rumqttd may still send a client that has just left (a message it
+    /// had in flight): the relay's writes to it fail, and rumqttd's side
+    /// must stay open all the same.
+    #[tokio::test]
+    async fn after_a_disconnect_the_broker_closes_first_even_if_it_still_sends() {
+        let (mut client, mut broker) = relayed().await;
+        let bytes = session();
+        client.write_all(&bytes).await.unwrap();
+        drop(client);
+        let mut got = vec![0u8; bytes.len()];
+        broker.read_exact(&mut got).await.unwrap();
+        for _ in 0..20 {
+            if broker.write_all(&[0x30; 1024]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            read_to_end(&mut broker, Duration::from_millis(300)).await,
+            None,
+            "the relay closed the broker's side before the broker did"
+        );
     }
 
     #[tokio::test]
