@@ -79,7 +79,7 @@ impl Node {
             jobs,
             queue,
             first,
-            changes: tokio::sync::broadcast::channel(super::CHANGE_BUFFER).0,
+            changes: super::ChangeFeed::default(),
         })
     }
 }
@@ -94,12 +94,12 @@ fn same(a: &Inbound, b: &Inbound) -> bool {
 /// message (to apply next), the own session's queue, and how many messages
 /// were adopted.
 async fn drain(
-    mut lost: mpsc::Receiver<Inbound>,
-    mut own: mpsc::Receiver<Inbound>,
+    mut lost: mpsc::Receiver<Box<Inbound>>,
+    mut own: mpsc::Receiver<Box<Inbound>>,
     via: &Link,
     jobs: &mpsc::Sender<Job>,
-) -> (Option<Inbound>, mpsc::Receiver<Inbound>, u64) {
-    let mut barrier: Option<Inbound> = None;
+) -> (Option<Box<Inbound>>, mpsc::Receiver<Box<Inbound>>, u64) {
+    let mut barrier: Option<Box<Inbound>> = None;
     let mut adopted = 0;
     let deadline = tokio::time::Instant::now() + DRAIN_MAX;
     while tokio::time::Instant::now() < deadline {

@@ -27,11 +27,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use super::bundle::{Bundle, History, Outgoing};
+use super::view::ChangeFeed;
 use super::worker::{Job, Start, SwapReport};
-use super::{Change, Components, Node, NodeError, Origin, Prepared, Session, lock, spec_op};
+use super::{Components, Node, NodeError, Origin, Prepared, Session, lock, spec_op};
 use crate::checkpoint::Checkpoint;
 use crate::physical::Subscribing;
 use crate::runtime::AdapterInstance;
@@ -61,7 +62,7 @@ pub(super) struct Incoming {
     session: Option<Session>,
     /// Its change stream, open from the start so that applications can
     /// attach to a twin still arriving.
-    changes: broadcast::Sender<Change>,
+    changes: ChangeFeed,
 }
 
 impl Incoming {
@@ -390,7 +391,7 @@ impl Node {
             spec,
             components,
             session: None,
-            changes: broadcast::channel(super::CHANGE_BUFFER).0,
+            changes: ChangeFeed::default(),
         };
         if let Some(old) = lock(&self.incoming).insert(name, arriving) {
             old.close(self, false);

@@ -23,6 +23,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use bundle::{Bundle, History, Outgoing};
 pub(crate) use mobility::IMPORT_BATCH;
+use view::ChangeFeed;
 pub use view::{Change, PropertyView, TwinReport};
 pub use worker::SwapReport;
 
@@ -40,10 +41,6 @@ use crate::twin::entanglement::{Entanglement, Status, Window};
 use crate::twin::{RestorePolicy, Twin, TwinState};
 use view::Shared;
 use worker::{Dormant, HistoryPolicy, Job, Start, Worker};
-
-/// Changes a slow stream subscriber may fall behind by before it is told
-/// it missed some.
-const CHANGE_BUFFER: usize = 256;
 
 /// How a node is set up.
 pub struct NodeConfig {
@@ -100,7 +97,7 @@ struct Hosted {
     shared: Arc<Mutex<Shared>>,
     /// Its CPU share and use, which its worker charges.
     cpu: CpuShare,
-    changes: broadcast::Sender<Change>,
+    changes: ChangeFeed,
     link: Link,
     /// Signalled when the worker has finished.
     finished: std::sync::mpsc::Receiver<()>,
@@ -150,7 +147,7 @@ fn subscription(spec: &TwinSpec) -> physical::Subscription {
 
 /// Feeds a session's messages into its twin's job queue, noting the first.
 async fn forward(
-    mut inbound: mpsc::Receiver<physical::Inbound>,
+    mut inbound: mpsc::Receiver<Box<physical::Inbound>>,
     jobs: mpsc::Sender<Job>,
     first: Arc<std::sync::OnceLock<(String, bytes::Bytes)>>,
 ) {
@@ -174,7 +171,7 @@ struct Session {
     first: Arc<std::sync::OnceLock<(String, bytes::Bytes)>>,
     /// The twin's change stream, open before the twin starts so that
     /// applications can attach to a twin still arriving.
-    changes: broadcast::Sender<Change>,
+    changes: ChangeFeed,
 }
 
 /// The workers' runtime, shut down without waiting when the node goes (a
@@ -785,7 +782,7 @@ impl Node {
             jobs,
             queue,
             first,
-            changes: broadcast::channel(CHANGE_BUFFER).0,
+            changes: ChangeFeed::default(),
         })
     }
 
@@ -1021,7 +1018,7 @@ impl Node {
             // Checked and taken under the twins' lock: concurrent
             // subscribers cannot both take the last place.
             let max = self.config.max_subscribers;
-            if hosted.changes.receiver_count() >= max {
+            if hosted.changes.subscribers() >= max {
                 self.metrics
                     .requests_shed
                     .get_or_create(&crate::monitoring::ClassLabel { class: "stream" })

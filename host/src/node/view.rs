@@ -3,9 +3,11 @@
 //! queueing behind updates).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::broadcast;
 
 use crate::checkpoint::ModelInfo;
 use crate::runtime::Description;
@@ -29,6 +31,44 @@ pub struct Shared {
     pub last_error: Option<String>,
     /// Hibernating: no instance runs; the next job wakes it.
     pub asleep: bool,
+}
+
+/// Changes a slow stream subscriber may fall behind by before it is told
+/// it missed some.
+const CHANGE_BUFFER: usize = 256;
+
+/// A twin's change stream. Its buffer of [`CHANGE_BUFFER`] changes is made
+/// when the first subscriber comes: made with the twin, it was a quarter of
+/// what a sleeping twin costs (26 KiB), for streams most twins never have.
+/// Clones share one stream.
+#[derive(Clone, Default)]
+pub struct ChangeFeed(Arc<OnceLock<broadcast::Sender<Change>>>);
+
+impl ChangeFeed {
+    /// A new subscriber, which gets every change published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.0
+            .get_or_init(|| broadcast::channel(CHANGE_BUFFER).0)
+            .subscribe()
+    }
+
+    /// How many subscribers it has now.
+    pub fn subscribers(&self) -> usize {
+        self.0.get().map_or(0, broadcast::Sender::receiver_count)
+    }
+
+    /// Sends `change` to the subscribers there are (none is not an error).
+    pub fn publish(&self, change: Change) {
+        if let Some(sender) = self.0.get() {
+            let _ = sender.send(change);
+        }
+    }
+
+    /// Whether its buffer has been made.
+    #[cfg(test)]
+    fn is_allocated(&self) -> bool {
+        self.0.get().is_some()
+    }
 }
 
 /// What one applied message changed, as the change stream carries it.
@@ -160,5 +200,31 @@ impl Shared {
             hibernating: self.asleep,
         };
         (report, transition)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_feed_makes_its_buffer_for_its_first_subscriber() {
+        let feed = ChangeFeed::default();
+        let change = || Change::new(1, 2, 3, vec![("v".into(), Value::from(1))], Vec::new());
+        // Nobody listening: nothing is kept, and nothing fails.
+        feed.publish(change());
+        assert!(!feed.is_allocated());
+        assert_eq!(feed.subscribers(), 0);
+
+        let mut early = feed.clone().subscribe();
+        assert!(feed.is_allocated());
+        let mut late = feed.subscribe();
+        assert_eq!(feed.subscribers(), 2);
+        feed.publish(change());
+        for stream in [&mut early, &mut late] {
+            assert_eq!(stream.try_recv().map(|c| c.seq), Ok(1));
+        }
+        drop(early);
+        assert_eq!(feed.subscribers(), 1);
     }
 }

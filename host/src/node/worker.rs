@@ -23,10 +23,10 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
-use super::view::{Change, Shared};
+use super::view::{Change, ChangeFeed, Shared};
 use crate::checkpoint::{Checkpoint, GUEST_SECTION, ModelInfo};
 use crate::monitoring::{Metrics, TwinLabel};
 use crate::physical::{Inbound, Link, now_us};
@@ -50,7 +50,7 @@ const CHECKPOINT_BYTES_PER_MESSAGE: usize = 1024;
 /// Work for a twin's worker.
 pub enum Job {
     /// A message from the PT.
-    Message(Inbound),
+    Message(Box<Inbound>),
     /// An action asked for by an application.
     Act {
         /// The action's name.
@@ -111,7 +111,7 @@ pub struct Worker {
     pub shared: Arc<Mutex<Shared>>,
     pub metrics: Arc<Metrics>,
     pub store: Store,
-    pub changes: broadcast::Sender<Change>,
+    pub changes: ChangeFeed,
     pub history: HistoryPolicy,
     /// The last checkpoint, to recover from if the instance fails (given
     /// at start when the node already stored it)…
@@ -387,16 +387,8 @@ impl Worker {
                 }
                 // A message over its maxPayload needs nothing of the twin,
                 // awake or asleep: a flood of them wakes nothing.
-                (
-                    Job::Message(
-                        message @ Inbound {
-                            oversized: Some(size),
-                            ..
-                        },
-                    ),
-                    ..,
-                ) => {
-                    self.drop_oversized(message, size);
+                (Job::Message(message), ..) if message.oversized.is_some() => {
+                    self.drop_oversized(*message);
                     continue;
                 }
                 (job, ..) => job,
@@ -414,7 +406,7 @@ impl Worker {
                 },
             };
             match job {
-                Job::Message(message) => self.on_message(awake, message).await,
+                Job::Message(message) => self.on_message(awake, *message).await,
                 Job::Stop => break,
                 Job::Act { name, input, reply } => {
                     self.act(awake, &name, &input, reply).await;
@@ -562,7 +554,8 @@ impl Worker {
     /// Drops a message over the twin's maxPayload, whose payload the
     /// session already dropped: counted, said, and acknowledged in its
     /// turn, after what was written before, so the broker forgets it.
-    fn drop_oversized(&self, message: Inbound, size: usize) {
+    fn drop_oversized(&self, message: Inbound) {
+        let size = message.oversized.unwrap_or_default();
         message.span.record("twin", self.name.as_str());
         self.metrics.oversized.get_or_create(&self.label()).inc();
         self.failed(&format!(
@@ -746,13 +739,10 @@ impl Worker {
                     updates: updates.to_vec(),
                     changes: change.changes.clone(),
                 };
-                let _delivering = crate::trace_span!(
-                    "changes.publish",
-                    subscribers = self.changes.receiver_count()
-                )
-                .entered();
-                // Nobody listening is not an error.
-                let _ = self.changes.send(change);
+                let _delivering =
+                    crate::trace_span!("changes.publish", subscribers = self.changes.subscribers())
+                        .entered();
+                self.changes.publish(change);
                 Some(op)
             }
             Ok((Applied::Duplicate { .. }, _)) => {
@@ -835,8 +825,7 @@ impl Worker {
                 tracing::info!(twin = %self.name, action = name, %event, %data, "event");
             }
             let now_ms = now_us() / 1000;
-            // Nobody listening is not an error.
-            let _ = self.changes.send(Change::new(
+            self.changes.publish(Change::new(
                 live.twin.state().last_seq.unwrap_or(0),
                 now_ms,
                 now_ms,
