@@ -619,7 +619,7 @@ impl Node {
         };
         let (reply, answer) = oneshot::channel();
         jobs.send(Job::Swap {
-            model: components.model,
+            model: Box::new(components.model),
             reply,
         })
         .await

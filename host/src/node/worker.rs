@@ -80,8 +80,9 @@ pub enum Job {
     },
     /// Replace the model by this component, keeping the state.
     Swap {
-        /// The new model, compiled.
-        model: ModelComponent,
+        /// The new model, compiled (boxed, as messages are: every twin's
+        /// queue has slots of the largest job).
+        model: Box<ModelComponent>,
         /// Where the result goes.
         reply: oneshot::Sender<Result<SwapReport, String>>,
     },
@@ -328,7 +329,7 @@ impl Worker {
     pub async fn run(mut self, start: Start, mut jobs: mpsc::Receiver<Job>) {
         let mut live = match start {
             Start::Awake(twin) => {
-                let mut live = match self.live(twin).await {
+                let mut live = match Box::pin(self.live(twin)).await {
                     Ok(live) => live,
                     Err(e) => return self.failed(&format!("{e:#}")),
                 };
@@ -337,8 +338,7 @@ impl Worker {
                 // twin that arrived from another node brings its own (the
                 // node stored the bundle).
                 if self.recovery.is_none() {
-                    self.new_recovery_point(&mut live.twin, Vec::new(), None)
-                        .await;
+                    Box::pin(self.new_recovery_point(&mut live.twin, Vec::new(), None)).await;
                 }
                 Some(live)
             }
@@ -360,7 +360,7 @@ impl Worker {
                 }
                 Next::Idle => {
                     if let Some(awake) = live.take() {
-                        live = self.hibernate(awake).await;
+                        live = Box::pin(self.hibernate(awake)).await;
                     }
                     continue;
                 }
@@ -395,7 +395,7 @@ impl Worker {
             };
             let awake = match live {
                 Some(ref mut awake) => awake,
-                None => match self.wake().await {
+                None => match Box::pin(self.wake()).await {
                     Ok(woken) => live.insert(woken),
                     Err(e) => {
                         let why = format!("waking the twin: {e:#}");
@@ -406,30 +406,27 @@ impl Worker {
                 },
             };
             match job {
-                Job::Message(message) => self.on_message(awake, *message).await,
+                Job::Message(message) => Box::pin(self.on_message(awake, *message)).await,
                 Job::Stop => break,
                 Job::Act { name, input, reply } => {
-                    self.act(awake, &name, &input, reply).await;
+                    Box::pin(self.act(awake, &name, &input, reply)).await;
                 }
                 Job::Reconfigure { config, reply } => {
-                    let result = awake
-                        .twin
-                        .reconfigure(&config)
+                    let result = Box::pin(awake.twin.reconfigure(&config))
                         .await
                         .map_err(|e| e.to_string());
                     if result.is_ok() {
                         // The configuration is part of the state.
-                        self.new_recovery_point(&mut awake.twin, Vec::new(), None)
-                            .await;
+                        Box::pin(self.new_recovery_point(&mut awake.twin, Vec::new(), None)).await;
                     }
                     let _ = reply.send(result);
                 }
                 Job::Checkpoint { reply } => {
-                    let checkpoint = awake.twin.checkpoint().await;
+                    let checkpoint = Box::pin(awake.twin.checkpoint()).await;
                     let _ = reply.send(checkpoint.map_err(|e| format!("{e:#}")));
                 }
                 Job::Swap { model, reply } => {
-                    let _ = reply.send(self.swap(&mut awake.twin, model).await);
+                    let _ = reply.send(Box::pin(self.swap(&mut awake.twin, *model)).await);
                 }
                 Job::Handover {
                     until,
@@ -447,7 +444,7 @@ impl Worker {
                 // The last state this node applies; the worker stops here.
                 // (Should the move fail, the store's last checkpoint plus
                 // its journal bring the twin back to this same state.)
-                let checkpoint = awake.twin.checkpoint().await;
+                let checkpoint = Box::pin(awake.twin.checkpoint()).await;
                 let _ = h.reply.send(checkpoint.map_err(|e| format!("{e:#}")));
                 break;
             }

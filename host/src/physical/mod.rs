@@ -152,12 +152,11 @@ impl std::fmt::Debug for Link {
 }
 
 enum Outgoing {
-    /// Boxed, as [`Inbound`] is.
+    // Boxed, as `Inbound` is: the queue's first block of 32 slots is made
+    // with it, and every twin has one.
     Ack(Box<Publish>),
-    Command {
-        topic: String,
-        payload: Vec<u8>,
-    },
+    /// Topic and payload.
+    Command(Box<(String, Vec<u8>)>),
     Disconnect,
 }
 
@@ -173,7 +172,8 @@ impl Link {
             while let Some(item) = queue.recv().await {
                 let sent = match item {
                     Outgoing::Ack(packet) => sender.ack(&packet).await,
-                    Outgoing::Command { topic, payload } => {
+                    Outgoing::Command(command) => {
+                        let (topic, payload) = *command;
                         sender
                             .publish(topic, QoS::AtLeastOnce, false, payload)
                             .await
@@ -215,10 +215,7 @@ impl Link {
     /// Publishes a command to the device (QoS 1).
     pub fn send(&self, topic: &str, payload: Vec<u8>) -> anyhow::Result<()> {
         self.outgoing
-            .send(Outgoing::Command {
-                topic: topic.to_string(),
-                payload,
-            })
+            .send(Outgoing::Command(Box::new((topic.to_string(), payload))))
             .map_err(|_| anyhow::anyhow!("cannot publish on {topic}: the session is closed"))
     }
 
@@ -461,14 +458,16 @@ impl Session {
     /// session is not connected (connected, the link's own disconnect
     /// request ends it, after the acknowledgements queued before).
     async fn next(&mut self, eventloop: &mut EventLoop) -> Option<Result<Event, ConnectionError>> {
+        // Boxed: the future of a poll is most of a session's task, which
+        // every twin has, and it need not live between two events.
         if self.connected.up {
-            return Some(eventloop.poll().await);
+            return Some(Box::pin(eventloop.poll()).await);
         }
         if *self.closed.borrow() {
             return None;
         }
         tokio::select! {
-            event = eventloop.poll() => Some(event),
+            event = Box::pin(eventloop.poll()) => Some(event),
             _ = self.closed.changed() => None,
         }
     }
