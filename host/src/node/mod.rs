@@ -265,7 +265,7 @@ pub struct Node {
     changing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// What each model component is and offers, once asked, for twins
     /// that start asleep (and so have no instance to ask).
-    described: Mutex<HashMap<Digest, (ModelInfo, Description)>>,
+    described: Mutex<HashMap<Digest, (ModelInfo, Arc<Description>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -740,7 +740,7 @@ impl Node {
 
     /// What a spec's model component is and offers, asked once per
     /// component.
-    fn describe(&self, components: &Components) -> anyhow::Result<(ModelInfo, Description)> {
+    fn describe(&self, components: &Components) -> anyhow::Result<(ModelInfo, Arc<Description>)> {
         let digest = components.model.digest();
         if let Some(known) = lock(&self.described).get(&digest) {
             return Ok(known.clone());
@@ -1035,7 +1035,7 @@ impl Node {
     }
 
     /// What a twin's model offers.
-    pub fn description(&self, name: &str) -> Result<Description, NodeError> {
+    pub fn description(&self, name: &str) -> Result<Arc<Description>, NodeError> {
         let shared = lock(&self.twins)
             .get(name)
             .map(|h| h.shared.clone())

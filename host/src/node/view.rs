@@ -22,7 +22,7 @@ pub struct Shared {
     /// The model running.
     pub model: ModelInfo,
     /// What the model offers.
-    pub description: Description,
+    pub description: Arc<Description>,
     /// Entanglement measures.
     pub entanglement: Entanglement,
     /// Failed calls into the twin's components.

@@ -141,7 +141,7 @@ pub struct Dormant {
     /// The model it runs.
     pub model: ModelInfo,
     /// What the model offers.
-    pub description: Description,
+    pub description: Arc<Description>,
     /// Its stored checkpoint: its recovery point.
     pub checkpoint: Arc<Checkpoint>,
 }
@@ -164,7 +164,7 @@ impl Start {
     }
 
     /// What the model offers.
-    pub fn description(&self) -> &Description {
+    pub fn description(&self) -> &Arc<Description> {
         match self {
             Start::Awake(twin) => twin.description(),
             Start::Asleep(dormant) => &dormant.description,

@@ -21,14 +21,18 @@ pub struct AdapterComponent {
 }
 
 impl AdapterComponent {
-    pub(super) fn new(runtime: &Runtime, bytes: &[u8]) -> anyhow::Result<Self> {
-        let (digest, component, _) = runtime.compile(bytes)?;
+    /// Links an already compiled component.
+    pub(super) fn from_compiled(
+        runtime: &Runtime,
+        digest: crate::digest::Digest,
+        component: &wasmtime::component::Component,
+    ) -> anyhow::Result<Self> {
         let pre = runtime
             .linker()
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("component {digest} needs imports wasmtwin does not grant"))?;
-        super::contract::check(runtime, &component, &digest, "adapter-api")?;
+        super::contract::check(runtime, component, &digest, "adapter-api")?;
         let pre = AdapterPre::new(pre)
             .map_err(anyhow::Error::from)
             .with_context(|| {

@@ -24,11 +24,6 @@ pub struct ModelComponent {
 }
 
 impl ModelComponent {
-    pub(super) fn new(runtime: &Runtime, bytes: &[u8]) -> anyhow::Result<Self> {
-        let (digest, component, _) = runtime.compile(bytes)?;
-        Self::from_compiled(runtime, digest, &component)
-    }
-
     /// Wraps an already compiled component.
     pub fn from_compiled(
         runtime: &Runtime,

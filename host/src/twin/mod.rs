@@ -6,6 +6,7 @@
 pub mod entanglement;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -88,11 +89,15 @@ pub struct Twin {
     name: String,
     instance: ModelInstance,
     model: ModelInfo,
-    description: Description,
+    /// Shared with the node's view of the twin: a model's description takes
+    /// about 1 KiB.
+    description: Arc<Description>,
     state: TwinState,
 }
 
-async fn model_info(instance: &mut ModelInstance) -> Result<(ModelInfo, Description), GuestError> {
+async fn model_info(
+    instance: &mut ModelInstance,
+) -> Result<(ModelInfo, Arc<Description>), GuestError> {
     let description = instance.describe().await?;
     let info = ModelInfo {
         name: description.name.clone(),
@@ -100,7 +105,7 @@ async fn model_info(instance: &mut ModelInstance) -> Result<(ModelInfo, Descript
         component: instance.component(),
         state_version: description.state_version,
     };
-    Ok((info, description))
+    Ok((info, Arc::new(description)))
 }
 
 impl Twin {
@@ -190,7 +195,7 @@ impl Twin {
         runtime: &Runtime,
         component: &ModelComponent,
         limits: Limits,
-    ) -> anyhow::Result<(ModelInfo, Description)> {
+    ) -> anyhow::Result<(ModelInfo, Arc<Description>)> {
         let mut instance = ModelInstance::new(runtime, component, "describe", limits).await?;
         Ok(model_info(&mut instance).await?)
     }
@@ -206,7 +211,7 @@ impl Twin {
     }
 
     /// What the model offers: properties, actions, events.
-    pub fn description(&self) -> &Description {
+    pub fn description(&self) -> &Arc<Description> {
         &self.description
     }
 
