@@ -540,6 +540,15 @@ impl Session {
 mod tests {
     use super::*;
 
+    /// Every twin has a queue of messages and one of acknowledgements,
+    /// each made with a block of 32 slots: a slot grown back to a whole
+    /// message is kilobytes a twin (23 KiB when it was).
+    #[test]
+    fn a_twins_queues_have_small_slots() {
+        assert!(size_of::<Box<Inbound>>() <= 8);
+        assert!(size_of::<Outgoing>() <= 16, "{}", size_of::<Outgoing>());
+    }
+
     /// A closed twin's session stops even when its broker cannot be
     /// reached (it used to reconnect there for the rest of the run).
     #[tokio::test(flavor = "multi_thread")]
