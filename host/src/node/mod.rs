@@ -870,6 +870,8 @@ impl Node {
         };
         let (done, finished) = std::sync::mpsc::channel();
         let queue = session.queue;
+        // Boxed before the task takes them: see `Worker::run`.
+        let (worker, twin) = (Box::new(worker), Box::new(twin));
         let task = self
             .workers
             .spawn(async move {

@@ -326,8 +326,11 @@ impl Worker {
     /// node's twin runtime, whose threads exist for this CPU-bound work: a
     /// call into the guest is awaited, yielding the thread to other twins
     /// at every epoch tick, and bounded by its fuel and deadline.
-    pub async fn run(mut self, start: Start, mut jobs: mpsc::Receiver<Job>) {
-        let mut live = match start {
+    ///
+    /// The worker and its start come boxed: an async fn's future keeps its
+    /// arguments twice, and every twin keeps this one.
+    pub async fn run(mut self: Box<Self>, start: Box<Start>, mut jobs: mpsc::Receiver<Job>) {
+        let mut live = match *start {
             Start::Awake(twin) => {
                 let mut live = match Box::pin(self.live(twin)).await {
                     Ok(live) => live,

@@ -316,7 +316,7 @@ pub fn connect(
         subscribed: Some(subscribed),
         connected: Counted::new(connected),
     };
-    let session = tokio::spawn(session.drive(eventloop)).abort_handle();
+    let session = tokio::spawn(session.drive(Box::new(eventloop))).abort_handle();
     if subscribing == Subscribing::Confirmed && confirmed.recv_timeout(SUBSCRIBE_WAIT).is_err() {
         tracing::warn!(
             client = %client_id,
@@ -472,7 +472,36 @@ impl Session {
         }
     }
 
-    async fn drive(mut self, mut eventloop: EventLoop) {
+    /// A message received, as its twin takes it. (Made outside `drive`, whose
+    /// future, kept by every twin, would otherwise keep room for its parts.)
+    fn inbound(&mut self, publish: Publish) -> Box<Inbound> {
+        // A message proves the subscription too: a persistent session's
+        // backlog may fill the queue before the SUBACK is read.
+        self.confirm();
+        let packet = (publish.qos != QoS::AtMostOnce).then(|| publish.clone());
+        let size = publish.payload.len();
+        let oversized = (size > self.max_payload).then_some(size);
+        Box::new(Inbound {
+            span: message_span(&self.client_id, &publish),
+            // Brokers pass on only UTF-8 topics (MQTT requires them); an
+            // alias is resolved by the client.
+            topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+            payload: if oversized.is_some() {
+                Bytes::new()
+            } else {
+                publish.payload
+            },
+            oversized,
+            received_us: now_us(),
+            packet,
+            via: None,
+        })
+    }
+
+    /// Drives the session until it ends. (The event loop comes boxed: an
+    /// async fn's future keeps its arguments twice, and this one is every
+    /// twin's.)
+    async fn drive(mut self, mut eventloop: Box<EventLoop>) {
         let client_id = self.client_id.clone();
         let mut backoff = Duration::from_millis(100);
         while let Some(event) = self.next(&mut eventloop).await {
@@ -482,34 +511,14 @@ impl Session {
                     backoff = Duration::from_millis(100);
                     tracing::info!(client = %client_id, "connected to the broker");
                     let filters = self.topics.iter().map(|t| Filter::new(t.clone(), self.qos));
-                    if let Err(e) = self.client.subscribe_many(filters).await {
+                    // Boxed, as the other rare steps: see `Session::next`.
+                    if let Err(e) = Box::pin(self.client.subscribe_many(filters)).await {
                         tracing::warn!(client = %client_id, "cannot subscribe: {e}");
                     }
                 }
                 Ok(Event::Incoming(Incoming::SubAck(_))) => self.confirm(),
                 Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                    // A message proves the subscription too: a persistent
-                    // session's backlog may fill the queue before the
-                    // SUBACK is read.
-                    self.confirm();
-                    let packet = (publish.qos != QoS::AtMostOnce).then(|| publish.clone());
-                    let size = publish.payload.len();
-                    let oversized = (size > self.max_payload).then_some(size);
-                    let message = Box::new(Inbound {
-                        span: message_span(&client_id, &publish),
-                        // Brokers pass on only UTF-8 topics (MQTT requires
-                        // them); an alias is resolved by the client.
-                        topic: String::from_utf8_lossy(&publish.topic).into_owned(),
-                        payload: if oversized.is_some() {
-                            Bytes::new()
-                        } else {
-                            publish.payload
-                        },
-                        oversized,
-                        received_us: now_us(),
-                        packet,
-                        via: None,
-                    });
+                    let message = self.inbound(publish);
                     // A full queue holds the event loop, and with it the TCP
                     // connection: the broker keeps the rest.
                     if self.inbound.send(message).await.is_err() {
@@ -524,9 +533,14 @@ impl Session {
                         return;
                     }
                     tracing::warn!(client = %client_id, "broker connection lost: {e}; retrying in {backoff:?}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.closed.changed() => return,
+                    let closed = Box::pin(async {
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => false,
+                            _ = self.closed.changed() => true,
+                        }
+                    });
+                    if closed.await {
+                        return;
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
