@@ -287,3 +287,28 @@ fn defect_16_an_action_changes_the_twins_state_at_once_and_durably() {
     site.restart();
     assert_eq!(site.twin("motor")["properties"]["alarms"]["value"], 0);
 }
+
+/// A node holds a socket for each twin's broker session. Under the soft
+/// limit on open files a process usually inherits (1,024; 64 here) it
+/// stopped connecting twins past the limit, while it went on serving. It
+/// now raises its soft limit to the hard one, as servers do.
+#[test]
+fn defect_17_a_low_inherited_limit_on_open_files_does_not_cap_the_twins() {
+    let site = Site::start_under(&["prlimit", "--nofile=64:", "--"], &[]);
+    let twins = 80;
+    for i in 0..twins {
+        let name = format!("f{i}");
+        created(&site, &name, &spec(&name, "good", ""));
+    }
+    let last = format!("f{}", twins - 1);
+    site.publish(&format!("dev/{last}"), &[message(1, json!(1))]);
+    site.node.api.wait_for_updates(&last, 1);
+
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", site.node.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let figures: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(figures[0], figures[1], "soft and hard limits: {line}");
+}

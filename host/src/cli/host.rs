@@ -758,6 +758,7 @@ pub async fn resume(node: &Arc<Node>) -> anyhow::Result<()> {
 
 /// Runs the node.
 pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCode> {
+    super::open_files::raise();
     let policy = args.trust.policy()?;
     let auth = args.auth.resolve(false)?;
     let tls = args.tls.resolve()?;

@@ -8,6 +8,7 @@ mod host;
 mod keys;
 mod local;
 mod mobility;
+mod open_files;
 mod operator;
 mod pt_sim;
 mod registry;

@@ -86,6 +86,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
     if !(args.rate > 0.0 && args.rate <= 10_000.0) {
         anyhow::bail!("--rate must be in (0, 10000]");
     }
+    super::open_files::raise();
     // The nodes trust the development key, and the keys --trust names.
     let mut trust = match &args.trust {
         Some(path) => TrustSet::load(path)?,

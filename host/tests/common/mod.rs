@@ -26,13 +26,19 @@ pub struct Site {
 
 impl Site {
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_under(&[], extra)
+    }
+
+    /// [`Site::start`], the node run by `prefix`: a command that runs the
+    /// rest of its arguments (`prlimit …`).
+    pub fn start_under(prefix: &[&str], extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mqtt = free_port();
         let listen: SocketAddr = format!("127.0.0.1:{mqtt}").parse().unwrap();
         wasmtwin::broker::start(listen).expect("the embedded broker");
         let data = dir.path().to_path_buf();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let node = host(&data, mqtt, &extra);
+        let node = host_under(prefix, &data, mqtt, &extra);
         Self {
             node,
             mqtt,
@@ -92,6 +98,11 @@ impl Site {
 }
 
 pub fn host(data: &Path, mqtt: u16, extra: &[String]) -> Node {
+    host_under(&[], data, mqtt, extra)
+}
+
+/// [`host`], run by `prefix` (see [`Site::start_under`]).
+pub fn host_under(prefix: &[&str], data: &Path, mqtt: u16, extra: &[String]) -> Node {
     let http = free_port();
     let mut args: Vec<String> = [
         "host",
@@ -118,7 +129,16 @@ pub fn host(data: &Path, mqtt: u16, extra: &[String]) -> Node {
         args.extend(["--token".to_string(), TOKEN.to_string()]);
     }
     args.extend(extra.iter().cloned());
-    Node::spawn(env!("CARGO_BIN_EXE_wasmtwin"), &args, http, TOKEN)
+    let bin = env!("CARGO_BIN_EXE_wasmtwin");
+    match prefix.split_first() {
+        None => Node::spawn(bin, &args, http, TOKEN),
+        Some((runner, rest)) => {
+            let mut all: Vec<String> = rest.iter().map(|a| a.to_string()).collect();
+            all.push(bin.to_string());
+            all.extend(args);
+            Node::spawn(runner, &all, http, TOKEN)
+        }
+    }
 }
 
 /// A spec of twin `name` running the `misbehave` model in `mode`, fed from
