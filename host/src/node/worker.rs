@@ -581,7 +581,7 @@ impl Worker {
                 drop(commit);
                 if let (Ok(()), Some(packet)) = (written, packet) {
                     let _acking = crate::trace_span!(parent: &span, "mqtt.ack").entered();
-                    link.ack(&packet);
+                    link.ack(packet);
                 }
             }) as crate::store::Done
         })

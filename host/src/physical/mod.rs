@@ -95,7 +95,7 @@ pub struct Inbound {
     /// When the node received it, µs since the Unix epoch.
     pub received_us: u64,
     /// The packet, to acknowledge once committed (QoS 1 only).
-    pub packet: Option<Publish>,
+    pub packet: Option<Box<Publish>>,
     /// The session to acknowledge it on, when not the twin's own (a
     /// session adopted from a lost node, see `Node::restore_bundle`).
     pub via: Option<Link>,
@@ -202,12 +202,8 @@ impl Link {
     }
 
     /// Acknowledges a committed message.
-    pub fn ack(&self, packet: &Publish) {
-        if self
-            .outgoing
-            .send(Outgoing::Ack(Box::new(packet.clone())))
-            .is_err()
-        {
+    pub fn ack(&self, packet: Box<Publish>) {
+        if self.outgoing.send(Outgoing::Ack(packet)).is_err() {
             tracing::debug!("not acknowledging a message: the session is closed");
         }
     }
@@ -478,7 +474,7 @@ impl Session {
         // A message proves the subscription too: a persistent session's
         // backlog may fill the queue before the SUBACK is read.
         self.confirm();
-        let packet = (publish.qos != QoS::AtMostOnce).then(|| publish.clone());
+        let packet = (publish.qos != QoS::AtMostOnce).then(|| Box::new(publish.clone()));
         let size = publish.payload.len();
         let oversized = (size > self.max_payload).then_some(size);
         Box::new(Inbound {
