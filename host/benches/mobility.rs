@@ -6,7 +6,10 @@
 //!
 //! `cargo bench -p wasmtwin --bench mobility` prints Markdown tables. Needs
 //! `mosquitto` on the PATH. `WASMTWIN_BENCH_QUICK=1` runs a small smoke
-//! version.
+//! version; `WASMTWIN_BENCH_STATES=1024,16384` measures only those guest
+//! states (KiB) without history, to set two builds against each other,
+//! interleaved, in a few minutes. The nodes log at `WASMTWIN_LOG`'s level
+//! (errors only by default) to standard error.
 //!
 //! A publisher sends 1,000 sequence-numbered updates per second throughout.
 //! Downtime is the time from the last update the source applied to the
@@ -17,8 +20,8 @@
 //! hot-swaps alternate between the SDK's two snapshot encodings (JSON, the
 //! previous and default one, and binary), switched by reconfiguring the
 //! twin between runs, so both meet the same load. Last, in one process, a
-//! bundle's trip from writer to checked reader with format 3's hashing
-//! while writing against format 2's hashing first, interleaved.
+//! bundle's trip from writer to checked reader in checkpoint format 4
+//! (BLAKE3) against format 3 (SHA-256), interleaved.
 
 mod common;
 
@@ -30,7 +33,7 @@ use std::time::{Duration, Instant};
 use common::{now_ms, quick};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{Value, json};
-use wasmtwin::checkpoint::{Checkpoint, GUEST_SECTION, ModelInfo, TWIN_SECTION};
+use wasmtwin::checkpoint::{Checkpoint, Format, GUEST_SECTION, ModelInfo, TWIN_SECTION};
 use wasmtwin::client::{self, NodeClient};
 use wasmtwin::digest::Digest;
 use wasmtwin::node::{Bundle, History};
@@ -67,7 +70,12 @@ impl Host {
             )
             .arg("--cache-dir")
             .arg(data.parent().expect("a parent").join("cache"))
-            .env("WASMTWIN_LOG", "error")
+            // The nodes' own logs, if asked for (`WASMTWIN_LOG=info` shows
+            // each handover's and arrival's time inside the pause).
+            .env(
+                "WASMTWIN_LOG",
+                std::env::var("WASMTWIN_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdout(Stdio::null())
             .spawn()
             .expect("starting wasmtwin host");
@@ -362,10 +370,27 @@ fn setup() -> Setup {
     }
 }
 
+/// The guest states `WASMTWIN_BENCH_STATES` names, in KiB, if it is set.
+fn chosen_states() -> Option<Vec<u32>> {
+    let text = std::env::var("WASMTWIN_BENCH_STATES").ok()?;
+    let states = text
+        .split(',')
+        .map(|kib| {
+            kib.trim().parse().unwrap_or_else(|_| {
+                panic!("WASMTWIN_BENCH_STATES: `{kib}` is not a size in KiB (say 1024,16384)")
+            })
+        })
+        .collect();
+    Some(states)
+}
+
 #[tokio::main]
 async fn main() {
     let s = setup();
-    let (states, histories, runs): (&[u32], &[u64], usize) = if quick() {
+    let chosen = chosen_states();
+    let (states, histories, runs): (&[u32], &[u64], usize) = if let Some(chosen) = &chosen {
+        (chosen, &[0], if quick() { 3 } else { 20 })
+    } else if quick() {
         (&[1], &[0, 1000], 3)
     } else {
         (&[1, 1024, 16 * 1024], &[0, 10_000, 100_000], 20)
@@ -551,16 +576,15 @@ async fn main() {
 
 /// A bundle's trip from the thread writing it to the thread reading and
 /// checking it, through a channel of 64 KiB chunks (how a node streams one),
-/// in one process: format 3 hashes each section as it is written, against
-/// format 2's order, in the same run and interleaved, which hashed every
-/// section before the first byte went out. The reader hashes as it reads
-/// in both.
+/// in one process: format 4, which hashes with BLAKE3, against format 3,
+/// the same layout with SHA-256, in the same run and interleaved. Both
+/// hash each section as it is written and as it is read.
 fn bundle_transfer(states: &[u32], runs: usize) {
     println!(
-        "\n## A bundle from writer to checked reader, in one process (hash first, as format 2 did, vs. hash while writing, format 3)\n"
+        "\n## A bundle from writer to checked reader, in one process (format 3, SHA-256, vs. format 4, BLAKE3)\n"
     );
     println!(
-        "| guest state | hash first: p50 | p99 | hash while writing: p50 | p99 | ratio (p50) |\n|---:|---:|---:|---:|---:|---:|"
+        "| guest state | format 3: p50 | p99 | format 4: p50 | p99 | ratio (p50) |\n|---:|---:|---:|---:|---:|---:|"
     );
     for &kib in states {
         let checkpoint = Checkpoint {
@@ -577,38 +601,34 @@ fn bundle_transfer(states: &[u32], runs: usize) {
                 (TWIN_SECTION.into(), b"{}".to_vec()),
             ],
         };
+        let formats = [Format::Sha256, Format::Blake3];
         let mut took: [Vec<Duration>; 2] = Default::default();
         for run in 0..runs * 2 {
-            let hash_first = run % 2 == 0;
-            took[usize::from(!hash_first)].push(transfer(&checkpoint, hash_first));
+            took[run % 2].push(transfer(&checkpoint, formats[run % 2]));
         }
-        let [(first_p50, first_p99), (while_p50, while_p99)] =
-            took.each_mut().map(|t| percentiles(t));
+        let [(old_p50, old_p99), (new_p50, new_p99)] = took.each_mut().map(|t| percentiles(t));
         println!(
             "| {} | {} | {} | {} | {} | {:.2}× |",
             size(kib),
-            ms(first_p50),
-            ms(first_p99),
-            ms(while_p50),
-            ms(while_p99),
-            while_p50.as_secs_f64() / first_p50.as_secs_f64()
+            ms(old_p50),
+            ms(old_p99),
+            ms(new_p50),
+            ms(new_p99),
+            new_p50.as_secs_f64() / old_p50.as_secs_f64()
         );
     }
 }
 
 /// One trip of `checkpoint` (see [`bundle_transfer`]).
-fn transfer(checkpoint: &Checkpoint, hash_first: bool) -> Duration {
+fn transfer(checkpoint: &Checkpoint, format: Format) -> Duration {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let started = Instant::now();
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            if hash_first {
-                for (_, body) in &checkpoint.sections {
-                    std::hint::black_box(Digest::of(body));
-                }
-            }
             let writer = std::io::BufWriter::with_capacity(CHUNK, Chunks(tx));
-            checkpoint.write_to(writer).expect("writing the bundle");
+            checkpoint
+                .write_as(format, writer)
+                .expect("writing the bundle");
         });
         let reader = ChunksIn {
             rx,

@@ -4,14 +4,14 @@
 //!
 //! ```text
 //! "WTWINCKP"                 8 bytes of magic
-//! format version             u32 (this code writes 3)
+//! format version             u32 (this code writes 4)
 //! header length              u32
 //! header                     JSON: twin, model, component digest, state
 //!                            version, and the list of sections with the
 //!                            length of each
 //! section bodies             in the order the header lists them
-//! section digests            the SHA-256 of each body, in the same order
-//! trailer                    SHA-256 of the header part and the digests
+//! section digests            the BLAKE3 hash of each body, in the same order
+//! trailer                    BLAKE3 of the header part and the digests
 //! ```
 //!
 //! The JSON header makes a bundle self-describing (`head -c 4096` shows
@@ -21,9 +21,15 @@
 //! so that a writer hashes each body as it writes it: the first byte goes
 //! out at once instead of after a pass over the whole bundle, which was
 //! a visible part of a migration's pause, and a reader hashes what it
-//! reads as it reads it, so both passes overlap the transfer. Versions 1
-//! (digests in the header, a trailer over the bodies too) and 2 (digests
-//! in the header, a trailer over the header only) are still read.
+//! reads as it reads it, so both passes overlap the transfer.
+//!
+//! Version 4 hashes with BLAKE3 where version 3, the same layout, used
+//! SHA-256: both nodes of a migration hash every byte of the bundle inside
+//! the twin's pause, and BLAKE3 does it several times faster on the same
+//! core (the mobility bench's last table). Version 3 is still written on
+//! request ([`Format::Sha256`]) and read, and so are versions 1 (digests in
+//! the header, a trailer over the bodies too) and 2 (digests in the
+//! header, a trailer over the header only), all SHA-256.
 
 use std::io::{Read, Seek, Write};
 
@@ -33,12 +39,14 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::Digest;
 
 const MAGIC: &[u8; 8] = b"WTWINCKP";
-/// The format version this code writes.
-pub const FORMAT_VERSION: u32 = 3;
+/// The format version this code writes unless told otherwise.
+pub const FORMAT_VERSION: u32 = 4;
 /// The first format: digests in the header, a trailer over the bodies too.
 const FORMAT_VERSION_1: u32 = 1;
 /// The second: digests in the header, a trailer over the header only.
 const FORMAT_VERSION_2: u32 = 2;
+/// The third: digests after the bodies, all SHA-256.
+const FORMAT_VERSION_3: u32 = 3;
 /// Largest header accepted, so a corrupt length cannot exhaust memory.
 const HEADER_MAX: u32 = 1 << 20;
 /// Bodies are read in steps of this size.
@@ -109,6 +117,59 @@ pub struct ModelInfo {
     pub state_version: u32,
 }
 
+/// A format this code writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Version 4, the default: BLAKE3 digests.
+    #[default]
+    Blake3,
+    /// Version 3, the same layout with SHA-256 digests, which wasmtwin
+    /// releases before version 4 read.
+    Sha256,
+}
+
+impl Format {
+    fn version(self) -> u32 {
+        match self {
+            Self::Blake3 => FORMAT_VERSION,
+            Self::Sha256 => FORMAT_VERSION_3,
+        }
+    }
+}
+
+/// The hash behind a format version's digests and trailer.
+#[derive(Clone)]
+enum Checksum {
+    Sha256(Sha256),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Checksum {
+    fn of_version(version: u32) -> Self {
+        if version >= FORMAT_VERSION {
+            Self::Blake3(Box::default())
+        } else {
+            Self::Sha256(Sha256::new())
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Sha256(hash) => hash.update(bytes),
+            Self::Blake3(hash) => {
+                hash.update(bytes);
+            }
+        }
+    }
+
+    fn finalize(self) -> [u8; DIGEST_LEN as usize] {
+        match self {
+            Self::Sha256(hash) => hash.finalize().into(),
+            Self::Blake3(hash) => hash.finalize().into(),
+        }
+    }
+}
+
 /// One section as the header describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SectionInfo {
@@ -116,8 +177,8 @@ pub struct SectionInfo {
     pub name: String,
     /// Its length in bytes.
     pub len: u64,
-    /// Its SHA-256, in the header of versions 1 and 2 only (version 3
-    /// writes the digests after the bodies).
+    /// Its SHA-256, in the header of versions 1 and 2 only (later
+    /// versions write the digests after the bodies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<Digest>,
 }
@@ -172,6 +233,7 @@ enum Body<'a> {
 /// A bundle whose header is written: its length is known, and writing it
 /// holds no more in memory than its sections already were.
 pub struct Sealed<'a> {
+    version: u32,
     head: Vec<u8>,
     bodies: Vec<Body<'a>>,
 }
@@ -201,7 +263,7 @@ impl Sealed<'_> {
             let mut hashing = Hashing {
                 inner: &mut writer,
                 written: 0,
-                hash: Sha256::new(),
+                hash: Checksum::of_version(self.version),
             };
             match body {
                 // In steps, each hashed while still in cache.
@@ -223,7 +285,7 @@ impl Sealed<'_> {
             digests.extend_from_slice(&hashing.hash.finalize());
         }
         writer.write_all(&digests)?;
-        let mut trailer = Sha256::new();
+        let mut trailer = Checksum::of_version(self.version);
         trailer.update(&self.head);
         trailer.update(&digests);
         writer.write_all(&trailer.finalize())?;
@@ -232,14 +294,14 @@ impl Sealed<'_> {
     }
 }
 
-/// Length of a SHA-256 digest in bytes.
+/// Length of a digest (SHA-256 or BLAKE3) in bytes.
 const DIGEST_LEN: u64 = 32;
 
 /// Counts and hashes what is written through it.
 struct Hashing<W> {
     inner: W,
     written: u64,
-    hash: Sha256,
+    hash: Checksum,
 }
 
 impl<W: Write> Write for Hashing<W> {
@@ -258,7 +320,7 @@ impl<W: Write> Write for Hashing<W> {
 /// Hashes everything read through it.
 struct HashingReader<R> {
     inner: R,
-    hash: Sha256,
+    hash: Checksum,
 }
 
 impl<R: Read> HashingReader<R> {
@@ -270,12 +332,7 @@ impl<R: Read> HashingReader<R> {
 
     /// Reads without adding to the trailer's hash.
     fn unhashed(&mut self, buf: &mut [u8], what: &str) -> Result<(), CheckpointError> {
-        self.inner.read_exact(buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                CheckpointError::Truncated(format!("it ends inside {what}"))
-            }
-            _ => CheckpointError::Io(e),
-        })
+        read_exact(&mut self.inner, buf, what)
     }
 
     fn u32(&mut self, what: &str) -> Result<u32, CheckpointError> {
@@ -283,6 +340,16 @@ impl<R: Read> HashingReader<R> {
         self.exact(&mut bytes, what)?;
         Ok(u32::from_le_bytes(bytes))
     }
+}
+
+/// Fills `buf`, or says that the bundle ends inside `what`.
+fn read_exact(reader: &mut impl Read, buf: &mut [u8], what: &str) -> Result<(), CheckpointError> {
+    reader.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            CheckpointError::Truncated(format!("it ends inside {what}"))
+        }
+        _ => CheckpointError::Io(e),
+    })
 }
 
 impl Checkpoint {
@@ -296,7 +363,12 @@ impl Checkpoint {
 
     /// Writes the bundle.
     pub fn write_to(&self, writer: impl Write) -> Result<(), CheckpointError> {
-        self.seal(Vec::new())?.write_to(writer)
+        self.write_as(Format::default(), writer)
+    }
+
+    /// Writes the bundle in `format`.
+    pub fn write_as(&self, format: Format, writer: impl Write) -> Result<(), CheckpointError> {
+        self.seal_as(format, Vec::new())?.write_to(writer)
     }
 
     /// The bundle of these sections followed by `streamed` ones, ready to
@@ -304,6 +376,14 @@ impl Checkpoint {
     /// out, and nothing hashed yet.
     pub fn seal<'a>(
         &'a self,
+        streamed: Vec<StreamedSection<'a>>,
+    ) -> Result<Sealed<'a>, CheckpointError> {
+        self.seal_as(Format::default(), streamed)
+    }
+
+    fn seal_as<'a>(
+        &'a self,
+        format: Format,
         streamed: Vec<StreamedSection<'a>>,
     ) -> Result<Sealed<'a>, CheckpointError> {
         let mut sections: Vec<SectionInfo> = self
@@ -336,7 +416,7 @@ impl Checkpoint {
             })?;
         let mut head = Vec::with_capacity(16 + header.len());
         head.extend_from_slice(MAGIC);
-        head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        head.extend_from_slice(&format.version().to_le_bytes());
         head.extend_from_slice(&header_len.to_le_bytes());
         head.extend_from_slice(&header);
         let mut bodies: Vec<Body<'a>> = self
@@ -345,7 +425,11 @@ impl Checkpoint {
             .map(|(_, b)| Body::Held(b.as_slice()))
             .collect();
         bodies.extend(streamed.into_iter().map(Body::Streamed));
-        Ok(Sealed { head, bodies })
+        Ok(Sealed {
+            version: format.version(),
+            head,
+            bodies,
+        })
     }
 
     /// Writes the bundle into a byte vector.
@@ -369,22 +453,28 @@ impl Checkpoint {
         reader: impl Read,
         spill: impl Fn(&SectionInfo) -> bool,
     ) -> Result<(Self, Vec<(String, std::fs::File)>), CheckpointError> {
-        let mut r = HashingReader {
-            inner: reader,
-            hash: Sha256::new(),
-        };
+        let mut reader = reader;
         let mut magic = [0u8; 8];
-        r.inner
+        reader
             .read_exact(&mut magic)
             .map_err(|_| CheckpointError::NotACheckpoint)?;
         if &magic != MAGIC {
             return Err(CheckpointError::NotACheckpoint);
         }
-        r.hash.update(magic);
-        let version = r.u32("the format version")?;
+        let mut version = [0u8; 4];
+        read_exact(&mut reader, &mut version, "the format version")?;
+        let version = u32::from_le_bytes(version);
         if !(FORMAT_VERSION_1..=FORMAT_VERSION).contains(&version) {
             return Err(CheckpointError::UnsupportedVersion(version));
         }
+        // The version says which hash seals the bytes before it too.
+        let mut hash = Checksum::of_version(version);
+        hash.update(&magic);
+        hash.update(&version.to_le_bytes());
+        let mut r = HashingReader {
+            inner: reader,
+            hash,
+        };
         let header_len = r.u32("the header length")?;
         if header_len > HEADER_MAX {
             return Err(CheckpointError::BadHeader(format!(
@@ -417,7 +507,7 @@ impl Checkpoint {
             } else {
                 usize::try_from(info.len.min(RESERVE_MAX)).unwrap_or(0)
             });
-            let mut digest = Sha256::new();
+            let mut digest = Checksum::of_version(version);
             let mut left = info.len;
             while left > 0 {
                 let n = usize::try_from(left.min(STEP as u64)).unwrap_or(STEP);
@@ -440,7 +530,7 @@ impl Checkpoint {
                 }
                 left -= n as u64;
             }
-            digests.push(Digest::from_hash(digest.finalize().into()));
+            digests.push(digest.finalize());
             match to_file {
                 Some(file) => {
                     let mut file = file.into_inner().map_err(|e| e.into_error())?;
@@ -452,11 +542,11 @@ impl Checkpoint {
         }
         for (info, actual) in header.sections.iter().zip(&digests) {
             let declared = match info.digest {
-                Some(declared) => declared,
+                Some(declared) => *declared.as_bytes(),
                 None => {
                     let mut bytes = [0u8; DIGEST_LEN as usize];
                     r.exact(&mut bytes, "the section digests")?;
-                    Digest::from_hash(bytes)
+                    bytes
                 }
             };
             if declared != *actual {
@@ -495,7 +585,7 @@ impl Checkpoint {
 /// Refuses a header whose sections' digests are not where its version
 /// keeps them: in the header before version 3, after the bodies from it.
 fn check_digests_declared(sections: &[SectionInfo], version: u32) -> Result<(), CheckpointError> {
-    let in_header = version < FORMAT_VERSION;
+    let in_header = version < FORMAT_VERSION_3;
     match sections.iter().find(|s| s.digest.is_some() != in_header) {
         Some(section) if in_header => Err(CheckpointError::BadHeader(format!(
             "section `{}` has no digest, which a version {version} header must give",
@@ -663,29 +753,72 @@ mod tests {
     /// not half-checked.
     #[test]
     fn digests_must_be_where_the_version_keeps_them() {
-        let mut v2_as_v3 = legacy(&sample(), FORMAT_VERSION_2);
-        v2_as_v3[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        let err = Checkpoint::read_from(&v2_as_v3[..]).unwrap_err();
-        assert!(
-            err.to_string().contains("has a digest in the header"),
-            "{err}"
-        );
-        let mut v3_as_v2 = sample().to_bytes().unwrap();
-        v3_as_v2[8..12].copy_from_slice(&FORMAT_VERSION_2.to_le_bytes());
-        let err = Checkpoint::read_from(&v3_as_v2[..]).unwrap_err();
-        assert!(err.to_string().contains("has no digest"), "{err}");
+        for later in [FORMAT_VERSION_3, FORMAT_VERSION] {
+            let mut v2_as_later = legacy(&sample(), FORMAT_VERSION_2);
+            v2_as_later[8..12].copy_from_slice(&later.to_le_bytes());
+            let err = Checkpoint::read_from(&v2_as_later[..]).unwrap_err();
+            assert!(
+                err.to_string().contains("has a digest in the header"),
+                "{err}"
+            );
+        }
+        for format in [Format::Sha256, Format::Blake3] {
+            let mut later_as_v2 = written_as(format);
+            later_as_v2[8..12].copy_from_slice(&FORMAT_VERSION_2.to_le_bytes());
+            let err = Checkpoint::read_from(&later_as_v2[..]).unwrap_err();
+            assert!(err.to_string().contains("has no digest"), "{err}");
+        }
+    }
+
+    fn written_as(format: Format) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        sample().write_as(format, &mut bytes).unwrap();
+        bytes
+    }
+
+    /// Version 4 is version 3's layout with BLAKE3 in place of SHA-256;
+    /// both are written on request and read, and the version alone says
+    /// which hash a reader checks.
+    #[test]
+    fn version_4_hashes_with_blake3_and_version_3_with_sha256() {
+        let sample = sample();
+        let guest = sample.section(GUEST_SECTION).unwrap();
+        type Hash = fn(&[u8]) -> [u8; 32];
+        let cases: [(Format, u32, Hash); 2] = [
+            (Format::Blake3, 4, |b| blake3::hash(b).into()),
+            (Format::Sha256, 3, |b| Sha256::digest(b).into()),
+        ];
+        for (format, version, hash) in cases {
+            let bytes = written_as(format);
+            assert_eq!(bytes[8..12], version.to_le_bytes());
+            assert_eq!(Checkpoint::read_from(&bytes[..]).unwrap(), sample);
+            // The guest's digest is the first of the two before the trailer.
+            let digests = bytes.len() - 3 * 32;
+            assert_eq!(bytes[digests..digests + 32], hash(guest), "{format:?}");
+            let trailer = bytes.len() - 32;
+            let head = bytes.len() - 3 * 32 - guest.len() - sample.sections[1].1.len();
+            let mut sealed = bytes[..head].to_vec();
+            sealed.extend_from_slice(&bytes[digests..trailer]);
+            assert_eq!(bytes[trailer..], hash(&sealed), "{format:?}");
+        }
+        let mut v3_as_v4 = written_as(Format::Sha256);
+        v3_as_v4[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let err = Checkpoint::read_from(&v3_as_v4[..]).unwrap_err();
+        assert!(matches!(err, CheckpointError::Corrupted(_)), "{err}");
     }
 
     #[test]
     fn every_flipped_byte_is_caught() {
-        let bytes = sample().to_bytes().unwrap();
-        for i in 0..bytes.len() {
-            let mut damaged = bytes.clone();
-            damaged[i] ^= 0x01;
-            assert!(
-                Checkpoint::read_from(&damaged[..]).is_err(),
-                "flip at byte {i} went unnoticed"
-            );
+        for format in [Format::Blake3, Format::Sha256] {
+            let bytes = written_as(format);
+            for i in 0..bytes.len() {
+                let mut damaged = bytes.clone();
+                damaged[i] ^= 0x01;
+                assert!(
+                    Checkpoint::read_from(&damaged[..]).is_err(),
+                    "{format:?}: flip at byte {i} went unnoticed"
+                );
+            }
         }
     }
 
