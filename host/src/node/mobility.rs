@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 
 use super::bundle::{Bundle, History, Outgoing};
 use super::view::ChangeFeed;
-use super::worker::{Job, Start, SwapReport};
+use super::worker::{Handover, Job, Start, SwapJob, SwapReport};
 use super::{Components, Node, NodeError, Origin, Prepared, Session, lock, spec_op};
 use crate::checkpoint::Checkpoint;
 use crate::physical::Subscribing;
@@ -151,7 +151,7 @@ impl Node {
         let jobs = self.jobs(name)?;
         let spec = self.spec(name)?;
         let (reply, answer) = oneshot::channel();
-        jobs.send(Job::Checkpoint { reply })
+        jobs.send(Job::Checkpoint(reply))
             .await
             .map_err(|_| self.missing(name))?;
         let checkpoint = answer
@@ -268,11 +268,11 @@ impl Node {
         };
         lock(&self.in_transit).insert(name.to_string(), leaving);
         let sent = jobs
-            .send(Job::Handover {
+            .send(Job::Handover(Box::new(Handover {
                 until,
-                within: HANDOVER_WITHIN,
+                deadline: std::time::Instant::now() + HANDOVER_WITHIN,
                 reply,
-            })
+            })))
             .await;
         let checkpoint = match sent {
             Ok(()) => answer.await.map_err(|_| self.missing(name)),
@@ -618,10 +618,10 @@ impl Node {
                 .map_err(|e| NodeError::Refused(format!("{e:#}")))?
         };
         let (reply, answer) = oneshot::channel();
-        jobs.send(Job::Swap {
-            model: Box::new(components.model),
+        jobs.send(Job::Swap(Box::new(SwapJob {
+            model: components.model,
             reply,
-        })
+        })))
         .await
         .map_err(|_| self.missing(name))?;
         let report = answer

@@ -40,7 +40,7 @@ use crate::store::{Op, Point, Saved, Store};
 use crate::twin::entanglement::{Entanglement, Status, Window};
 use crate::twin::{RestorePolicy, Twin, TwinState};
 use view::Shared;
-use worker::{Dormant, HistoryPolicy, Job, Start, Worker};
+use worker::{ActJob, Dormant, HistoryPolicy, Job, ReconfigureJob, Start, Worker};
 
 /// How a node is set up.
 pub struct NodeConfig {
@@ -558,7 +558,7 @@ impl Node {
         config: Value,
     ) -> anyhow::Result<()> {
         let (reply, answer) = oneshot::channel();
-        jobs.blocking_send(Job::Reconfigure { config, reply })
+        jobs.blocking_send(Job::Reconfigure(Box::new(ReconfigureJob { config, reply })))
             .map_err(|_| NodeError::NotFound(name.to_string()))?;
         answer
             .blocking_recv()
@@ -1105,11 +1105,11 @@ impl Node {
             .map(|h| h.jobs.clone())
             .ok_or_else(|| self.missing(name))?;
         let (reply, answer) = oneshot::channel();
-        let job = Job::Act {
+        let job = Job::Act(Box::new(ActJob {
             name: action.to_string(),
             input,
             reply,
-        };
+        }));
         jobs.try_send(job).map_err(|_| {
             self.metrics
                 .shed
