@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{Job, Node, Session, forward, subscription};
+use super::{Feed, Job, Node, Session, forward, subscription};
 use crate::physical::{self, Inbound, Link, Subscribing};
 use crate::spec::TwinSpec;
 
@@ -72,7 +72,14 @@ impl Node {
                 lost.close();
                 physical::forget_session(broker, lost_id).await;
             });
-            forward(own_rx, feed, seen).await;
+            forward(
+                own_rx,
+                Feed {
+                    jobs: feed,
+                    first: seen,
+                },
+            )
+            .await;
         });
         Ok(Session {
             link,

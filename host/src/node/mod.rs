@@ -145,19 +145,37 @@ fn subscription(spec: &TwinSpec) -> physical::Subscription {
     }
 }
 
-/// Feeds a session's messages into its twin's job queue, noting the first.
-async fn forward(
-    mut inbound: mpsc::Receiver<Box<physical::Inbound>>,
-    jobs: mpsc::Sender<Job>,
-    first: Arc<std::sync::OnceLock<(String, bytes::Bytes)>>,
-) {
+/// Feeds messages that passed through another step first (an adopted
+/// session's, see `adoption`) to `feed`.
+async fn forward(mut inbound: mpsc::Receiver<Box<physical::Inbound>>, mut feed: Feed) {
+    use physical::Deliver as _;
     while let Some(message) = inbound.recv().await {
-        if first.get().is_none() && message.oversized.is_none() {
-            let _ = first.set((message.topic.clone(), message.payload.clone()));
-        }
-        if jobs.send(Job::Message(message)).await.is_err() {
+        if feed.deliver(message).await.is_err() {
             break;
         }
+    }
+}
+
+/// Hands a twin's messages to its job queue, keeping the first that
+/// arrived. The session delivers to it directly: a task and a queue
+/// between the two would be every twin's, asleep or awake.
+struct Feed {
+    jobs: mpsc::Sender<Job>,
+    first: Arc<std::sync::OnceLock<(String, bytes::Bytes)>>,
+}
+
+impl physical::Deliver for Feed {
+    async fn deliver(&mut self, message: Box<physical::Inbound>) -> Result<(), ()> {
+        if self.first.get().is_none() && message.oversized.is_none() {
+            let _ = self
+                .first
+                .set((message.topic.clone(), message.payload.clone()));
+        }
+        self.jobs.send(Job::Message(message)).await.map_err(drop)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.jobs.is_closed()
     }
 }
 
@@ -764,19 +782,21 @@ impl Node {
     /// yet: until one does, messages wait there and then at the broker.
     fn connect(&self, spec: &TwinSpec, subscribing: Subscribing) -> anyhow::Result<Session> {
         let (broker, client_id) = self.session_of(spec)?;
-        let (jobs, queue) = mpsc::channel(self.config.queue_capacity);
         // PT messages share the job queue; actions queue behind them.
-        let (inbound_tx, inbound_rx) = mpsc::channel(self.config.queue_capacity);
+        let (jobs, queue) = mpsc::channel(self.config.queue_capacity);
+        let first = Arc::new(std::sync::OnceLock::new());
+        let feed = Feed {
+            jobs: jobs.clone(),
+            first: first.clone(),
+        };
         let link = physical::connect(
             &broker,
             &client_id,
             subscription(spec),
-            inbound_tx,
+            feed,
             subscribing,
             self.metrics.broker_sessions.clone(),
         )?;
-        let first = Arc::new(std::sync::OnceLock::new());
-        tokio::spawn(forward(inbound_rx, jobs.clone(), first.clone()));
         Ok(Session {
             link,
             jobs,

@@ -268,8 +268,32 @@ pub enum Subscribing {
 /// before returning anyway (the session keeps trying in the background).
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 
+/// Where a session hands the messages it receives.
+pub trait Deliver: Send + 'static {
+    /// Hands `message` over, waiting while there is no room (which holds
+    /// the connection, so the broker keeps the rest); an error once nothing
+    /// takes messages any more.
+    fn deliver(
+        &mut self,
+        message: Box<Inbound>,
+    ) -> impl std::future::Future<Output = Result<(), ()>> + Send;
+
+    /// Whether nothing takes messages any more.
+    fn is_closed(&self) -> bool;
+}
+
+impl Deliver for mpsc::Sender<Box<Inbound>> {
+    async fn deliver(&mut self, message: Box<Inbound>) -> Result<(), ()> {
+        self.send(message).await.map_err(drop)
+    }
+
+    fn is_closed(&self) -> bool {
+        mpsc::Sender::is_closed(self)
+    }
+}
+
 /// Connects `client_id` to `broker`, subscribes to `topics` at `qos`, and
-/// forwards every message to `inbound`. The session is persistent, so a
+/// delivers every message to `inbound`. The session is persistent, so a
 /// restarted node gets what it had not acknowledged. Reconnects with
 /// exponential backoff until the returned link is closed. `connected`
 /// counts it while it is connected.
@@ -283,7 +307,7 @@ pub fn connect(
     broker: &BrokerAddress,
     client_id: &str,
     subscription: Subscription,
-    inbound: mpsc::Sender<Box<Inbound>>,
+    inbound: impl Deliver,
     subscribing: Subscribing,
     connected: Gauge,
 ) -> anyhow::Result<Link> {
@@ -400,11 +424,11 @@ pub async fn forget_session(broker: BrokerAddress, client_id: String) {
 }
 
 /// One twin's MQTT session, driven by its event loop.
-struct Session {
+struct Session<D> {
     client: AsyncClient,
     topics: Vec<String>,
     qos: QoS,
-    inbound: mpsc::Sender<Box<Inbound>>,
+    inbound: D,
     /// Larger payloads are dropped, not delivered.
     max_payload: usize,
     client_id: String,
@@ -442,7 +466,7 @@ impl Drop for Counted {
     }
 }
 
-impl Session {
+impl<D: Deliver> Session<D> {
     /// Tells `connect` the subscription is in place (the first time only).
     fn confirm(&mut self) {
         if let Some(subscribed) = self.subscribed.take() {
@@ -517,7 +541,7 @@ impl Session {
                     let message = self.inbound(publish);
                     // A full queue holds the event loop, and with it the TCP
                     // connection: the broker keeps the rest.
-                    if self.inbound.send(message).await.is_err() {
+                    if self.inbound.deliver(message).await.is_err() {
                         return; // the twin is gone
                     }
                 }
