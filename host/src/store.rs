@@ -306,18 +306,20 @@ impl Store {
         }
     }
 
-    /// Writes `ops` and waits until they are durable.
+    /// Writes `ops` and waits until they are durable (blocking the thread:
+    /// from async code, use [`Store::written`]).
     pub fn write_now(&self, ops: Vec<Op>) -> anyhow::Result<()> {
         let (tx, rx) = std_mpsc::channel();
-        self.write(
-            ops,
-            Some(Box::new(move |r| {
-                let _ = tx.send(r);
-            })),
-        );
-        rx.recv()
-            .map_err(|_| anyhow::anyhow!("the store's writer stopped"))?
-            .map_err(|e| anyhow::anyhow!(e))
+        self.write(ops, Some(Box::new(move |r| drop(tx.send(r)))));
+        outcome(rx.recv().ok())
+    }
+
+    /// Writes `ops`; ready once they are durable. Holds no thread while the
+    /// disk syncs.
+    pub async fn written(&self, ops: Vec<Op>) -> anyhow::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.write(ops, Some(Box::new(move |r| drop(tx.send(r)))));
+        outcome(rx.await.ok())
     }
 
     /// Waits until every write queued before is durable.
@@ -428,6 +430,12 @@ impl Store {
         }
         Ok(points)
     }
+}
+
+/// What a write's `done` was told, if it was.
+fn outcome(told: Option<Result<(), String>>) -> anyhow::Result<()> {
+    told.ok_or_else(|| anyhow::anyhow!("the store's writer stopped"))?
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 fn open_read<K: redb::Key + 'static, V: redb::Value + 'static>(

@@ -294,22 +294,25 @@ impl Node {
         if let Some(leaving) = lock(&self.in_transit).get_mut(name) {
             leaving.window = window.clone();
         }
-        // The worker has stopped; take the twin down around it.
-        let spec = {
+        // The worker has stopped; take the twin down around it, and bundle
+        // it once the store holds its history (both block: off the async
+        // threads).
+        let bundled = {
             let name = name.to_string();
             let node = self.clone();
-            tokio::task::spawn_blocking(move || node.stop(&name))
-                .await
-                .ok()
-                .flatten()
+            tokio::task::spawn_blocking(move || {
+                let spec = node.stop(&name)?;
+                Some(node.bundle(spec, checkpoint, window, false, history_after))
+            })
+            .await
+            .ok()
+            .flatten()
         };
-        let Some(spec) = spec else {
+        let Some(bundle) = bundled else {
             lock(&self.in_transit).remove(name);
             return Err(NodeError::NotFound(name.to_string()));
         };
-        let bundle = self
-            .bundle(spec, checkpoint, window, false, history_after)
-            .map_err(|e| NodeError::Refused(format!("{e:#}")))?;
+        let bundle = bundle.map_err(|e| NodeError::Refused(format!("{e:#}")))?;
         let outgoing = stream(bundle).await?;
         // Both figures are inside the twin's pause; the bundle streams on.
         tracing::info!(twin = %name, ?snapshot, took = ?started.elapsed(), bytes = outgoing.len, "twin handing over");
@@ -629,9 +632,10 @@ impl Node {
             .map_err(|_| self.missing(name))?
             .map_err(NodeError::Refused)?;
         self.store
-            .write_now(vec![
+            .written(vec![
                 spec_op(&new_spec).map_err(|e| NodeError::Refused(format!("{e:#}")))?,
             ])
+            .await
             .map_err(|e| NodeError::Refused(format!("{e:#}")))?;
         if let Some(hosted) = lock(&self.twins).get_mut(name) {
             hosted.previous_model = Some(spec.spec.model.component.clone());
