@@ -335,6 +335,7 @@ fn node(
                 max_subscribers: wasmtwin::node::DEFAULT_MAX_SUBSCRIBERS,
                 inputs: Default::default(),
                 hibernate_after,
+                broker_keeps_sessions: true,
             },
             runtime,
             store,

@@ -787,6 +787,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
                 max_subscribers: args.max_subscribers,
                 inputs: args.inputs.resolve(),
                 hibernate_after: args.hibernate_after.0,
+                broker_keeps_sessions: true,
             },
             runtime,
             store,

@@ -186,6 +186,9 @@ pub async fn node(
             max_subscribers: wasmtwin::node::DEFAULT_MAX_SUBSCRIBERS,
             inputs: Default::default(),
             hibernate_after: Some(wasmtwin::node::DEFAULT_HIBERNATE_AFTER),
+            // The embedded broker starts empty with the process: a device
+            // restarted with it must not publish before the twin listens.
+            broker_keeps_sessions: false,
         },
         runtime.clone(),
         wasmtwin::store::Store::open(&data.join(plan.name))?,

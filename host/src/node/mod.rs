@@ -72,6 +72,13 @@ pub struct NodeConfig {
     /// hibernates (its instances are dropped until one comes); `None`
     /// keeps every twin awake.
     pub hibernate_after: Option<std::time::Duration>,
+    /// Whether the broker keeps the twins' sessions (subscriptions and
+    /// backlogs) while the node is down, as a broker that outlives the node
+    /// does. One that does not (`wasmtwin up`'s embedded broker starts
+    /// empty with it) drops what is published before a resumed twin has
+    /// subscribed again, so then each twin resumes only once its
+    /// subscription is confirmed.
+    pub broker_keeps_sessions: bool,
 }
 
 /// [`NodeConfig::hibernate_after`] unless told otherwise: long enough that
@@ -366,8 +373,13 @@ impl Node {
                 .and_then(|spec| {
                     let components = self.components_once(&spec, &mut loaded)?;
                     let prepared = self.prepare_with(&spec, components, Origin::Saved(saved))?;
-                    // The broker kept its session, subscription included.
-                    let session = self.connect(&spec, Subscribing::InBackground)?;
+                    let subscribing = if self.config.broker_keeps_sessions {
+                        // The broker kept its session, subscription included.
+                        Subscribing::InBackground
+                    } else {
+                        Subscribing::Confirmed
+                    };
+                    let session = self.connect(&spec, subscribing)?;
                     Ok(self.start(&spec, prepared, session, None))
                 });
             match started {
