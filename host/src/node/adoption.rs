@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{Feed, Job, Node, Session, forward, subscription};
-use crate::physical::{self, Inbound, Link, Subscribing};
+use crate::physical::{self, Deliver as _, Inbound, Link, Subscribing};
 use crate::spec::TwinSpec;
 
 /// Without a barrier, the lost session's backlog is taken as delivered
@@ -56,30 +56,25 @@ impl Node {
             self.metrics.broker_sessions.clone(),
         )?;
         let first = Arc::new(std::sync::OnceLock::new());
-        let (feed, seen, name) = (jobs.clone(), first.clone(), spec.name().to_string());
-        let from = from.to_string();
+        let mut feed = Feed {
+            jobs: jobs.clone(),
+            first: first.clone(),
+        };
+        let (name, from) = (spec.name().to_string(), from.to_string());
         tokio::spawn(async move {
-            let (barrier, own_rx, adopted) = drain(lost_rx, own_rx, &lost, &feed).await;
+            let (barrier, own_rx, adopted) = drain(lost_rx, own_rx, &lost, &feed.jobs).await;
             tracing::info!(twin = %name, %from, adopted, "took over the lost node's broker session");
-            if let Some(barrier) = barrier {
-                let _ = seen.set((barrier.topic.clone(), barrier.payload.clone()));
-                if feed.send(Job::Message(barrier)).await.is_err() {
-                    return;
-                }
+            if let Some(barrier) = barrier
+                && feed.deliver(barrier).await.is_err()
+            {
+                return;
             }
             tokio::spawn(async move {
                 tokio::time::sleep(ACK_GRACE).await;
                 lost.close();
                 physical::forget_session(broker, lost_id).await;
             });
-            forward(
-                own_rx,
-                Feed {
-                    jobs: feed,
-                    first: seen,
-                },
-            )
-            .await;
+            forward(own_rx, feed).await;
         });
         Ok(Session {
             link,
