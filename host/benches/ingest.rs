@@ -306,6 +306,7 @@ fn node(
     queue: usize,
     name: &str,
     hibernate_after: Option<Duration>,
+    park: bool,
 ) -> (Arc<Node>, impl Fn(usize) -> TwinSpec) {
     let (model, adapter, policy) = signed_plugins(dir);
     let runtime = Runtime::new(RuntimeConfig {
@@ -336,6 +337,7 @@ fn node(
                 inputs: Default::default(),
                 hibernate_after,
                 broker_keeps_sessions: true,
+                park_sessions_asleep: park,
             },
             runtime,
             store,
@@ -394,10 +396,12 @@ fn child(mode: &str) {
     let _enter = io.enter();
     let (before, maps_before);
     match parts[0] {
-        kind @ ("twins" | "sleeping") => {
+        kind @ ("twins" | "sleeping" | "connected") => {
             let port: u16 = parts[2].parse().expect("port");
-            let hibernate_after = (kind == "sleeping").then_some(Duration::from_secs(1));
-            let (node, spec) = node(dir.path(), port, 64, kind, hibernate_after);
+            let hibernate_after = (kind != "twins").then_some(Duration::from_secs(1));
+            // `connected`: asleep with their sessions kept, as before parking.
+            let park = kind == "sleeping";
+            let (node, spec) = node(dir.path(), port, 64, kind, hibernate_after, park);
             // Load the components before the baseline, as for instances.
             node.apply(spec(0), false).expect("a twin");
             (before, maps_before) = (rss_kib(), mappings());
@@ -408,6 +412,9 @@ fn child(mode: &str) {
             if hibernate_after.is_some() {
                 wait_asleep(&node, n + 1);
             }
+            if park {
+                wait_parked(&node);
+            }
             println!(
                 "{} {}",
                 rss_kib().saturating_sub(before),
@@ -417,7 +424,14 @@ fn child(mode: &str) {
         }
         "populate" => {
             let (port, data) = (parts[2].parse().expect("port"), Path::new(parts[3]));
-            let (node, spec) = node(data, port, 64, "restart", Some(Duration::from_millis(500)));
+            let (node, spec) = node(
+                data,
+                port,
+                64,
+                "restart",
+                Some(Duration::from_millis(500)),
+                true,
+            );
             for i in 0..n {
                 node.apply(spec(i), false).expect("a twin");
             }
@@ -437,6 +451,7 @@ fn child(mode: &str) {
                 64,
                 "restart",
                 lazily.then_some(Duration::from_secs(3600)),
+                true,
             );
             let resumed = node.resume().expect("resuming");
             let serving = started.elapsed();
@@ -569,6 +584,19 @@ fn wait_asleep(node: &Node, n: usize) {
     }
 }
 
+/// Waits until every twin session of the node is parked.
+fn wait_parked(node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while node.metrics().broker_sessions.get() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} sessions still connected",
+            node.metrics().broker_sessions.get()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Restarts of a node holding `twins` hibernated twins, their twins
 /// started asleep (lazy) and, alternating, restored at once (eager): seconds
 /// until it serves reads (every twin resumed), until a twin has applied an
@@ -638,14 +666,22 @@ fn wake_latency(
     port: u16,
     twins: usize,
     rounds: usize,
+    park: bool,
 ) -> (Histogram<u64>, Histogram<u64>) {
     let dir = tempfile::tempdir().expect("tempdir");
+    // Named apart, as their sessions and topics are.
+    let name = if park {
+        "wake-parked"
+    } else {
+        "wake-connected"
+    };
     let (node, spec) = node(
         dir.path(),
         port,
         1024,
-        "wake",
+        name,
         Some(Duration::from_millis(200)),
+        park,
     );
     let mut streams: Vec<_> = (0..twins)
         .map(|i| {
@@ -664,6 +700,9 @@ fn wake_latency(
     io.block_on(async {
         for round in 0..=rounds {
             wait_asleep(&node, twins);
+            if park {
+                wait_parked(&node);
+            }
             for (i, stream) in streams.iter_mut().enumerate() {
                 // Asleep first, then awake.
                 for awake in [false, true] {
@@ -672,7 +711,7 @@ fn wake_latency(
                     let started = Instant::now();
                     client
                         .publish(
-                            format!("wake/{i}/telemetry"),
+                            format!("{name}/{i}/telemetry"),
                             QoS::AtLeastOnce,
                             false,
                             telemetry(seqs[i], sent),
@@ -703,6 +742,13 @@ fn fmt_us(us: u64) -> String {
 }
 
 fn main() {
+    // The nodes this process hosts log as `WASMTWIN_LOG` says.
+    if let Ok(filter) = std::env::var("WASMTWIN_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     if let Ok(mode) = std::env::var(CHILD) {
         return child(&mode);
     }
@@ -727,7 +773,7 @@ fn main() {
         .collect();
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let (node, spec) = node(dir.path(), broker.port, 1024, "bench", None);
+    let (node, spec) = node(dir.path(), broker.port, 1024, "bench", None, true);
     let twins = Tracker::new();
     let mut hosted = 0;
     let mut publishers = Publishers::connect(broker.port, 4);
@@ -777,14 +823,30 @@ fn main() {
     let parsing = stored_spec_parsing(&spec, idle);
 
     let (wake_twins, rounds) = if quick() { (5, 2) } else { (100, 5) };
-    let (awake, asleep) = wake_latency(&io, broker.port, wake_twins, rounds);
+    // Sessions kept connected asleep (as before parking) and parked, A/B/A/B.
+    let [mut awake, mut connected, mut parked] =
+        [(); 3].map(|()| Histogram::<u64>::new(3).expect("histogram"));
+    for park in [false, true, false, true] {
+        let (on_awake, on_asleep) = wake_latency(&io, broker.port, wake_twins, rounds, park);
+        awake.add(&on_awake).expect("histograms");
+        if park { &mut parked } else { &mut connected }
+            .add(&on_asleep)
+            .expect("histograms");
+    }
     println!(
-        "\n## Wake-up latency: publish → state changed, {wake_twins} twins × {rounds} rounds, each woken then sent its next message\n"
+        "\n## Wake-up latency: publish → state changed, {wake_twins} twins × {rounds} rounds × 2 nodes of each kind, each woken then sent its next message\n"
     );
     println!("| twin | p50 | p99 | max |\n|---|---:|---:|---:|");
     for (what, h) in [
         ("awake (baseline: the same twin's next message)", &awake),
-        ("hibernating (the message wakes it)", &asleep),
+        (
+            "hibernating, session kept connected (the message wakes it)",
+            &connected,
+        ),
+        (
+            "hibernating, session parked (the doorbell wakes it; it connects again)",
+            &parked,
+        ),
     ] {
         println!(
             "| {what} | {} | {} | {} |",
@@ -794,34 +856,45 @@ fn main() {
         );
     }
 
-    let (twin_kib, twin_maps) = idle_memory(&format!("twins:{idle}:{}", broker.port));
-    let (sleeping_kib, sleeping_maps) = idle_memory(&format!("sleeping:{idle}:{}", broker.port));
-    let (instance_kib, instance_maps) = idle_memory(&format!("instances:{idle}"));
+    // Parked sessions hold no socket, so a node keeps more sleeping twins
+    // than its limit on open files (20,000 on the CI machine).
+    let many = if quick() { 1_000 } else { 100_000 };
+    let twins = idle_memory(&format!("twins:{idle}:{}", broker.port));
+    let sleeping = idle_memory(&format!("sleeping:{idle}:{}", broker.port));
+    let connected = idle_memory(&format!("connected:{idle}:{}", broker.port));
+    let instances = idle_memory(&format!("instances:{idle}"));
+    let sleeping_many = idle_memory(&format!("sleeping:{many}:{}", broker.port));
     let restarted = restarts(broker.port, idle);
-    println!("\n## Resident memory of {idle} idle twins on one node\n");
-    println!("| what | total | per twin | mappings per twin |\n|---|---:|---:|---:|");
-    for (what, kib, maps) in [
-        (
-            "bare model instances (baseline)",
-            instance_kib,
-            instance_maps,
-        ),
+    println!("\n## Resident memory of idle twins on one node\n");
+    println!("| what | twins | total | per twin | mappings per twin |\n|---|---:|---:|---:|---:|");
+    for (what, count, (kib, maps)) in [
+        ("bare model instances (baseline)", idle, instances),
         (
             "hosted twins (model + adapter instances, MQTT session, queues, store)",
-            twin_kib,
-            twin_maps,
+            idle,
+            twins,
         ),
         (
-            "hosted twins, hibernating (instances dropped; session, queues, last checkpoint kept)",
-            sleeping_kib,
-            sleeping_maps,
+            "hosted twins, hibernating, sessions kept connected (instances dropped)",
+            idle,
+            connected,
+        ),
+        (
+            "hosted twins, hibernating, sessions parked (no socket, no MQTT client)",
+            idle,
+            sleeping,
+        ),
+        (
+            "hosted twins, hibernating, sessions parked",
+            many,
+            sleeping_many,
         ),
     ] {
         println!(
-            "| {what} | {:.1} MiB | {:.1} KiB | {:.1} |",
+            "| {what} | {count} | {:.1} MiB | {:.1} KiB | {:.1} |",
             kib as f64 / 1024.0,
-            kib as f64 / idle as f64,
-            maps as f64 / idle as f64
+            kib as f64 / count as f64,
+            maps as f64 / count as f64
         );
     }
     println!("\n## Restart of a node holding {idle} hibernated twins (A/B/A/B)\n");

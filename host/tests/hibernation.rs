@@ -45,6 +45,15 @@ fn wait_asleep(site: &Site, name: &str) {
     wait_for(|| asleep(site, name), "the twin to hibernate");
 }
 
+/// Waits until twin `name`, the site's only one, sleeps with its session
+/// parked.
+fn wait_parked(site: &Site, name: &str) {
+    wait_for(
+        || asleep(site, name) && metric(site, "wasmtwin_node_broker_sessions_connected") == 0.0,
+        "the sleeping twin to park its session",
+    );
+}
+
 /// Sends the motor's next two readings, a normal one and then an alarm,
 /// through the node `api` that hosts it now, and checks that the model
 /// remembered the first alarm: the second counts 2 (a fresh instance would
@@ -344,4 +353,80 @@ fn a_sleeping_twin_shrugs_off_oversized_and_malformed_messages() {
     );
     // The refusals changed nothing: the next alarm still counts 2.
     second_alarm_counts_two(&site, &site.node.api, "the messages after the hostile ones");
+}
+
+#[test]
+fn a_sleeping_twin_parks_its_session_and_its_doorbell_brings_back_every_message() {
+    let site = Site::start(&["--hibernate-after", "300ms"]);
+    created(&site, "motor", &machine_spec("motor"));
+    site.publish("dev/motor", &[reading(1, 20.0)]);
+    site.node.api.wait_for_updates("motor", 1);
+    let mut last = 1;
+    for _ in 0..3 {
+        // Asleep, the twin holds no broker connection.
+        wait_parked(&site, "motor");
+        // The first of a burst rings the doorbell; the twin connects again
+        // and the broker hands it the rest, which waited meanwhile.
+        let burst: Vec<_> = (last + 1..=last + 20)
+            .map(|seq| reading(seq, 20.0))
+            .collect();
+        site.publish("dev/motor", &burst);
+        last += 20;
+        wait_for(
+            || site.twin("motor")["lastSeq"] == last,
+            "the twin to wake and apply the burst",
+        );
+        let twin = site.twin("motor");
+        assert_eq!(twin["updatesApplied"], last, "{twin}");
+        assert_eq!(twin["guestErrors"], 0, "{twin}");
+    }
+}
+
+/// The doorbell rings at QoS 0 on a session the broker does not keep: what
+/// is published while it is cut off rings nothing. Once it is back it rings
+/// every parked twin, which collects what waited for it.
+#[test]
+fn a_parked_twin_gets_what_was_published_while_its_doorbell_was_cut_off() {
+    let (site, proxy) = Site::start_behind_proxy(&["--hibernate-after", "300ms"]);
+    created(&site, "motor", &machine_spec("motor"));
+    site.publish("dev/motor", &[reading(1, 20.0)]);
+    site.node.api.wait_for_updates("motor", 1);
+    wait_parked(&site, "motor");
+    proxy.refuse(true);
+    assert!(proxy.cut_all() >= 1, "the doorbell was not connected");
+    site.publish("dev/motor", &[reading(2, 96.0)]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(site.twin("motor")["lastSeq"], 1, "nothing could ring yet");
+    proxy.refuse(false);
+    wait_for(
+        || site.twin("motor")["lastSeq"] == 2,
+        "the doorbell to reconnect and wake the twin",
+    );
+    let twin = site.twin("motor");
+    assert_eq!(twin["properties"]["alarms"]["value"], 1, "{twin}");
+    assert_eq!(twin["updatesApplied"], 2, "{twin}");
+}
+
+/// A rung twin whose session cannot connect again yet must not park again
+/// when it falls idle: what rang it waits at the broker, and nothing would
+/// ring for it again.
+#[test]
+fn a_rung_twin_parks_again_only_once_its_session_is_back() {
+    let (site, proxy) = Site::start_behind_proxy(&["--hibernate-after", "100ms"]);
+    created(&site, "motor", &machine_spec("motor"));
+    site.publish("dev/motor", &[reading(1, 20.0)]);
+    site.node.api.wait_for_updates("motor", 1);
+    wait_parked(&site, "motor");
+    // The doorbell's connection stays; the session's next one is refused
+    // for a while, over several idle delays.
+    proxy.refuse(true);
+    site.publish("dev/motor", &[reading(2, 96.0)]);
+    std::thread::sleep(Duration::from_millis(1000));
+    proxy.refuse(false);
+    wait_for(
+        || site.twin("motor")["lastSeq"] == 2,
+        "the rung twin to collect the message",
+    );
+    let twin = site.twin("motor");
+    assert_eq!(twin["properties"]["alarms"]["value"], 1, "{twin}");
 }

@@ -197,6 +197,13 @@ pub struct HostArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_hibernate_after,
           default_value_t = Hibernation(Some(wasmtwin::node::DEFAULT_HIBERNATE_AFTER)))]
     hibernate_after: Hibernation,
+    /// Keep a sleeping twin's broker connection open. By default a sleeping
+    /// twin that takes QoS 1 messages parks its session: it disconnects,
+    /// the broker keeps what arrives for it, and one connection of the
+    /// node (its doorbell) wakes it. Parked, a twin holds no socket and no
+    /// MQTT client; waking it takes one more connection to the broker.
+    #[arg(long)]
+    keep_sessions_asleep: bool,
 }
 
 /// `--hibernate-after`: a delay, or never.
@@ -788,6 +795,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
                 inputs: args.inputs.resolve(),
                 hibernate_after: args.hibernate_after.0,
                 broker_keeps_sessions: true,
+                park_sessions_asleep: !args.keep_sessions_asleep,
             },
             runtime,
             store,

@@ -189,6 +189,7 @@ pub async fn node(
             // The embedded broker starts empty with the process: a device
             // restarted with it must not publish before the twin listens.
             broker_keeps_sessions: false,
+            park_sessions_asleep: true,
         },
         runtime.clone(),
         wasmtwin::store::Store::open(&data.join(plan.name))?,

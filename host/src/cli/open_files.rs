@@ -3,7 +3,9 @@
 //! (1,024) stopped it at about a thousand twins: the sessions past it
 //! failed to connect ("Too many open files") while everything else ran.
 //! Servers raise their soft limit to the hard one, which needs no
-//! privilege; the node does the same when it starts.
+//! privilege; the node does the same when it starts. (A sleeping twin
+//! whose session is parked holds none, so the limit bounds the twins
+//! awake at once, and those a restart connects.)
 
 /// Descriptors a node uses besides its twins' sessions (its store, its
 /// listeners, the runtime's), with room to spare.
@@ -20,7 +22,7 @@ pub(super) fn raise() {
         Ok(limit) => tracing::info!(
             limit,
             twins = limit - OWN_FILES,
-            "open files: each twin's broker session holds one"
+            "open files: each connected twin's broker session holds one (a parked one, asleep, none)"
         ),
         Err(e) => tracing::warn!("cannot read or raise the limit on open files: {e}"),
     }

@@ -30,6 +30,7 @@ pub use worker::SwapReport;
 use crate::checkpoint::{Checkpoint, ModelInfo};
 use crate::digest::Digest;
 use crate::monitoring::{Metrics, TwinLabel};
+use crate::physical::doorbell::Doorbell;
 use crate::physical::{self, BrokerAddress, Link, Subscribing};
 use crate::registry::{self, Location};
 use crate::runtime::cpu::{self, CpuShare};
@@ -79,6 +80,11 @@ pub struct NodeConfig {
     /// subscribed again, so then each twin resumes only once its
     /// subscription is confirmed.
     pub broker_keeps_sessions: bool,
+    /// Whether a sleeping twin parks its broker session (QoS 1 twins): it
+    /// disconnects, the broker keeps what arrives for it, and the node's
+    /// doorbell wakes it. A parked twin holds no socket and no MQTT
+    /// client; waking it takes one more connection.
+    pub park_sessions_asleep: bool,
 }
 
 /// [`NodeConfig::hibernate_after`] unless told otherwise: long enough that
@@ -291,6 +297,9 @@ pub struct Node {
     /// What each model component is and offers, once asked, for twins
     /// that start asleep (and so have no instance to ask).
     described: Mutex<HashMap<Digest, (ModelInfo, Arc<Description>)>>,
+    /// The doorbell of each broker whose twins sleep with their sessions
+    /// parked, by address.
+    doorbells: Mutex<HashMap<(String, u16), Doorbell>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -336,6 +345,7 @@ impl Node {
             incoming: Mutex::new(HashMap::new()),
             changing: Mutex::new(HashMap::new()),
             described: Mutex::new(HashMap::new()),
+            doorbells: Mutex::new(HashMap::new()),
         })
     }
 
@@ -832,6 +842,28 @@ impl Node {
         ))
     }
 
+    /// What rings a twin of `spec` while it sleeps with its session
+    /// parked: its broker's doorbell and its topics. None when it keeps its
+    /// session connected asleep: hibernation is off, or it takes QoS 0
+    /// messages, which brokers do not keep for a session while it is away.
+    fn bell_of(&self, spec: &TwinSpec) -> Option<worker::Bell> {
+        self.config.hibernate_after?;
+        if !self.config.park_sessions_asleep || spec.spec.physical.qos == 0 {
+            return None;
+        }
+        let (broker, _) = self.session_of(spec).ok()?;
+        let doorbell = lock(&self.doorbells)
+            .entry((broker.host.clone(), broker.port))
+            .or_insert_with(|| {
+                Doorbell::start(&broker, &format!("wasmtwin-{}.doorbell", self.config.name))
+            })
+            .clone();
+        Some(worker::Bell {
+            doorbell,
+            topics: spec.spec.physical.topics.clone(),
+        })
+    }
+
     /// Has the broker discard the twin's persistent session here (it lives
     /// elsewhere now), in the background.
     fn forget_session(&self, spec: &TwinSpec) {
@@ -899,6 +931,7 @@ impl Node {
             recovery: stored.or_else(|| twin.checkpoint()),
             since_recovery: Vec::new(),
             hibernate_after: self.config.hibernate_after,
+            bell: self.bell_of(spec),
         };
         let (done, finished) = std::sync::mpsc::channel();
         let queue = session.queue;

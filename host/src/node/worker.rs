@@ -29,6 +29,7 @@ use tracing::Instrument as _;
 use super::view::{Change, ChangeFeed, Shared};
 use crate::checkpoint::{Checkpoint, GUEST_SECTION, ModelInfo};
 use crate::monitoring::{Metrics, TwinLabel};
+use crate::physical::doorbell::{Doorbell, Listener};
 use crate::physical::{Inbound, Link, now_us};
 use crate::runtime::cpu::CpuShare;
 use crate::runtime::{
@@ -122,6 +123,17 @@ pub struct Worker {
     pub since_recovery: Vec<Vec<Update>>,
     /// Idle this long, the twin hibernates; `None` keeps it awake.
     pub hibernate_after: Option<std::time::Duration>,
+    /// What rings the twin asleep, which then parks its session; `None`
+    /// keeps the session connected.
+    pub bell: Option<Bell>,
+}
+
+/// Where a sleeping twin listens for messages while its session is parked.
+pub struct Bell {
+    /// Its broker's doorbell.
+    pub doorbell: Doorbell,
+    /// The topics it subscribes to.
+    pub topics: Vec<String>,
 }
 
 /// How a worker starts its twin. (Made once per twin start and moved
@@ -198,11 +210,33 @@ enum Next {
     Late,
     /// Nothing came for the hibernation delay.
     Idle,
+    /// The doorbell rang for the twin asleep: something waits for its
+    /// parked session.
+    Rung,
 }
 
 /// The next job, or why none came: the pending handover's deadline, else
-/// the idle delay, bounds the wait.
+/// the idle delay, bounds the wait, and the doorbell a parked session
+/// listens at may end it.
 async fn next(
+    jobs: &mut mpsc::Receiver<Job>,
+    handover: Option<Instant>,
+    idle: Option<std::time::Duration>,
+    parked: Option<&Listener>,
+) -> Next {
+    let Some(listener) = parked else {
+        return next_job(jobs, handover, idle).await;
+    };
+    tokio::select! {
+        biased;
+        next = next_job(jobs, handover, idle) => next,
+        () = listener.rung() => Next::Rung,
+    }
+}
+
+/// The next job, or why none came before the handover's deadline or the
+/// idle delay.
+async fn next_job(
     jobs: &mut mpsc::Receiver<Job>,
     handover: Option<Instant>,
     idle: Option<std::time::Duration>,
@@ -354,10 +388,20 @@ impl Worker {
             Start::Asleep(_) => None,
         };
         let mut handover: Option<Handover> = None;
+        // Where the twin listens while its session is parked (asleep).
+        let mut parked: Option<Listener> = None;
         loop {
-            let idle = self.hibernate_after.filter(|_| live.is_some());
-            let job = match next(&mut jobs, handover.as_ref().map(|h| h.deadline), idle).await {
+            // Idle, an awake twin sleeps, and a sleeping one parks its session.
+            let idle = self
+                .hibernate_after
+                .filter(|_| live.is_some() || (self.bell.is_some() && parked.is_none()));
+            let deadline = handover.as_ref().map(|h| h.deadline);
+            let job = match next(&mut jobs, deadline, idle, parked.as_ref()).await {
                 Next::Job(job) => job,
+                Next::Rung => {
+                    self.unpark(&mut parked);
+                    continue;
+                }
                 Next::Closed => break,
                 Next::Late => {
                     let last_seq = live.as_ref().and_then(|l| l.twin.state().last_seq);
@@ -369,6 +413,9 @@ impl Worker {
                 Next::Idle => {
                     if let Some(awake) = live.take() {
                         live = Box::pin(self.hibernate(awake)).await;
+                    }
+                    if live.is_none() && parked.is_none() {
+                        parked = Box::pin(self.park()).await;
                     }
                     continue;
                 }
@@ -401,6 +448,8 @@ impl Worker {
                 }
                 (job, ..) => job,
             };
+            // What wakes the twin needs its session too.
+            self.unpark(&mut parked);
             let awake = match live {
                 Some(ref mut awake) => awake,
                 None => match Box::pin(self.wake()).await {
@@ -479,6 +528,44 @@ impl Worker {
         self.set_asleep(true);
         tracing::debug!(twin = %self.name, "hibernating");
         None
+    }
+
+    /// Parks a sleeping twin's session, once its doorbell listens on its
+    /// topics: from then on, what arrives for the twin waits at the broker
+    /// and rings the doorbell. (Whatever the session received before it
+    /// disconnected is still handled: a message wakes the twin, whose
+    /// acknowledgement then goes nowhere, and the broker sends it again,
+    /// dropped as a duplicate, once the session is back.) `None` when the
+    /// session is not connected, or the doorbell cannot listen: the session
+    /// then stays as it is until the twin is idle again.
+    async fn park(&self) -> Option<Listener> {
+        let bell = self.bell.as_ref()?;
+        // Not before the session has connected again since it was rung:
+        // the broker sends what waited for it right after connecting, and
+        // parking first would leave that there with no ring to come for it.
+        if !self.link.is_connected() {
+            return None;
+        }
+        match bell.doorbell.listen(&bell.topics).await {
+            Ok(listener) => {
+                self.link.park();
+                tracing::debug!(twin = %self.name, "session parked");
+                Some(listener)
+            }
+            Err(e) => {
+                tracing::warn!(twin = %self.name, "the session stays connected while the twin sleeps: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// Connects a parked session again (its doorbell stops listening for
+    /// the twin).
+    fn unpark(&self, parked: &mut Option<Listener>) {
+        if parked.take().is_some() {
+            self.link.unpark();
+            tracing::debug!(twin = %self.name, "session unparked");
+        }
     }
 
     /// Wakes a hibernating twin: its recovery point restored into a new
@@ -573,13 +660,13 @@ impl Worker {
         // included); the acknowledgement, a span of its own, follows it.
         let traced = !message.span.is_disabled();
         let commit = crate::trace_span!("store.commit");
-        let (span, packet) = (message.span, message.packet);
+        let (span, packet, connection) = (message.span, message.packet, message.connection);
         (packet.is_some() || traced).then(|| {
             Box::new(move |written: Result<(), String>| {
                 drop(commit);
                 if let (Ok(()), Some(packet)) = (written, packet) {
                     let _acking = crate::trace_span!(parent: &span, "mqtt.ack").entered();
-                    link.ack(packet);
+                    link.ack(packet, connection);
                 }
             }) as crate::store::Done
         })

@@ -19,6 +19,7 @@ use rumqttc::v5::mqttbytes::v5::{Filter, Publish};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions};
 use tokio::sync::mpsc;
 
+pub mod doorbell;
 pub mod probe;
 
 /// Where a broker is and how to log in.
@@ -96,6 +97,10 @@ pub struct Inbound {
     pub received_us: u64,
     /// The packet, to acknowledge once committed (QoS 1 only).
     pub packet: Option<Box<Publish>>,
+    /// Which connection of its session it came on (they are counted from
+    /// 0, one more each time a parked session connects again): it is
+    /// acknowledged on that one only, whose packet ids it names.
+    pub connection: u32,
     /// The session to acknowledge it on, when not the twin's own (a
     /// session adopted from a lost node, see `Node::restore_bundle`).
     pub via: Option<Link>,
@@ -126,7 +131,8 @@ pub fn message_span(client_id: &str, publish: &Publish) -> tracing::Span {
     span
 }
 
-/// The handle a twin's worker uses: acknowledge and send commands.
+/// The handle a twin's worker uses: acknowledge and send commands, and
+/// park the session while the twin sleeps.
 ///
 /// Both go, in order, through a queue that a task of the session drains
 /// into the MQTT client, waiting for room there rather than failing when
@@ -138,11 +144,13 @@ pub fn message_span(client_id: &str, publish: &Publish) -> tracing::Span {
 #[derive(Clone)]
 pub struct Link {
     outgoing: mpsc::UnboundedSender<Outgoing>,
-    /// Set once the link is closed: a session that is not connected then
-    /// stops trying, instead of reconnecting for nobody.
-    closing: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    /// What the session should be; a session that is not connected
+    /// follows it at once (it stops trying to reconnect for nobody).
+    wanted: std::sync::Arc<tokio::sync::watch::Sender<Wanted>>,
     /// The task driving the session.
     session: tokio::task::AbortHandle,
+    /// Whether the session is connected.
+    connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Link {
@@ -151,48 +159,51 @@ impl std::fmt::Debug for Link {
     }
 }
 
+/// What a link wants of its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    /// Connected, receiving.
+    Open,
+    /// Disconnected with its MQTT client dropped, while the broker keeps
+    /// the session and what arrives for it.
+    Parked,
+    /// Ended.
+    Closed,
+}
+
 enum Outgoing {
     // Boxed, as `Inbound` is: the queue's first block of 32 slots is made
     // with it, and every twin has one.
-    Ack(Box<Publish>),
+    /// A packet, and the connection it came on.
+    Ack(Box<Publish>, u32),
     /// Topic and payload.
     Command(Box<(String, Vec<u8>)>),
+    /// Disconnect, after what came before, until the session opens again.
+    Park,
     Disconnect,
 }
 
 impl Link {
     fn new(
         client: AsyncClient,
-        closing: tokio::sync::watch::Sender<bool>,
+        wanted: tokio::sync::watch::Sender<Wanted>,
         session: tokio::task::AbortHandle,
+        clients: mpsc::UnboundedReceiver<AsyncClient>,
+        connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
-        let (outgoing, mut queue) = mpsc::unbounded_channel();
-        let sender = client.clone();
-        tokio::spawn(async move {
-            while let Some(item) = queue.recv().await {
-                let sent = match item {
-                    Outgoing::Ack(packet) => sender.ack(&packet).await,
-                    Outgoing::Command(command) => {
-                        let (topic, payload) = *command;
-                        sender
-                            .publish(topic, QoS::AtLeastOnce, false, payload)
-                            .await
-                    }
-                    Outgoing::Disconnect => {
-                        let _ = sender.disconnect().await;
-                        break;
-                    }
-                };
-                if sent.is_err() {
-                    break; // the session is closed
-                }
-            }
-        });
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        tokio::spawn(drain(client, queue, clients));
         Self {
             outgoing,
-            closing: std::sync::Arc::new(closing),
+            wanted: std::sync::Arc::new(wanted),
             session,
+            connected,
         }
+    }
+
+    /// Whether the session is connected to its broker now.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the session has ended (after [`Link::close`], or when the
@@ -201,9 +212,14 @@ impl Link {
         self.session.is_finished()
     }
 
-    /// Acknowledges a committed message.
-    pub fn ack(&self, packet: Box<Publish>) {
-        if self.outgoing.send(Outgoing::Ack(packet)).is_err() {
+    /// Acknowledges a committed message, received on `connection` (see
+    /// [`Inbound::connection`]).
+    pub fn ack(&self, packet: Box<Publish>, connection: u32) {
+        if self
+            .outgoing
+            .send(Outgoing::Ack(packet, connection))
+            .is_err()
+        {
             tracing::debug!("not acknowledging a message: the session is closed");
         }
     }
@@ -215,12 +231,118 @@ impl Link {
             .map_err(|_| anyhow::anyhow!("cannot publish on {topic}: the session is closed"))
     }
 
+    /// Disconnects the session, after the acknowledgements and commands
+    /// queued before, and drops its MQTT client until [`Link::unpark`]:
+    /// the broker keeps the session, and what arrives for it, meanwhile.
+    /// Acknowledgements queued while it is parked are dropped (the broker
+    /// sends their messages again on the next connection); commands wait
+    /// for that connection.
+    pub fn park(&self) {
+        let parked = self
+            .wanted
+            .send_if_modified(|wanted| replace_if(wanted, Wanted::Open, Wanted::Parked));
+        if parked {
+            let _ = self.outgoing.send(Outgoing::Park);
+        }
+    }
+
+    /// Connects a parked session again.
+    pub fn unpark(&self) {
+        self.wanted
+            .send_if_modified(|wanted| replace_if(wanted, Wanted::Parked, Wanted::Open));
+    }
+
     /// Closes the session, after the acknowledgements and commands queued
     /// before.
     pub fn close(&self) {
         let _ = self.outgoing.send(Outgoing::Disconnect);
-        self.closing.send_replace(true);
+        self.wanted.send_replace(Wanted::Closed);
     }
+}
+
+/// Sets `wanted` to `to` if it is `from`; whether it did.
+fn replace_if(wanted: &mut Wanted, from: Wanted, to: Wanted) -> bool {
+    let replaced = *wanted == from;
+    if replaced {
+        *wanted = to;
+    }
+    replaced
+}
+
+/// Drains a link's queue into its session's MQTT client, and into the
+/// session's next client each time it parks and opens again.
+async fn drain(
+    mut client: AsyncClient,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    mut clients: mpsc::UnboundedReceiver<AsyncClient>,
+) {
+    // The connection `client` is of.
+    let mut connection = 0;
+    while let Some(item) = queue.recv().await {
+        let park = matches!(item, Outgoing::Park);
+        let sent = match item {
+            Outgoing::Ack(packet, on) if on == connection => client.ack(&packet).await,
+            // An earlier connection's packet id names nothing, or another
+            // message, on this one; the broker sent that message again.
+            Outgoing::Ack(..) => Ok(()),
+            Outgoing::Command(command) => publish(&client, *command).await,
+            Outgoing::Park => client.disconnect().await,
+            Outgoing::Disconnect => {
+                let _ = client.disconnect().await;
+                break;
+            }
+        };
+        // A client refuses once its event loop is gone: its session parked
+        // (perhaps before this queue reached the park) or ended.
+        if park || sent.is_err() {
+            drop(client);
+            match reopened(&mut queue, &mut clients).await {
+                Some(next) => {
+                    client = next;
+                    connection += 1;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// The client of a parked session's next connection, once there is one,
+/// with the commands queued meanwhile sent on it; `None` once the session
+/// or its link has ended.
+async fn reopened(
+    queue: &mut mpsc::UnboundedReceiver<Outgoing>,
+    clients: &mut mpsc::UnboundedReceiver<AsyncClient>,
+) -> Option<AsyncClient> {
+    let mut held = Vec::new();
+    let client = loop {
+        tokio::select! {
+            // A new connection's client always comes before the first
+            // acknowledgement of a message it received.
+            biased;
+            client = clients.recv() => break client?,
+            item = queue.recv() => match item? {
+                Outgoing::Command(command) => held.push(command),
+                // The old connection's: the broker sends them again.
+                Outgoing::Ack(..) | Outgoing::Park => {}
+                Outgoing::Disconnect => return None,
+            },
+        }
+    };
+    for command in held {
+        publish(&client, *command).await.ok()?;
+    }
+    Some(client)
+}
+
+/// Publishes a command to the device (QoS 1).
+async fn publish(
+    client: &AsyncClient,
+    (topic, payload): (String, Vec<u8>),
+) -> Result<(), rumqttc::v5::ClientError> {
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
 }
 
 /// Current time in µs since the Unix epoch.
@@ -317,24 +439,29 @@ pub fn connect(
         max_payload,
     } = subscription;
     let options = options(broker, client_id, false);
-    let (client, eventloop) = client(options, 256);
+    let (client, eventloop) = client(options.clone(), SESSION_REQUESTS);
     let qos = if qos == 0 {
         QoS::AtMostOnce
     } else {
         QoS::AtLeastOnce
     };
     let (subscribed, confirmed) = std::sync::mpsc::channel();
-    let (closing, closed) = tokio::sync::watch::channel(false);
+    let (wanted, wanted_rx) = tokio::sync::watch::channel(Wanted::Open);
+    let (clients, next_clients) = mpsc::unbounded_channel();
+    let shown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let session = Session {
-        closed,
-        client: client.clone(),
+        wanted: wanted_rx,
+        connection: 0,
+        client: Some(client.clone()),
+        clients,
+        options,
         topics,
         qos,
         inbound,
         max_payload,
         client_id: client_id.to_string(),
         subscribed: Some(subscribed),
-        connected: Counted::new(connected),
+        connected: Counted::new(connected, shown.clone()),
     };
     let session = tokio::spawn(session.drive(Box::new(eventloop))).abort_handle();
     if subscribing == Subscribing::Confirmed && confirmed.recv_timeout(SUBSCRIBE_WAIT).is_err() {
@@ -344,8 +471,11 @@ pub fn connect(
             "the broker has not confirmed the subscription yet; still trying"
         );
     }
-    Ok(Link::new(client, closing, session))
+    Ok(Link::new(client, wanted, session, next_clients, shown))
 }
+
+/// Requests a twin's session may have waiting for its event loop.
+const SESSION_REQUESTS: usize = 256;
 
 /// A client and its event loop, `requests` of which may wait to be sent.
 pub(crate) fn client(options: MqttOptions, requests: usize) -> (AsyncClient, EventLoop) {
@@ -425,7 +555,12 @@ pub async fn forget_session(broker: BrokerAddress, client_id: String) {
 
 /// One twin's MQTT session, driven by its event loop.
 struct Session<D> {
-    client: AsyncClient,
+    /// The client of the current connection; none while parked.
+    client: Option<AsyncClient>,
+    /// Where the client of each new connection goes (the link's sender).
+    clients: mpsc::UnboundedSender<AsyncClient>,
+    /// How to connect again after parking.
+    options: MqttOptions,
     topics: Vec<String>,
     qos: QoS,
     inbound: D,
@@ -434,10 +569,24 @@ struct Session<D> {
     client_id: String,
     /// Told once the subscription is confirmed, then dropped.
     subscribed: Option<std::sync::mpsc::Sender<()>>,
-    /// True once the link is closed.
-    closed: tokio::sync::watch::Receiver<bool>,
+    /// What the link wants of the session.
+    wanted: tokio::sync::watch::Receiver<Wanted>,
+    /// The current connection, counted as the link's sender counts them.
+    connection: u32,
     /// Whether it is connected, counted in the node's gauge.
     connected: Counted,
+}
+
+/// What a session does next. (Not boxed: it lives for one turn of the
+/// loop, and a box would cost every event an allocation.)
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// Handle an event of its connection.
+    Event(Result<Event, ConnectionError>),
+    /// Park, as its link wants.
+    Park,
+    /// End, as its link wants.
+    End,
 }
 
 /// Whether a session is connected, kept in step with a gauge of connected
@@ -445,16 +594,23 @@ struct Session<D> {
 struct Counted {
     gauge: Gauge,
     up: bool,
+    /// The same, for the link.
+    shown: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Counted {
-    fn new(gauge: Gauge) -> Self {
-        Self { gauge, up: false }
+    fn new(gauge: Gauge, shown: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self {
+            gauge,
+            up: false,
+            shown,
+        }
     }
 
     fn set(&mut self, up: bool) {
         if self.up != up {
             self.up = up;
+            self.shown.store(up, std::sync::atomic::Ordering::Relaxed);
             self.gauge.inc_by(if up { 1 } else { -1 });
         }
     }
@@ -474,22 +630,60 @@ impl<D: Deliver> Session<D> {
         }
     }
 
-    /// The next event, or `None` once the link is closed while the
-    /// session is not connected (connected, the link's own disconnect
-    /// request ends it, after the acknowledgements queued before).
-    async fn next(&mut self, eventloop: &mut EventLoop) -> Option<Result<Event, ConnectionError>> {
+    /// What the link wants now; closed once no link is left.
+    fn wanted(&self) -> Wanted {
+        if self.wanted.has_changed().is_err() {
+            return Wanted::Closed;
+        }
+        *self.wanted.borrow()
+    }
+
+    /// The next event; or, while not connected, parking or the end as soon
+    /// as the link wants them (connected, the link's own disconnect request
+    /// comes after the acknowledgements queued before it).
+    async fn next(&mut self, eventloop: &mut EventLoop) -> Step {
         // Boxed: the future of a poll is most of a session's task, which
         // every twin has, and it need not live between two events.
         if self.connected.up {
-            return Some(Box::pin(eventloop.poll()).await);
+            return Step::Event(Box::pin(eventloop.poll()).await);
         }
-        if *self.closed.borrow() {
+        loop {
+            match self.wanted() {
+                Wanted::Open => {}
+                Wanted::Parked => return Step::Park,
+                Wanted::Closed => return Step::End,
+            }
+            tokio::select! {
+                event = Box::pin(eventloop.poll()) => return Step::Event(event),
+                _ = self.wanted.changed() => {}
+            }
+        }
+    }
+
+    /// Waits, parked, until the link wants the session open again, then
+    /// returns the event loop of its next connection (its client handed to
+    /// the link); `None` once the link is closed instead. The connection's
+    /// event loop and client are dropped by then: a sleeping twin keeps
+    /// neither.
+    async fn reopen(&mut self) -> Option<Box<EventLoop>> {
+        self.connected.set(false);
+        self.client = None;
+        if self.wanted() == Wanted::Parked {
+            tracing::debug!(client = %self.client_id, "session parked");
+        }
+        let wanted = *self
+            .wanted
+            .wait_for(|wanted| *wanted != Wanted::Parked)
+            .await
+            .ok()?;
+        if wanted == Wanted::Closed {
             return None;
         }
-        tokio::select! {
-            event = Box::pin(eventloop.poll()) => Some(event),
-            _ = self.closed.changed() => None,
-        }
+        let (client, eventloop) = client(self.options.clone(), SESSION_REQUESTS);
+        self.clients.send(client.clone()).ok()?;
+        self.client = Some(client);
+        self.connection += 1;
+        Some(Box::new(eventloop))
     }
 
     /// A message received, as its twin takes it. (Made outside `drive`, whose
@@ -514,6 +708,7 @@ impl<D: Deliver> Session<D> {
             oversized,
             received_us: now_us(),
             packet,
+            connection: self.connection,
             via: None,
         })
     }
@@ -524,16 +719,31 @@ impl<D: Deliver> Session<D> {
     async fn drive(mut self, mut eventloop: Box<EventLoop>) {
         let client_id = self.client_id.clone();
         let mut backoff = Duration::from_millis(100);
-        while let Some(event) = self.next(&mut eventloop).await {
+        loop {
+            let event = match self.next(&mut eventloop).await {
+                // Only a parking or closing link asks for a disconnection.
+                Step::Park | Step::Event(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => {
+                    drop(eventloop);
+                    match Box::pin(self.reopen()).await {
+                        Some(next) => eventloop = next,
+                        None => return,
+                    }
+                    continue;
+                }
+                Step::Event(event) => event,
+                Step::End => break,
+            };
             match event {
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                     self.connected.set(true);
                     backoff = Duration::from_millis(100);
                     tracing::info!(client = %client_id, "connected to the broker");
                     let filters = self.topics.iter().map(|t| Filter::new(t.clone(), self.qos));
-                    // Boxed, as the other rare steps: see `Session::next`.
-                    if let Err(e) = Box::pin(self.client.subscribe_many(filters)).await {
-                        tracing::warn!(client = %client_id, "cannot subscribe: {e}");
+                    if let Some(client) = &self.client {
+                        // Boxed, as the other rare steps: see `Session::next`.
+                        if let Err(e) = Box::pin(client.subscribe_many(filters)).await {
+                            tracing::warn!(client = %client_id, "cannot subscribe: {e}");
+                        }
                     }
                 }
                 Ok(Event::Incoming(Incoming::SubAck(_))) => self.confirm(),
@@ -545,23 +755,16 @@ impl<D: Deliver> Session<D> {
                         return; // the twin is gone
                     }
                 }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                 Ok(_) => {}
                 Err(e) => {
                     self.connected.set(false);
-                    if self.inbound.is_closed() || *self.closed.borrow() {
+                    if self.inbound.is_closed() || self.wanted() == Wanted::Closed {
                         return;
                     }
                     tracing::warn!(client = %client_id, "broker connection lost: {e}; retrying in {backoff:?}");
-                    let closed = Box::pin(async {
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => false,
-                            _ = self.closed.changed() => true,
-                        }
-                    });
-                    if closed.await {
-                        return;
-                    }
+                    // Waits out the backoff, or less should the link want
+                    // something else meanwhile (`next` looks).
+                    let _ = tokio::time::timeout(backoff, self.wanted.changed()).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 use serde_json::{Value, json};
 use wasmtwin_tests::cli::arg;
+use wasmtwin_tests::faults::FaultProxy;
 use wasmtwin_tests::node::Node;
 use wasmtwin_tests::plugin;
 use wasmtwin_tests::servers::free_port;
@@ -32,13 +33,32 @@ impl Site {
     /// [`Site::start`], the node run by `prefix`: a command that runs the
     /// rest of its arguments (`prlimit …`).
     pub fn start_under(prefix: &[&str], extra: &[&str]) -> Self {
+        Self::start_via(prefix, extra, |broker| broker)
+    }
+
+    /// [`Site::start`], the node reaching the broker through a
+    /// fault-injecting proxy (the test's own messages go straight to it).
+    pub fn start_behind_proxy(extra: &[&str]) -> (Self, FaultProxy) {
+        let mut proxy = None;
+        let site = Self::start_via(&[], extra, |broker| {
+            let started = FaultProxy::plain(broker).expect("starting the proxy");
+            let port = started.port;
+            proxy = Some(started);
+            port
+        });
+        (site, proxy.expect("the proxy"))
+    }
+
+    /// Starts the broker, then the node on the broker port that `route`
+    /// makes of the broker's.
+    fn start_via(prefix: &[&str], extra: &[&str], route: impl FnOnce(u16) -> u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mqtt = free_port();
         let listen: SocketAddr = format!("127.0.0.1:{mqtt}").parse().unwrap();
         wasmtwin::broker::start(listen).expect("the embedded broker");
         let data = dir.path().to_path_buf();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let node = host_under(prefix, &data, mqtt, &extra);
+        let node = host_under(prefix, &data, route(mqtt), &extra);
         Self {
             node,
             mqtt,
