@@ -54,6 +54,15 @@ fn wait_parked(site: &Site, name: &str) {
     );
 }
 
+/// Creates the motor, sends it its first reading and waits until it sleeps
+/// with its session parked.
+fn parked_motor(site: &Site) {
+    created(site, "motor", &machine_spec("motor"));
+    site.publish("dev/motor", &[reading(1, 20.0)]);
+    site.node.api.wait_for_updates("motor", 1);
+    wait_parked(site, "motor");
+}
+
 /// Sends the motor's next two readings, a normal one and then an alarm,
 /// through the node `api` that hosts it now, and checks that the model
 /// remembered the first alarm: the second counts 2 (a fresh instance would
@@ -388,10 +397,7 @@ fn a_sleeping_twin_parks_its_session_and_its_doorbell_brings_back_every_message(
 #[test]
 fn a_parked_twin_gets_what_was_published_while_its_doorbell_was_cut_off() {
     let (site, proxy) = Site::start_behind_proxy(&["--hibernate-after", "300ms"]);
-    created(&site, "motor", &machine_spec("motor"));
-    site.publish("dev/motor", &[reading(1, 20.0)]);
-    site.node.api.wait_for_updates("motor", 1);
-    wait_parked(&site, "motor");
+    parked_motor(&site);
     proxy.refuse(true);
     assert!(proxy.cut_all() >= 1, "the doorbell was not connected");
     site.publish("dev/motor", &[reading(2, 96.0)]);
@@ -413,10 +419,7 @@ fn a_parked_twin_gets_what_was_published_while_its_doorbell_was_cut_off() {
 #[test]
 fn a_rung_twin_parks_again_only_once_its_session_is_back() {
     let (site, proxy) = Site::start_behind_proxy(&["--hibernate-after", "100ms"]);
-    created(&site, "motor", &machine_spec("motor"));
-    site.publish("dev/motor", &[reading(1, 20.0)]);
-    site.node.api.wait_for_updates("motor", 1);
-    wait_parked(&site, "motor");
+    parked_motor(&site);
     // The doorbell's connection stays; the session's next one is refused
     // for a while, over several idle delays.
     proxy.refuse(true);

@@ -76,6 +76,12 @@ async fn next(messages: &mut mpsc::Receiver<Box<Inbound>>) -> Box<Inbound> {
         .expect("the session")
 }
 
+/// Checks that no message comes for `ms` milliseconds.
+async fn quiet(messages: &mut mpsc::Receiver<Box<Inbound>>, ms: u64, why: &str) {
+    let received = tokio::time::timeout(Duration::from_millis(ms), messages.recv()).await;
+    assert!(received.is_err(), "{why}");
+}
+
 /// Parks and unparks `link`, waiting for each.
 async fn cycle(link: &Link, connected: &Gauge) {
     link.park();
@@ -93,12 +99,7 @@ async fn parked_sessions_keep_every_message_and_ack_on_their_own_connection(port
     until(&connected, 0, "the session to park").await;
     let publishing = tokio::task::spawn_blocking(move || publish(port, "t", b"one"));
     publishing.await.unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), messages.recv())
-            .await
-            .is_err(),
-        "a parked session received a message"
-    );
+    quiet(&mut messages, 300, "a parked session received a message").await;
     link.unpark();
     let first = next(&mut messages).await;
     assert_eq!(&first.payload[..], b"one");
@@ -124,12 +125,7 @@ async fn parked_sessions_keep_every_message_and_ack_on_their_own_connection(port
     link.ack(third.packet.expect("QoS 1"), third.connection);
     tokio::time::sleep(Duration::from_millis(200)).await;
     cycle(&link, &connected).await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(500), messages.recv())
-            .await
-            .is_err(),
-        "an acknowledged message came again"
-    );
+    quiet(&mut messages, 500, "an acknowledged message came again").await;
     link.close();
 }
 

@@ -113,15 +113,22 @@ impl Listening {
         unused
     }
 
-    /// Rings every bell whose filter `topic` matches.
+    /// Rings every bell whose filter `topic` matches: the exact filter is
+    /// looked up, and only when some filter has wildcards are the filters
+    /// matched one by one (a node may have 100,000 twins asleep).
     fn ring(&self, topic: &str) {
-        let exact = self.filters.get(topic).into_iter().flatten();
-        let wild = self
-            .filters
-            .iter()
-            .filter(|(filter, _)| self.wild > 0 && is_wild(filter) && matches(topic, filter))
-            .flat_map(|(_, bells)| bells);
-        for (_, bell) in exact.chain(wild) {
+        let exact = self.filters.get(topic);
+        let wild = (self.wild > 0).then(|| {
+            self.filters
+                .iter()
+                .filter(|(filter, _)| is_wild(filter) && matches(topic, filter))
+                .map(|(_, bells)| bells)
+        });
+        for (_, bell) in exact
+            .into_iter()
+            .chain(wild.into_iter().flatten())
+            .flatten()
+        {
             bell.notify_one();
         }
     }

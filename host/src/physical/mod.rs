@@ -448,7 +448,7 @@ pub fn connect(
     let (subscribed, confirmed) = std::sync::mpsc::channel();
     let (wanted, wanted_rx) = tokio::sync::watch::channel(Wanted::Open);
     let (clients, next_clients) = mpsc::unbounded_channel();
-    let shown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let session = Session {
         wanted: wanted_rx,
         connection: 0,
@@ -461,7 +461,7 @@ pub fn connect(
         max_payload,
         client_id: client_id.to_string(),
         subscribed: Some(subscribed),
-        connected: Counted::new(connected, shown.clone()),
+        connected: Counted::new(connected, up.clone()),
     };
     let session = tokio::spawn(session.drive(Box::new(eventloop))).abort_handle();
     if subscribing == Subscribing::Confirmed && confirmed.recv_timeout(SUBSCRIBE_WAIT).is_err() {
@@ -471,7 +471,7 @@ pub fn connect(
             "the broker has not confirmed the subscription yet; still trying"
         );
     }
-    Ok(Link::new(client, wanted, session, next_clients, shown))
+    Ok(Link::new(client, wanted, session, next_clients, up))
 }
 
 /// Requests a twin's session may have waiting for its event loop.
@@ -593,24 +593,21 @@ enum Step {
 /// sessions until the session ends.
 struct Counted {
     gauge: Gauge,
-    up: bool,
-    /// The same, for the link.
-    shown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Whether it is connected, which its link reads too.
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Counted {
-    fn new(gauge: Gauge, shown: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
-        Self {
-            gauge,
-            up: false,
-            shown,
-        }
+    fn new(gauge: Gauge, up: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self { gauge, up }
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn set(&mut self, up: bool) {
-        if self.up != up {
-            self.up = up;
-            self.shown.store(up, std::sync::atomic::Ordering::Relaxed);
+        if self.up.swap(up, std::sync::atomic::Ordering::Relaxed) != up {
             self.gauge.inc_by(if up { 1 } else { -1 });
         }
     }
@@ -644,7 +641,7 @@ impl<D: Deliver> Session<D> {
     async fn next(&mut self, eventloop: &mut EventLoop) -> Step {
         // Boxed: the future of a poll is most of a session's task, which
         // every twin has, and it need not live between two events.
-        if self.connected.up {
+        if self.connected.is_up() {
             return Step::Event(Box::pin(eventloop.poll()).await);
         }
         loop {
