@@ -265,19 +265,29 @@ impl Drop for Inner {
 /// Writes grouped into one transaction at most.
 const GROUP_MAX: usize = 4096;
 
+/// The most memory the database keeps of its file (redb's default is
+/// 1 GiB): it keeps every page it wrote, and a node's twins write a few
+/// KiB each, which grew a node of 100,000 sleeping twins by hundreds of
+/// MiB. Half of it may hold a transaction's writes; the twins' state is
+/// read from memory, and a restart reads the store once, through the
+/// kernel's page cache.
+const CACHE_BYTES: usize = 64 << 20;
+
 impl Store {
-    /// Opens (or creates) the store at `dir/wasmtwin.redb`.
     /// The database, for what keeps tables of its own in the node's store
     /// (the audit history of a node that runs alone).
     pub fn database(&self) -> Arc<Database> {
         self.inner.db.clone()
     }
 
+    /// Opens (or creates) the store at `dir/wasmtwin.redb`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the data directory {}", dir.display()))?;
         let path = dir.join("wasmtwin.redb");
-        let db = Database::create(&path)
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
             .with_context(|| format!("opening the node's store {}", path.display()))?;
         let db = Arc::new(db);
         let (writes, queue) = std_mpsc::channel();

@@ -7,6 +7,7 @@
 
 mod adoption;
 mod bundle;
+mod finished;
 pub(crate) mod local;
 pub mod membership;
 mod mobility;
@@ -40,6 +41,7 @@ use crate::spec::{Ceilings, ComponentRef, TwinSpec};
 use crate::store::{Op, Point, Saved, Store};
 use crate::twin::entanglement::{Entanglement, Status, Window};
 use crate::twin::{RestorePolicy, Twin, TwinState};
+use finished::Finished;
 use view::Shared;
 use worker::{ActJob, Dormant, HistoryPolicy, Job, ReconfigureJob, Start, Worker};
 
@@ -112,8 +114,8 @@ struct Hosted {
     cpu: CpuShare,
     changes: ChangeFeed,
     link: Link,
-    /// Signalled when the worker has finished.
-    finished: std::sync::mpsc::Receiver<()>,
+    /// Set when the worker has finished.
+    finished: Finished,
     /// Cancels the worker, should it not finish in time.
     task: tokio::task::AbortHandle,
 }
@@ -284,7 +286,9 @@ pub struct Node {
     metrics: Arc<Metrics>,
     /// The fuel one CPU-second burns on this machine.
     fuel_per_cpu_second: u64,
-    twins: Mutex<HashMap<String, Hosted>>,
+    /// Boxed: an entry of hundreds of bytes would be paid for every empty
+    /// slot of the map too (half of them, just after it grows).
+    twins: Mutex<HashMap<String, Box<Hosted>>>,
     /// Twins that moved away, and the API of their new node.
     moved: Mutex<HashMap<String, String>>,
     /// Twins being handed over.
@@ -294,9 +298,6 @@ pub struct Node {
     /// One lock per twin name that management calls hold while they
     /// change that twin, so concurrent calls on one name take turns.
     changing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    /// What each model component is and offers, once asked, for twins
-    /// that start asleep (and so have no instance to ask).
-    described: Mutex<HashMap<Digest, (ModelInfo, Arc<Description>)>>,
     /// The doorbell of each broker whose twins sleep with their sessions
     /// parked, by address.
     doorbells: Mutex<HashMap<(String, u16), Doorbell>>,
@@ -344,7 +345,6 @@ impl Node {
             in_transit: Mutex::new(HashMap::new()),
             incoming: Mutex::new(HashMap::new()),
             changing: Mutex::new(HashMap::new()),
-            described: Mutex::new(HashMap::new()),
             doorbells: Mutex::new(HashMap::new()),
         })
     }
@@ -778,20 +778,14 @@ impl Node {
         }))
     }
 
-    /// What a spec's model component is and offers, asked once per
-    /// component.
+    /// What a spec's model component is and offers (asked of the guest
+    /// once per component).
     fn describe(&self, components: &Components) -> anyhow::Result<(ModelInfo, Arc<Description>)> {
-        let digest = components.model.digest();
-        if let Some(known) = lock(&self.described).get(&digest) {
-            return Ok(known.clone());
-        }
-        let known = self.run_guest(Twin::describe(
+        self.run_guest(Twin::describe(
             &self.runtime,
             &components.model,
             components.limits,
-        ))?;
-        lock(&self.described).insert(digest, known.clone());
-        Ok(known)
+        ))
     }
 
     /// Runs guest code (instantiation, restore, replay) from the blocking
@@ -880,7 +874,7 @@ impl Node {
         prepared: Prepared,
         session: Session,
         stored: Option<Arc<Checkpoint>>,
-    ) -> Hosted {
+    ) -> Box<Hosted> {
         let Prepared {
             components,
             twin,
@@ -933,18 +927,23 @@ impl Node {
             hibernate_after: self.config.hibernate_after,
             bell: self.bell_of(spec),
         };
-        let (done, finished) = std::sync::mpsc::channel();
+        let finished = Finished::default();
+        let finishing = finished.finishing();
         let queue = session.queue;
         // Boxed before the task takes them: see `Worker::run`.
-        let (worker, twin) = (Box::new(worker), Box::new(twin));
+        let awake = match twin {
+            Start::Awake(twin) => Some(Box::new(twin)),
+            Start::Asleep(_) => None,
+        };
+        let worker = Box::new(worker);
         let task = self
             .workers
             .spawn(async move {
-                worker.run(twin, queue).await;
-                let _ = done.send(());
+                let _finishing = finishing;
+                worker.run(awake, queue).await;
             })
             .abort_handle();
-        Hosted {
+        Box::new(Hosted {
             spec: spec.clone(),
             previous_model: None,
             jobs: session.jobs,
@@ -954,11 +953,11 @@ impl Node {
             link: session.link,
             finished,
             task,
-        }
+        })
     }
 
     /// Connects a prepared twin to its broker and starts its worker.
-    fn launch(&self, spec: &TwinSpec, prepared: Prepared) -> anyhow::Result<Hosted> {
+    fn launch(&self, spec: &TwinSpec, prepared: Prepared) -> anyhow::Result<Box<Hosted>> {
         let session = self.connect(spec, Subscribing::Confirmed)?;
         Ok(self.start(spec, prepared, session, None))
     }
@@ -985,12 +984,11 @@ impl Node {
         // The worker finishes the call under way (or, queue full, its
         // queue); past the grace it is cancelled, which loses nothing: what
         // it had not made durable was not acknowledged.
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            hosted.finished.recv_timeout(STOP_GRACE)
-        {
+        if !hosted.finished.wait(STOP_GRACE) {
             tracing::warn!(twin = %name, "the twin's worker did not stop within {STOP_GRACE:?}; cancelling it");
             hosted.task.abort();
-            let _ = hosted.finished.recv();
+            // Cancelled, its task drops what it held at its next turn.
+            hosted.finished.wait_forever();
         }
         self.metrics.forget(name);
         Some(hosted.spec)

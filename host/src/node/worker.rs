@@ -136,9 +136,9 @@ pub struct Bell {
     pub topics: Vec<String>,
 }
 
-/// How a worker starts its twin. (Made once per twin start and moved
-/// into the worker: the size difference between its variants costs
-/// nothing worth a box.)
+/// How a worker starts its twin. (Made once per twin start, and gone
+/// once the worker has its instance, if any: the size difference between
+/// its variants costs nothing worth a box.)
 #[allow(clippy::large_enum_variant)]
 pub enum Start {
     /// Awake, running this instance.
@@ -193,7 +193,15 @@ impl Start {
     }
 }
 
-/// The twin's instances, while it is awake.
+/// What `boxed` holds, its box freed at once: an async fn frees a box it
+/// took by value, even emptied, only when it ends.
+#[allow(clippy::boxed_local)] // taking the box is the point
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
+/// The twin's instances, while it is awake. (Boxed: the worker's task,
+/// which every twin keeps, asleep too, would otherwise keep room for it.)
 struct Live {
     twin: Twin,
     adapter: AdapterInstance,
@@ -355,10 +363,10 @@ impl Worker {
 
     /// A twin's instances, its adapter created beside it, both charged to
     /// the twin's CPU share.
-    async fn live(&mut self, mut twin: Twin) -> anyhow::Result<Live> {
+    async fn live(&mut self, mut twin: Twin) -> anyhow::Result<Box<Live>> {
         twin.set_cpu(self.cpu.clone());
         let adapter = self.new_adapter().await?;
-        Ok(Live { twin, adapter })
+        Ok(Box::new(Live { twin, adapter }))
     }
 
     /// Serves the queue until it closes, a stop, or a handover. Runs on the
@@ -366,12 +374,13 @@ impl Worker {
     /// call into the guest is awaited, yielding the thread to other twins
     /// at every epoch tick, and bounded by its fuel and deadline.
     ///
-    /// The worker and its start come boxed: an async fn's future keeps its
-    /// arguments twice, and every twin keeps this one.
-    pub async fn run(mut self: Box<Self>, start: Box<Start>, mut jobs: mpsc::Receiver<Job>) {
-        let mut live = match *start {
-            Start::Awake(twin) => {
-                let mut live = match Box::pin(self.live(twin)).await {
+    /// The worker and its instance (`None` for a twin that starts asleep)
+    /// come boxed: an async fn's future keeps its arguments twice, and
+    /// every twin keeps this one.
+    pub async fn run(mut self: Box<Self>, awake: Option<Box<Twin>>, mut jobs: mpsc::Receiver<Job>) {
+        let mut live = match awake {
+            Some(twin) => {
+                let mut live = match Box::pin(self.live(unbox(twin))).await {
                     Ok(live) => live,
                     Err(e) => return self.failed(&format!("{e:#}")),
                 };
@@ -385,7 +394,7 @@ impl Worker {
                 Some(live)
             }
             // The node's view counts it asleep already.
-            Start::Asleep(_) => None,
+            None => None,
         };
         let mut handover: Option<Handover> = None;
         // Where the twin listens while its session is parked (asleep).
@@ -507,7 +516,7 @@ impl Worker {
     /// Lets an idle twin sleep: its state, made the recovery point if it
     /// is not already, is all that stays; its instances are dropped.
     /// Returns the twin still awake if that checkpoint could not be taken.
-    async fn hibernate(&mut self, mut live: Live) -> Option<Live> {
+    async fn hibernate(&mut self, mut live: Box<Live>) -> Option<Box<Live>> {
         // A recovery point written by another build (the one the twin
         // arrived with from another node) would not restore into this one.
         let current = self.recovery.as_ref().is_some_and(|recovery| {
@@ -570,7 +579,7 @@ impl Worker {
 
     /// Wakes a hibernating twin: its recovery point restored into a new
     /// instance, with whatever the journal holds after it replayed.
-    async fn wake(&mut self) -> anyhow::Result<Live> {
+    async fn wake(&mut self) -> anyhow::Result<Box<Live>> {
         let started = Instant::now();
         let twin = self.restored().await?;
         let live = self.live(twin).await?;

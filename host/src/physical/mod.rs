@@ -143,7 +143,7 @@ pub fn message_span(client_id: &str, publish: &Publish) -> tracing::Span {
 /// admission control lets through.
 #[derive(Clone)]
 pub struct Link {
-    outgoing: mpsc::UnboundedSender<Outgoing>,
+    outgoing: flume::Sender<Outgoing>,
     /// What the session should be; a session that is not connected
     /// follows it at once (it stops trying to reconnect for nobody).
     wanted: std::sync::Arc<tokio::sync::watch::Sender<Wanted>>,
@@ -180,19 +180,22 @@ enum Outgoing {
     Command(Box<(String, Vec<u8>)>),
     /// Disconnect, after what came before, until the session opens again.
     Park,
+    /// The client of the session's next connection, once it opens again
+    /// (sent by the session itself: one queue fewer per twin, and it comes
+    /// before any acknowledgement of a message that connection received).
+    Client(AsyncClient),
     Disconnect,
 }
 
 impl Link {
     fn new(
         client: AsyncClient,
+        (outgoing, queue): (flume::Sender<Outgoing>, flume::Receiver<Outgoing>),
         wanted: tokio::sync::watch::Sender<Wanted>,
         session: tokio::task::AbortHandle,
-        clients: mpsc::UnboundedReceiver<AsyncClient>,
         connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
-        let (outgoing, queue) = mpsc::unbounded_channel();
-        tokio::spawn(drain(client, queue, clients));
+        tokio::spawn(drain(client, queue));
         Self {
             outgoing,
             wanted: std::sync::Arc::new(wanted),
@@ -271,32 +274,34 @@ fn replace_if(wanted: &mut Wanted, from: Wanted, to: Wanted) -> bool {
 
 /// Drains a link's queue into its session's MQTT client, and into the
 /// session's next client each time it parks and opens again.
-async fn drain(
-    mut client: AsyncClient,
-    mut queue: mpsc::UnboundedReceiver<Outgoing>,
-    mut clients: mpsc::UnboundedReceiver<AsyncClient>,
-) {
+async fn drain(mut client: AsyncClient, queue: flume::Receiver<Outgoing>) {
     // The connection `client` is of.
     let mut connection = 0;
-    while let Some(item) = queue.recv().await {
+    while let Ok(item) = queue.recv_async().await {
         let park = matches!(item, Outgoing::Park);
+        // Whether it was sent (not the client's error, hundreds of bytes,
+        // which the task would keep across the awaits below).
         let sent = match item {
-            Outgoing::Ack(packet, on) if on == connection => client.ack(&packet).await,
+            Outgoing::Ack(packet, on) if on == connection => ack(&client, &packet).await.is_ok(),
             // An earlier connection's packet id names nothing, or another
             // message, on this one; the broker sent that message again.
-            Outgoing::Ack(..) => Ok(()),
-            Outgoing::Command(command) => publish(&client, *command).await,
-            Outgoing::Park => client.disconnect().await,
+            Outgoing::Ack(..) => true,
+            Outgoing::Command(command) => publish(&client, *command).await.is_ok(),
+            Outgoing::Park => Box::pin(client.disconnect()).await.is_ok(),
+            Outgoing::Client(next) => {
+                (client, connection) = (next, connection + 1);
+                true
+            }
             Outgoing::Disconnect => {
-                let _ = client.disconnect().await;
+                let _ = Box::pin(client.disconnect()).await;
                 break;
             }
         };
         // A client refuses once its event loop is gone: its session parked
         // (perhaps before this queue reached the park) or ended.
-        if park || sent.is_err() {
+        if park || !sent {
             drop(client);
-            match reopened(&mut queue, &mut clients).await {
+            match reopened(&queue).await {
                 Some(next) => {
                     client = next;
                     connection += 1;
@@ -308,25 +313,17 @@ async fn drain(
 }
 
 /// The client of a parked session's next connection, once there is one,
-/// with the commands queued meanwhile sent on it; `None` once the session
-/// or its link has ended.
-async fn reopened(
-    queue: &mut mpsc::UnboundedReceiver<Outgoing>,
-    clients: &mut mpsc::UnboundedReceiver<AsyncClient>,
-) -> Option<AsyncClient> {
+/// with the commands queued meanwhile sent on it; `None` once the link has
+/// ended.
+async fn reopened(queue: &flume::Receiver<Outgoing>) -> Option<AsyncClient> {
     let mut held = Vec::new();
     let client = loop {
-        tokio::select! {
-            // A new connection's client always comes before the first
-            // acknowledgement of a message it received.
-            biased;
-            client = clients.recv() => break client?,
-            item = queue.recv() => match item? {
-                Outgoing::Command(command) => held.push(command),
-                // The old connection's: the broker sends them again.
-                Outgoing::Ack(..) | Outgoing::Park => {}
-                Outgoing::Disconnect => return None,
-            },
+        match queue.recv_async().await.ok()? {
+            Outgoing::Client(client) => break client,
+            Outgoing::Command(command) => held.push(command),
+            // The old connection's: the broker sends them again.
+            Outgoing::Ack(..) | Outgoing::Park => {}
+            Outgoing::Disconnect => return None,
         }
     };
     for command in held {
@@ -335,14 +332,27 @@ async fn reopened(
     Some(client)
 }
 
+// The drain's future, kept by every twin, is as large as the largest one
+// it awaits, and the client's own futures are hundreds of bytes: they are
+// boxed, and an acknowledgement awaits one only when the client's request
+// queue is full.
+
+/// Acknowledges `packet` on `client`.
+async fn ack(client: &AsyncClient, packet: &Publish) -> Result<(), rumqttc::v5::ClientError> {
+    // (Not a match: its scrutinee, the refused request, would be kept
+    // across the await.)
+    if client.try_ack(packet).is_ok() {
+        return Ok(());
+    }
+    Box::pin(client.ack(packet)).await
+}
+
 /// Publishes a command to the device (QoS 1).
 async fn publish(
     client: &AsyncClient,
     (topic, payload): (String, Vec<u8>),
 ) -> Result<(), rumqttc::v5::ClientError> {
-    client
-        .publish(topic, QoS::AtLeastOnce, false, payload)
-        .await
+    Box::pin(client.publish(topic, QoS::AtLeastOnce, false, payload)).await
 }
 
 /// Current time in µs since the Unix epoch.
@@ -438,8 +448,7 @@ pub fn connect(
         qos,
         max_payload,
     } = subscription;
-    let options = options(broker, client_id, false);
-    let (client, eventloop) = client(options.clone(), SESSION_REQUESTS);
+    let (client, eventloop) = client(options(broker, client_id, false), SESSION_REQUESTS);
     let qos = if qos == 0 {
         QoS::AtMostOnce
     } else {
@@ -447,14 +456,14 @@ pub fn connect(
     };
     let (subscribed, confirmed) = std::sync::mpsc::channel();
     let (wanted, wanted_rx) = tokio::sync::watch::channel(Wanted::Open);
-    let (clients, next_clients) = mpsc::unbounded_channel();
+    let outgoing = flume::unbounded();
     let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let session = Session {
         wanted: wanted_rx,
         connection: 0,
         client: Some(client.clone()),
-        clients,
-        options,
+        outgoing: outgoing.0.clone(),
+        broker: broker.clone(),
         topics,
         qos,
         inbound,
@@ -462,8 +471,9 @@ pub fn connect(
         client_id: client_id.to_string(),
         subscribed: Some(subscribed),
         connected: Counted::new(connected, up.clone()),
+        backoff: FIRST_BACKOFF,
     };
-    let session = tokio::spawn(session.drive(Box::new(eventloop))).abort_handle();
+    let session = tokio::spawn(Box::new(session).drive(Box::new(eventloop))).abort_handle();
     if subscribing == Subscribing::Confirmed && confirmed.recv_timeout(SUBSCRIBE_WAIT).is_err() {
         tracing::warn!(
             client = %client_id,
@@ -471,7 +481,7 @@ pub fn connect(
             "the broker has not confirmed the subscription yet; still trying"
         );
     }
-    Ok(Link::new(client, wanted, session, next_clients, up))
+    Ok(Link::new(client, outgoing, wanted, session, up))
 }
 
 /// Requests a twin's session may have waiting for its event loop.
@@ -557,10 +567,11 @@ pub async fn forget_session(broker: BrokerAddress, client_id: String) {
 struct Session<D> {
     /// The client of the current connection; none while parked.
     client: Option<AsyncClient>,
-    /// Where the client of each new connection goes (the link's sender).
-    clients: mpsc::UnboundedSender<AsyncClient>,
-    /// How to connect again after parking.
-    options: MqttOptions,
+    /// Where the client of each new connection goes: the link's queue.
+    outgoing: flume::Sender<Outgoing>,
+    /// Where to connect again after parking. (Not the client's options,
+    /// which take hundreds of bytes more, every sleeping twin.)
+    broker: BrokerAddress,
     topics: Vec<String>,
     qos: QoS,
     inbound: D,
@@ -575,7 +586,14 @@ struct Session<D> {
     connection: u32,
     /// Whether it is connected, counted in the node's gauge.
     connected: Counted,
+    /// How long to wait before connecting again after a failure.
+    backoff: Duration,
 }
+
+/// The wait after a first connection failure; it doubles with each one
+/// after, up to [`LAST_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const LAST_BACKOFF: Duration = Duration::from_secs(10);
 
 /// What a session does next. (Not boxed: it lives for one turn of the
 /// loop, and a box would cost every event an allocation.)
@@ -586,6 +604,24 @@ enum Step {
     /// Park, as its link wants.
     Park,
     /// End, as its link wants.
+    End,
+}
+
+/// What a session does about a [`Step`]: small, so that what it awaits
+/// meanwhile does not keep the step's event (hundreds of bytes) in the
+/// task's future, which every twin has.
+enum Then {
+    /// Wait for the next step.
+    Next,
+    /// Subscribe to its topics (connected).
+    Subscribe,
+    /// Hand a message to the twin.
+    Deliver(Box<Inbound>),
+    /// Wait before connecting again.
+    Retry,
+    /// Disconnected on purpose: drop the connection and wait to open again.
+    Reopen,
+    /// End.
     End,
 }
 
@@ -676,8 +712,9 @@ impl<D: Deliver> Session<D> {
         if wanted == Wanted::Closed {
             return None;
         }
-        let (client, eventloop) = client(self.options.clone(), SESSION_REQUESTS);
-        self.clients.send(client.clone()).ok()?;
+        let options = options(&self.broker, &self.client_id, false);
+        let (client, eventloop) = client(options, SESSION_REQUESTS);
+        self.outgoing.send(Outgoing::Client(client.clone())).ok()?;
         self.client = Some(client);
         self.connection += 1;
         Some(Box::new(eventloop))
@@ -710,63 +747,85 @@ impl<D: Deliver> Session<D> {
         })
     }
 
-    /// Drives the session until it ends. (The event loop comes boxed: an
-    /// async fn's future keeps its arguments twice, and this one is every
-    /// twin's.)
-    async fn drive(mut self, mut eventloop: Box<EventLoop>) {
-        let client_id = self.client_id.clone();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let event = match self.next(&mut eventloop).await {
-                // Only a parking or closing link asks for a disconnection.
-                Step::Park | Step::Event(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => {
-                    drop(eventloop);
-                    match Box::pin(self.reopen()).await {
-                        Some(next) => eventloop = next,
-                        None => return,
-                    }
-                    continue;
+    /// What to do about `step`. (Not async: see [`Then`].)
+    fn then(&mut self, step: Step) -> Then {
+        let event = match step {
+            // Only a parking or closing link asks for a disconnection.
+            Step::Park | Step::Event(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => {
+                return Then::Reopen;
+            }
+            Step::Event(event) => event,
+            Step::End => return Then::End,
+        };
+        match event {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                self.connected.set(true);
+                self.backoff = FIRST_BACKOFF;
+                tracing::info!(client = %self.client_id, "connected to the broker");
+                Then::Subscribe
+            }
+            Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                self.confirm();
+                Then::Next
+            }
+            Ok(Event::Incoming(Incoming::Publish(publish))) => Then::Deliver(self.inbound(publish)),
+            Ok(_) => Then::Next,
+            Err(e) => {
+                self.connected.set(false);
+                if self.inbound.is_closed() || self.wanted() == Wanted::Closed {
+                    return Then::End;
                 }
-                Step::Event(event) => event,
-                Step::End => break,
-            };
-            match event {
-                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    self.connected.set(true);
-                    backoff = Duration::from_millis(100);
-                    tracing::info!(client = %client_id, "connected to the broker");
+                tracing::warn!(
+                    client = %self.client_id,
+                    "broker connection lost: {e}; retrying in {:?}",
+                    self.backoff
+                );
+                Then::Retry
+            }
+        }
+    }
+
+    /// Drives the session until it ends. (The session and its event loop
+    /// come boxed: an async fn's future keeps its arguments twice, and this
+    /// one is every twin's.)
+    async fn drive(mut self: Box<Self>, mut eventloop: Box<EventLoop>) {
+        loop {
+            let step = self.next(&mut eventloop).await;
+            match self.then(step) {
+                Then::Next => {}
+                Then::Subscribe => {
                     let filters = self.topics.iter().map(|t| Filter::new(t.clone(), self.qos));
                     if let Some(client) = &self.client {
                         // Boxed, as the other rare steps: see `Session::next`.
                         if let Err(e) = Box::pin(client.subscribe_many(filters)).await {
-                            tracing::warn!(client = %client_id, "cannot subscribe: {e}");
+                            tracing::warn!(client = %self.client_id, "cannot subscribe: {e}");
                         }
                     }
                 }
-                Ok(Event::Incoming(Incoming::SubAck(_))) => self.confirm(),
-                Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                    let message = self.inbound(publish);
+                Then::Deliver(message) => {
                     // A full queue holds the event loop, and with it the TCP
                     // connection: the broker keeps the rest.
                     if self.inbound.deliver(message).await.is_err() {
                         return; // the twin is gone
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    self.connected.set(false);
-                    if self.inbound.is_closed() || self.wanted() == Wanted::Closed {
-                        return;
-                    }
-                    tracing::warn!(client = %client_id, "broker connection lost: {e}; retrying in {backoff:?}");
+                Then::Retry => {
                     // Waits out the backoff, or less should the link want
                     // something else meanwhile (`next` looks).
-                    let _ = tokio::time::timeout(backoff, self.wanted.changed()).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    let _ = tokio::time::timeout(self.backoff, self.wanted.changed()).await;
+                    self.backoff = (self.backoff * 2).min(LAST_BACKOFF);
                 }
+                Then::Reopen => {
+                    drop(eventloop);
+                    match Box::pin(self.reopen()).await {
+                        Some(next) => eventloop = next,
+                        None => return,
+                    }
+                }
+                Then::End => break,
             }
         }
-        tracing::debug!(client = %client_id, "session closed while not connected");
+        tracing::debug!(client = %self.client_id, "session closed while not connected");
     }
 }
 
@@ -781,6 +840,38 @@ mod tests {
     fn a_twins_queues_have_small_slots() {
         assert!(size_of::<Box<Inbound>>() <= 8);
         assert!(size_of::<Outgoing>() <= 16, "{}", size_of::<Outgoing>());
+    }
+
+    /// Every twin, asleep too, keeps its session's task and its link's
+    /// sending task, each as large as the largest state of its future: an
+    /// event or a client's future kept across an await made them 2.7 KiB
+    /// and 1 KiB.
+    #[tokio::test]
+    async fn a_twins_session_tasks_are_small() {
+        let broker: BrokerAddress = "mqtt://127.0.0.1:1".parse().unwrap();
+        let (client, eventloop) = client(options(&broker, "small", false), 1);
+        let (outgoing, queue) = flume::unbounded();
+        let (_wanted, wanted) = tokio::sync::watch::channel(Wanted::Open);
+        let (inbound, _keep) = mpsc::channel::<Box<Inbound>>(1);
+        let session = Session {
+            wanted,
+            connection: 0,
+            client: Some(client.clone()),
+            outgoing,
+            broker,
+            topics: vec!["t".into()],
+            qos: QoS::AtLeastOnce,
+            inbound,
+            max_payload: 1024,
+            client_id: "small".into(),
+            subscribed: None,
+            connected: Counted::new(Gauge::default(), Default::default()),
+            backoff: FIRST_BACKOFF,
+        };
+        let drive = Box::new(session).drive(Box::new(eventloop));
+        assert!(size_of_val(&drive) <= 640, "{}", size_of_val(&drive));
+        let drain = drain(client, queue);
+        assert!(size_of_val(&drain) <= 384, "{}", size_of_val(&drain));
     }
 
     /// A closed twin's session stops even when its broker cannot be

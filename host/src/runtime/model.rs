@@ -1,6 +1,8 @@
 //! A running instance of a twin's model component, and the calls the host
 //! makes into it, each bounded by the twin's [`Limits`].
 
+use std::sync::{Arc, OnceLock};
+
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::Value;
@@ -21,6 +23,9 @@ use crate::digest::Digest;
 pub struct ModelComponent {
     digest: Digest,
     pre: ModelPre<GuestState>,
+    /// What the model offers, asked of its first instance (see
+    /// [`ModelComponent::description`]); shared by its clones.
+    described: Arc<OnceLock<Arc<Description>>>,
 }
 
 impl ModelComponent {
@@ -41,12 +46,38 @@ impl ModelComponent {
             .with_context(|| {
                 format!("component {digest} is not a wasmtwin model (world wasmtwin:twin/model)")
             })?;
-        Ok(Self { digest, pre })
+        Ok(Self {
+            digest,
+            pre,
+            described: Arc::default(),
+        })
     }
 
     /// The digest of the component's bytes.
     pub fn digest(&self) -> Digest {
         self.digest
+    }
+
+    /// What the model offers, asked of `instance` (one of this component's)
+    /// only if no instance was asked before. `describe` takes no
+    /// configuration, so every instance of a component gives the same
+    /// answer; asking once spares every instance made after (a wake-up, a
+    /// recovery) a guest call, and lets every twin of a component share one
+    /// description, which takes about 2 KiB.
+    pub async fn description(
+        &self,
+        instance: &mut ModelInstance,
+    ) -> Result<Arc<Description>, GuestError> {
+        if let Some(known) = self.described.get() {
+            return Ok(known.clone());
+        }
+        let description = Arc::new(instance.describe().await?);
+        Ok(self.described.get_or_init(|| description).clone())
+    }
+
+    /// What the model offers, if an instance was asked already.
+    pub fn known_description(&self) -> Option<Arc<Description>> {
+        self.described.get().cloned()
     }
 }
 
