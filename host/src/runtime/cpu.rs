@@ -663,11 +663,7 @@ mod tests {
     #[test]
     fn calibrated_seconds_approximate_the_cpu_time_of_the_prime_model() {
         use crate::runtime::{Limits, ModelInstance, Update};
-        let runtime = Runtime::new(super::super::RuntimeConfig {
-            fuel: true,
-            cache_dir: None,
-        })
-        .unwrap();
+        let runtime = Runtime::for_tests();
         let per_second = calibrate(&runtime).unwrap();
         let prime = runtime
             .load_model(&wasmtwin_tests::plugin_bytes("prime"))
@@ -711,11 +707,7 @@ mod tests {
     #[tokio::test]
     async fn a_paused_call_still_ends_at_its_deadline() {
         use crate::runtime::{Failure, Limits, ModelInstance, Update};
-        let runtime = Runtime::new(super::super::RuntimeConfig {
-            fuel: true,
-            cache_dir: None,
-        })
-        .unwrap();
+        let runtime = Runtime::for_tests();
         let looping = runtime
             .load_model(&wasmtwin_tests::plugin_bytes("misbehave"))
             .unwrap();
@@ -754,11 +746,7 @@ mod tests {
 
     #[test]
     fn the_calibration_loop_is_a_valid_module_and_calibrates() {
-        let runtime = Runtime::new(super::super::RuntimeConfig {
-            fuel: true,
-            cache_dir: None,
-        })
-        .unwrap();
+        let runtime = Runtime::for_tests();
         let fuel_per_second = calibrate(&runtime).unwrap();
         eprintln!("fuel per CPU-second: {fuel_per_second}");
         // Any machine this runs on does between 10 million and 100 billion

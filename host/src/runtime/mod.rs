@@ -95,6 +95,19 @@ struct Linked {
     adapters: HashMap<Digest, AdapterComponent>,
 }
 
+#[cfg(test)]
+impl Runtime {
+    /// A runtime that meters fuel, as a node's does, with no component
+    /// cache on disk: what unit tests run guests on.
+    pub(crate) fn for_tests() -> Self {
+        Self::new(RuntimeConfig {
+            fuel: true,
+            cache_dir: None,
+        })
+        .expect("a runtime")
+    }
+}
+
 impl Runtime {
     /// Builds the engine and starts the epoch ticker that enforces deadlines.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {

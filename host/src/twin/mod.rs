@@ -362,18 +362,13 @@ fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::RuntimeConfig;
 
     /// Every twin of a component shares one description, asked of the
     /// guest once: a copy each was 2 KiB a sleeping twin, and a guest call
     /// every wake-up.
     #[tokio::test]
     async fn twins_of_one_component_share_its_description() {
-        let runtime = Runtime::new(RuntimeConfig {
-            fuel: true,
-            cache_dir: None,
-        })
-        .unwrap();
+        let runtime = Runtime::for_tests();
         let machine = runtime
             .load_model(&wasmtwin_tests::plugin_bytes("machine"))
             .unwrap();
