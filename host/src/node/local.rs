@@ -17,8 +17,10 @@ pub const COMPONENT_MAX: u64 = 64 << 20;
 
 /// The directories local component references may name.
 pub struct ComponentDirs {
-    /// Each directory as given (canonical), and its capability.
-    dirs: Vec<(PathBuf, Dir)>,
+    /// Each directory: the paths that name it (as given, made absolute,
+    /// and canonical, which differ when a symbolic link leads to it), and
+    /// its capability.
+    dirs: Vec<([PathBuf; 2], Dir)>,
 }
 
 impl ComponentDirs {
@@ -30,9 +32,11 @@ impl ComponentDirs {
                 let canonical = path
                     .canonicalize()
                     .with_context(|| format!("component directory {}", path.display()))?;
+                let given = std::path::absolute(path)
+                    .with_context(|| format!("component directory {}", path.display()))?;
                 let dir = Dir::open_ambient_dir(&canonical, cap_std::ambient_authority())
                     .with_context(|| format!("opening component directory {}", path.display()))?;
-                Ok((canonical, dir))
+                Ok(([given, canonical], dir))
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self { dirs })
@@ -51,10 +55,10 @@ impl ComponentDirs {
         let path = std::env::current_dir()
             .context("the node's working directory")?
             .join(reference);
-        for (root, dir) in &self.dirs {
+        for (roots, dir) in &self.dirs {
             // The rest of the path is opened through the capability, which
             // refuses any `..` or link that would leave it.
-            let Ok(inside) = path.strip_prefix(root) else {
+            let Some(inside) = roots.iter().find_map(|root| path.strip_prefix(root).ok()) else {
                 continue;
             };
             // Looked at before it is opened: opening a FIFO would wait for
@@ -85,7 +89,7 @@ impl ComponentDirs {
         let allowed: Vec<String> = self
             .dirs
             .iter()
-            .map(|(root, _)| root.display().to_string())
+            .map(|([given, _], _)| given.display().to_string())
             .collect();
         bail!(
             "{reference} is not inside a directory this node loads components from ({})",
@@ -144,5 +148,29 @@ mod tests {
         let none = ComponentDirs::open(&[]).unwrap();
         let err = none.read("m.wasm").unwrap_err();
         assert!(err.to_string().contains("--component-dir"), "{err}");
+    }
+
+    /// A directory given through a symbolic link (a symlinked checkout, or
+    /// macOS's `/tmp`) serves the paths a user types under that link: only
+    /// its canonical path did, so every such reference was refused.
+    #[test]
+    fn defect_18_a_component_dir_reached_through_a_link_serves_paths_under_the_link() {
+        let root = tempfile::tempdir().unwrap();
+        let real = root.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("m.wasm"), b"component").unwrap();
+        std::fs::write(root.path().join("secret"), b"secret").unwrap();
+        let alias = root.path().join("alias");
+        std::os::unix::fs::symlink(&real, &alias).unwrap();
+        let dirs = ComponentDirs::open(std::slice::from_ref(&alias)).unwrap();
+        for path in [
+            alias.join("m.wasm"),
+            real.canonicalize().unwrap().join("m.wasm"),
+        ] {
+            let reference = path.to_str().unwrap();
+            assert_eq!(dirs.read(reference).expect(reference), b"component");
+        }
+        let escape = format!("{}/../secret", alias.display());
+        assert!(dirs.read(&escape).is_err(), "{escape} was read");
     }
 }
