@@ -252,10 +252,14 @@ fn a_restarted_node_serves_its_sleeping_twins_without_waking_them() {
     assert!(td.contains("\"reset\""), "{td}");
     assert_eq!(metric(&site, "wasmtwin_node_twins_hibernating"), 1.0);
     assert_eq!(metric(&site, "wasmtwin_node_wake_seconds_count"), 0.0);
-    // Its broker session comes back in the background, asleep or not.
+    // Its broker session connects once in the background, in its turn,
+    // finds nothing waiting and parks again.
     wait_for(
-        || metric(&site, "wasmtwin_node_broker_sessions_connected") == 1.0,
-        "the twin's broker session to reconnect",
+        || {
+            metric(&site, "wasmtwin_node_broker_sessions_resuming") == 0.0
+                && metric(&site, "wasmtwin_node_broker_sessions_connected") == 0.0
+        },
+        "the twin's broker session to collect and park again",
     );
 
     // Its first messages wake it with the state it had.
@@ -432,4 +436,63 @@ fn a_rung_twin_parks_again_only_once_its_session_is_back() {
     );
     let twin = site.twin("motor");
     assert_eq!(twin["properties"]["alarms"]["value"], 1, "{twin}");
+}
+
+/// A restarted node used to connect every twin's session at once, asleep
+/// or not, and keep it connected until the twin was idle again: a node
+/// holding more sleeping twins than it may open files ran out of them (its
+/// sessions failing and retrying, its API refusing connections). Now the
+/// sessions of twins resumed asleep connect a few at a time, each collects
+/// what its broker kept and parks again; only a twin with something
+/// waiting stays connected, awake.
+#[test]
+fn defect_19_a_node_with_more_sleeping_twins_than_files_restarts_collecting_them_in_turn() {
+    const TWINS: usize = 300;
+    let mut site = Site::start(&["--hibernate-after", "200ms"]);
+    for i in 0..TWINS {
+        created(&site, &format!("m{i}"), &machine_spec(&format!("m{i}")));
+    }
+    wait_for(
+        || {
+            metric(&site, "wasmtwin_node_twins_hibernating") == TWINS as f64
+                && metric(&site, "wasmtwin_node_broker_sessions_connected") == 0.0
+        },
+        "every twin to sleep with its session parked",
+    );
+    // The checkpoints they fell asleep on reach the disk.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = site.node.child.kill();
+    let _ = site.node.child.wait();
+
+    // While the node is down, the broker keeps m7's reading for it.
+    site.publish("dev/m7", &[reading(1, 96.0)]);
+    // 192 open files, for 300 twins.
+    site.restart_under(
+        &["prlimit", "--nofile=192:192", "--"],
+        &["--hibernate-after".into(), "1h".into()],
+    );
+    wait_for(
+        || metric(&site, "wasmtwin_node_broker_sessions_resuming") == 0.0,
+        "every session to connect once and collect",
+    );
+    wait_for(
+        || site.twin("m7")["lastSeq"] == 1,
+        "m7 to collect the reading kept for it",
+    );
+    assert_eq!(site.twin("m7")["properties"]["alarms"]["value"], 1);
+    // Only m7, awake, keeps its connection; the rest parked again.
+    wait_for(
+        || metric(&site, "wasmtwin_node_broker_sessions_connected") == 1.0,
+        "the sessions with nothing waiting to park again",
+    );
+    assert_eq!(
+        metric(&site, "wasmtwin_node_twins_hibernating"),
+        (TWINS - 1) as f64
+    );
+    // A parked one is rung by its doorbell, as any sleeping twin.
+    site.publish("dev/m250", &[reading(1, 20.0)]);
+    wait_for(
+        || site.twin("m250")["lastSeq"] == 1,
+        "m250 to be rung and apply its reading",
+    );
 }

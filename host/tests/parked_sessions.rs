@@ -2,7 +2,8 @@
 //! embedded broker and Mosquitto: what arrived meanwhile comes on the next
 //! connection, and an acknowledgement goes only on the connection its
 //! message came on (a packet id of an earlier one names nothing there, or
-//! another message).
+//! another message); and the doorbell that rings parked twins listens for
+//! every one of many falling asleep at once.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use prometheus_client::metrics::gauge::Gauge;
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 use tokio::sync::mpsc;
+use wasmtwin::physical::doorbell::Doorbell;
 use wasmtwin::physical::{self, BrokerAddress, Inbound, Link, Subscribing, Subscription};
 use wasmtwin_tests::servers::{Mosquitto, free_port};
 
@@ -129,12 +131,45 @@ async fn parked_sessions_keep_every_message_and_ack_on_their_own_connection(port
     link.close();
 }
 
+/// Many twins fall asleep, or resume asleep, at the same moment: each
+/// listens at the doorbell, and each must be told the broker's word. The
+/// doorbell's client numbered its subscriptions with the packet ids of a
+/// twin's session, which start again after 16: the 17th took the first's
+/// id, and the first was told the connection was lost (its twin then kept
+/// its session connected). More than the client's queue of requests (1024)
+/// listen here, all at once, and each is rung by its own topic.
+async fn every_twin_falling_asleep_at_once_is_listened_for(port: u16) {
+    const TWINS: usize = 1500;
+    let broker: BrokerAddress = format!("mqtt://127.0.0.1:{port}").parse().unwrap();
+    let doorbell = Doorbell::start(&broker, &format!("bell-{port}"));
+    let listening = (0..TWINS).map(|i| {
+        let doorbell = doorbell.clone();
+        tokio::spawn(async move { doorbell.listen(&[format!("twin/{i}")]).await })
+    });
+    let mut listeners = Vec::new();
+    for (i, listened) in futures_util::future::join_all(listening)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let listener = listened.unwrap();
+        listeners.push(listener.unwrap_or_else(|e| panic!("twin {i} is not listened for: {e:#}")));
+    }
+    tokio::task::spawn_blocking(move || publish(port, "twin/1234", b"wake"))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), listeners[1234].rung())
+        .await
+        .expect("twin 1234's bell to ring");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn on_the_embedded_broker() {
     let port = free_port();
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wasmtwin::broker::start(listen).expect("the embedded broker");
     parked_sessions_keep_every_message_and_ack_on_their_own_connection(port).await;
+    every_twin_falling_asleep_at_once_is_listened_for(port).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,4 +177,5 @@ async fn on_the_embedded_broker() {
 async fn on_mosquitto() {
     let broker = Mosquitto::start();
     parked_sessions_keep_every_message_and_ack_on_their_own_connection(broker.port).await;
+    every_twin_falling_asleep_at_once_is_listened_for(broker.port).await;
 }

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub wake_seconds: Histogram,
     /// The node's MQTT sessions connected to their broker now.
     pub broker_sessions: Gauge,
+    /// Sessions of twins resumed asleep that have yet to connect once.
+    pub sessions_resuming: Gauge,
 }
 
 /// A per-twin family, as far as forgetting a twin goes.
@@ -146,6 +148,12 @@ impl Default for Metrics {
             "broker_sessions_connected",
             "MQTT sessions connected to their broker now: one per twin, and one more for each lost node's backlog being adopted",
             broker_sessions.clone(),
+        );
+        let sessions_resuming = Gauge::default();
+        node.register(
+            "broker_sessions_resuming",
+            "Sessions of twins resumed asleep after a restart that have yet to connect once, a few at a time, to collect what their broker kept for them",
+            sessions_resuming.clone(),
         );
         let (timeliness, model_seconds) = (
             Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -251,6 +259,7 @@ impl Default for Metrics {
             hibernating,
             wake_seconds,
             broker_sessions,
+            sessions_resuming,
         }
     }
 }

@@ -301,7 +301,14 @@ pub struct Node {
     /// The doorbell of each broker whose twins sleep with their sessions
     /// parked, by address.
     doorbells: Mutex<HashMap<(String, u16), Doorbell>>,
+    /// Turns to connect for the sessions of twins resumed asleep.
+    resuming: physical::Resuming,
 }
+
+/// Sessions of twins resumed asleep that connect at once to collect what
+/// their broker kept: enough to keep a broker on loopback busy, and far
+/// below any limit on open files.
+const RESUMING_AT_ONCE: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -331,6 +338,7 @@ impl Node {
                 measured
             }
         };
+        let metrics = Arc::new(Metrics::default());
         Ok(Self {
             local: local::ComponentDirs::open(&config.component_dirs)?,
             config,
@@ -338,7 +346,8 @@ impl Node {
             workers: workers.handle().clone(),
             _workers: WorkerRuntime(Some(workers)),
             store,
-            metrics: Arc::new(Metrics::default()),
+            resuming: physical::Resuming::new(RESUMING_AT_ONCE, metrics.sessions_resuming.clone()),
+            metrics,
             fuel_per_cpu_second,
             twins: Mutex::new(HashMap::new()),
             moved: Mutex::new(HashMap::new()),
@@ -383,11 +392,15 @@ impl Node {
                 .and_then(|spec| {
                     let components = self.components_once(&spec, &mut loaded)?;
                     let prepared = self.prepare_with(&spec, components, Origin::Saved(saved))?;
-                    let subscribing = if self.config.broker_keeps_sessions {
+                    let asleep = matches!(prepared.twin, Start::Asleep(_));
+                    let subscribing = if !self.config.broker_keeps_sessions {
+                        Subscribing::Confirmed
+                    } else if asleep && self.bell_of(&spec).is_some() {
+                        // Its session connects in its turn and parks again.
+                        Subscribing::Parked(self.resuming.clone())
+                    } else {
                         // The broker kept its session, subscription included.
                         Subscribing::InBackground
-                    } else {
-                        Subscribing::Confirmed
                     };
                     let session = self.connect(&spec, subscribing)?;
                     Ok(self.start(&spec, prepared, session, None))

@@ -397,8 +397,12 @@ impl Worker {
             None => None,
         };
         let mut handover: Option<Handover> = None;
-        // Where the twin listens while its session is parked (asleep).
-        let mut parked: Option<Listener> = None;
+        // Where the twin listens while its session is parked (asleep). A
+        // twin resumed asleep starts there, once it has collected.
+        let mut parked: Option<Listener> = match live {
+            Some(_) => None,
+            None => Box::pin(self.collect()).await,
+        };
         loop {
             // Idle, an awake twin sleeps, and a sleeping one parks its session.
             let idle = self
@@ -451,7 +455,10 @@ impl Worker {
                 }
                 // A message over its maxPayload needs nothing of the twin,
                 // awake or asleep: a flood of them wakes nothing.
+                // (A session that brought one is connected: unparked, it
+                // parks again once idle, as any other.)
                 (Job::Message(message), ..) if message.oversized.is_some() => {
+                    self.unpark(&mut parked);
                     self.drop_oversized(*message);
                     continue;
                 }
@@ -563,6 +570,33 @@ impl Worker {
             }
             Err(e) => {
                 tracing::warn!(twin = %self.name, "the session stays connected while the twin sleeps: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// Lets the session of a twin resumed asleep collect what its broker
+    /// kept while the node was down, once the doorbell listens for the
+    /// twin (so that nothing published after the collection goes
+    /// unnoticed); the listener, `None` when the session was not waiting
+    /// parked. Should the doorbell not listen, the session connects and
+    /// stays so until the twin is idle.
+    async fn collect(&self) -> Option<Listener> {
+        if !self.link.is_parked() {
+            return None;
+        }
+        let listening = match &self.bell {
+            Some(bell) => bell.doorbell.listen(&bell.topics).await,
+            None => Err(anyhow::anyhow!("the twin has no doorbell")),
+        };
+        match listening {
+            Ok(listener) => {
+                self.link.collect();
+                Some(listener)
+            }
+            Err(e) => {
+                tracing::warn!(twin = %self.name, "the session connects and stays so: {e:#}");
+                self.link.unpark();
                 None
             }
         }

@@ -18,7 +18,7 @@ use anyhow::bail;
 use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::{QoS, matches};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, Incoming};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 
 use super::BrokerAddress;
 
@@ -27,6 +27,11 @@ const LISTEN_WAIT: Duration = Duration::from_secs(5);
 
 /// Subscriptions or unsubscriptions that may wait for the connection.
 const REQUESTS: usize = 1024;
+
+/// Listeners that may wait for the broker's word at once; the others wait
+/// their turn. A quarter of the requests, so that unsubscriptions, which
+/// cannot wait, find room.
+const LISTENING_AT_ONCE: usize = REQUESTS / 4;
 
 /// Filters per SUBSCRIBE when the doorbell listens again for everyone.
 const FILTERS_PER_SUBSCRIBE: usize = 512;
@@ -38,6 +43,9 @@ pub struct Doorbell(Arc<Shared>);
 struct Shared {
     client: AsyncClient,
     listening: Arc<Mutex<Listening>>,
+    /// Turns to subscribe: many twins fall asleep, or resume asleep, at
+    /// the same moment, more than the client's requests can hold.
+    turns: Semaphore,
     /// The task driving the connection, which ends with the doorbell.
     task: tokio::task::AbortHandle,
 }
@@ -59,8 +67,14 @@ struct Listening {
     /// Subscriptions sent, in order, until the client numbers them; `None`
     /// for those nobody waits on.
     unnumbered: VecDeque<Option<oneshot::Sender<bool>>>,
-    /// Subscriptions numbered and not yet confirmed.
-    numbered: HashMap<u16, oneshot::Sender<bool>>,
+    /// Subscriptions numbered and not yet confirmed, by packet id, in the
+    /// order sent. The client numbers from 1 again past its limit of
+    /// messages in flight (16, or less if the broker says so), with its
+    /// subscriptions and unsubscriptions too, so that many listeners
+    /// waiting at once share ids; a broker answers them in turn. (Keyed by
+    /// id alone, the 17th listener took the first's place, and the first
+    /// was told the connection was lost.)
+    numbered: HashMap<u16, VecDeque<oneshot::Sender<bool>>>,
     next_id: u64,
     /// Whether the doorbell was connected before (a new connection has
     /// lost every subscription of the last one, and perhaps rings).
@@ -156,13 +170,16 @@ impl Doorbell {
         Self(Arc::new(Shared {
             client,
             listening,
+            turns: Semaphore::new(LISTENING_AT_ONCE),
             task,
         }))
     }
 
     /// Listens on `topics` until the listener is dropped, once the broker
     /// has confirmed: from then on, anything published on them rings it.
+    /// Waits its turn first when many listen at once.
     pub async fn listen(&self, topics: &[String]) -> anyhow::Result<Listener> {
+        let _turn = self.0.turns.acquire().await?;
         let bell = Arc::new(Notify::new());
         let (confirmed, confirmation) = oneshot::channel();
         let id = {
@@ -251,11 +268,28 @@ async fn drive(
             Ok(Event::Outgoing(rumqttc::Outgoing::Subscribe(pkid))) => {
                 let mut listening = lock(&listening);
                 if let Some(Some(waiting)) = listening.unnumbered.pop_front() {
-                    listening.numbered.insert(pkid, waiting);
+                    listening
+                        .numbered
+                        .entry(pkid)
+                        .or_default()
+                        .push_back(waiting);
                 }
             }
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                if let Some(waiting) = lock(&listening).numbered.remove(&ack.pkid) {
+                let waiting = {
+                    let mut listening = lock(&listening);
+                    let same_id = listening.numbered.get_mut(&ack.pkid);
+                    let first = same_id.and_then(VecDeque::pop_front);
+                    if listening
+                        .numbered
+                        .get(&ack.pkid)
+                        .is_some_and(VecDeque::is_empty)
+                    {
+                        listening.numbered.remove(&ack.pkid);
+                    }
+                    first
+                };
+                if let Some(waiting) = waiting {
                     let granted = ack
                         .return_codes
                         .iter()

@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Publish};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 pub mod doorbell;
 pub mod probe;
@@ -167,6 +167,9 @@ enum Wanted {
     /// Disconnected with its MQTT client dropped, while the broker keeps
     /// the session and what arrives for it.
     Parked,
+    /// Parked, but first connected once, in its turn, to collect what the
+    /// broker kept while the node was down (see [`Subscribing::Parked`]).
+    Collect,
     /// Ended.
     Closed,
 }
@@ -251,8 +254,26 @@ impl Link {
 
     /// Connects a parked session again.
     pub fn unpark(&self) {
+        self.wanted.send_if_modified(|wanted| {
+            replace_if(wanted, Wanted::Parked, Wanted::Open)
+                || replace_if(wanted, Wanted::Collect, Wanted::Open)
+        });
+    }
+
+    /// Whether the session waits, parked, for its twin's word: it was made
+    /// with [`Subscribing::Parked`] and neither collected nor unparked yet.
+    pub fn is_parked(&self) -> bool {
+        *self.wanted.borrow() == Wanted::Parked
+    }
+
+    /// Lets a session made with [`Subscribing::Parked`] connect once, in
+    /// its turn, to collect what its broker kept for it; it parks again as
+    /// soon as the broker has answered its subscription with nothing
+    /// before, and stays connected if something came (until the twin is
+    /// idle and parks it, as any other).
+    pub fn collect(&self) {
         self.wanted
-            .send_if_modified(|wanted| replace_if(wanted, Wanted::Parked, Wanted::Open));
+            .send_if_modified(|wanted| replace_if(wanted, Wanted::Parked, Wanted::Collect));
     }
 
     /// Closes the session, after the acknowledgements and commands queued
@@ -386,7 +407,7 @@ pub struct Subscription {
 }
 
 /// Whether [`connect`] waits for the broker to confirm the subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Subscribing {
     /// Wait: a new session, which misses what is published before.
     Confirmed,
@@ -394,6 +415,57 @@ pub enum Subscribing {
     /// which keeps what is published meanwhile (a node resuming its twins
     /// connects them all at once instead of one round trip each).
     InBackground,
+    /// Don't connect yet: a session the broker already holds, of a twin
+    /// that resumes asleep. It waits parked until [`Link::collect`] (once
+    /// the twin's doorbell listens), then connects when `Resuming` gives
+    /// it a turn, takes what the broker kept, and parks again unless
+    /// something came. A restarted node so connects its sleeping twins a
+    /// few at a time, and its limit on open files bounds only the twins
+    /// awake, not all it holds.
+    Parked(Resuming),
+}
+
+/// Turns to connect for the sessions of twins resumed asleep, and how
+/// many have yet to connect once.
+#[derive(Debug, Clone)]
+pub struct Resuming {
+    turns: std::sync::Arc<Semaphore>,
+    pending: Gauge,
+}
+
+impl Resuming {
+    /// At most `at_once` sessions connecting at once; `pending` counts
+    /// those that have yet to collect.
+    pub fn new(at_once: usize, pending: Gauge) -> Self {
+        Self {
+            turns: std::sync::Arc::new(Semaphore::new(at_once)),
+            pending,
+        }
+    }
+}
+
+/// A session's collection, until its broker has answered its
+/// subscription on its first connection: counted as pending meanwhile.
+struct Collection {
+    resuming: Resuming,
+    /// Its turn to connect, once it has one.
+    turn: Option<OwnedSemaphorePermit>,
+}
+
+impl Collection {
+    fn new(resuming: Resuming) -> Self {
+        resuming.pending.inc();
+        Self {
+            resuming,
+            turn: None,
+        }
+    }
+}
+
+impl Drop for Collection {
+    fn drop(&mut self) {
+        self.resuming.pending.dec();
+    }
 }
 
 /// How long [`connect`] waits for the broker to confirm the subscription
@@ -455,7 +527,11 @@ pub fn connect(
         QoS::AtLeastOnce
     };
     let (subscribed, confirmed) = std::sync::mpsc::channel();
-    let (wanted, wanted_rx) = tokio::sync::watch::channel(Wanted::Open);
+    let (collection, first) = match &subscribing {
+        Subscribing::Parked(resuming) => (Some(Collection::new(resuming.clone())), Wanted::Parked),
+        Subscribing::Confirmed | Subscribing::InBackground => (None, Wanted::Open),
+    };
+    let (wanted, wanted_rx) = tokio::sync::watch::channel(first);
     let outgoing = flume::unbounded();
     let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let session = Session {
@@ -472,9 +548,13 @@ pub fn connect(
         subscribed: Some(subscribed),
         connected: Counted::new(connected, up.clone()),
         backoff: FIRST_BACKOFF,
+        collection,
+        delivered: false,
     };
     let session = tokio::spawn(Box::new(session).drive(Box::new(eventloop))).abort_handle();
-    if subscribing == Subscribing::Confirmed && confirmed.recv_timeout(SUBSCRIBE_WAIT).is_err() {
+    if matches!(subscribing, Subscribing::Confirmed)
+        && confirmed.recv_timeout(SUBSCRIBE_WAIT).is_err()
+    {
         tracing::warn!(
             client = %client_id,
             broker = %format!("{}:{}", broker.host, broker.port),
@@ -588,6 +668,10 @@ struct Session<D> {
     connected: Counted,
     /// How long to wait before connecting again after a failure.
     backoff: Duration,
+    /// Until it has collected what waited (see [`Subscribing::Parked`]).
+    collection: Option<Collection>,
+    /// Whether a message came on the current connection.
+    delivered: bool,
 }
 
 /// The wait after a first connection failure; it doubles with each one
@@ -619,6 +703,8 @@ enum Then {
     Deliver(Box<Inbound>),
     /// Wait before connecting again.
     Retry,
+    /// Park: it collected, and nothing waited.
+    Park,
     /// Disconnected on purpose: drop the connection and wait to open again.
     Reopen,
     /// End.
@@ -683,6 +769,18 @@ impl<D: Deliver> Session<D> {
         loop {
             match self.wanted() {
                 Wanted::Open => {}
+                Wanted::Collect => {
+                    if let Some(collection) = &mut self.collection
+                        && collection.turn.is_none()
+                    {
+                        let turns = collection.resuming.turns.clone();
+                        tokio::select! {
+                            turn = Box::pin(turns.acquire_owned()) => collection.turn = turn.ok(),
+                            // Unparked meanwhile: no need to wait.
+                            _ = self.wanted.changed() => continue,
+                        }
+                    }
+                }
                 Wanted::Parked => return Step::Park,
                 Wanted::Closed => return Step::End,
             }
@@ -704,9 +802,16 @@ impl<D: Deliver> Session<D> {
         if self.wanted() == Wanted::Parked {
             tracing::debug!(client = %self.client_id, "session parked");
         }
+        // A session that still has to collect goes as soon as it may; one
+        // that has, only once unparked.
+        let collecting = self.collection.is_some();
         let wanted = *self
             .wanted
-            .wait_for(|wanted| *wanted != Wanted::Parked)
+            .wait_for(|wanted| match wanted {
+                Wanted::Parked => false,
+                Wanted::Collect => collecting,
+                Wanted::Open | Wanted::Closed => true,
+            })
             .await
             .ok()?;
         if wanted == Wanted::Closed {
@@ -726,6 +831,7 @@ impl<D: Deliver> Session<D> {
         // A message proves the subscription too: a persistent session's
         // backlog may fill the queue before the SUBACK is read.
         self.confirm();
+        self.delivered = true;
         let packet = (publish.qos != QoS::AtMostOnce).then(|| Box::new(publish.clone()));
         let size = publish.payload.len();
         let oversized = (size > self.max_payload).then_some(size);
@@ -760,13 +866,23 @@ impl<D: Deliver> Session<D> {
         match event {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                 self.connected.set(true);
+                self.delivered = false;
                 self.backoff = FIRST_BACKOFF;
                 tracing::info!(client = %self.client_id, "connected to the broker");
                 Then::Subscribe
             }
             Ok(Event::Incoming(Incoming::SubAck(_))) => {
                 self.confirm();
-                Then::Next
+                // The broker sends what it kept for the session as it
+                // connects, before it answers the subscription that
+                // follows: collected. Nothing came, it parks again (the
+                // doorbell listens by now); something did, its twin wakes.
+                let collected = self.collection.take().is_some();
+                if collected && !self.delivered && self.wanted() == Wanted::Collect {
+                    Then::Park
+                } else {
+                    Then::Next
+                }
             }
             Ok(Event::Incoming(Incoming::Publish(publish))) => Then::Deliver(self.inbound(publish)),
             Ok(_) => Then::Next,
@@ -808,6 +924,11 @@ impl<D: Deliver> Session<D> {
                     if self.inbound.deliver(message).await.is_err() {
                         return; // the twin is gone
                     }
+                }
+                Then::Park => {
+                    // Through the link's queue, as its own parking: the
+                    // drain disconnects, and the connection's end reopens.
+                    let _ = self.outgoing.send(Outgoing::Park);
                 }
                 Then::Retry => {
                     // Waits out the backoff, or less should the link want
@@ -867,6 +988,8 @@ mod tests {
             subscribed: None,
             connected: Counted::new(Gauge::default(), Default::default()),
             backoff: FIRST_BACKOFF,
+            collection: None,
+            delivered: false,
         };
         let drive = Box::new(session).drive(Box::new(eventloop));
         assert!(size_of_val(&drive) <= 640, "{}", size_of_val(&drive));

@@ -77,10 +77,16 @@ impl Site {
     /// Kills the node and starts it again on the same data, with `extra`
     /// arguments from now on.
     pub fn restart_with(&mut self, extra: &[String]) {
+        self.restart_under(&[], extra);
+    }
+
+    /// [`Site::restart_with`], the node run by `prefix` (see
+    /// [`Site::start_under`]).
+    pub fn restart_under(&mut self, prefix: &[&str], extra: &[String]) {
         let _ = self.node.child.kill();
         let _ = self.node.child.wait();
         self.extra = extra.to_vec();
-        self.node = host(&self.data, self.mqtt, &self.extra);
+        self.node = host_under(prefix, &self.data, self.mqtt, &self.extra);
     }
 
     /// Applies a spec over the API: status and body.
