@@ -463,13 +463,13 @@ fn child(mode: &str) {
             // Every twin's session is back in the background: awake, each
             // connected; asleep, each connected once, in turn, to collect
             // what the broker kept, and parked again.
-            let (connected, resuming) = (
+            let (connected, collecting) = (
                 node.metrics().broker_sessions.clone(),
-                node.metrics().sessions_resuming.clone(),
+                node.metrics().sessions_collecting.clone(),
             );
             let reconnected = std::thread::spawn(move || {
                 let back = || match lazily && park {
-                    true => resuming.get() == 0,
+                    true => collecting.get() == 0,
                     false => connected.get() >= n as i64,
                 };
                 while !back() {
@@ -477,7 +477,7 @@ fn child(mode: &str) {
                         started.elapsed() < Duration::from_secs(600),
                         "{} sessions connected and {} still to collect after 600 s",
                         connected.get(),
-                        resuming.get()
+                        collecting.get()
                     );
                     std::thread::sleep(Duration::from_millis(5));
                 }

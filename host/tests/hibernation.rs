@@ -256,7 +256,7 @@ fn a_restarted_node_serves_its_sleeping_twins_without_waking_them() {
     // finds nothing waiting and parks again.
     wait_for(
         || {
-            metric(&site, "wasmtwin_node_broker_sessions_resuming") == 0.0
+            metric(&site, "wasmtwin_node_broker_sessions_collecting") == 0.0
                 && metric(&site, "wasmtwin_node_broker_sessions_connected") == 0.0
         },
         "the twin's broker session to collect and park again",
@@ -449,16 +449,7 @@ fn a_rung_twin_parks_again_only_once_its_session_is_back() {
 fn defect_19_a_node_with_more_sleeping_twins_than_files_restarts_collecting_them_in_turn() {
     const TWINS: usize = 300;
     let mut site = Site::start(&["--hibernate-after", "200ms"]);
-    for i in 0..TWINS {
-        created(&site, &format!("m{i}"), &machine_spec(&format!("m{i}")));
-    }
-    wait_for(
-        || {
-            metric(&site, "wasmtwin_node_twins_hibernating") == TWINS as f64
-                && metric(&site, "wasmtwin_node_broker_sessions_connected") == 0.0
-        },
-        "every twin to sleep with its session parked",
-    );
+    parked_machines(&site, TWINS);
     // The checkpoints they fell asleep on reach the disk.
     std::thread::sleep(Duration::from_millis(500));
     let _ = site.node.child.kill();
@@ -472,7 +463,7 @@ fn defect_19_a_node_with_more_sleeping_twins_than_files_restarts_collecting_them
         &["--hibernate-after".into(), "1h".into()],
     );
     wait_for(
-        || metric(&site, "wasmtwin_node_broker_sessions_resuming") == 0.0,
+        || metric(&site, "wasmtwin_node_broker_sessions_collecting") == 0.0,
         "every session to connect once and collect",
     );
     wait_for(
@@ -494,5 +485,67 @@ fn defect_19_a_node_with_more_sleeping_twins_than_files_restarts_collecting_them
     wait_for(
         || site.twin("m250")["lastSeq"] == 1,
         "m250 to be rung and apply its reading",
+    );
+}
+
+/// Creates `count` machine twins m0, m1…, and waits until every one
+/// sleeps with its session parked.
+fn parked_machines(site: &Site, count: usize) {
+    for i in 0..count {
+        created(site, &format!("m{i}"), &machine_spec(&format!("m{i}")));
+    }
+    wait_for(
+        || {
+            metric(site, "wasmtwin_node_twins_hibernating") == count as f64
+                && metric(site, "wasmtwin_node_broker_sessions_connected") == 0.0
+        },
+        "every twin to sleep with its session parked",
+    );
+}
+
+/// A doorbell back from a cut rings every parked twin, since something
+/// may have been published meanwhile. Each used to connect its session
+/// at once and keep it until idle for `--hibernate-after`: a node with
+/// more sleeping twins than it may open files ran out of them. Now each
+/// collects in turn and parks again, and only the twin something waited
+/// for stays connected, awake.
+#[test]
+fn defect_20_a_doorbell_back_from_a_cut_has_its_parked_twins_collect_in_turn() {
+    const TWINS: usize = 300;
+    let (mut site, proxy) = Site::start_behind_proxy(&["--hibernate-after", "200ms"]);
+    parked_machines(&site, TWINS);
+    // Idle for good from now on, with 192 open files for 300 twins.
+    site.restart_under(
+        &["prlimit", "--nofile=192:192", "--"],
+        &["--hibernate-after".into(), "1h".into()],
+    );
+    wait_for(
+        || {
+            metric(&site, "wasmtwin_node_broker_sessions_collecting") == 0.0
+                && metric(&site, "wasmtwin_node_broker_sessions_connected") == 0.0
+        },
+        "every session to collect after the restart and park again",
+    );
+
+    // The doorbell is cut off while m5's reading is published.
+    proxy.refuse(true);
+    assert!(proxy.cut_all() >= 1, "the doorbell was not connected");
+    site.publish("dev/m5", &[reading(1, 96.0)]);
+    std::thread::sleep(Duration::from_millis(500));
+    proxy.refuse(false);
+    wait_for(
+        || site.twin("m5")["lastSeq"] == 1,
+        "m5 to collect the reading published while the doorbell was away",
+    );
+    wait_for(
+        || {
+            metric(&site, "wasmtwin_node_broker_sessions_collecting") == 0.0
+                && metric(&site, "wasmtwin_node_broker_sessions_connected") == 1.0
+        },
+        "the other sessions to collect in turn and park again",
+    );
+    assert_eq!(
+        metric(&site, "wasmtwin_node_twins_hibernating"),
+        (TWINS - 1) as f64
     );
 }

@@ -49,6 +49,7 @@ async fn session(port: u16, id: &str) -> (Link, mpsc::Receiver<Box<Inbound>>, Ga
                 topics: vec!["t".into()],
                 qos: 1,
                 max_payload: 1024,
+                turns: None,
             },
             inbound,
             Subscribing::Confirmed,

@@ -84,8 +84,8 @@ pub struct Metrics {
     pub wake_seconds: Histogram,
     /// The node's MQTT sessions connected to their broker now.
     pub broker_sessions: Gauge,
-    /// Sessions of twins resumed asleep that have yet to connect once.
-    pub sessions_resuming: Gauge,
+    /// Sessions of sleeping twins collecting what their broker kept.
+    pub sessions_collecting: Gauge,
 }
 
 /// A per-twin family, as far as forgetting a twin goes.
@@ -149,11 +149,11 @@ impl Default for Metrics {
             "MQTT sessions connected to their broker now: one per twin, and one more for each lost node's backlog being adopted",
             broker_sessions.clone(),
         );
-        let sessions_resuming = Gauge::default();
+        let sessions_collecting = Gauge::default();
         node.register(
-            "broker_sessions_resuming",
-            "Sessions of twins resumed asleep after a restart that have yet to connect once, a few at a time, to collect what their broker kept for them",
-            sessions_resuming.clone(),
+            "broker_sessions_collecting",
+            "Sessions of sleeping twins collecting what their broker kept for them (after a restart, or when their doorbell reconnected), waiting for one of the turns that let a few connect at a time or connected",
+            sessions_collecting.clone(),
         );
         let (timeliness, model_seconds) = (
             Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -259,7 +259,7 @@ impl Default for Metrics {
             hibernating,
             wake_seconds,
             broker_sessions,
-            sessions_resuming,
+            sessions_collecting,
         }
     }
 }

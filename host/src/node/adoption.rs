@@ -40,7 +40,7 @@ impl Node {
         let link = physical::connect(
             &broker,
             &client_id,
-            subscription(spec),
+            subscription(spec, Some(self.turns.clone())),
             own_tx,
             Subscribing::Confirmed,
             self.metrics.broker_sessions.clone(),
@@ -50,7 +50,7 @@ impl Node {
         let lost = physical::connect(
             &broker,
             &lost_id,
-            subscription(spec),
+            subscription(spec, None),
             lost_tx,
             Subscribing::Confirmed,
             self.metrics.broker_sessions.clone(),

@@ -152,11 +152,12 @@ enum Origin {
 }
 
 /// What a twin's session subscribes to.
-fn subscription(spec: &TwinSpec) -> physical::Subscription {
+fn subscription(spec: &TwinSpec, turns: Option<physical::Turns>) -> physical::Subscription {
     physical::Subscription {
         topics: spec.spec.physical.topics.clone(),
         qos: spec.spec.physical.qos,
         max_payload: usize::try_from(spec.max_payload()).unwrap_or(usize::MAX),
+        turns,
     }
 }
 
@@ -301,14 +302,16 @@ pub struct Node {
     /// The doorbell of each broker whose twins sleep with their sessions
     /// parked, by address.
     doorbells: Mutex<HashMap<(String, u16), Doorbell>>,
-    /// Turns to connect for the sessions of twins resumed asleep.
-    resuming: physical::Resuming,
+    /// Turns to connect for the sessions of sleeping twins collecting what
+    /// their broker kept.
+    turns: physical::Turns,
 }
 
-/// Sessions of twins resumed asleep that connect at once to collect what
-/// their broker kept: enough to keep a broker on loopback busy, and far
-/// below any limit on open files.
-const RESUMING_AT_ONCE: usize = 64;
+/// Sessions of sleeping twins that connect at once to collect what their
+/// broker kept (after a restart, or when their doorbell reconnected):
+/// enough to keep a broker on loopback busy, and far below any limit on
+/// open files.
+const COLLECTING_AT_ONCE: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -346,7 +349,7 @@ impl Node {
             workers: workers.handle().clone(),
             _workers: WorkerRuntime(Some(workers)),
             store,
-            resuming: physical::Resuming::new(RESUMING_AT_ONCE, metrics.sessions_resuming.clone()),
+            turns: physical::Turns::new(COLLECTING_AT_ONCE, metrics.sessions_collecting.clone()),
             metrics,
             fuel_per_cpu_second,
             twins: Mutex::new(HashMap::new()),
@@ -397,7 +400,7 @@ impl Node {
                         Subscribing::Confirmed
                     } else if asleep && self.bell_of(&spec).is_some() {
                         // Its session connects in its turn and parks again.
-                        Subscribing::Parked(self.resuming.clone())
+                        Subscribing::Parked
                     } else {
                         // The broker kept its session, subscription included.
                         Subscribing::InBackground
@@ -821,7 +824,7 @@ impl Node {
         let link = physical::connect(
             &broker,
             &client_id,
-            subscription(spec),
+            subscription(spec, Some(self.turns.clone())),
             feed,
             subscribing,
             self.metrics.broker_sessions.clone(),

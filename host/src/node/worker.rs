@@ -29,7 +29,7 @@ use tracing::Instrument as _;
 use super::view::{Change, ChangeFeed, Shared};
 use crate::checkpoint::{Checkpoint, GUEST_SECTION, ModelInfo};
 use crate::monitoring::{Metrics, TwinLabel};
-use crate::physical::doorbell::{Doorbell, Listener};
+use crate::physical::doorbell::{Doorbell, Listener, Ring};
 use crate::physical::{Inbound, Link, now_us};
 use crate::runtime::cpu::CpuShare;
 use crate::runtime::{
@@ -218,9 +218,9 @@ enum Next {
     Late,
     /// Nothing came for the hibernation delay.
     Idle,
-    /// The doorbell rang for the twin asleep: something waits for its
-    /// parked session.
-    Rung,
+    /// The doorbell rang for the twin asleep: something waits, or may
+    /// wait, for its parked session.
+    Rung(Ring),
 }
 
 /// The next job, or why none came: the pending handover's deadline, else
@@ -238,7 +238,7 @@ async fn next(
     tokio::select! {
         biased;
         next = next_job(jobs, handover, idle) => next,
-        () = listener.rung() => Next::Rung,
+        ring = listener.rung() => Next::Rung(ring),
     }
 }
 
@@ -411,8 +411,14 @@ impl Worker {
             let deadline = handover.as_ref().map(|h| h.deadline);
             let job = match next(&mut jobs, deadline, idle, parked.as_ref()).await {
                 Next::Job(job) => job,
-                Next::Rung => {
+                Next::Rung(Ring::Message) => {
                     self.unpark(&mut parked);
+                    continue;
+                }
+                // The doorbell was away: the session collects in its turn,
+                // still parked as far as the twin goes.
+                Next::Rung(Ring::Maybe) => {
+                    self.link.collect();
                     continue;
                 }
                 Next::Closed => break,

@@ -11,6 +11,7 @@
 //! See docs/broker-sessions.md.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,11 +57,29 @@ impl Drop for Shared {
     }
 }
 
+/// What rang a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ring {
+    /// A message on one of its topics.
+    Message,
+    /// The doorbell connected again: something may have been published
+    /// while it was away (each listener then collects in turn, not all
+    /// at once).
+    Maybe,
+}
+
+/// A listener's bell, and whether a message rang it.
+#[derive(Default)]
+struct Bell {
+    rung: Notify,
+    message: AtomicBool,
+}
+
 /// Who listens on what, and the subscriptions awaiting the broker's word.
 #[derive(Default)]
 struct Listening {
     /// The bells of each filter subscribed.
-    filters: HashMap<String, Vec<(u64, Arc<Notify>)>>,
+    filters: HashMap<String, Vec<(u64, Arc<Bell>)>>,
     /// How many of those filters have wildcards (each of which a topic is
     /// matched against; the others are looked up).
     wild: usize,
@@ -98,7 +117,7 @@ fn filter(path: &str) -> Filter {
 }
 
 impl Listening {
-    fn add(&mut self, id: u64, topics: &[String], bell: &Arc<Notify>) {
+    fn add(&mut self, id: u64, topics: &[String], bell: &Arc<Bell>) {
         for topic in topics {
             let bells = self.filters.entry(topic.clone()).or_default();
             if bells.is_empty() && is_wild(topic) {
@@ -143,13 +162,15 @@ impl Listening {
             .chain(wild.into_iter().flatten())
             .flatten()
         {
-            bell.notify_one();
+            bell.message.store(true, Ordering::Relaxed);
+            bell.rung.notify_one();
         }
     }
 
+    /// Rings every bell for what may have been missed.
     fn ring_all(&self) {
         for (_, bell) in self.filters.values().flatten() {
-            bell.notify_one();
+            bell.rung.notify_one();
         }
     }
 }
@@ -180,7 +201,7 @@ impl Doorbell {
     /// Waits its turn first when many listen at once.
     pub async fn listen(&self, topics: &[String]) -> anyhow::Result<Listener> {
         let _turn = self.0.turns.acquire().await?;
-        let bell = Arc::new(Notify::new());
+        let bell = Arc::new(Bell::default());
         let (confirmed, confirmation) = oneshot::channel();
         let id = {
             let mut listening = lock(&self.0.listening);
@@ -220,14 +241,19 @@ pub struct Listener {
     doorbell: Doorbell,
     id: u64,
     topics: Vec<String>,
-    bell: Arc<Notify>,
+    bell: Arc<Bell>,
 }
 
 impl Listener {
-    /// Returns once something was published on one of the topics (or the
-    /// doorbell connected again, and may have missed it).
-    pub async fn rung(&self) {
-        self.bell.notified().await
+    /// Returns once something was published on one of the topics, or the
+    /// doorbell connected again and may have missed it; which of the two.
+    pub async fn rung(&self) -> Ring {
+        self.bell.rung.notified().await;
+        if self.bell.message.swap(false, Ordering::Relaxed) {
+            Ring::Message
+        } else {
+            Ring::Maybe
+        }
     }
 }
 
@@ -332,9 +358,9 @@ fn listen_again(client: &AsyncClient, listening: &mut Listening) {
 mod tests {
     use super::*;
 
-    fn rang(bell: &Arc<Notify>) -> bool {
+    fn rang(bell: &Arc<Bell>) -> bool {
         // A stored permit makes `notified` ready at once.
-        let notified = bell.notified();
+        let notified = bell.rung.notified();
         let mut notified = std::pin::pin!(notified);
         notified.as_mut().enable()
     }
@@ -343,9 +369,9 @@ mod tests {
     fn a_topic_rings_the_bells_of_the_filters_it_matches_and_no_other() {
         let mut listening = Listening::default();
         let (a, b, c) = (
-            Arc::new(Notify::new()),
-            Arc::new(Notify::new()),
-            Arc::new(Notify::new()),
+            Arc::new(Bell::default()),
+            Arc::new(Bell::default()),
+            Arc::new(Bell::default()),
         );
         listening.add(1, &["plant/m1/state".into()], &a);
         listening.add(2, &["plant/+/state".into()], &b);
@@ -366,7 +392,7 @@ mod tests {
     #[test]
     fn a_filter_shared_by_two_listeners_stays_until_both_are_gone() {
         let mut listening = Listening::default();
-        let bell = Arc::new(Notify::new());
+        let bell = Arc::new(Bell::default());
         listening.add(1, &["t".into()], &bell);
         listening.add(2, &["t".into()], &bell);
         assert!(listening.remove(1, &["t".into()]).is_empty());

@@ -168,7 +168,8 @@ enum Wanted {
     /// the session and what arrives for it.
     Parked,
     /// Parked, but first connected once, in its turn, to collect what the
-    /// broker kept while the node was down (see [`Subscribing::Parked`]).
+    /// broker kept meanwhile (see [`Link::collect`]); the session parks
+    /// itself again once it has.
     Collect,
     /// Ended.
     Closed,
@@ -194,14 +195,14 @@ impl Link {
     fn new(
         client: AsyncClient,
         (outgoing, queue): (flume::Sender<Outgoing>, flume::Receiver<Outgoing>),
-        wanted: tokio::sync::watch::Sender<Wanted>,
+        wanted: std::sync::Arc<tokio::sync::watch::Sender<Wanted>>,
         session: tokio::task::AbortHandle,
         connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         tokio::spawn(drain(client, queue));
         Self {
             outgoing,
-            wanted: std::sync::Arc::new(wanted),
+            wanted,
             session,
             connected,
         }
@@ -260,15 +261,15 @@ impl Link {
         });
     }
 
-    /// Whether the session waits, parked, for its twin's word: it was made
-    /// with [`Subscribing::Parked`] and neither collected nor unparked yet.
+    /// Whether the session is parked (and not collecting).
     pub fn is_parked(&self) -> bool {
         *self.wanted.borrow() == Wanted::Parked
     }
 
-    /// Lets a session made with [`Subscribing::Parked`] connect once, in
-    /// its turn, to collect what its broker kept for it; it parks again as
-    /// soon as the broker has answered its subscription with nothing
+    /// Has a parked session connect once, in its turn (see
+    /// [`Subscription::turns`]), to collect what its broker kept for it:
+    /// after a restart, or when a ring may have been missed. It parks again
+    /// as soon as the broker has answered its subscription with nothing
     /// before, and stays connected if something came (until the twin is
     /// idle and parks it, as any other).
     pub fn collect(&self) {
@@ -404,6 +405,11 @@ pub struct Subscription {
     pub qos: u8,
     /// The largest payload passed on; larger ones are dropped.
     pub max_payload: usize,
+    /// The turns a session takes to connect when it collects
+    /// ([`Link::collect`]), shared by a node's sessions so that thousands
+    /// collecting at once hold a few sockets at a time; `None` connects
+    /// at once.
+    pub turns: Option<Turns>,
 }
 
 /// Whether [`connect`] waits for the broker to confirm the subscription.
@@ -417,46 +423,45 @@ pub enum Subscribing {
     InBackground,
     /// Don't connect yet: a session the broker already holds, of a twin
     /// that resumes asleep. It waits parked until [`Link::collect`] (once
-    /// the twin's doorbell listens), then connects when `Resuming` gives
-    /// it a turn, takes what the broker kept, and parks again unless
-    /// something came. A restarted node so connects its sleeping twins a
-    /// few at a time, and its limit on open files bounds only the twins
-    /// awake, not all it holds.
-    Parked(Resuming),
+    /// the twin's doorbell listens), then collects in its turn. A
+    /// restarted node so connects its sleeping twins a few at a time, and
+    /// its limit on open files bounds only the twins awake, not all it
+    /// holds.
+    Parked,
 }
 
-/// Turns to connect for the sessions of twins resumed asleep, and how
-/// many have yet to connect once.
+/// Turns to connect for the sessions collecting what their broker kept,
+/// and a count of those collecting (waiting for a turn or connected).
 #[derive(Debug, Clone)]
-pub struct Resuming {
+pub struct Turns {
     turns: std::sync::Arc<Semaphore>,
-    pending: Gauge,
+    collecting: Gauge,
 }
 
-impl Resuming {
-    /// At most `at_once` sessions connecting at once; `pending` counts
-    /// those that have yet to collect.
-    pub fn new(at_once: usize, pending: Gauge) -> Self {
+impl Turns {
+    /// At most `at_once` sessions connecting at once; `collecting` counts
+    /// those collecting.
+    pub fn new(at_once: usize, collecting: Gauge) -> Self {
         Self {
             turns: std::sync::Arc::new(Semaphore::new(at_once)),
-            pending,
+            collecting,
         }
     }
 }
 
 /// A session's collection, until its broker has answered its
-/// subscription on its first connection: counted as pending meanwhile.
+/// subscription: counted meanwhile.
 struct Collection {
-    resuming: Resuming,
+    turns: Turns,
     /// Its turn to connect, once it has one.
     turn: Option<OwnedSemaphorePermit>,
 }
 
 impl Collection {
-    fn new(resuming: Resuming) -> Self {
-        resuming.pending.inc();
+    fn new(turns: &Turns) -> Self {
+        turns.collecting.inc();
         Self {
-            resuming,
+            turns: turns.clone(),
             turn: None,
         }
     }
@@ -464,7 +469,7 @@ impl Collection {
 
 impl Drop for Collection {
     fn drop(&mut self) {
-        self.resuming.pending.dec();
+        self.turns.collecting.dec();
     }
 }
 
@@ -519,6 +524,7 @@ pub fn connect(
         topics,
         qos,
         max_payload,
+        turns,
     } = subscription;
     let (client, eventloop) = client(options(broker, client_id, false), SESSION_REQUESTS);
     let qos = if qos == 0 {
@@ -527,11 +533,14 @@ pub fn connect(
         QoS::AtLeastOnce
     };
     let (subscribed, confirmed) = std::sync::mpsc::channel();
-    let (collection, first) = match &subscribing {
-        Subscribing::Parked(resuming) => (Some(Collection::new(resuming.clone())), Wanted::Parked),
+    // Counted at once, so that a node's count is right as soon as it has
+    // resumed its twins.
+    let (collection, first) = match subscribing {
+        Subscribing::Parked => (turns.as_ref().map(Collection::new), Wanted::Parked),
         Subscribing::Confirmed | Subscribing::InBackground => (None, Wanted::Open),
     };
     let (wanted, wanted_rx) = tokio::sync::watch::channel(first);
+    let wanted = std::sync::Arc::new(wanted);
     let outgoing = flume::unbounded();
     let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let session = Session {
@@ -548,8 +557,10 @@ pub fn connect(
         subscribed: Some(subscribed),
         connected: Counted::new(connected, up.clone()),
         backoff: FIRST_BACKOFF,
+        turns,
         collection,
         delivered: false,
+        link_wants: std::sync::Arc::downgrade(&wanted),
     };
     let session = tokio::spawn(Box::new(session).drive(Box::new(eventloop))).abort_handle();
     if matches!(subscribing, Subscribing::Confirmed)
@@ -668,10 +679,15 @@ struct Session<D> {
     connected: Counted,
     /// How long to wait before connecting again after a failure.
     backoff: Duration,
-    /// Until it has collected what waited (see [`Subscribing::Parked`]).
+    /// Turns to take when collecting (see [`Link::collect`]).
+    turns: Option<Turns>,
+    /// While it collects, until its broker has answered its subscription.
     collection: Option<Collection>,
     /// Whether a message came on the current connection.
     delivered: bool,
+    /// What the link wants, to park itself once it has collected (weak:
+    /// the session must still see the link gone).
+    link_wants: std::sync::Weak<tokio::sync::watch::Sender<Wanted>>,
 }
 
 /// The wait after a first connection failure; it doubles with each one
@@ -770,10 +786,15 @@ impl<D: Deliver> Session<D> {
             match self.wanted() {
                 Wanted::Open => {}
                 Wanted::Collect => {
+                    if self.collection.is_none()
+                        && let Some(turns) = &self.turns
+                    {
+                        self.collection = Some(Collection::new(turns));
+                    }
                     if let Some(collection) = &mut self.collection
                         && collection.turn.is_none()
                     {
-                        let turns = collection.resuming.turns.clone();
+                        let turns = collection.turns.turns.clone();
                         tokio::select! {
                             turn = Box::pin(turns.acquire_owned()) => collection.turn = turn.ok(),
                             // Unparked meanwhile: no need to wait.
@@ -802,16 +823,9 @@ impl<D: Deliver> Session<D> {
         if self.wanted() == Wanted::Parked {
             tracing::debug!(client = %self.client_id, "session parked");
         }
-        // A session that still has to collect goes as soon as it may; one
-        // that has, only once unparked.
-        let collecting = self.collection.is_some();
         let wanted = *self
             .wanted
-            .wait_for(|wanted| match wanted {
-                Wanted::Parked => false,
-                Wanted::Collect => collecting,
-                Wanted::Open | Wanted::Closed => true,
-            })
+            .wait_for(|wanted| *wanted != Wanted::Parked)
             .await
             .ok()?;
         if wanted == Wanted::Closed {
@@ -876,13 +890,14 @@ impl<D: Deliver> Session<D> {
                 // The broker sends what it kept for the session as it
                 // connects, before it answers the subscription that
                 // follows: collected. Nothing came, it parks again (the
-                // doorbell listens by now); something did, its twin wakes.
-                let collected = self.collection.take().is_some();
-                if collected && !self.delivered && self.wanted() == Wanted::Collect {
-                    Then::Park
-                } else {
-                    Then::Next
-                }
+                // doorbell listens by now); something did, its twin wakes
+                // and unparks it.
+                self.collection = None;
+                let park_again = !self.delivered
+                    && self.link_wants.upgrade().is_some_and(|wants| {
+                        wants.send_if_modified(|w| replace_if(w, Wanted::Collect, Wanted::Parked))
+                    });
+                if park_again { Then::Park } else { Then::Next }
             }
             Ok(Event::Incoming(Incoming::Publish(publish))) => Then::Deliver(self.inbound(publish)),
             Ok(_) => Then::Next,
@@ -926,7 +941,7 @@ impl<D: Deliver> Session<D> {
                     }
                 }
                 Then::Park => {
-                    // Through the link's queue, as its own parking: the
+                    // Through the link's queue, as the link parks it: the
                     // drain disconnects, and the connection's end reopens.
                     let _ = self.outgoing.send(Outgoing::Park);
                 }
@@ -988,8 +1003,10 @@ mod tests {
             subscribed: None,
             connected: Counted::new(Gauge::default(), Default::default()),
             backoff: FIRST_BACKOFF,
+            turns: None,
             collection: None,
             delivered: false,
+            link_wants: std::sync::Weak::new(),
         };
         let drive = Box::new(session).drive(Box::new(eventloop));
         assert!(size_of_val(&drive) <= 640, "{}", size_of_val(&drive));
@@ -1015,6 +1032,7 @@ mod tests {
             topics: vec!["t".into()],
             qos: 1,
             max_payload: 1024,
+            turns: None,
         };
         let link = tokio::task::spawn_blocking(move || {
             connect(

@@ -20,6 +20,8 @@ pub const TOKEN: &str = "defects-token-0123456789abcdef";
 pub struct Site {
     pub node: Node,
     pub mqtt: u16,
+    /// Where the node reaches the broker: `mqtt`, or a proxy's port.
+    node_mqtt: u16,
     pub data: PathBuf,
     extra: Vec<String>,
     _dir: tempfile::TempDir,
@@ -58,10 +60,12 @@ impl Site {
         wasmtwin::broker::start(listen).expect("the embedded broker");
         let data = dir.path().to_path_buf();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let node = host_under(prefix, &data, route(mqtt), &extra);
+        let node_mqtt = route(mqtt);
+        let node = host_under(prefix, &data, node_mqtt, &extra);
         Self {
             node,
             mqtt,
+            node_mqtt,
             data,
             extra,
             _dir: dir,
@@ -86,7 +90,7 @@ impl Site {
         let _ = self.node.child.kill();
         let _ = self.node.child.wait();
         self.extra = extra.to_vec();
-        self.node = host_under(prefix, &self.data, self.mqtt, &self.extra);
+        self.node = host_under(prefix, &self.data, self.node_mqtt, &self.extra);
     }
 
     /// Applies a spec over the API: status and body.
