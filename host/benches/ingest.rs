@@ -364,16 +364,31 @@ fn node(
     (node, spec)
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A KiB figure of `/proc/self/<file>`, by the label of its line.
+fn proc_kib(file: &str, label: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(label))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|n| n.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Resident memory as `ps` shows it: a page mapped in many places, as the
+/// component's copy-on-write memory image is in every instance, counts
+/// once for each.
+fn rss_kib() -> u64 {
+    proc_kib("status", "VmRSS:")
+}
+
+/// What the machine pays for this process: each resident page divided
+/// among the mappings sharing it (PSS), plus the page tables mapping
+/// them, which RSS leaves out.
+fn paid_kib() -> u64 {
+    proc_kib("smaps_rollup", "Pss:") + proc_kib("status", "VmPTE:")
 }
 
 fn mappings() -> u64 {
@@ -382,9 +397,21 @@ fn mappings() -> u64 {
         .unwrap_or(0)
 }
 
+/// Resident KiB, KiB paid and memory mappings, in that order.
+fn footprint() -> [u64; 3] {
+    [rss_kib(), paid_kib(), mappings()]
+}
+
+/// Prints how much `footprint` grew since `before`, for the parent.
+fn print_growth(before: [u64; 3]) {
+    let after = footprint();
+    let [rss, paid, maps] = [0, 1, 2].map(|i| after[i].saturating_sub(before[i]));
+    println!("{rss} {paid} {maps}");
+}
+
 /// Child process: creates `n` idle twins (left to hibernate, for
-/// `sleeping`) or bare instances, and prints the growth of its resident
-/// memory in KiB and of its memory mappings; or fills a node's store with
+/// `sleeping`) or bare instances, and prints the growth of its
+/// `footprint`; or fills a node's store with
 /// `n` hibernated twins (`populate`), or restarts a node on that store and
 /// prints the seconds until it serves and until a twin applied an update
 /// (`resume`).
@@ -394,7 +421,7 @@ fn child(mode: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let io = tokio::runtime::Runtime::new().expect("tokio");
     let _enter = io.enter();
-    let (before, maps_before);
+    let before;
     match parts[0] {
         kind @ ("twins" | "sleeping" | "connected") => {
             let port: u16 = parts[2].parse().expect("port");
@@ -404,7 +431,7 @@ fn child(mode: &str) {
             let (node, spec) = node(dir.path(), port, 64, kind, hibernate_after, park);
             // Load the components before the baseline, as for instances.
             node.apply(spec(0), false).expect("a twin");
-            (before, maps_before) = (rss_kib(), mappings());
+            before = footprint();
             for i in 1..=n {
                 node.apply(spec(i), false).expect("a twin");
             }
@@ -415,11 +442,7 @@ fn child(mode: &str) {
             if park {
                 wait_parked(&node);
             }
-            println!(
-                "{} {}",
-                rss_kib().saturating_sub(before),
-                mappings().saturating_sub(maps_before)
-            );
+            print_growth(before);
             std::mem::forget(node); // exit without tearing 10k sessions down
         }
         "populate" => {
@@ -536,7 +559,7 @@ fn child(mode: &str) {
                 Limits::default(),
                 &config,
             ));
-            (before, maps_before) = (rss_kib(), mappings());
+            before = footprint();
             let twins: Vec<Twin> = (0..n)
                 .map(|i| {
                     wait(Twin::create(
@@ -549,11 +572,7 @@ fn child(mode: &str) {
                     .expect("instance")
                 })
                 .collect();
-            println!(
-                "{} {}",
-                rss_kib().saturating_sub(before),
-                mappings().saturating_sub(maps_before)
-            );
+            print_growth(before);
             drop((first, twins));
         }
     }
@@ -577,11 +596,11 @@ fn in_child<T: std::str::FromStr>(mode: &str) -> Vec<T> {
         .collect()
 }
 
-/// Resident KiB and memory mappings a child's twins or instances added.
-fn idle_memory(mode: &str) -> (u64, u64) {
+/// How much a child's twins or instances grew its `footprint`.
+fn idle_memory(mode: &str) -> [u64; 3] {
     match in_child(mode)[..] {
-        [kib, maps] => (kib, maps),
-        _ => panic!("{mode}: expected KiB and mappings"),
+        [rss, paid, maps] => [rss, paid, maps],
+        _ => panic!("{mode}: expected resident KiB, KiB paid and mappings"),
     }
 }
 
@@ -883,9 +902,11 @@ fn main() {
     let sleeping_many = idle_memory(&format!("sleeping:{many}:{}", broker.port));
     let restarted = restarts(broker.port, idle, true);
     let restarted_many = restarts(broker.port, many, false);
-    println!("\n## Resident memory of idle twins on one node\n");
-    println!("| what | twins | total | per twin | mappings per twin |\n|---|---:|---:|---:|---:|");
-    for (what, count, (kib, maps)) in [
+    println!("\n## Memory of idle twins on one node\n");
+    println!(
+        "| what | twins | resident (RSS) per twin | paid (PSS + page tables) per twin | paid in all | mappings per twin |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for (what, count, [rss, paid, maps]) in [
         ("bare model instances (baseline)", idle, instances),
         (
             "hosted twins (model + adapter instances, MQTT session, queues, store)",
@@ -909,9 +930,10 @@ fn main() {
         ),
     ] {
         println!(
-            "| {what} | {count} | {:.1} MiB | {:.1} KiB | {:.1} |",
-            kib as f64 / 1024.0,
-            kib as f64 / count as f64,
+            "| {what} | {count} | {:.1} KiB | {:.1} KiB | {:.1} MiB | {:.1} |",
+            rss as f64 / count as f64,
+            paid as f64 / count as f64,
+            paid as f64 / 1024.0,
             maps as f64 / count as f64
         );
     }
