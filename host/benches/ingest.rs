@@ -414,7 +414,7 @@ fn print_growth(before: [u64; 3]) {
 /// `footprint`; or fills a node's store with
 /// `n` hibernated twins (`populate`), or restarts a node on that store and
 /// prints the seconds until it serves and until a twin applied an update
-/// (`resume`).
+/// (`resume`); or prints the wake-up table alone (`wake`).
 fn child(mode: &str) {
     let parts: Vec<&str> = mode.split(':').collect();
     let n: usize = parts[1].parse().expect("count");
@@ -444,6 +444,14 @@ fn child(mode: &str) {
             }
             print_growth(before);
             std::mem::forget(node); // exit without tearing 10k sessions down
+        }
+        // The wake-up table alone: `wake:TWINS:PORT:ROUNDS`.
+        "wake" => {
+            let (port, rounds) = (
+                parts[2].parse().expect("port"),
+                parts[3].parse().expect("rounds"),
+            );
+            wake_table(&io, port, n, rounds);
         }
         "populate" => {
             let (port, data) = (parts[2].parse().expect("port"), Path::new(parts[3]));
@@ -769,6 +777,43 @@ fn wake_latency(
     (awake, asleep)
 }
 
+/// Prints the wake-up latency table: nodes keeping their sleeping twins'
+/// sessions connected and nodes parking them, A/B/A/B, `wake_twins` each.
+fn wake_table(io: &tokio::runtime::Runtime, port: u16, wake_twins: usize, rounds: usize) {
+    // Sessions kept connected asleep (as before parking) and parked, A/B/A/B.
+    let [mut awake, mut connected, mut parked] =
+        [(); 3].map(|()| Histogram::<u64>::new(3).expect("histogram"));
+    for park in [false, true, false, true] {
+        let (on_awake, on_asleep) = wake_latency(io, port, wake_twins, rounds, park);
+        awake.add(&on_awake).expect("histograms");
+        if park { &mut parked } else { &mut connected }
+            .add(&on_asleep)
+            .expect("histograms");
+    }
+    println!(
+        "\n## Wake-up latency: publish → state changed, {wake_twins} twins × {rounds} rounds × 2 nodes of each kind, each woken then sent its next message\n"
+    );
+    println!("| twin | p50 | p99 | max |\n|---|---:|---:|---:|");
+    for (what, h) in [
+        ("awake (baseline: the same twin's next message)", &awake),
+        (
+            "hibernating, session kept connected (the message wakes it)",
+            &connected,
+        ),
+        (
+            "hibernating, session parked (the doorbell wakes it; it connects again)",
+            &parked,
+        ),
+    ] {
+        println!(
+            "| {what} | {} | {} | {} |",
+            fmt_us(h.value_at_quantile(0.5)),
+            fmt_us(h.value_at_quantile(0.99)),
+            fmt_us(h.max())
+        );
+    }
+}
+
 fn fmt_us(us: u64) -> String {
     if us >= 1000 {
         format!("{:.2} ms", us as f64 / 1000.0)
@@ -859,38 +904,7 @@ fn main() {
     let parsing = stored_spec_parsing(&spec, idle);
 
     let (wake_twins, rounds) = if quick() { (5, 2) } else { (100, 5) };
-    // Sessions kept connected asleep (as before parking) and parked, A/B/A/B.
-    let [mut awake, mut connected, mut parked] =
-        [(); 3].map(|()| Histogram::<u64>::new(3).expect("histogram"));
-    for park in [false, true, false, true] {
-        let (on_awake, on_asleep) = wake_latency(&io, broker.port, wake_twins, rounds, park);
-        awake.add(&on_awake).expect("histograms");
-        if park { &mut parked } else { &mut connected }
-            .add(&on_asleep)
-            .expect("histograms");
-    }
-    println!(
-        "\n## Wake-up latency: publish → state changed, {wake_twins} twins × {rounds} rounds × 2 nodes of each kind, each woken then sent its next message\n"
-    );
-    println!("| twin | p50 | p99 | max |\n|---|---:|---:|---:|");
-    for (what, h) in [
-        ("awake (baseline: the same twin's next message)", &awake),
-        (
-            "hibernating, session kept connected (the message wakes it)",
-            &connected,
-        ),
-        (
-            "hibernating, session parked (the doorbell wakes it; it connects again)",
-            &parked,
-        ),
-    ] {
-        println!(
-            "| {what} | {} | {} | {} |",
-            fmt_us(h.value_at_quantile(0.5)),
-            fmt_us(h.value_at_quantile(0.99)),
-            fmt_us(h.max())
-        );
-    }
+    wake_table(&io, broker.port, wake_twins, rounds);
 
     // Parked sessions hold no socket, so a node keeps more sleeping twins
     // than its limit on open files (20,000 on the CI machine).

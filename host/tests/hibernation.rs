@@ -417,6 +417,33 @@ fn a_parked_twin_gets_what_was_published_while_its_doorbell_was_cut_off() {
     assert_eq!(twin["updatesApplied"], 2, "{twin}");
 }
 
+/// A ring says a message waits: the twin wakes while its session connects
+/// again to fetch it, not only once the message has come (a wake-up used
+/// to cost the new instance plus the new connection; now the longer of the
+/// two).
+#[test]
+fn a_rung_twin_wakes_while_its_session_connects_again() {
+    // Awake for 2 s once woken, long enough to be seen so.
+    let (site, proxy) = Site::start_behind_proxy(&["--hibernate-after", "2s"]);
+    parked_motor(&site);
+    // The doorbell's connection stays; the session's next one is refused.
+    proxy.refuse(true);
+    site.publish("dev/motor", &[reading(2, 96.0)]);
+    wait_for(
+        || site.twin("motor")["hibernating"] == false,
+        "the rung twin to wake before its message could come",
+    );
+    assert_eq!(site.twin("motor")["lastSeq"], 1, "the session is still out");
+    proxy.refuse(false);
+    wait_for(
+        || site.twin("motor")["lastSeq"] == 2,
+        "the session to connect and bring the message",
+    );
+    let twin = site.twin("motor");
+    assert_eq!(twin["properties"]["alarms"]["value"], 1, "{twin}");
+    assert_eq!(twin["updatesApplied"], 2, "{twin}");
+}
+
 /// A rung twin whose session cannot connect again yet must not park again
 /// when it falls idle: what rang it waits at the broker, and nothing would
 /// ring for it again.

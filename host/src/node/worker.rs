@@ -411,8 +411,22 @@ impl Worker {
             let deadline = handover.as_ref().map(|h| h.deadline);
             let job = match next(&mut jobs, deadline, idle, parked.as_ref()).await {
                 Next::Job(job) => job,
-                Next::Rung(Ring::Message) => {
+                // Something waits for the twin: it wakes while its session
+                // connects again to fetch it, rather than after, so a
+                // wake-up costs the longer of the two, not their sum. (Not
+                // for messages over its largest payload, which wake nothing.)
+                Next::Rung(Ring::Message { smallest }) => {
                     self.unpark(&mut parked);
+                    if live.is_none() && smallest as u64 <= self.max_payload {
+                        match Box::pin(self.wake()).await {
+                            Ok(woken) => live = Some(woken),
+                            // The message's own turn wakes it again, and
+                            // says why if it cannot.
+                            Err(e) => {
+                                tracing::debug!(twin = %self.name, "waking on a ring: {e:#}")
+                            }
+                        }
+                    }
                     continue;
                 }
                 // The doorbell was away: the session collects in its turn,

@@ -11,7 +11,7 @@
 //! See docs/broker-sessions.md.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,19 +60,30 @@ impl Drop for Shared {
 /// What rang a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ring {
-    /// A message on one of its topics.
-    Message,
+    /// A message on one of its topics; the smallest payload, in bytes, of
+    /// those that rang since the listener last heard (a twin need not
+    /// wake for messages over its largest payload).
+    Message { smallest: usize },
     /// The doorbell connected again: something may have been published
     /// while it was away (each listener then collects in turn, not all
     /// at once).
     Maybe,
 }
 
-/// A listener's bell, and whether a message rang it.
-#[derive(Default)]
+/// A listener's bell, and the smallest payload of the messages that rang
+/// it (`usize::MAX`: none did).
 struct Bell {
     rung: Notify,
-    message: AtomicBool,
+    smallest: AtomicUsize,
+}
+
+impl Default for Bell {
+    fn default() -> Self {
+        Self {
+            rung: Notify::new(),
+            smallest: AtomicUsize::new(usize::MAX),
+        }
+    }
 }
 
 /// Who listens on what, and the subscriptions awaiting the broker's word.
@@ -149,7 +160,7 @@ impl Listening {
     /// Rings every bell whose filter `topic` matches: the exact filter is
     /// looked up, and only when some filter has wildcards are the filters
     /// matched one by one (a node may have 100,000 twins asleep).
-    fn ring(&self, topic: &str) {
+    fn ring(&self, topic: &str, payload: usize) {
         let exact = self.filters.get(topic);
         let wild = (self.wild > 0).then(|| {
             self.filters
@@ -162,7 +173,7 @@ impl Listening {
             .chain(wild.into_iter().flatten())
             .flatten()
         {
-            bell.message.store(true, Ordering::Relaxed);
+            bell.smallest.fetch_min(payload, Ordering::Relaxed);
             bell.rung.notify_one();
         }
     }
@@ -249,10 +260,9 @@ impl Listener {
     /// doorbell connected again and may have missed it; which of the two.
     pub async fn rung(&self) -> Ring {
         self.bell.rung.notified().await;
-        if self.bell.message.swap(false, Ordering::Relaxed) {
-            Ring::Message
-        } else {
-            Ring::Maybe
+        match self.bell.smallest.swap(usize::MAX, Ordering::Relaxed) {
+            usize::MAX => Ring::Maybe,
+            smallest => Ring::Message { smallest },
         }
     }
 }
@@ -326,7 +336,7 @@ async fn drive(
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
                 // Brokers pass on only UTF-8 topics.
                 if let Ok(topic) = std::str::from_utf8(&publish.topic) {
-                    lock(&listening).ring(topic);
+                    lock(&listening).ring(topic, publish.payload.len());
                 }
             }
             Ok(_) => {}
@@ -376,8 +386,11 @@ mod tests {
         listening.add(1, &["plant/m1/state".into()], &a);
         listening.add(2, &["plant/+/state".into()], &b);
         listening.add(3, &["other/#".into()], &c);
-        listening.ring("plant/m1/state");
+        listening.ring("plant/m1/state", 4096);
+        listening.ring("plant/m1/state", 12);
         assert!(rang(&a) && rang(&b));
+        // Whether the twin must wake depends on the smallest that rang.
+        assert_eq!(a.smallest.load(Ordering::Relaxed), 12);
         assert!(!rang(&c));
         // Forgetting a listener leaves the others.
         assert_eq!(
@@ -385,7 +398,7 @@ mod tests {
             vec!["plant/+/state".to_string()]
         );
         assert_eq!(listening.wild, 1);
-        listening.ring("plant/m2/state");
+        listening.ring("plant/m2/state", 12);
         assert!(!rang(&a) && !rang(&b));
     }
 
