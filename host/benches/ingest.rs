@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{now_ms, quick};
+use common::{now_ms, paid_kib, quick, rss_kib};
 use hdrhistogram::Histogram;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde_json::json;
@@ -362,33 +362,6 @@ fn node(
         TwinSpec::parse(&text).expect("bench spec")
     };
     (node, spec)
-}
-
-/// A KiB figure of `/proc/self/<file>`, by the label of its line.
-fn proc_kib(file: &str, label: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/self/{file}"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(label))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Resident memory as `ps` shows it: a page mapped in many places, as the
-/// component's copy-on-write memory image is in every instance, counts
-/// once for each.
-fn rss_kib() -> u64 {
-    proc_kib("status", "VmRSS:")
-}
-
-/// What the machine pays for this process: each resident page divided
-/// among the mappings sharing it (PSS), plus the page tables mapping
-/// them, which RSS leaves out.
-fn paid_kib() -> u64 {
-    proc_kib("smaps_rollup", "Pss:") + proc_kib("status", "VmPTE:")
 }
 
 fn mappings() -> u64 {
