@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::{Site, TOKEN, created, machine_spec, message};
 use serde_json::{Value, json};
 use wasmtwin_tests::cli::arg;
+use wasmtwin_tests::faults::FaultProxy;
 use wasmtwin_tests::node::{Api, wait_for};
 use wasmtwin_tests::plugin;
 
@@ -395,6 +396,16 @@ fn a_sleeping_twin_parks_its_session_and_its_doorbell_brings_back_every_message(
     }
 }
 
+/// Lets connections through the proxy again, and checks that the motor
+/// applies the alarm (seq 2) held back meanwhile, and nothing twice.
+fn alarm_comes_through(site: &Site, proxy: &FaultProxy, what: &str) {
+    proxy.refuse(false);
+    wait_for(|| site.twin("motor")["lastSeq"] == 2, what);
+    let twin = site.twin("motor");
+    assert_eq!(twin["properties"]["alarms"]["value"], 1, "{twin}");
+    assert_eq!(twin["updatesApplied"], 2, "{twin}");
+}
+
 /// The doorbell rings at QoS 0 on a session the broker does not keep: what
 /// is published while it is cut off rings nothing. Once it is back it rings
 /// every parked twin, which collects what waited for it.
@@ -407,14 +418,7 @@ fn a_parked_twin_gets_what_was_published_while_its_doorbell_was_cut_off() {
     site.publish("dev/motor", &[reading(2, 96.0)]);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(site.twin("motor")["lastSeq"], 1, "nothing could ring yet");
-    proxy.refuse(false);
-    wait_for(
-        || site.twin("motor")["lastSeq"] == 2,
-        "the doorbell to reconnect and wake the twin",
-    );
-    let twin = site.twin("motor");
-    assert_eq!(twin["properties"]["alarms"]["value"], 1, "{twin}");
-    assert_eq!(twin["updatesApplied"], 2, "{twin}");
+    alarm_comes_through(&site, &proxy, "the doorbell to reconnect and wake the twin");
 }
 
 /// A ring says a message waits: the twin wakes while its session connects
@@ -434,14 +438,11 @@ fn a_rung_twin_wakes_while_its_session_connects_again() {
         "the rung twin to wake before its message could come",
     );
     assert_eq!(site.twin("motor")["lastSeq"], 1, "the session is still out");
-    proxy.refuse(false);
-    wait_for(
-        || site.twin("motor")["lastSeq"] == 2,
+    alarm_comes_through(
+        &site,
+        &proxy,
         "the session to connect and bring the message",
     );
-    let twin = site.twin("motor");
-    assert_eq!(twin["properties"]["alarms"]["value"], 1, "{twin}");
-    assert_eq!(twin["updatesApplied"], 2, "{twin}");
 }
 
 /// A rung twin whose session cannot connect again yet must not park again
