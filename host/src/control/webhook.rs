@@ -256,6 +256,11 @@ impl Worker {
     /// Delivers `target`'s queue in order until the webhooks close.
     async fn run(self, target: Arc<Target>, mut closed: watch::Receiver<bool>) {
         loop {
+            // Closed while the last delivery was in flight: what is still
+            // queued is abandoned, not sent after the owner let go.
+            if closed.has_changed().is_err() {
+                return;
+            }
             let next = target
                 .queue
                 .lock()
@@ -358,6 +363,8 @@ mod tests {
     #[derive(Default)]
     struct Receiver {
         refuse_first: usize,
+        /// How long it takes to answer.
+        delay: Duration,
         calls: AtomicUsize,
         accepted: Mutex<Vec<(HeaderMap, Vec<u8>)>>,
     }
@@ -368,6 +375,7 @@ mod tests {
         body: axum::body::Bytes,
     ) -> StatusCode {
         let call = receiver.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(receiver.delay).await;
         if call < receiver.refuse_first {
             return StatusCode::INTERNAL_SERVER_ERROR;
         }
@@ -382,19 +390,29 @@ mod tests {
     /// A receiver on 127.0.0.1 that answers 500 to the first
     /// `refuse_first` requests, then accepts.
     async fn serve(refuse_first: usize) -> (String, Arc<Receiver>) {
-        let receiver = Arc::new(Receiver {
+        serve_receiver(Receiver {
             refuse_first,
             ..Receiver::default()
-        });
+        })
+        .await
+    }
+
+    /// Serves `receiver` on a path of its own: the tests run side by side,
+    /// and a port one test let go may be another's next, so a request
+    /// still on its way to the first must not count for the second.
+    async fn serve_receiver(receiver: Receiver) -> (String, Arc<Receiver>) {
+        static RECEIVERS: AtomicUsize = AtomicUsize::new(0);
+        let path = format!("/hook/{}", RECEIVERS.fetch_add(1, Ordering::SeqCst));
+        let receiver = Arc::new(receiver);
         let app = axum::Router::new()
-            .route("/hook", axum::routing::post(receive))
+            .route(&path, axum::routing::post(receive))
             .with_state(receiver.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        (format!("http://127.0.0.1:{port}/hook"), receiver)
+        (format!("http://127.0.0.1:{port}{path}"), receiver)
     }
 
     fn record(seq: u64) -> Record {
@@ -469,6 +487,31 @@ mod tests {
         assert!(hooks.drained(Duration::from_secs(10)).await);
         assert_eq!(receiver.calls.load(Ordering::SeqCst), 3);
         assert_eq!(hooks.stats().failed, 1);
+    }
+
+    #[tokio::test]
+    async fn records_still_queued_when_the_webhooks_are_dropped_are_not_sent() {
+        let (url, receiver) = serve_receiver(Receiver {
+            delay: Duration::from_millis(300),
+            ..Receiver::default()
+        })
+        .await;
+        let hooks = Webhooks::with_options(vec![url], None, quick()).expect("webhooks");
+        hooks.deliver(&record(1));
+        hooks.deliver(&record(2));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while receiver.calls.load(Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first record never came"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The first is in flight and finishes; the second is abandoned.
+        drop(hooks);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(receiver.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(receiver.accepted.lock().expect("lock").len(), 1);
     }
 
     #[tokio::test]
