@@ -235,6 +235,29 @@ async fn measure(
     }
 }
 
+/// Applies bench twin `index` on `node`, its changes reported to `tracker`.
+fn host_tracked(
+    node: &Node,
+    spec: &impl Fn(usize) -> TwinSpec,
+    index: usize,
+    tracker: &Arc<Tracker>,
+) {
+    node.apply(spec(index), false)
+        .expect("applying a bench twin");
+    let mut changes = node.subscribe(&format!("twin-{index}")).expect("stream");
+    let tracker = tracker.clone();
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match changes.recv().await {
+                Ok(change) => tracker.arrived(index, change.seq),
+                Err(RecvError::Lagged(missed)) => tracker.lagged(missed),
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
+}
+
 /// A subscriber on `floor/+/telemetry` reporting arrivals to `tracker`.
 fn floor_subscriber(port: u16, tracker: Arc<Tracker>) {
     let mut options = MqttOptions::new("bench-floor", "127.0.0.1", port);
@@ -387,7 +410,8 @@ fn print_growth(before: [u64; 3]) {
 /// `footprint`; or fills a node's store with
 /// `n` hibernated twins (`populate`), or restarts a node on that store and
 /// prints the seconds until it serves and until a twin applied an update
-/// (`resume`); or prints the wake-up table alone (`wake`).
+/// (`resume`); or prints the wake-up table alone (`wake`), or the twins'
+/// ingest rounds alone (`burst`).
 fn child(mode: &str) {
     let parts: Vec<&str> = mode.split(':').collect();
     let n: usize = parts[1].parse().expect("count");
@@ -417,6 +441,26 @@ fn child(mode: &str) {
             }
             print_growth(before);
             std::mem::forget(node); // exit without tearing 10k sessions down
+        }
+        // The twins' ingest alone, `burst:TWINS:PORT:ROUNDS`, to profile
+        // or compare builds: each round prints the throughput and the
+        // timeliness p50 and p99 (µs).
+        "burst" => {
+            let (port, rounds): (u16, usize) = (
+                parts[2].parse().expect("port"),
+                parts[3].parse().expect("rounds"),
+            );
+            let (node, spec) = node(dir.path(), port, 1024, "burst", None, true);
+            let twins = Tracker::new();
+            for i in 0..n {
+                host_tracked(&node, &spec, i, &twins);
+            }
+            let mut publishers = Publishers::connect(port, 4);
+            for _ in 0..rounds {
+                let m = io.block_on(measure(&mut publishers, "burst", n, &twins));
+                println!("{:.0} {} {}", m.throughput, m.p50_us, m.p99_us);
+            }
+            node.shutdown();
         }
         // The wake-up table alone: `wake:TWINS:PORT:ROUNDS`.
         "wake" => {
@@ -839,21 +883,7 @@ fn main() {
     );
     for (&n, floor) in counts.iter().zip(&floors) {
         while hosted < n {
-            node.apply(spec(hosted), false)
-                .expect("applying a bench twin");
-            let mut changes = node.subscribe(&format!("twin-{hosted}")).expect("stream");
-            let tracker = twins.clone();
-            let index = hosted;
-            tokio::spawn(async move {
-                use tokio::sync::broadcast::error::RecvError;
-                loop {
-                    match changes.recv().await {
-                        Ok(change) => tracker.arrived(index, change.seq),
-                        Err(RecvError::Lagged(missed)) => tracker.lagged(missed),
-                        Err(RecvError::Closed) => break,
-                    }
-                }
-            });
+            host_tracked(&node, &spec, hosted, &twins);
             hosted += 1;
         }
         let m = io.block_on(measure(&mut publishers, "bench", n, &twins));
