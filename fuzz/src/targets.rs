@@ -213,8 +213,8 @@ fn message(topic: &str, payload: &[u8]) -> Vec<u8> {
 
 fn adapter() -> Target {
     let runtime = Runtime::new(RuntimeConfig {
-        fuel: true,
         cache_dir: None,
+        ..RuntimeConfig::default()
     })
     .expect("a runtime");
     let component = runtime

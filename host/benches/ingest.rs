@@ -39,7 +39,7 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde_json::json;
 use wasmtwin::node::{Node, NodeConfig};
 use wasmtwin::physical::BrokerAddress;
-use wasmtwin::runtime::{Limits, Runtime, RuntimeConfig};
+use wasmtwin::runtime::{DEFAULT_MEMORY_RESERVATION, Limits, Runtime, RuntimeConfig};
 use wasmtwin::signing::{self, Metadata, TrustPolicy, TrustSet};
 use wasmtwin::spec::TwinSpec;
 use wasmtwin::store::Store;
@@ -51,6 +51,30 @@ use wasmtwin_tests::wait;
 /// `sleeping:N:PORT`, `instances:N`) and the restarts
 /// (`populate:N:PORT:DIR`, `resume:N:PORT:DIR:lazy|eager|connected:SEQ`).
 const CHILD: &str = "WASMTWIN_BENCH_CHILD";
+
+/// The address space, in bytes, that each linear memory of this process's
+/// runtime reserves, when not a node's default: the memory table's
+/// baseline of wasmtime's own default sets it in its children.
+const RESERVATION: &str = "WASMTWIN_BENCH_MEMORY_RESERVATION";
+
+/// wasmtime's default reservation, under which compiled code skips bounds
+/// checks.
+const UNCHECKED_RESERVATION: u64 = 4 << 30;
+
+/// The runtime of a bench node or of bare instances: no disk cache, and the
+/// memory reservation `RESERVATION` names.
+fn bench_runtime() -> Runtime {
+    let memory_reservation = match std::env::var(RESERVATION) {
+        Ok(bytes) => bytes.parse().expect("a reservation in bytes"),
+        Err(_) => DEFAULT_MEMORY_RESERVATION,
+    };
+    Runtime::new(RuntimeConfig {
+        cache_dir: None,
+        memory_reservation,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime")
+}
 
 /// Publish times of messages in flight, and the latencies of those that
 /// arrived.
@@ -338,11 +362,7 @@ fn node(
     park: bool,
 ) -> (Arc<Node>, impl Fn(usize) -> TwinSpec) {
     let (model, adapter, policy) = signed_plugins(dir);
-    let runtime = Runtime::new(RuntimeConfig {
-        fuel: true,
-        cache_dir: None,
-    })
-    .expect("runtime");
+    let runtime = bench_runtime();
     let store = Store::open(&dir.join("node")).expect("store");
     let broker = BrokerAddress {
         host: "127.0.0.1".into(),
@@ -574,11 +594,7 @@ fn child(mode: &str) {
             std::mem::forget(node);
         }
         _ => {
-            let runtime = Runtime::new(RuntimeConfig {
-                fuel: true,
-                cache_dir: None,
-            })
-            .expect("runtime");
+            let runtime = bench_runtime();
             let bytes = std::fs::read(wasmtwin_tests::plugin("machine")).expect("plugin");
             let model = runtime.load_model(&bytes).expect("model");
             let config = json!({});
@@ -610,8 +626,15 @@ fn child(mode: &str) {
 
 /// Runs this benchmark as a child in `mode`; the numbers it printed.
 fn in_child<T: std::str::FromStr>(mode: &str) -> Vec<T> {
+    in_child_reserving(mode, DEFAULT_MEMORY_RESERVATION)
+}
+
+/// As [`in_child`], each linear memory of the child reserving `reservation`
+/// bytes.
+fn in_child_reserving<T: std::str::FromStr>(mode: &str, reservation: u64) -> Vec<T> {
     let output = std::process::Command::new(std::env::current_exe().expect("own path"))
         .env(CHILD, mode)
+        .env(RESERVATION, reservation.to_string())
         .env("WASMTWIN_LOG", "error")
         .output()
         .expect("running a child");
@@ -628,7 +651,12 @@ fn in_child<T: std::str::FromStr>(mode: &str) -> Vec<T> {
 
 /// How much a child's twins or instances grew its `footprint`.
 fn idle_memory(mode: &str) -> [u64; 3] {
-    match in_child(mode)[..] {
+    idle_memory_reserving(mode, DEFAULT_MEMORY_RESERVATION)
+}
+
+/// As [`idle_memory`], each linear memory reserving `reservation` bytes.
+fn idle_memory_reserving(mode: &str, reservation: u64) -> [u64; 3] {
+    match in_child_reserving(mode, reservation)[..] {
         [rss, paid, maps] => [rss, paid, maps],
         _ => panic!("{mode}: expected resident KiB, KiB paid and mappings"),
     }
@@ -921,6 +949,12 @@ fn main() {
     let sleeping = idle_memory(&format!("sleeping:{idle}:{}", broker.port));
     let connected = idle_memory(&format!("connected:{idle}:{}", broker.port));
     let instances = idle_memory(&format!("instances:{idle}"));
+    let unchecked_twins = idle_memory_reserving(
+        &format!("twins:{idle}:{}", broker.port),
+        UNCHECKED_RESERVATION,
+    );
+    let unchecked_instances =
+        idle_memory_reserving(&format!("instances:{idle}"), UNCHECKED_RESERVATION);
     let sleeping_many = idle_memory(&format!("sleeping:{many}:{}", broker.port));
     let restarted = restarts(broker.port, idle, true);
     let restarted_many = restarts(broker.port, many, false);
@@ -931,9 +965,19 @@ fn main() {
     for (what, count, [rss, paid, maps]) in [
         ("bare model instances (baseline)", idle, instances),
         (
+            "bare model instances, 4 GiB reservation per memory (wasmtime's default)",
+            idle,
+            unchecked_instances,
+        ),
+        (
             "hosted twins (model + adapter instances, MQTT session, queues, store)",
             idle,
             twins,
+        ),
+        (
+            "hosted twins, 4 GiB reservation per memory (wasmtime's default)",
+            idle,
+            unchecked_twins,
         ),
         (
             "hosted twins, hibernating, sessions kept connected (instances dropped)",

@@ -9,8 +9,8 @@ use wasmtwin_tests::plugin_bytes;
 
 fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig {
-        fuel: true,
         cache_dir: None,
+        ..RuntimeConfig::default()
     })
     .unwrap()
 }
@@ -119,8 +119,8 @@ fn compiled_components_are_cached_in_memory_and_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = plugin_bytes("prime");
     let config = RuntimeConfig {
-        fuel: true,
         cache_dir: Some(dir.path().join("cache")),
+        ..RuntimeConfig::default()
     };
     let runtime = Runtime::new(config.clone()).unwrap();
     assert_eq!(runtime.compile(&bytes).unwrap().2, CacheOutcome::Compiled);

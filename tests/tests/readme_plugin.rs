@@ -57,8 +57,8 @@ async fn the_readme_walkthrough_builds_and_runs() {
 
     let bytes = std::fs::read(target.join("wasm32-wasip2/release/thermostat.wasm")).unwrap();
     let runtime = Runtime::new(RuntimeConfig {
-        fuel: true,
         cache_dir: None,
+        ..RuntimeConfig::default()
     })
     .unwrap();
     let component = runtime.load_model(&bytes).unwrap();

@@ -1,5 +1,6 @@
 //! A misbehaving plugin harms only its own twin, the error says which twin
-//! and why, and nothing outside the sandbox is reachable.
+//! and why, and nothing outside the sandbox is reachable; a memory that
+//! outgrows its address space is moved, not lost.
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +11,8 @@ use wasmtwin_tests::plugin_bytes;
 
 fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig {
-        fuel: true,
         cache_dir: None,
+        ..RuntimeConfig::default()
     })
     .expect("runtime")
 }
@@ -34,6 +35,23 @@ async fn prime_twin(runtime: &Runtime, name: &str, primes: u32) -> Twin {
         name,
         Limits::default(),
         &json!({ "primes": primes }),
+    )
+    .await
+    .unwrap()
+}
+
+/// A twin restored from `checkpoint` of the same component.
+async fn restored(
+    runtime: &Runtime,
+    model: &wasmtwin::runtime::ModelComponent,
+    checkpoint: &wasmtwin::checkpoint::Checkpoint,
+) -> Twin {
+    Twin::restore(
+        runtime,
+        model,
+        checkpoint,
+        Limits::default(),
+        RestorePolicy::SameComponent,
     )
     .await
     .unwrap()
@@ -151,15 +169,7 @@ async fn a_failed_twin_resumes_from_its_last_checkpoint() {
     let checkpoint = twin.checkpoint().await.unwrap();
 
     // Starve the next call of fuel: the instance fails and is poisoned.
-    let mut starved = Twin::restore(
-        &runtime,
-        &prime,
-        &checkpoint,
-        Limits::default(),
-        RestorePolicy::SameComponent,
-    )
-    .await
-    .unwrap();
+    let mut starved = restored(&runtime, &prime, &checkpoint).await;
     starved.set_limits(Limits {
         fuel_per_call: 1_000,
         ..Limits::default()
@@ -175,15 +185,7 @@ async fn a_failed_twin_resumes_from_its_last_checkpoint() {
         "a failed update must not count"
     );
 
-    let mut resumed = Twin::restore(
-        &runtime,
-        &prime,
-        &checkpoint,
-        Limits::default(),
-        RestorePolicy::SameComponent,
-    )
-    .await
-    .unwrap();
+    let mut resumed = restored(&runtime, &prime, &checkpoint).await;
     resumed.apply(&update(11)).await.unwrap();
     assert_eq!(resumed.state().updates_applied, 11);
     assert_eq!(resumed.state().properties["last_seq"], json!(11));
@@ -228,4 +230,40 @@ async fn a_refusal_leaves_the_twin_usable() {
     twin.reconfigure(&json!({"primes": 20})).await.unwrap();
     let outcome = twin.act("status", &json!(null)).await.unwrap();
     assert_eq!(outcome.result, json!({"updates_applied": 1, "primes": 20}));
+}
+
+/// A linear memory that outgrows the address space reserved for it is moved
+/// to a larger reservation by a copy; the twin's state survives the move,
+/// its snapshot and its restore into a memory that starts small again.
+#[tokio::test]
+async fn a_memory_that_outgrows_its_reservation_keeps_its_contents() {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: None,
+        memory_reservation: 1 << 20,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let prime = runtime.load_model(&plugin_bytes("prime")).unwrap();
+    // Eight MiB of state padding: eight times the reservation.
+    let config = json!({ "primes": 10, "state_kib": 8192 });
+    let mut twin = Twin::create(&runtime, &prime, "big", Limits::default(), &config)
+        .await
+        .unwrap();
+    twin.apply(&update(1)).await.unwrap();
+    let checkpoint = twin.checkpoint().await.unwrap();
+    let bytes = |c: &wasmtwin::checkpoint::Checkpoint| -> usize {
+        c.sections.iter().map(|(_, body)| body.len()).sum()
+    };
+    assert!(bytes(&checkpoint) > 8 << 20, "{} bytes", bytes(&checkpoint));
+
+    let mut again = restored(&runtime, &prime, &checkpoint).await;
+    again.apply(&update(2)).await.unwrap();
+    assert_eq!(again.state().updates_applied, 2);
+    assert_eq!(again.state().properties["last_seq"], json!(2));
+    let next = again.checkpoint().await.unwrap();
+    assert_eq!(
+        bytes(&next),
+        bytes(&checkpoint),
+        "the padding came back whole"
+    );
 }

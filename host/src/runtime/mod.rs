@@ -44,6 +44,27 @@ use crate::digest::Digest;
 /// and a running call yields to other twins this often.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Virtual address space a node reserves for each linear memory by
+/// default: the spec's default memory limit (64 MiB), so that a twin within
+/// it never has its memory moved (a move copies it, page by page).
+///
+/// wasmtime's own default, 4 GiB, lets compiled code skip bounds checks.
+/// Its price is density: every memory gets page tables of its own (about
+/// 10 KiB an awake twin, which holds two), and 128 TiB of user address
+/// space holds about 32,000 such memories, so a node could keep no more
+/// than about 16,000 twins awake. With 64 MiB each access is checked in
+/// code instead: about 5 % more time in a computing guest (README,
+/// *Benchmarks*). `--memory-reservation 4GiB` restores wasmtime's default.
+pub const DEFAULT_MEMORY_RESERVATION: u64 = 64 << 20;
+
+/// From this reservation up, a 32-bit memory's every index falls inside it
+/// and its guards, and compiled code needs no bounds checks.
+const UNCHECKED_RESERVATION: u64 = 4 << 30;
+
+/// The guard after a bounds-checked memory. The checks do the work; the
+/// guard only spares a check the addition of a small static offset.
+const CHECKED_GUARD: u64 = 64 << 10;
+
 /// How a [`Runtime`] is built.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -53,6 +74,9 @@ pub struct RuntimeConfig {
     /// Where to keep compiled components across processes; `None` keeps
     /// them in memory only.
     pub cache_dir: Option<PathBuf>,
+    /// Virtual address space reserved for each linear memory, in bytes
+    /// ([`DEFAULT_MEMORY_RESERVATION`]).
+    pub memory_reservation: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -60,6 +84,7 @@ impl Default for RuntimeConfig {
         Self {
             fuel: true,
             cache_dir: default_cache_dir(),
+            memory_reservation: DEFAULT_MEMORY_RESERVATION,
         }
     }
 }
@@ -101,8 +126,8 @@ impl Runtime {
     /// cache on disk: what unit tests run guests on.
     pub(crate) fn for_tests() -> Self {
         Self::new(RuntimeConfig {
-            fuel: true,
             cache_dir: None,
+            ..RuntimeConfig::default()
         })
         .expect("a runtime")
     }
@@ -114,7 +139,11 @@ impl Runtime {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .consume_fuel(config.fuel)
-            .epoch_interruption(true);
+            .epoch_interruption(true)
+            .memory_reservation(config.memory_reservation);
+        if config.memory_reservation < UNCHECKED_RESERVATION {
+            wasm.memory_guard_size(CHECKED_GUARD);
+        }
         let engine = Engine::new(&wasm)
             .map_err(anyhow::Error::from)
             .context("creating the wasm engine")?;

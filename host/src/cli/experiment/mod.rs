@@ -569,8 +569,8 @@ mod tests {
     #[test]
     fn the_models_cost_is_what_a_share_meters_however_busy_the_machine() {
         let runtime = Runtime::new(RuntimeConfig {
-            fuel: true,
             cache_dir: None,
+            ..RuntimeConfig::default()
         })
         .unwrap();
         let model = wasmtwin_tests::plugin("prime");
