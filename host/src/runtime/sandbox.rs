@@ -59,6 +59,13 @@ pub(super) struct Sandbox {
     poisoned: bool,
 }
 
+/// The fuel a store has left, asked of a metered store only. Asking an
+/// unmetered one makes an error, and with `RUST_BACKTRACE` set every error
+/// captures a backtrace: several microseconds on every call.
+fn fuel_left(metered: bool, get: impl FnOnce() -> wasmtime::Result<u64>) -> Option<u64> {
+    if metered { get().ok() } else { None }
+}
+
 fn memory_limit(limits: &Limits) -> usize {
     usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX)
 }
@@ -68,6 +75,7 @@ impl Sandbox {
         let state = GuestState::new(Arc::from(twin), memory_limit(&limits));
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|state| &mut state.memory);
+        let metered = runtime.meters_fuel();
         // At every epoch tick a running call either yields to the executor
         // (so other twins run on this thread meanwhile) or, past its
         // deadline, is interrupted, wherever it is. The fuel it burned
@@ -75,16 +83,14 @@ impl Sandbox {
         // share, it sleeps instead, in the middle of the call, until back
         // within it — but never past its deadline, which then interrupts
         // it at the next tick.
-        store.epoch_deadline_callback(|mut ctx| {
+        store.epoch_deadline_callback(move |mut ctx| {
             let now = Instant::now();
             let deadline = ctx.data().deadline();
             if now >= deadline {
                 return Ok(UpdateDeadline::Interrupt);
             }
-            let pause = match ctx.get_fuel() {
-                Ok(left) => ctx.data_mut().charge_cpu(left),
-                Err(_) => None,
-            };
+            let pause = fuel_left(metered, || ctx.get_fuel())
+                .and_then(|left| ctx.data_mut().charge_cpu(left));
             let next: Pin<Box<dyn Future<Output = ()> + Send>> = match pause {
                 Some((cpu, wait)) => Box::pin(cpu.pause(wait.min(deadline - now))),
                 None => Box::pin(tokio::task::yield_now()),
@@ -94,7 +100,7 @@ impl Sandbox {
         Self {
             store,
             limits,
-            metered: runtime.meters_fuel(),
+            metered,
             poisoned: false,
         }
     }
@@ -164,7 +170,7 @@ impl Sandbox {
     /// Charges what the call burned since the last tick to the twin's CPU
     /// share (the next call waits out any debt).
     pub(super) fn settle(&mut self) {
-        if let Ok(left) = self.store.get_fuel() {
+        if let Some(left) = fuel_left(self.metered, || self.store.get_fuel()) {
             let _ = self.store.data_mut().charge_cpu(left);
         }
     }
