@@ -39,7 +39,9 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde_json::json;
 use wasmtwin::node::{Node, NodeConfig};
 use wasmtwin::physical::BrokerAddress;
-use wasmtwin::runtime::{DEFAULT_MEMORY_RESERVATION, Limits, Runtime, RuntimeConfig};
+use wasmtwin::runtime::{
+    DEFAULT_MEMORY_RESERVATION, Limits, Runtime, RuntimeConfig, UNCHECKED_RESERVATION,
+};
 use wasmtwin::signing::{self, Metadata, TrustPolicy, TrustSet};
 use wasmtwin::spec::TwinSpec;
 use wasmtwin::store::Store;
@@ -56,10 +58,6 @@ const CHILD: &str = "WASMTWIN_BENCH_CHILD";
 /// runtime reserves, when not a node's default: the memory table's
 /// baseline of wasmtime's own default sets it in its children.
 const RESERVATION: &str = "WASMTWIN_BENCH_MEMORY_RESERVATION";
-
-/// wasmtime's default reservation, under which compiled code skips bounds
-/// checks.
-const UNCHECKED_RESERVATION: u64 = 4 << 30;
 
 /// The runtime of a bench node or of bare instances: no disk cache, and the
 /// memory reservation `RESERVATION` names.

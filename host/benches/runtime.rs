@@ -10,7 +10,9 @@ use prime::Prime;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Publish;
 use serde_json::json;
-use wasmtwin::runtime::{CacheOutcome, Limits, ModelInstance, Runtime, RuntimeConfig, Update};
+use wasmtwin::runtime::{
+    CacheOutcome, Limits, ModelInstance, Runtime, RuntimeConfig, UNCHECKED_RESERVATION, Update,
+};
 use wasmtwin_sdk::{Effects, Model};
 use wasmtwin_tests::wait;
 
@@ -76,7 +78,7 @@ fn runtime(fuel: bool, cache_dir: Option<std::path::PathBuf>) -> Runtime {
 fn unchecked_runtime() -> Runtime {
     Runtime::new(RuntimeConfig {
         cache_dir: None,
-        memory_reservation: 4 << 30,
+        memory_reservation: UNCHECKED_RESERVATION,
         ..RuntimeConfig::default()
     })
     .expect("runtime")

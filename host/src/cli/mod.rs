@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use wasmtwin::runtime::{Runtime, RuntimeConfig, default_cache_dir};
+use wasmtwin::runtime::{Runtime, RuntimeConfig, UNCHECKED_RESERVATION, default_cache_dir};
 use wasmtwin::signing::TrustPolicy;
 use wasmtwin::telemetry::{self, Export, Exporter};
 
@@ -114,8 +114,7 @@ fn memory_reservation(text: &str) -> Result<u64, String> {
             "`{text}` is not a whole, non-zero number of 64KiB WebAssembly pages"
         ));
     }
-    // A 32-bit memory's every index already falls within 4GiB.
-    if bytes > 4 << 30 {
+    if bytes > UNCHECKED_RESERVATION {
         return Err(format!("`{text}` is over 4GiB, the most a memory can use"));
     }
     Ok(bytes)

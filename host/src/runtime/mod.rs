@@ -57,9 +57,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// *Benchmarks*). `--memory-reservation 4GiB` restores wasmtime's default.
 pub const DEFAULT_MEMORY_RESERVATION: u64 = 64 << 20;
 
-/// From this reservation up, a 32-bit memory's every index falls inside it
-/// and its guards, and compiled code needs no bounds checks.
-const UNCHECKED_RESERVATION: u64 = 4 << 30;
+/// wasmtime's own default reservation: from this size up, a 32-bit
+/// memory's every index falls inside it and its guards, and compiled code
+/// needs no bounds checks. A larger one gains nothing.
+pub const UNCHECKED_RESERVATION: u64 = 4 << 30;
 
 /// The guard after a bounds-checked memory. The checks do the work; the
 /// guard only spares a check the addition of a small static offset.
