@@ -242,6 +242,20 @@ fn ms(d: Duration) -> String {
 /// The SDK's snapshot encodings, as `prime`'s configuration names them.
 const ENCODINGS: [&str; 2] = ["json", "binary"];
 
+/// The live runs' variants, taken in turn: (index in [`ENCODINGS`],
+/// pre-copy), in the table's order.
+const VARIANTS: [(usize, client::Precopy); 4] = [
+    (0, client::Precopy::Nothing),
+    (0, client::Precopy::State),
+    (1, client::Precopy::Nothing),
+    (1, client::Precopy::State),
+];
+
+/// A bundle's size, for the table.
+fn bytes(n: usize) -> String {
+    bytesize::ByteSize(n as u64).display().iec().to_string()
+}
+
 fn spec(model: &Path, adapter: &Path, state_kib: u32, encoding: &str) -> String {
     json!({
         "apiVersion": wasmtwin::spec::API_VERSION,
@@ -289,8 +303,15 @@ async fn give_history(node: &NodeClient, points: u64) {
         .expect("restoring with history");
 }
 
-/// One live migration from `from` to `to`: (downtime, total).
-async fn migrate_once(from: &Host, to: &Host) -> Option<(Duration, Duration)> {
+/// What one live migration measured.
+struct Moved {
+    downtime: Duration,
+    total: Duration,
+    bundle_bytes: usize,
+}
+
+/// One live migration from `from` to `to`.
+async fn migrate_once(from: &Host, to: &Host, precopy: client::Precopy) -> Option<Moved> {
     let source = watch(from.client.clone());
     let target = watch(to.client.clone());
     // Let the source stream connect and see a change.
@@ -302,7 +323,7 @@ async fn migrate_once(from: &Host, to: &Host) -> Option<(Duration, Duration)> {
     // The target's stream opens once the twin starts arriving; the
     // handover waits for it, so that it sees the first change there.
     let target_open = target.open.clone();
-    let moved = client::migrate_observed("p", &from.client, &to.client, async |step| {
+    let moved = client::migrate_observed("p", &from.client, &to.client, precopy, async |step| {
         if step == client::Step::TargetReady {
             let _ = tokio::time::timeout(Duration::from_secs(2), target_open.notified()).await;
         }
@@ -321,8 +342,11 @@ async fn migrate_once(from: &Host, to: &Host) -> Option<(Duration, Duration)> {
     // Only a run whose target stream saw the update after the source's
     // last (or lagged behind it, which makes the figure an upper bound) is
     // measured.
-    (first_seq == last_seq + 1 || first_seq == LAGGED)
-        .then(|| (first_at.saturating_duration_since(last_at), moved.total))
+    (first_seq == last_seq + 1 || first_seq == LAGGED).then(|| Moved {
+        downtime: first_at.saturating_duration_since(last_at),
+        total: moved.total,
+        bundle_bytes: moved.bundle_bytes,
+    })
 }
 
 /// Reconfigures twin `p` on `node` to write its snapshots in `encoding`.
@@ -407,7 +431,10 @@ async fn main() {
         "Live migration between two host processes vs. the slow way (fresh host process + restore from a checkpoint file), {runs} runs each.\n"
     );
     println!(
-        "| guest state | history | live, JSON: downtime p50 | p99 | live, binary: downtime p50 | p99 | total p50 (JSON / binary) | slow way: downtime p50 | p99 | live JSON / slow (p50) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "Live runs take turns: JSON or binary snapshots, the whole state in the handover's bundle (as before) or only what changed since a snapshot sent ahead (pre-copy, the default).\n"
+    );
+    println!(
+        "| guest state | history | JSON, whole: downtime p50 | p99 | JSON, pre-copied: p50 | p99 | binary, whole: p50 | p99 | binary, pre-copied: p50 | p99 | bundle p50 (binary: whole / pre-copied) | total p50 (binary: whole / pre-copied) | slow way: downtime p50 | p99 | JSON whole / slow (p50) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut swaps = Vec::new();
     for &kib in states {
@@ -425,20 +452,24 @@ async fn main() {
             give_history(&a.client, points).await;
             a.applied_after(0).await;
 
-            // Per encoding: downtimes and totals.
-            let mut live: [Vec<Duration>; 2] = Default::default();
-            let mut totals: [Vec<Duration>; 2] = Default::default();
+            // Per variant (encoding + 2 × pre-copy, see VARIANTS):
+            // downtimes, totals and bundle sizes.
+            let mut live: [Vec<Duration>; 4] = Default::default();
+            let mut totals: [Vec<Duration>; 4] = Default::default();
+            let mut bundles: [Vec<usize>; 4] = Default::default();
             let mut on_a = true;
-            for run in 0..runs * 6 {
+            for run in 0..runs * 12 {
                 if live.iter().all(|l| l.len() >= runs) {
                     break;
                 }
-                let encoding = run % 2;
+                let variant = run % 4;
+                let (encoding, precopy) = VARIANTS[variant];
                 let (from, to) = if on_a { (&a, &b) } else { (&b, &a) };
                 encode_with(&from.client, &s, kib, ENCODINGS[encoding]).await;
-                if let Some((downtime, total)) = migrate_once(from, to).await {
-                    live[encoding].push(downtime);
-                    totals[encoding].push(total);
+                if let Some(moved) = migrate_once(from, to, precopy).await {
+                    live[variant].push(moved.downtime);
+                    totals[variant].push(moved.total);
+                    bundles[variant].push(moved.bundle_bytes);
                 }
                 on_a = !on_a;
             }
@@ -520,24 +551,32 @@ async fn main() {
                 slow.push(first_at.saturating_duration_since(last_at));
             }
 
-            let [(json_p50, json_p99), (binary_p50, binary_p99)] =
-                live.each_mut().map(|l| percentiles(l));
-            let [(json_total, _), (binary_total, _)] = totals.each_mut().map(|t| percentiles(t));
+            let downtimes = live.each_mut().map(|l| percentiles(l));
+            let [.., (binary_total, _), (precopied_total, _)] =
+                totals.each_mut().map(|t| percentiles(t));
+            let [.., binary_bundle, precopied_bundle] = bundles.each_mut().map(|b| {
+                b.sort_unstable();
+                b.get(b.len() / 2).copied().unwrap_or(0)
+            });
             let (slow_p50, slow_p99) = percentiles(&mut slow);
+            let json_p50 = downtimes[0].0;
             println!(
-                "| {}{} | {points} | {} | {} | {} | {} | {} / {} | {} | {} | {:.3}× |",
+                "| {}{} | {points} | {} | {} / {} | {} / {} | {} | {} | {:.3}× |",
                 size(kib),
                 if measured < runs {
                     format!(" ({measured} runs)")
                 } else {
                     String::new()
                 },
-                ms(json_p50),
-                ms(json_p99),
-                ms(binary_p50),
-                ms(binary_p99),
-                ms(json_total),
+                downtimes
+                    .iter()
+                    .map(|(p50, p99)| format!("{} | {}", ms(*p50), ms(*p99)))
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                bytes(binary_bundle),
+                bytes(precopied_bundle),
                 ms(binary_total),
+                ms(precopied_total),
                 ms(slow_p50),
                 ms(slow_p99),
                 json_p50.as_secs_f64() / slow_p50.as_secs_f64()

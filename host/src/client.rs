@@ -352,6 +352,24 @@ fn relay(response: reqwest::Response, what: &str) -> (reqwest::Body, ProgressBar
     (reqwest::Body::wrap_stream(chunks), bar)
 }
 
+/// Streams what `GET from_path` answers on `from` into `PUT to_path` on
+/// `to`, as it comes, with a progress bar saying `what`; `to`'s answer.
+async fn relay_between(
+    (from, from_path): (&NodeClient, &str),
+    (to, to_path): (&NodeClient, &str),
+    what: &str,
+) -> anyhow::Result<Value> {
+    let source = from
+        .send(from.request(reqwest::Method::GET, from_path))
+        .await?;
+    let (relayed, bar) = relay(source, what);
+    let answer = to
+        .send(to.request(reqwest::Method::PUT, to_path).body(relayed))
+        .await;
+    bar.finish_and_clear();
+    answer?.json().await.context("reading the target's answer")
+}
+
 /// Streams twin `name`'s history from `from` to `to`, which is receiving
 /// it; the mark of the last row copied, if there was any.
 async fn copy_history(
@@ -359,38 +377,60 @@ async fn copy_history(
     from: &NodeClient,
     to: &NodeClient,
 ) -> anyhow::Result<Option<String>> {
-    let rows = from
-        .send(from.request(
-            reqwest::Method::GET,
-            &format!("/v1/twins/{name}/history/rows"),
-        ))
-        .await?;
-    let (relayed, bar) = relay(rows, "copying history");
-    let answer = to
-        .send(
-            to.request(
-                reqwest::Method::PUT,
-                &format!("/v1/migrations/{name}/history"),
-            )
-            .body(relayed),
-        )
-        .await;
-    bar.finish_and_clear();
-    let answer: Value = answer?
-        .json()
-        .await
-        .context("reading the target's answer")?;
+    let answer = relay_between(
+        (from, &format!("/v1/twins/{name}/history/rows")),
+        (to, &format!("/v1/migrations/{name}/history")),
+        "copying history",
+    )
+    .await?;
     Ok(answer["through"].as_str().map(String::from))
+}
+
+/// Sends the target a snapshot of twin `name` to hold ahead of the
+/// handover, whose bundle then carries only what changed since; the
+/// snapshot's digest, as the target saw it. Should this fail (a node of an
+/// earlier release, say), the handover carries the whole snapshot.
+async fn copy_base(name: &str, from: &NodeClient, to: &NodeClient) -> Option<String> {
+    let copied = relay_between(
+        (from, &format!("/v1/twins/{name}/base")),
+        (to, &format!("/v1/migrations/{name}/base")),
+        "sending the state ahead",
+    )
+    .await
+    .and_then(|answer| {
+        answer["base"]
+            .as_str()
+            .map(String::from)
+            .context("the target's answer names no snapshot")
+    });
+    match copied {
+        Ok(digest) => Some(digest),
+        Err(e) => {
+            tracing::warn!(twin = %name, "the handover will carry the whole state: sending it ahead failed: {e:#}");
+            None
+        }
+    }
 }
 
 /// Moves twin `name` from node `from` to node `to`, live: the target
 /// subscribes and buffers before the source stops and copies the twin's
-/// history while it still runs there; the source applies everything up to
-/// the target's first buffered message and hands over the rest; the target
-/// restores and goes on from its buffer. If a step fails, the
+/// history and a snapshot of its state while it still runs there; the
+/// source applies everything up to the target's first buffered message and
+/// hands over the rest, its state as the changes since that snapshot; the
+/// target restores and goes on from its buffer. If a step fails, the
 /// twin stays (or resumes) on the source and the error says which.
 pub async fn migrate(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow::Result<Migration> {
-    migrate_observed(name, from, to, async |_| {}).await
+    migrate_observed(name, from, to, Precopy::State, async |_| {}).await
+}
+
+/// Whether a migration sends the twin's state ahead of the handover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precopy {
+    /// A snapshot goes ahead, and the handover carries only the changes
+    /// since: a shorter pause, for a second snapshot and transfer before it.
+    State,
+    /// The handover carries the whole state.
+    Nothing,
 }
 
 /// A step of a live migration, reported as it is reached.
@@ -410,6 +450,7 @@ pub async fn migrate_observed(
     name: &str,
     from: &NodeClient,
     to: &NodeClient,
+    precopy: Precopy,
     mut observe: impl AsyncFnMut(Step),
 ) -> anyhow::Result<Migration> {
     let started = Instant::now();
@@ -430,11 +471,15 @@ pub async fn migrate_observed(
     // buffers is what the source still applies.
     let copied = async {
         let copied = copy_history(name, from, to).await?;
+        let base = match precopy {
+            Precopy::State => copy_base(name, from, to).await,
+            Precopy::Nothing => None,
+        };
         let listen = format!("{arriving}/session");
         to.send(to.request(reqwest::Method::POST, &listen)).await?;
-        anyhow::Ok(copied)
+        anyhow::Ok((copied, base))
     };
-    let copied = match copied.await {
+    let (copied, base) = match copied.await {
         Ok(copied) => copied,
         Err(e) => {
             refuse_arrival().await;
@@ -470,6 +515,9 @@ pub async fn migrate_observed(
     }
     if let Some(mark) = &copied {
         handover = handover.query(&[("historyAfter", mark)]);
+    }
+    if let Some(digest) = &base {
+        handover = handover.query(&[("base", digest)]);
     }
     let resume = format!("/v1/twins/{name}/resume");
     let bundle = match from.send(handover).await {

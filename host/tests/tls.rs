@@ -222,6 +222,12 @@ fn a_twin_s_state_moves_only_between_callers_with_a_certificate_of_the_ca() {
         String::from_utf8_lossy(&taken.stderr)
     );
     assert!(std::fs::metadata(&bundle).unwrap().len() > 0);
+    // So does the snapshot a migration sends ahead.
+    let (status, said) = curl_json(&format!("{a}/v1/twins/t/base"), ca, &bearer);
+    assert!(
+        status == 403 && said.contains("--tls-client-ca"),
+        "{status}: {said}"
+    );
 
     // Pushing it into another node: a token alone gets 403, naming why; a
     // certificate of another CA does not get through the handshake.

@@ -87,6 +87,7 @@ mod tests {
             (Method::POST, "/v1/twins/m1/swap"),
             (Method::GET, "/v1/twins/m1/checkpoint"),
             (Method::GET, "/v1/twins/m1/history/rows"),
+            (Method::GET, "/v1/twins/m1/base"),
             (Method::PUT, "/v1/migrations/m1"),
         ] {
             assert!(audited(&method, path), "{method} {path}");

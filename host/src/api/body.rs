@@ -34,9 +34,9 @@ pub fn too_large(what: &str, limit: usize) -> Response {
     )
 }
 
-/// Reads a whole body of at most `limit` bytes as UTF-8 text; a larger
-/// one is refused as soon as its length (announced or read) exceeds it.
-pub async fn text(body: Body, limit: usize, what: &str) -> Result<String, Response> {
+/// Reads a whole body of at most `limit` bytes; a larger one is refused
+/// as soon as its length (announced or read) exceeds it.
+pub async fn bytes(body: Body, limit: usize, what: &str) -> Result<Vec<u8>, Response> {
     if body.size_hint().lower() > limit as u64 {
         return Err(too_large(what, limit));
     }
@@ -50,7 +50,13 @@ pub async fn text(body: Body, limit: usize, what: &str) -> Result<String, Respon
         }
         bytes.extend_from_slice(&chunk);
     }
-    String::from_utf8(bytes)
+    Ok(bytes)
+}
+
+/// Reads a whole body of at most `limit` bytes as UTF-8 text (see
+/// [`bytes`]).
+pub async fn text(body: Body, limit: usize, what: &str) -> Result<String, Response> {
+    String::from_utf8(bytes(body, limit, what).await?)
         .map_err(|_| error(StatusCode::BAD_REQUEST, format!("the {what} is not UTF-8")))
 }
 

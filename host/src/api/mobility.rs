@@ -39,6 +39,7 @@ pub fn routes() -> Router<Arc<Node>> {
         .route("/v1/twins/{name}/checkpoint", get(checkpoint).put(restore))
         .route("/v1/twins/{name}/handover", post(handover))
         .route("/v1/twins/{name}/history/rows", get(history_rows))
+        .route("/v1/twins/{name}/base", get(base))
         .route("/v1/twins/{name}/resume", post(resume))
         .route("/v1/twins/{name}/moved", post(moved))
         .route(
@@ -46,6 +47,7 @@ pub fn routes() -> Router<Arc<Node>> {
             put(receive).get(first_buffered).post(accept).delete(refuse),
         )
         .route("/v1/migrations/{name}/history", put(import_history))
+        .route("/v1/migrations/{name}/base", put(hold_base))
         .route("/v1/migrations/{name}/session", post(listen))
         .route_layer(axum::middleware::from_fn(super::peers::certified));
     Router::new()
@@ -257,6 +259,9 @@ struct HandoverQuery {
     until: Option<u64>,
     /// The bundle carries only the history rows after this mark.
     history_after: Option<HistoryMark>,
+    /// The digest of the snapshot the target holds (`GET .../base`): the
+    /// bundle carries the guest snapshot's changes from it.
+    base: Option<String>,
 }
 
 async fn handover(
@@ -264,9 +269,45 @@ async fn handover(
     Path(name): Path<String>,
     Query(query): Query<HandoverQuery>,
 ) -> Response {
-    match node.handover(&name, query.until, query.history_after).await {
+    let handed = node.handover(
+        &name,
+        query.until,
+        query.history_after,
+        query.base.as_deref(),
+    );
+    match handed.await {
         Ok(bytes) => bundle(bytes),
         Err(e) => node_error(e),
+    }
+}
+
+/// A snapshot of the twin's guest state for a migration's target to hold
+/// ahead of the handover (the node keeps it until then).
+async fn base(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
+    match node.base(&name).await {
+        Ok(snapshot) => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            snapshot,
+        )
+            .into_response(),
+        Err(e) => node_error(e),
+    }
+}
+
+async fn hold_base(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: axum::body::Body,
+) -> Response {
+    let limit = node.inputs().bundle_bytes;
+    let snapshot = match body::bytes(body, limit, "snapshot").await {
+        Ok(snapshot) => snapshot,
+        Err(response) => return response,
+    };
+    // Hashed off the async threads.
+    match blocking(move || Ok(node.hold_base(&name, snapshot.into())?)).await {
+        Ok(digest) => Json(json!({ "base": digest })).into_response(),
+        Err(response) => response,
     }
 }
 

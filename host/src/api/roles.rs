@@ -42,9 +42,12 @@ impl Role {
             {
                 Role::Operator
             }
-            // A checkpoint and the rows it carries are a twin's whole state:
-            // what an admin moves, not what a reader reads.
-            ["v1", "twins", _, "checkpoint"] | ["v1", "twins", _, "history", "rows"] => Role::Admin,
+            // A checkpoint, the rows it carries and the snapshot a migration
+            // sends ahead are a twin's whole state: what an admin moves, not
+            // what a reader reads.
+            ["v1", "twins", _, "checkpoint" | "base"] | ["v1", "twins", _, "history", "rows"] => {
+                Role::Admin
+            }
             ["v1", "twins", ..] | ["v1", "nodes"] | ["v1", "domains"] | ["v1", "events"]
                 if read =>
             {
@@ -256,6 +259,7 @@ mod tests {
             ("PUT", "/v1/twins/a/checkpoint", Admin),
             ("POST", "/v1/twins/a/handover", Admin),
             ("GET", "/v1/twins/a/history/rows", Admin),
+            ("GET", "/v1/twins/a/base", Admin),
             ("POST", "/v1/twins/a/resume", Admin),
             ("POST", "/v1/twins/a/moved", Admin),
             ("POST", "/v1/twins/a/swap", Operator),
@@ -265,6 +269,7 @@ mod tests {
             ("DELETE", "/v1/migrations/a", Admin),
             ("PUT", "/v1/migrations/a/history", Admin),
             ("POST", "/v1/migrations/a/session", Admin),
+            ("PUT", "/v1/migrations/a/base", Admin),
             // The control plane's.
             ("GET", "/v1/nodes", Reader),
             ("PUT", "/v1/nodes/n", Admin),

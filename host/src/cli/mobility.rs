@@ -59,6 +59,11 @@ pub struct MigrateArgs {
     /// Token for the target node, if it differs.
     #[arg(long, hide_env_values = true)]
     to_token: Option<String>,
+    /// Hand over the whole state in the pause, rather than sending a
+    /// snapshot ahead and only what changed since (which takes a second
+    /// snapshot, and holds a copy of the state on both nodes until then).
+    #[arg(long)]
+    no_precopy: bool,
 }
 
 /// Arguments of `wasmtwin swap`.
@@ -144,7 +149,14 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         }
         client::Step::HandingOver => eprintln!("{}: handing the twin over", from.base()),
     };
-    let moved = io()?.block_on(client::migrate_observed(&args.name, &from, &to, report))?;
+    let precopy = if args.no_precopy {
+        client::Precopy::Nothing
+    } else {
+        client::Precopy::State
+    };
+    let moved = io()?.block_on(client::migrate_observed(
+        &args.name, &from, &to, precopy, report,
+    ))?;
     println!(
         "twin `{}` moved from {} to {}: updates paused {:.1} ms, {:.1} ms in all, {} byte bundle{}",
         args.name,

@@ -26,14 +26,16 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::bundle::{Bundle, History, Outgoing};
+use super::precopy::{Base, GUEST_DELTA_SECTION};
 use super::view::ChangeFeed;
 use super::worker::{Handover, Job, Start, SwapJob, SwapReport};
 use super::{Components, Node, NodeError, Origin, Prepared, Session, lock, spec_op};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, GUEST_SECTION};
 use crate::physical::Subscribing;
 use crate::runtime::AdapterInstance;
 use crate::spec::{ComponentRef, TwinSpec};
@@ -63,6 +65,8 @@ pub(super) struct Incoming {
     /// Its change stream, open from the start so that applications can
     /// attach to a twin still arriving.
     changes: ChangeFeed,
+    /// The snapshot sent ahead, which the bundle's guest delta applies to.
+    base: Option<Base>,
 }
 
 impl Incoming {
@@ -141,6 +145,20 @@ impl Node {
         })
     }
 
+    /// A checkpoint of a running twin as it is between two updates, which
+    /// keeps running.
+    async fn checkpoint(&self, name: &str) -> Result<Checkpoint, NodeError> {
+        let jobs = self.jobs(name)?;
+        let (reply, answer) = oneshot::channel();
+        jobs.send(Job::Checkpoint(reply))
+            .await
+            .map_err(|_| self.missing(name))?;
+        answer
+            .await
+            .map_err(|_| self.missing(name))?
+            .map_err(NodeError::Refused)
+    }
+
     /// A bundle of a running twin as it is between two updates, which keeps
     /// running; streamed, its history straight from the store.
     pub async fn export(
@@ -148,16 +166,8 @@ impl Node {
         name: &str,
         with_components: bool,
     ) -> Result<Outgoing, NodeError> {
-        let jobs = self.jobs(name)?;
         let spec = self.spec(name)?;
-        let (reply, answer) = oneshot::channel();
-        jobs.send(Job::Checkpoint(reply))
-            .await
-            .map_err(|_| self.missing(name))?;
-        let checkpoint = answer
-            .await
-            .map_err(|_| self.missing(name))?
-            .map_err(NodeError::Refused)?;
+        let checkpoint = self.checkpoint(name).await?;
         let window = self.window(name);
         let node = self.clone();
         let bundle = tokio::task::spawn_blocking(move || {
@@ -258,6 +268,7 @@ impl Node {
         name: &str,
         until: Option<u64>,
         history_after: Option<HistoryMark>,
+        base: Option<&str>,
     ) -> Result<Outgoing, NodeError> {
         let started = std::time::Instant::now();
         let jobs = self.jobs(name)?;
@@ -294,6 +305,10 @@ impl Node {
         if let Some(leaving) = lock(&self.in_transit).get_mut(name) {
             leaving.window = window.clone();
         }
+        // The target holds this snapshot: send only what changed since.
+        let base = lock(&self.bases)
+            .remove(name)
+            .filter(|held| base.is_some_and(|digest| held.is(digest)));
         // The worker has stopped; take the twin down around it, and bundle
         // it once the store holds its history (both block: off the async
         // threads).
@@ -302,6 +317,10 @@ impl Node {
             let node = self.clone();
             tokio::task::spawn_blocking(move || {
                 let spec = node.stop(&name)?;
+                let checkpoint = match base {
+                    Some(base) => against(&base, checkpoint),
+                    None => checkpoint,
+                };
                 Some(node.bundle(spec, checkpoint, window, false, history_after))
             })
             .await
@@ -395,6 +414,7 @@ impl Node {
             components,
             session: None,
             changes: ChangeFeed::default(),
+            base: None,
         };
         if let Some(old) = lock(&self.incoming).insert(name, arriving) {
             old.close(self, false);
@@ -439,6 +459,43 @@ impl Node {
             return Err(self.missing(name).into());
         }
         self.store.history_snapshot(name, after)?.lines(sink)
+    }
+
+    /// Source, step 1¾: a snapshot of a running twin (which keeps
+    /// running) for the target to hold before the handover, whose bundle
+    /// then carries only what changed since (see the `precopy` module).
+    /// The node keeps it until that handover, or until the twin stops.
+    pub async fn base(&self, name: &str) -> Result<Bytes, NodeError> {
+        let Some((_, guest)) = self
+            .checkpoint(name)
+            .await?
+            .sections
+            .into_iter()
+            .find(|(section, _)| section == GUEST_SECTION)
+        else {
+            return Err(NodeError::Refused(
+                "the twin's checkpoint has no guest snapshot".into(),
+            ));
+        };
+        // Hashed off the async threads.
+        let base = tokio::task::spawn_blocking(move || Arc::new(Base::new(guest)))
+            .await
+            .map_err(|e| NodeError::Refused(e.to_string()))?;
+        let bytes = base.bytes();
+        lock(&self.bases).insert(name.to_string(), base);
+        Ok(bytes)
+    }
+
+    /// Target, step 1¾: holds the snapshot sent ahead of the handover;
+    /// its digest, which the conductor passes to the source.
+    pub fn hold_base(&self, name: &str, snapshot: Bytes) -> Result<String, NodeError> {
+        let base = Base::new(snapshot);
+        let digest = base.digest_hex();
+        lock(&self.incoming)
+            .get_mut(name)
+            .ok_or_else(|| NodeError::NotFound(format!("{name} (nothing is arriving)")))?
+            .base = Some(base);
+        Ok(digest)
     }
 
     /// Target, step 1½: stores history rows of a twin arriving.
@@ -495,20 +552,24 @@ impl Node {
         let Some(session) = arriving.session else {
             bail!("twin `{name}` is not listening to its device yet; nothing was started");
         };
-        let stored = Arc::new(bundle.checkpoint);
+        let whole = whole(bundle.checkpoint, arriving.base.as_ref());
         let restored = if bundle.spec == arriving.spec {
-            self.run_guest(self.make_twin(
-                &arriving.spec,
-                &arriving.components,
-                Origin::Checkpoint(stored.clone()),
-            ))
+            whole.and_then(|checkpoint| {
+                let stored = Arc::new(checkpoint);
+                let twin = self.run_guest(self.make_twin(
+                    &arriving.spec,
+                    &arriving.components,
+                    Origin::Checkpoint(stored.clone()),
+                ))?;
+                Ok((twin, stored))
+            })
         } else {
             Err(anyhow::anyhow!(
                 "the bundle's spec is not the one this node was told to receive"
             ))
         };
-        let twin = match restored {
-            Ok(twin) => twin,
+        let (twin, stored) = match restored {
+            Ok(restored) => restored,
             Err(e) => {
                 session.link.close();
                 self.forget_session(&arriving.spec);
@@ -651,4 +712,31 @@ async fn stream(bundle: Bundle) -> Result<Outgoing, NodeError> {
         .stream()
         .await
         .map_err(|e| NodeError::Refused(format!("{e:#}")))
+}
+
+/// `checkpoint` with its guest snapshot replaced by its delta from `base`.
+fn against(base: &Base, mut checkpoint: Checkpoint) -> Checkpoint {
+    for (section, body) in &mut checkpoint.sections {
+        if section == GUEST_SECTION {
+            *body = base.delta(body);
+            *section = GUEST_DELTA_SECTION.to_string();
+        }
+    }
+    checkpoint
+}
+
+/// `checkpoint` with its guest snapshot whole again, if it came as a delta
+/// from `base`.
+fn whole(mut checkpoint: Checkpoint, base: Option<&Base>) -> anyhow::Result<Checkpoint> {
+    for (section, body) in &mut checkpoint.sections {
+        if section == GUEST_DELTA_SECTION {
+            let base = base.context(
+                "the bundle carries the guest snapshot's changes from one sent ahead, \
+                 but none was sent here",
+            )?;
+            *body = base.apply(body)?;
+            *section = GUEST_SECTION.to_string();
+        }
+    }
+    Ok(checkpoint)
 }

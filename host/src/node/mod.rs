@@ -11,6 +11,7 @@ mod finished;
 pub(crate) mod local;
 pub mod membership;
 mod mobility;
+mod precopy;
 mod view;
 mod worker;
 
@@ -296,6 +297,9 @@ pub struct Node {
     in_transit: Mutex<HashMap<String, mobility::Leaving>>,
     /// Twins arriving from another node.
     incoming: Mutex<HashMap<String, mobility::Incoming>>,
+    /// Snapshots of twins here sent ahead to a migration's target, which
+    /// the handover's bundle then carries only the changes from.
+    bases: Mutex<HashMap<String, Arc<precopy::Base>>>,
     /// One lock per twin name that management calls hold while they
     /// change that twin, so concurrent calls on one name take turns.
     changing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -356,6 +360,7 @@ impl Node {
             moved: Mutex::new(HashMap::new()),
             in_transit: Mutex::new(HashMap::new()),
             incoming: Mutex::new(HashMap::new()),
+            bases: Mutex::new(HashMap::new()),
             changing: Mutex::new(HashMap::new()),
             doorbells: Mutex::new(HashMap::new()),
         })
@@ -993,6 +998,7 @@ impl Node {
     /// Stops a twin's worker and session and waits for the worker to end;
     /// what it had not yet applied stays unacknowledged at the broker.
     fn stop(&self, name: &str) -> Option<TwinSpec> {
+        lock(&self.bases).remove(name);
         let hosted = lock(&self.twins).remove(name)?;
         hosted.link.close();
         let _ = hosted.jobs.try_send(Job::Stop);

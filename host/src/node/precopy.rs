@@ -1,0 +1,226 @@
+//! Pre-copy of a migrating twin's guest snapshot.
+//!
+//! Before the handover, the target receives a snapshot of the twin taken
+//! while it still runs: the *base*. The handover's bundle then carries,
+//! instead of the whole new snapshot, only what differs from the base: the
+//! bytes between the first and the last that changed (the rest is taken
+//! from the base at the target). A model's state is often mostly stable
+//! (parameters, tables, buffers) around a few counters that move, so the
+//! pause carries a few bytes where it carried megabytes.
+//!
+//! The delta names its base by digest: a target holding another base (or
+//! none) refuses it, and the migration falls back as any failed handover
+//! does (the twin resumes on its source).
+
+use anyhow::{bail, ensure};
+use bytes::Bytes;
+
+/// The bundle section that carries a delta in place of the guest snapshot.
+pub const GUEST_DELTA_SECTION: &str = "guest-delta";
+
+/// Digest (BLAKE3) length, then the prefix and suffix lengths (u64 LE).
+const HEADER: usize = 32 + 8 + 8;
+
+/// A snapshot both sides of a migration hold, by its digest.
+pub struct Base {
+    digest: blake3::Hash,
+    bytes: Bytes,
+}
+
+impl Base {
+    pub fn new(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Self {
+            digest: blake3::hash(&bytes),
+            bytes,
+        }
+    }
+
+    /// The digest, as the conductor passes it between the nodes.
+    pub fn digest_hex(&self) -> String {
+        self.digest.to_hex().to_string()
+    }
+
+    /// The snapshot (shared, not copied).
+    pub fn bytes(&self) -> Bytes {
+        self.bytes.clone()
+    }
+
+    /// Whether the conductor's `digest` names this base.
+    pub fn is(&self, digest: &str) -> bool {
+        self.digest.to_hex().as_str() == digest
+    }
+
+    /// What `new` differs by from this base: its digest, how many bytes
+    /// of the base start it and end it, and the bytes between.
+    pub fn delta(&self, new: &[u8]) -> Vec<u8> {
+        let base = &self.bytes[..];
+        let prefix = common_prefix(base, new);
+        // The suffix may not overlap the prefix in either buffer.
+        let room = base.len().min(new.len()) - prefix;
+        let suffix = common_prefix_rev(&base[prefix..], &new[prefix..]).min(room);
+        let middle = &new[prefix..new.len() - suffix];
+        let mut delta = Vec::with_capacity(HEADER + middle.len());
+        delta.extend_from_slice(self.digest.as_bytes());
+        delta.extend_from_slice(&(prefix as u64).to_le_bytes());
+        delta.extend_from_slice(&(suffix as u64).to_le_bytes());
+        delta.extend_from_slice(middle);
+        delta
+    }
+
+    /// The snapshot `delta` (from [`Base::delta`]) describes against this
+    /// base. Refuses a delta of another base, or one that does not fit it.
+    pub fn apply(&self, delta: &[u8]) -> anyhow::Result<Vec<u8>> {
+        ensure!(
+            delta.len() >= HEADER,
+            "the guest delta is {} bytes, shorter than its {HEADER}-byte header",
+            delta.len()
+        );
+        let (digest, rest) = delta.split_at(32);
+        if digest != self.digest.as_bytes() {
+            bail!(
+                "the guest delta is against snapshot {}, but this node holds {}",
+                hex::encode(digest),
+                self.digest.to_hex()
+            );
+        }
+        let (lengths, middle) = rest.split_at(16);
+        let length = |at: usize| {
+            let mut le = [0u8; 8];
+            le.copy_from_slice(&lengths[at..at + 8]);
+            usize::try_from(u64::from_le_bytes(le)).unwrap_or(usize::MAX)
+        };
+        let (prefix, suffix) = (length(0), length(8));
+        let base = &self.bytes[..];
+        if prefix
+            .checked_add(suffix)
+            .is_none_or(|kept| kept > base.len())
+        {
+            bail!(
+                "the guest delta keeps {prefix} + {suffix} bytes of a {}-byte snapshot",
+                base.len()
+            );
+        }
+        let mut new = Vec::with_capacity(prefix + middle.len() + suffix);
+        new.extend_from_slice(&base[..prefix]);
+        new.extend_from_slice(middle);
+        new.extend_from_slice(&base[base.len() - suffix..]);
+        Ok(new)
+    }
+}
+
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    // Compared a block at a time (a memcmp), then byte by byte in the
+    // block that differs.
+    const BLOCK: usize = 4096;
+    let n = a.len().min(b.len());
+    let mut at = 0;
+    while at + BLOCK <= n && a[at..at + BLOCK] == b[at..at + BLOCK] {
+        at += BLOCK;
+    }
+    at + a[at..n]
+        .iter()
+        .zip(&b[at..n])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+fn common_prefix_rev(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 4096;
+    let n = a.len().min(b.len());
+    let (ea, eb) = (a.len(), b.len());
+    let mut at = 0;
+    while at + BLOCK <= n && a[ea - at - BLOCK..ea - at] == b[eb - at - BLOCK..eb - at] {
+        at += BLOCK;
+    }
+    at + a[..ea - at]
+        .iter()
+        .rev()
+        .zip(b[..eb - at].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A few MiB of bytes that differ from one another.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_kind_of_change_comes_back_whole() {
+        let base = noise(3 * 4096 + 17, 1);
+        let mut grown = base.clone();
+        grown.splice(100..100, noise(5000, 2));
+        let mut shrunk = base.clone();
+        shrunk.drain(4000..9000);
+        let mut both_ends = base.clone();
+        both_ends[0] ^= 1;
+        *both_ends.last_mut().unwrap() ^= 1;
+        let mut repeated = base.clone();
+        repeated.extend_from_slice(&base);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("same", base.clone()),
+            ("empty", Vec::new()),
+            ("grown inside", grown),
+            ("shrunk inside", shrunk),
+            ("changed at both ends", both_ends),
+            ("repeated", repeated),
+            ("a prefix of it", base[..5000].to_vec()),
+            ("a suffix of it", base[5000..].to_vec()),
+            ("unrelated", noise(7000, 3)),
+        ];
+        let held = Base::new(base.clone());
+        for (what, new) in cases {
+            let delta = held.delta(&new);
+            assert_eq!(held.apply(&delta).unwrap(), new, "{what}");
+        }
+        // And from an empty base.
+        let empty = Base::new(Vec::new());
+        assert_eq!(empty.apply(&empty.delta(&base)).unwrap(), base);
+    }
+
+    #[test]
+    fn a_small_change_to_a_large_snapshot_makes_a_small_delta() {
+        let mut base = b"{\"updates\":99,\"ballast\":\"".to_vec();
+        base.extend(std::iter::repeat_n(b'x', 1 << 20));
+        base.extend_from_slice(b"\"}");
+        let new = String::from_utf8(base.clone())
+            .unwrap()
+            .replacen("99", "100", 1)
+            .into_bytes();
+        let delta = Base::new(base).delta(&new);
+        assert!(delta.len() < HEADER + 16, "{} bytes", delta.len());
+    }
+
+    #[test]
+    fn a_delta_of_another_base_or_that_does_not_fit_is_refused() {
+        let base = Base::new(noise(10_000, 4));
+        let other = Base::new(noise(10_000, 5));
+        let delta = other.delta(&noise(10_000, 6));
+        let e = base.apply(&delta).unwrap_err().to_string();
+        assert!(e.contains("is against snapshot"), "{e}");
+
+        let e = base.apply(&delta[..HEADER - 1]).unwrap_err().to_string();
+        assert!(e.contains("shorter than its"), "{e}");
+
+        for (prefix, suffix) in [(10_001u64, 0u64), (5_000, 5_001), (u64::MAX, 1)] {
+            let mut bad = base.digest.as_bytes().to_vec();
+            bad.extend_from_slice(&prefix.to_le_bytes());
+            bad.extend_from_slice(&suffix.to_le_bytes());
+            let e = base.apply(&bad).unwrap_err().to_string();
+            assert!(e.contains("bytes of a 10000-byte snapshot"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Pre-copy: a migration sends a snapshot of the twin's state to the
+//! target while the twin still runs, and the handover's bundle carries only
+//! what changed since. Two `wasmtwin host` processes on the embedded broker.
+
+mod common;
+
+use common::{Site, TOKEN, message, spec};
+use serde_json::{Value, json};
+use wasmtwin_tests::cli::arg;
+use wasmtwin_tests::node::{Node, wait_for};
+use wasmtwin_tests::plugin;
+
+/// A `prime` twin `p` whose state is padded to 256 KiB, fed from `dev/p`.
+fn padded_prime() -> String {
+    spec("p", "good", "")
+        .replace(arg(&plugin("misbehave")), arg(&plugin("prime")))
+        .replace(
+            "config: {mode: good}",
+            "config: {primes: 10, state_kib: 256}",
+        )
+}
+
+/// The site (node A, the broker) and a second node B on the same broker.
+fn two_nodes() -> (Site, Node) {
+    let site = Site::start(&[]);
+    let second = site.data.join("b");
+    std::fs::create_dir_all(&second).unwrap();
+    // Named apart: a node's broker sessions carry its name.
+    let b = common::host(&second, site.mqtt, &["--name".into(), "b".into()]);
+    let (status, body) = site.apply("p", &padded_prime());
+    assert_eq!(status, 200, "{body}");
+    site.publish("dev/p", &[message(1, json!(1)), message(2, json!(2))]);
+    site.node.api.wait_for_updates("p", 2);
+    (site, b)
+}
+
+/// `wasmtwin migrate p` with `extra` arguments: the bundle's size it
+/// reports.
+fn migrate(from: &Node, to: &Node, extra: &[&str]) -> u64 {
+    let args = [
+        &[
+            "migrate",
+            "p",
+            "--from",
+            &from.api.base,
+            "--to",
+            &to.api.base,
+        ][..],
+        extra,
+        &["--token", TOKEN],
+    ]
+    .concat();
+    let out = wasmtwin_tests::cli::ok(wasmtwin_tests::cli::run(
+        env!("CARGO_BIN_EXE_wasmtwin"),
+        &args,
+        &[],
+    ));
+    let bytes = out
+        .split(" byte bundle")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok());
+    bytes.unwrap_or_else(|| panic!("no bundle size in {out}"))
+}
+
+/// The twin's updates applied and last sequence number on `node`.
+fn progress(node: &Node) -> (Value, Value) {
+    let twin = node.api.json("/v1/twins/p");
+    (
+        twin["properties"]["updates_applied"]["value"].clone(),
+        twin["lastSeq"].clone(),
+    )
+}
+
+#[test]
+fn a_migration_hands_over_the_changes_from_a_snapshot_sent_ahead() {
+    let (site, b) = two_nodes();
+    let before = progress(&site.node);
+
+    // Pre-copied (the default): the 256 KiB of state went ahead, and the
+    // bundle carries a few bytes of it.
+    let precopied = migrate(&site.node, &b, &[]);
+    assert!(precopied < 64 << 10, "a {precopied}-byte bundle");
+    assert_eq!(progress(&b), before, "the state arrived whole");
+    site.publish("dev/p", &[message(3, json!(3))]);
+    b.api.wait_for_updates("p", 3);
+
+    // The whole state in the bundle, as before.
+    let whole = migrate(&b, &site.node, &["--no-precopy"]);
+    assert!(whole > 256 << 10, "a {whole}-byte bundle");
+    site.publish("dev/p", &[message(4, json!(4))]);
+    site.node.api.wait_for_updates("p", 4);
+    let (applied, last) = progress(&site.node);
+    assert_eq!((applied, last), (json!(4), json!(4)));
+}
+
+/// The steps of `wasmtwin migrate` by hand, so that the target can be
+/// handed a delta against a snapshot it does not hold.
+#[test]
+fn a_delta_against_a_snapshot_the_target_does_not_hold_is_refused_and_the_twin_resumes() {
+    let (site, b) = two_nodes();
+    let a = &site.node.api;
+    let http = reqwest::blocking::Client::new();
+    let (status, body) = b.api.put("/v1/migrations/p", &a.get("/v1/twins/p/spec").1);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = b.api.post("/v1/migrations/p/session", "");
+    assert_eq!(status, 200, "{body}");
+
+    // The source keeps the snapshot it sends; the target is given another.
+    let snapshot = http
+        .get(format!("{}/v1/twins/p/base", a.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(snapshot.status(), 200);
+    let snapshot = snapshot.bytes().unwrap();
+    assert!(snapshot.len() > 256 << 10, "{} bytes", snapshot.len());
+    let digest = blake3::hash(&snapshot).to_hex().to_string();
+    let (status, body) = b.api.put("/v1/migrations/p/base", "another snapshot");
+    assert_eq!(status, 200, "{body}");
+    let held: Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(held["base"], digest.as_str());
+
+    // The source hands over a delta against its own.
+    let bundle = http
+        .post(format!("{}/v1/twins/p/handover?base={digest}", a.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(bundle.status(), 200);
+    let bundle = bundle.bytes().unwrap();
+    assert!(bundle.len() < 64 << 10, "a delta: {} bytes", bundle.len());
+
+    // The target cannot rebuild the state from it: refused, nothing runs.
+    let refused = http
+        .post(format!("{}/v1/migrations/p", b.api.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/vnd.wasmtwin.checkpoint")
+        .body(bundle)
+        .send()
+        .unwrap();
+    let status = refused.status().as_u16();
+    let text = refused.text().unwrap();
+    assert!(status >= 400, "{status} {text}");
+    assert!(text.contains("is against snapshot"), "{text}");
+    assert_eq!(
+        b.api.get("/v1/twins/p").0,
+        404,
+        "nothing runs on the target"
+    );
+
+    // The twin resumes on the source with its state, and goes on.
+    let (status, body) = a.post("/v1/twins/p/resume", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(progress(&site.node), (json!(2), json!(2)));
+    site.publish("dev/p", &[message(3, json!(3))]);
+    a.wait_for_updates("p", 3);
+}
+
+#[test]
+fn the_snapshot_routes_refuse_what_they_cannot_serve() {
+    let (site, b) = two_nodes();
+    // No such twin on the source.
+    let (status, body) = site.node.api.get("/v1/twins/nobody/base");
+    assert_eq!(status, 404, "{body}");
+    // Nothing arriving on the target.
+    let (status, body) = b.api.put("/v1/migrations/nobody/base", "bytes");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("nothing is arriving"), "{body}");
+    wait_for(
+        || site.node.api.get("/v1/twins/p").0 == 200,
+        "the twin still to run on its node",
+    );
+}
