@@ -718,8 +718,10 @@ async fn stream(bundle: Bundle) -> Result<Outgoing, NodeError> {
 fn against(base: &Base, mut checkpoint: Checkpoint) -> Checkpoint {
     for (section, body) in &mut checkpoint.sections {
         if section == GUEST_SECTION {
+            let whole = body.len();
             *body = base.delta(body);
             *section = GUEST_DELTA_SECTION.to_string();
+            tracing::debug!(twin = %checkpoint.twin, whole, delta = body.len(), "guest snapshot handed over as its changes");
         }
     }
     checkpoint
