@@ -26,12 +26,12 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::bundle::{Bundle, History, Outgoing};
-use super::precopy::{Base, GUEST_DELTA_SECTION};
+use super::precopy::{self, Base};
 use super::view::ChangeFeed;
 use super::worker::{Handover, Job, Start, SwapJob, SwapReport};
 use super::{Components, Node, NodeError, Origin, Prepared, Session, lock, spec_op};
@@ -318,7 +318,7 @@ impl Node {
             tokio::task::spawn_blocking(move || {
                 let spec = node.stop(&name)?;
                 let checkpoint = match base {
-                    Some(base) => against(&base, checkpoint),
+                    Some(base) => base.shrink(checkpoint),
                     None => checkpoint,
                 };
                 Some(node.bundle(spec, checkpoint, window, false, history_after))
@@ -552,7 +552,7 @@ impl Node {
         let Some(session) = arriving.session else {
             bail!("twin `{name}` is not listening to its device yet; nothing was started");
         };
-        let whole = whole(bundle.checkpoint, arriving.base.as_ref());
+        let whole = precopy::whole(bundle.checkpoint, arriving.base.as_ref());
         let restored = if bundle.spec == arriving.spec {
             whole.and_then(|checkpoint| {
                 let stored = Arc::new(checkpoint);
@@ -712,33 +712,4 @@ async fn stream(bundle: Bundle) -> Result<Outgoing, NodeError> {
         .stream()
         .await
         .map_err(|e| NodeError::Refused(format!("{e:#}")))
-}
-
-/// `checkpoint` with its guest snapshot replaced by its delta from `base`.
-fn against(base: &Base, mut checkpoint: Checkpoint) -> Checkpoint {
-    for (section, body) in &mut checkpoint.sections {
-        if section == GUEST_SECTION {
-            let whole = body.len();
-            *body = base.delta(body);
-            *section = GUEST_DELTA_SECTION.to_string();
-            tracing::debug!(twin = %checkpoint.twin, whole, delta = body.len(), "guest snapshot handed over as its changes");
-        }
-    }
-    checkpoint
-}
-
-/// `checkpoint` with its guest snapshot whole again, if it came as a delta
-/// from `base`.
-fn whole(mut checkpoint: Checkpoint, base: Option<&Base>) -> anyhow::Result<Checkpoint> {
-    for (section, body) in &mut checkpoint.sections {
-        if section == GUEST_DELTA_SECTION {
-            let base = base.context(
-                "the bundle carries the guest snapshot's changes from one sent ahead, \
-                 but none was sent here",
-            )?;
-            *body = base.apply(body)?;
-            *section = GUEST_SECTION.to_string();
-        }
-    }
-    Ok(checkpoint)
 }

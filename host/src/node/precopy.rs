@@ -12,8 +12,10 @@
 //! none) refuses it, and the migration falls back as any failed handover
 //! does (the twin resumes on its source).
 
-use anyhow::{bail, ensure};
+use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
+
+use crate::checkpoint::{Checkpoint, GUEST_SECTION};
 
 /// The bundle section that carries a delta in place of the guest snapshot.
 pub const GUEST_DELTA_SECTION: &str = "guest-delta";
@@ -109,6 +111,53 @@ impl Base {
     }
 }
 
+impl Base {
+    /// `checkpoint` with its guest snapshot replaced by its delta from
+    /// this base.
+    pub fn shrink(&self, mut checkpoint: Checkpoint) -> Checkpoint {
+        for (section, body) in &mut checkpoint.sections {
+            if section == GUEST_SECTION {
+                let whole = body.len();
+                *body = self.delta(body);
+                *section = GUEST_DELTA_SECTION.to_string();
+                tracing::debug!(twin = %checkpoint.twin, whole, delta = body.len(), "guest snapshot handed over as its changes");
+            }
+        }
+        checkpoint
+    }
+}
+
+/// `checkpoint` with its guest snapshot whole again, if it came as a delta
+/// from `base`. A checkpoint with both, or with two deltas, is refused.
+pub fn whole(mut checkpoint: Checkpoint, base: Option<&Base>) -> anyhow::Result<Checkpoint> {
+    let count = |name: &str| {
+        checkpoint
+            .sections
+            .iter()
+            .filter(|(n, _)| n == name)
+            .count()
+    };
+    match (count(GUEST_SECTION), count(GUEST_DELTA_SECTION)) {
+        (_, 0) => return Ok(checkpoint),
+        (0, 1) => {}
+        (guests, deltas) => bail!(
+            "the bundle carries {guests} guest snapshot(s) and {deltas} delta(s); \
+             it may carry one or the other"
+        ),
+    }
+    let base = base.context(
+        "the bundle carries the guest snapshot's changes from one sent ahead, \
+         but none was sent here",
+    )?;
+    for (section, body) in &mut checkpoint.sections {
+        if section == GUEST_DELTA_SECTION {
+            *body = base.apply(body)?;
+            *section = GUEST_SECTION.to_string();
+        }
+    }
+    Ok(checkpoint)
+}
+
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     // Compared a block at a time (a memcmp), then byte by byte in the
     // block that differs.
@@ -202,6 +251,61 @@ mod tests {
             .into_bytes();
         let delta = Base::new(base).delta(&new);
         assert!(delta.len() < HEADER + 16, "{} bytes", delta.len());
+    }
+
+    fn checkpoint(sections: &[(&str, &[u8])]) -> Checkpoint {
+        Checkpoint {
+            twin: "p".into(),
+            created_ms: 1,
+            model: crate::checkpoint::ModelInfo {
+                name: "prime".into(),
+                version: "0.1.0".into(),
+                component: crate::digest::Digest::of(b"component"),
+                state_version: 1,
+            },
+            sections: sections
+                .iter()
+                .map(|(name, body)| (name.to_string(), body.to_vec()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_shrunk_against_a_base_comes_back_whole_only_with_it() {
+        let base = Base::new(noise(50_000, 7));
+        let mut state = base.bytes().to_vec();
+        state[10] ^= 1;
+        let taken = checkpoint(&[(GUEST_SECTION, &state), ("twin", b"{}")]);
+        let shrunk = base.shrink(taken.clone());
+        assert_eq!(shrunk.sections[0].0, GUEST_DELTA_SECTION);
+        assert!(shrunk.sections[0].1.len() < HEADER + 8);
+        assert_eq!(whole(shrunk.clone(), Some(&base)).unwrap(), taken);
+        // A whole checkpoint needs no base.
+        assert_eq!(whole(taken.clone(), None).unwrap(), taken);
+
+        let e = whole(shrunk, None).unwrap_err().to_string();
+        assert!(e.contains("none was sent here"), "{e}");
+    }
+
+    #[test]
+    fn a_checkpoint_with_a_snapshot_and_a_delta_or_two_deltas_is_refused() {
+        let base = Base::new(noise(1000, 8));
+        let delta = base.delta(&noise(1000, 9));
+        for sections in [
+            vec![
+                (GUEST_SECTION, &b"{}"[..]),
+                (GUEST_DELTA_SECTION, &delta[..]),
+            ],
+            vec![
+                (GUEST_DELTA_SECTION, &delta[..]),
+                (GUEST_DELTA_SECTION, &delta[..]),
+            ],
+        ] {
+            let e = whole(checkpoint(&sections), Some(&base))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("it may carry one or the other"), "{e}");
+        }
     }
 
     #[test]
