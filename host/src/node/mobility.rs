@@ -478,7 +478,7 @@ impl Node {
             ));
         };
         // Hashed off the async threads.
-        let base = tokio::task::spawn_blocking(move || Arc::new(Base::new(guest)))
+        let base = tokio::task::spawn_blocking(move || Base::new(guest))
             .await
             .map_err(|e| NodeError::Refused(e.to_string()))?;
         let bytes = base.bytes();

@@ -58,9 +58,8 @@ impl Base {
     pub fn delta(&self, new: &[u8]) -> Vec<u8> {
         let base = &self.bytes[..];
         let prefix = common_prefix(base, new);
-        // The suffix may not overlap the prefix in either buffer.
-        let room = base.len().min(new.len()) - prefix;
-        let suffix = common_prefix_rev(&base[prefix..], &new[prefix..]).min(room);
+        // Sought past the prefix, so that the two cannot overlap.
+        let suffix = common_suffix(&base[prefix..], &new[prefix..]);
         let middle = &new[prefix..new.len() - suffix];
         let mut delta = Vec::with_capacity(HEADER + middle.len());
         delta.extend_from_slice(self.digest.as_bytes());
@@ -109,9 +108,7 @@ impl Base {
         new.extend_from_slice(&base[base.len() - suffix..]);
         Ok(new)
     }
-}
 
-impl Base {
     /// `checkpoint` with its guest snapshot replaced by its delta from
     /// this base.
     pub fn shrink(&self, mut checkpoint: Checkpoint) -> Checkpoint {
@@ -158,36 +155,42 @@ pub fn whole(mut checkpoint: Checkpoint, base: Option<&Base>) -> anyhow::Result<
     Ok(checkpoint)
 }
 
+/// How many bytes `a` and `b` share from their start.
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    // Compared a block at a time (a memcmp), then byte by byte in the
-    // block that differs.
-    const BLOCK: usize = 4096;
-    let n = a.len().min(b.len());
-    let mut at = 0;
-    while at + BLOCK <= n && a[at..at + BLOCK] == b[at..at + BLOCK] {
-        at += BLOCK;
-    }
-    at + a[at..n]
-        .iter()
-        .zip(&b[at..n])
-        .take_while(|(x, y)| x == y)
-        .count()
+    common_run(
+        a.len().min(b.len()),
+        |at, len| a[at..at + len] == b[at..at + len],
+        |i| a[i] == b[i],
+    )
 }
 
-fn common_prefix_rev(a: &[u8], b: &[u8]) -> usize {
-    const BLOCK: usize = 4096;
-    let n = a.len().min(b.len());
+/// How many bytes `a` and `b` share at their end.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
     let (ea, eb) = (a.len(), b.len());
+    common_run(
+        ea.min(eb),
+        |at, len| a[ea - at - len..ea - at] == b[eb - at - len..eb - at],
+        |i| a[ea - 1 - i] == b[eb - 1 - i],
+    )
+}
+
+/// The length of the run, out of `n`, over which `same_block(at, len)`
+/// and then `same_byte(i)` hold: compared a 4 KiB block at a time (a
+/// memcmp), then byte by byte in the block that differs.
+fn common_run(
+    n: usize,
+    same_block: impl Fn(usize, usize) -> bool,
+    same_byte: impl Fn(usize) -> bool,
+) -> usize {
+    const BLOCK: usize = 4096;
     let mut at = 0;
-    while at + BLOCK <= n && a[ea - at - BLOCK..ea - at] == b[eb - at - BLOCK..eb - at] {
+    while at + BLOCK <= n && same_block(at, BLOCK) {
         at += BLOCK;
     }
-    at + a[..ea - at]
-        .iter()
-        .rev()
-        .zip(b[..eb - at].iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count()
+    while at < n && same_byte(at) {
+        at += 1;
+    }
+    at
 }
 
 #[cfg(test)]
