@@ -486,6 +486,7 @@ impl Checkpoint {
         let header: Header = serde_json::from_slice(&header)
             .map_err(|e| CheckpointError::BadHeader(e.to_string()))?;
         check_digests_declared(&header.sections, version)?;
+        check_names_unique(&header.sections)?;
         check_declared(&header.sections, &spill)?;
         // Version 2 seals the header here; version 1 goes on over the
         // bodies, version 3 over the digests after them.
@@ -599,6 +600,19 @@ fn check_digests_declared(sections: &[SectionInfo], version: u32) -> Result<(), 
     }
 }
 
+/// Refuses a header that names a section twice: a reader looks a section
+/// up by name, so one of the two would be silently ignored.
+fn check_names_unique(sections: &[SectionInfo]) -> Result<(), CheckpointError> {
+    let mut seen = std::collections::HashSet::with_capacity(sections.len());
+    match sections.iter().find(|s| !seen.insert(s.name.as_str())) {
+        Some(twice) => Err(CheckpointError::BadHeader(format!(
+            "section `{}` appears more than once",
+            twice.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Refuses a header whose sections, as declared, exceed what a reader
 /// holds ([`HELD_MAX`] in memory in all, [`SPILLED_MAX`] per spilled
 /// section), before a byte of them is read.
@@ -650,6 +664,21 @@ mod tests {
                 (GUEST_SECTION.into(), b"{\"n\":1}".to_vec()),
                 (TWIN_SECTION.into(), b"{}".to_vec()),
             ],
+        }
+    }
+
+    #[test]
+    fn a_section_named_twice_is_refused() {
+        let mut twice = sample();
+        twice
+            .sections
+            .push((GUEST_SECTION.into(), b"{\"n\":2}".to_vec()));
+        let bytes = twice.to_bytes().unwrap();
+        match Checkpoint::read_from(&bytes[..]) {
+            Err(CheckpointError::BadHeader(e)) => {
+                assert!(e.contains("section `guest` appears more than once"), "{e}")
+            }
+            other => panic!("read {other:?}"),
         }
     }
 

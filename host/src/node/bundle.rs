@@ -428,13 +428,17 @@ mod tests {
 
     #[test]
     fn a_malformed_history_row_refuses_the_bundle() {
-        let mut b = bundle(0);
-        b.checkpoint
+        let b = bundle(0);
+        let mut checkpoint = b.checkpoint;
+        checkpoint
+            .sections
+            .push((SPEC_SECTION.into(), serde_json::to_vec(&b.spec).unwrap()));
+        checkpoint
             .sections
             .push((HISTORY_SECTION.into(), b"{\"tsMs\": 1}\n".to_vec()));
-        b.history = History::Rows(Vec::new());
-        // Two history sections: the bundle's own (empty) and the bad one.
-        let err = Bundle::from_bytes(&b.to_bytes().unwrap()).err().unwrap();
+        let err = Bundle::from_bytes(&checkpoint.to_bytes().unwrap())
+            .err()
+            .unwrap();
         assert!(
             format!("{err:#}").contains("history is malformed"),
             "{err:#}"
