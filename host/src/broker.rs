@@ -103,6 +103,48 @@ fn start_rumqttd(inner: Inner) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A log layer that silences one line of rumqttd's: it logs, at error
+/// level, `router-drop` with `Recv(Disconnected)` each time its router
+/// ends a connection, which it does for every client that leaves with a
+/// DISCONNECT (a twin stopped or moved, a device done publishing). The
+/// router logs the ends that are faults (malformed packets, a session
+/// taken over) itself, so only the ordinary end is lost; every other
+/// rumqttd line passes.
+pub struct QuietCleanEnds;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietCleanEnds {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let meta = event.metadata();
+        if *meta.level() != tracing::Level::ERROR || !meta.target().starts_with("rumqttd::") {
+            return true;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        !(fields.message == "router-drop" && fields.error == "Recv(Disconnected)")
+    }
+}
+
+/// The two fields of a rumqttd event that tell an ordinary end.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    error: String,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "error" => self.error = format!("{value:?}"),
+            _ => {}
+        }
+    }
+}
+
 /// Accepts connections on the public port for as long as the process runs.
 fn front(public: std::net::TcpListener, inner: Inner) {
     let runtime = match tokio::runtime::Builder::new_current_thread()

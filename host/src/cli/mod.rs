@@ -250,6 +250,7 @@ pub fn init_logging(global: &GlobalArgs) -> anyhow::Result<Option<Exporter>> {
     });
     tracing_subscriber::registry()
         .with(filter)
+        .with(wasmtwin::broker::QuietCleanEnds)
         .with(logs)
         .with(traces)
         .init();
