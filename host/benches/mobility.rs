@@ -21,7 +21,9 @@
 //! previous and default one, and binary), switched by reconfiguring the
 //! twin between runs, so both meet the same load. Last, in one process, a
 //! bundle's trip from writer to checked reader in checkpoint format 4
-//! (BLAKE3) against format 3 (SHA-256), interleaved.
+//! (BLAKE3) against format 3 (SHA-256), interleaved, and a full
+//! entanglement window written and read as JSON against its compact
+//! encoding.
 
 mod common;
 
@@ -611,6 +613,66 @@ async fn main() {
         );
     }
     bundle_transfer(states, runs);
+    window_encodings(runs);
+}
+
+/// The entanglement window's part of a handover, in one process: written
+/// on the source and read back on the target, as JSON (how bundles carried
+/// it before) against the compact encoding, interleaved. The window is
+/// full, as a twin's is after `windowSeconds` (30) at the publisher's
+/// 1,000 updates a second: 30,000 samples. (The live runs above move a
+/// twin created for each row a few seconds before, so its window holds
+/// only those seconds.)
+fn window_encodings(runs: usize) {
+    use wasmtwin::twin::entanglement::{Entanglement, Timing, Window};
+    let now_us = now_ms() * 1000;
+    let start_us = now_us - 30_000_000;
+    let mut e = Entanglement::new(Default::default(), start_us);
+    for seq in 1..=30_000u64 {
+        // A millisecond apart, with some jitter in each part.
+        let produced_us = start_us + seq * 1000;
+        let received_us = produced_us + 300 + seq * 7919 % 400;
+        let started_us = received_us + 50 + seq * 104_729 % 200;
+        let committed_us = started_us + 20 + seq * 1_299_709 % 60;
+        let timing = Timing {
+            received_us,
+            started_us,
+        };
+        e.record(seq, produced_us / 1000, timing, committed_us);
+    }
+    let window = e.leave(now_us);
+    let mut took: [Vec<Duration>; 2] = Default::default();
+    let mut sizes = [0; 2];
+    for run in 0..runs * 2 {
+        let started = Instant::now();
+        let encoded = if run % 2 == 0 {
+            serde_json::to_vec(&window).expect("JSON")
+        } else {
+            window.encode().expect("compact")
+        };
+        let read = Window::decode(&encoded).expect("a window");
+        took[run % 2].push(started.elapsed());
+        assert_eq!(read, window);
+        sizes[run % 2] = encoded.len();
+    }
+    let [(json_p50, json_p99), (compact_p50, compact_p99)] =
+        took.each_mut().map(|t| percentiles(t));
+    println!(
+        "\n## The entanglement window in a bundle: written and read back, in one process (JSON vs. compact)\n"
+    );
+    println!(
+        "| window | JSON: bytes | p50 | p99 | compact: bytes | p50 | p99 | ratio (p50) |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    println!(
+        "| 30,000 samples | {} | {} | {} | {} | {} | {} | {:.2}× |",
+        bytes(sizes[0]),
+        ms(json_p50),
+        ms(json_p99),
+        bytes(sizes[1]),
+        ms(compact_p50),
+        ms(compact_p99),
+        compact_p50.as_secs_f64() / json_p50.as_secs_f64()
+    );
 }
 
 /// A bundle's trip from the thread writing it to the thread reading and

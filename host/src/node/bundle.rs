@@ -232,7 +232,7 @@ impl Bundle {
         let sections = &mut checkpoint.sections;
         sections.push((SPEC_SECTION.into(), serde_json::to_vec(&spec)?));
         if let Some(window) = &entanglement {
-            sections.push((ENTANGLEMENT_SECTION.into(), serde_json::to_vec(window)?));
+            sections.push((ENTANGLEMENT_SECTION.into(), window.encode()?));
         }
         if let Some((model, adapter)) = components {
             sections.push((MODEL_SECTION.into(), model));
@@ -323,7 +323,7 @@ impl Bundle {
             (None, None) => History::Rows(Vec::new()),
         };
         let entanglement = take(ENTANGLEMENT_SECTION)
-            .map(|json| serde_json::from_slice(&json))
+            .map(|bytes| Window::decode(&bytes))
             .transpose()
             .context("the bundle's entanglement window is malformed")?;
         let components = match (take(MODEL_SECTION), take(ADAPTER_SECTION)) {

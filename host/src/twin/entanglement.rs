@@ -172,6 +172,99 @@ pub struct Window {
     runs: u64,
 }
 
+/// The first byte of a window in its compact encoding. A window in JSON
+/// (how nodes of earlier releases wrote it, still read) starts with `{`.
+const COMPACT_V1: u8 = 1;
+
+/// A window as bundles carry it: postcard (integers as varints), each
+/// sample as its difference from the one before (a byte or two a field
+/// where the JSON spelt out every number and name).
+#[derive(Serialize, Deserialize)]
+struct Compact {
+    started_us: u64,
+    outages: Vec<(u64, u64)>,
+    away_since_us: u64,
+    status: Option<Status>,
+    restarts: Vec<Restart>,
+    runs: u64,
+    /// Committed time and sequence number as differences (signed: a
+    /// window carried between nodes meets another clock, a device
+    /// restarting its sequence), then timeliness, run as a difference,
+    /// transit and model time.
+    samples: Vec<(i64, i64, u64, u64, u64, u64)>,
+}
+
+impl Window {
+    /// The window's bytes in a bundle.
+    pub fn encode(&self) -> anyhow::Result<Vec<u8>> {
+        let mut previous = (0u64, 0u64, 0u64);
+        let samples = self
+            .samples
+            .iter()
+            .map(|s| {
+                let (at, seq, run) = previous;
+                previous = (s.committed_us, s.seq, s.run);
+                (
+                    s.committed_us.wrapping_sub(at) as i64,
+                    s.seq.wrapping_sub(seq) as i64,
+                    s.timeliness_us,
+                    s.run.wrapping_sub(run),
+                    s.transit_us,
+                    s.model_us,
+                )
+            })
+            .collect();
+        let compact = Compact {
+            started_us: self.started_us,
+            outages: self.outages.clone(),
+            away_since_us: self.away_since_us,
+            status: self.status,
+            restarts: self.restarts.clone(),
+            runs: self.runs,
+            samples,
+        };
+        Ok(postcard::to_extend(&compact, vec![COMPACT_V1])?)
+    }
+
+    /// A window from a bundle, in the compact encoding or in JSON.
+    pub fn decode(bytes: &[u8]) -> anyhow::Result<Self> {
+        match bytes.split_first() {
+            Some((b'{', _)) => Ok(serde_json::from_slice(bytes)?),
+            Some((&COMPACT_V1, rest)) => {
+                let compact: Compact = postcard::from_bytes(rest)?;
+                let mut previous = (0u64, 0u64, 0u64);
+                let samples = compact
+                    .samples
+                    .into_iter()
+                    .map(|(at, seq, timeliness_us, run, transit_us, model_us)| {
+                        let sample = Sample {
+                            committed_us: previous.0.wrapping_add(at as u64),
+                            seq: previous.1.wrapping_add(seq as u64),
+                            timeliness_us,
+                            run: previous.2.wrapping_add(run),
+                            transit_us,
+                            model_us,
+                        };
+                        previous = (sample.committed_us, sample.seq, sample.run);
+                        sample
+                    })
+                    .collect();
+                Ok(Window {
+                    started_us: compact.started_us,
+                    samples,
+                    outages: compact.outages,
+                    away_since_us: compact.away_since_us,
+                    status: compact.status,
+                    restarts: compact.restarts,
+                    runs: compact.runs,
+                })
+            }
+            Some((other, _)) => anyhow::bail!("unknown window encoding {other}"),
+            None => anyhow::bail!("the window is empty"),
+        }
+    }
+}
+
 impl Entanglement {
     /// Starts measuring at `now_us` (µs since the Unix epoch).
     pub fn new(requirements: Requirements, now_us: u64) -> Self {
@@ -537,6 +630,45 @@ mod tests {
         assert_eq!(parts.gaps, 11, "{parts:?}");
         let (empty, _) = Entanglement::new(paper(), T0).evaluate(T0 + S);
         assert_eq!(empty.parts.transit_ms, None);
+    }
+
+    #[test]
+    fn a_window_comes_back_whole_from_its_compact_encoding_and_from_json() {
+        let mut e = Entanglement::new(paper(), T0);
+        let last = feed(&mut e, 0, 10, 1000, 3, 0, |seq| seq % 97 == 0);
+        // The device restarts its sequence, and a sample committed by a
+        // node whose clock is behind comes after a later one.
+        e.restarted(last, 1, T0 + 10 * S);
+        feed(&mut e, 10, 1, 1000, 3, 0, |_| false);
+        let timing = Timing {
+            received_us: T0,
+            started_us: T0,
+        };
+        e.record(1001, T0 / 1000, timing, T0 + 5 * S);
+        e.set_available(false, T0 + 11 * S);
+        let window = e.leave(T0 + 12 * S);
+        assert!(window.samples.len() > 10_000);
+
+        let compact = window.encode().unwrap();
+        assert_eq!(Window::decode(&compact).unwrap(), window);
+        let json = serde_json::to_vec(&window).unwrap();
+        assert_eq!(Window::decode(&json).unwrap(), window);
+        // Each sample takes a few bytes where JSON spelt it out.
+        assert!(
+            compact.len() * 5 < json.len(),
+            "{} bytes compact, {} in JSON",
+            compact.len(),
+            json.len()
+        );
+
+        for (bytes, error) in [
+            (&b"\x07..."[..], "unknown window encoding 7"),
+            (&b""[..], "the window is empty"),
+            (&compact[..compact.len() / 2], ""),
+        ] {
+            let e = Window::decode(bytes).unwrap_err().to_string();
+            assert!(e.contains(error), "{e}");
+        }
     }
 
     #[test]
