@@ -14,12 +14,15 @@
 //! A target's check returns whether the input was accepted; what matters
 //! is that it returns at all: a panic is a finding.
 
-use wasmtwin::checkpoint::{Checkpoint, HISTORY_SECTION, ModelInfo};
+use wasmtwin::checkpoint::{
+    Checkpoint, ENTANGLEMENT_SECTION, GUEST_SECTION, HISTORY_SECTION, ModelInfo, SPEC_SECTION,
+};
 use wasmtwin::digest::Digest;
-use wasmtwin::node::{Bundle, History};
+use wasmtwin::node::Bundle;
 use wasmtwin::runtime::{AdapterComponent, AdapterInstance, Limits, Runtime, RuntimeConfig};
 use wasmtwin::signing::{self, Metadata, TrustSet};
 use wasmtwin::spec::{Ceilings, TwinSpec};
+use wasmtwin::twin::entanglement::{Entanglement, Timing};
 use wasmtwin_tests::wait;
 
 /// A target's run of one input: whether the parser accepted it.
@@ -107,9 +110,23 @@ fn spec() -> Target {
 }
 
 /// A bundle of the example twin whose history is `history` (JSON lines,
-/// as bundles carry it), sealed: every checksum right.
-fn sealed(history: &[u8]) -> Vec<u8> {
-    let mut checkpoint = Checkpoint {
+/// as bundles carry it) and, if given, whose entanglement window is
+/// `window` (as bundles carry it), sealed: every checksum right.
+fn sealed(history: &[u8], window: Option<Vec<u8>>) -> Vec<u8> {
+    let spec = TwinSpec::parse(EXAMPLE).expect("the example spec parses");
+    let mut sections = vec![
+        (
+            GUEST_SECTION.into(),
+            br#"{"temperature":21.5,"running":true}"#.to_vec(),
+        ),
+        (
+            SPEC_SECTION.into(),
+            serde_json::to_vec(&spec).expect("a spec encodes"),
+        ),
+        (HISTORY_SECTION.into(), history.to_vec()),
+    ];
+    sections.extend(window.map(|window| (ENTANGLEMENT_SECTION.into(), window)));
+    Checkpoint {
         twin: "motor-7".into(),
         created_ms: 1_700_000_000_000,
         model: ModelInfo {
@@ -118,23 +135,27 @@ fn sealed(history: &[u8]) -> Vec<u8> {
             component: Digest::of(b"machine"),
             state_version: 1,
         },
-        sections: vec![(
-            "guest".into(),
-            br#"{"temperature":21.5,"running":true}"#.to_vec(),
-        )],
-    };
-    checkpoint
-        .sections
-        .push((HISTORY_SECTION.into(), history.to_vec()));
-    Bundle {
-        spec: TwinSpec::parse(EXAMPLE).expect("the example spec parses"),
-        checkpoint,
-        history: History::Rows(Vec::new()),
-        entanglement: None,
-        components: None,
+        sections,
     }
     .to_bytes()
     .expect("a bundle of parts in memory is written")
+}
+
+/// A window of a few updates, in the encoding bundles carry.
+fn window() -> Vec<u8> {
+    let start_us = 1_700_000_000_000_000;
+    let mut e = Entanglement::new(Default::default(), start_us);
+    for seq in 1..=5u64 {
+        let at = start_us + seq * 100_000;
+        let timing = Timing {
+            received_us: at + 300,
+            started_us: at + 400,
+        };
+        e.record(seq, at / 1000, timing, at + 500);
+    }
+    e.leave(start_us + 1_000_000)
+        .encode()
+        .expect("a window encodes")
 }
 
 const ROWS: &[u8] = b"{\"tsMs\":1700000000001,\"seq\":1,\"changes\":{\"temperature\":21.5}}\n\
@@ -143,13 +164,18 @@ const ROWS: &[u8] = b"{\"tsMs\":1700000000001,\"seq\":1,\"changes\":{\"temperatu
 fn bundle() -> Target {
     Target {
         name: "bundle",
-        seeds: vec![sealed(ROWS), sealed(b"")],
+        seeds: vec![
+            sealed(ROWS, None),
+            sealed(b"", None),
+            sealed(ROWS, Some(window())),
+        ],
         tokens: &[
             b"\0\0\0\0",
             b"\xff\xff\xff\xff",
             b"history",
             b"spec",
             b"guest",
+            b"entanglement",
         ],
         check: Box::new(|input| Bundle::from_bytes(input).is_ok()),
     }
@@ -161,7 +187,7 @@ fn history() -> Target {
         seeds: vec![ROWS.to_vec()],
         tokens: SYNTAX,
         check: Box::new(|rows| {
-            Bundle::from_bytes(&sealed(rows)).is_ok_and(|bundle| {
+            Bundle::from_bytes(&sealed(rows, None)).is_ok_and(|bundle| {
                 bundle
                     .history
                     .batches(64, |rows| {
