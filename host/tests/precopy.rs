@@ -6,6 +6,7 @@ mod common;
 
 use common::{Site, TOKEN, message, spec};
 use serde_json::{Value, json};
+use wasmtwin::checkpoint::{Checkpoint, GUEST_SECTION};
 use wasmtwin_tests::cli::arg;
 use wasmtwin_tests::node::{Node, wait_for};
 use wasmtwin_tests::plugin;
@@ -84,6 +85,10 @@ fn a_migration_hands_over_the_changes_from_a_snapshot_sent_ahead() {
     assert_eq!(progress(&b), before, "the state arrived whole");
     site.publish("dev/p", &[message(3, json!(3))]);
     b.api.wait_for_updates("p", 3);
+    // The window went ahead too, and was rebuilt from it: it still holds
+    // the two updates applied on A.
+    let twin = b.api.json("/v1/twins/p");
+    assert_eq!(twin["entanglement"]["updatesInWindow"], 3, "{twin}");
 
     // The whole state in the bundle, as before.
     let whole = migrate(&b, &site.node, &["--no-precopy"]);
@@ -107,18 +112,34 @@ fn a_delta_against_a_snapshot_the_target_does_not_hold_is_refused_and_the_twin_r
     assert_eq!(status, 200, "{body}");
 
     // The source keeps the snapshot it sends; the target is given another.
-    let snapshot = http
+    let ahead = http
         .get(format!("{}/v1/twins/p/base", a.base))
         .bearer_auth(TOKEN)
         .send()
         .unwrap();
-    assert_eq!(snapshot.status(), 200);
-    let snapshot = snapshot.bytes().unwrap();
-    assert!(snapshot.len() > 256 << 10, "{} bytes", snapshot.len());
-    let digest = blake3::hash(&snapshot).to_hex().to_string();
+    assert_eq!(ahead.status(), 200);
+    let ahead = ahead.bytes().unwrap();
+    assert!(ahead.len() > 256 << 10, "{} bytes", ahead.len());
+    let mut other = Checkpoint::read_from(&ahead[..]).unwrap();
+    let guest = other.section(GUEST_SECTION).unwrap();
+    let digest = blake3::hash(guest).to_hex().to_string();
+    for (section, body) in &mut other.sections {
+        if section == GUEST_SECTION {
+            body[0] ^= 1;
+        }
+    }
+    // What is not a checkpoint is refused, naming why.
     let (status, body) = b.api.put("/v1/migrations/p/base", "another snapshot");
-    assert_eq!(status, 200, "{body}");
-    let held: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("not a wasmtwin checkpoint"), "{body}");
+    let held = http
+        .put(format!("{}/v1/migrations/p/base", b.api.base))
+        .bearer_auth(TOKEN)
+        .body(other.to_bytes().unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(held.status(), 200);
+    let held: Value = held.json().unwrap();
     assert_ne!(held["base"], digest.as_str());
 
     // The source hands over a delta against its own.

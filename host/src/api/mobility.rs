@@ -281,8 +281,9 @@ async fn handover(
     }
 }
 
-/// A snapshot of the twin's guest state for a migration's target to hold
-/// ahead of the handover (the node keeps it until then).
+/// A snapshot of the twin's guest state and its entanglement window (a
+/// checkpoint of the two sections) for a migration's target to hold ahead
+/// of the handover (the node keeps it until then).
 async fn base(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
     match node.base(&name).await {
         Ok(snapshot) => (
@@ -300,12 +301,12 @@ async fn hold_base(
     body: axum::body::Body,
 ) -> Response {
     let limit = node.inputs().bundle_bytes;
-    let snapshot = match body::bytes(body, limit, "snapshot").await {
-        Ok(snapshot) => snapshot,
+    let ahead = match body::bytes(body, limit, "snapshot").await {
+        Ok(ahead) => ahead,
         Err(response) => return response,
     };
-    // Hashed off the async threads.
-    match blocking(move || Ok(node.hold_base(&name, snapshot.into())?)).await {
+    // Checked and hashed off the async threads.
+    match blocking(move || Ok(node.hold_base(&name, ahead.into())?)).await {
         Ok(digest) => Json(json!({ "base": digest })).into_response(),
         Err(response) => response,
     }

@@ -31,16 +31,16 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::bundle::{Bundle, History, Outgoing};
-use super::precopy::{self, Base};
+use super::precopy::{self, Held, Sent};
 use super::view::ChangeFeed;
 use super::worker::{Handover, Job, Start, SwapJob, SwapReport};
 use super::{Components, Node, NodeError, Origin, Prepared, Session, lock, spec_op};
-use crate::checkpoint::{Checkpoint, GUEST_SECTION};
+use crate::checkpoint::Checkpoint;
 use crate::physical::Subscribing;
 use crate::runtime::AdapterInstance;
 use crate::spec::{ComponentRef, TwinSpec};
 use crate::store::{HistoryMark, HistoryRow, Op};
-use crate::twin::entanglement::Window;
+use crate::twin::entanglement::{Mark, Window};
 
 /// Rows stored per write when a history is imported.
 pub(crate) const IMPORT_BATCH: usize = 4096;
@@ -65,8 +65,9 @@ pub(super) struct Incoming {
     /// Its change stream, open from the start so that applications can
     /// attach to a twin still arriving.
     changes: ChangeFeed,
-    /// The snapshot sent ahead, which the bundle's guest delta applies to.
-    base: Option<Base>,
+    /// What was sent ahead: the snapshot the bundle's guest delta applies
+    /// to, and the window its samples follow on.
+    held: Option<Held>,
 }
 
 impl Incoming {
@@ -106,11 +107,13 @@ impl Node {
         lock(&self.moved).get(name).cloned()
     }
 
-    /// The entanglement window of a twin here, as it leaves now.
-    fn window(&self, name: &str) -> Option<Window> {
+    /// The entanglement window of a twin here, as it leaves now, and
+    /// where its measuring stands.
+    fn window(&self, name: &str) -> Option<(Window, Mark)> {
         let shared = lock(&self.twins).get(name)?.shared.clone();
-        let window = lock(&shared).entanglement.leave(crate::physical::now_us());
-        Some(window)
+        let shared = lock(&shared);
+        let window = shared.entanglement.leave(crate::physical::now_us());
+        Some((window, shared.entanglement.mark()))
     }
 
     /// The bundle of `checkpoint` and `window`, with the history rows
@@ -168,7 +171,7 @@ impl Node {
     ) -> Result<Outgoing, NodeError> {
         let spec = self.spec(name)?;
         let checkpoint = self.checkpoint(name).await?;
-        let window = self.window(name);
+        let window = self.window(name).map(|(window, _)| window);
         let node = self.clone();
         let bundle = tokio::task::spawn_blocking(move || {
             node.bundle(spec, checkpoint, window, with_components, None)
@@ -193,7 +196,14 @@ impl Node {
         replace: bool,
         adopt: Option<&str>,
     ) -> anyhow::Result<()> {
-        let bundle = Bundle::read(reader)?;
+        let mut bundle = Bundle::read(reader)?;
+        // A window that is only the rest of one sent ahead is whole only
+        // on a migration's target.
+        bundle.entanglement = bundle
+            .entanglement
+            .map(|window| precopy::whole_window(window, None))
+            .transpose()
+            .map_err(|e| NodeError::Refused(format!("{e:#}; nothing was changed")))?;
         if bundle.spec.name() != name {
             return Err(NodeError::Refused(format!(
                 "the bundle is of twin `{}`, not `{name}`; nothing was changed",
@@ -303,12 +313,12 @@ impl Node {
         let snapshot = started.elapsed();
         let window = self.window(name);
         if let Some(leaving) = lock(&self.in_transit).get_mut(name) {
-            leaving.window = window.clone();
+            leaving.window = window.as_ref().map(|(window, _)| window.clone());
         }
-        // The target holds this snapshot: send only what changed since.
-        let base = lock(&self.bases)
+        // The target holds what was sent ahead: send only what changed since.
+        let sent = lock(&self.bases)
             .remove(name)
-            .filter(|held| base.is_some_and(|digest| held.is(digest)));
+            .filter(|sent| base.is_some_and(|digest| sent.is(digest)));
         // The worker has stopped; take the twin down around it, and bundle
         // it once the store holds its history (both block: off the async
         // threads).
@@ -317,9 +327,9 @@ impl Node {
             let node = self.clone();
             tokio::task::spawn_blocking(move || {
                 let spec = node.stop(&name)?;
-                let checkpoint = match base {
-                    Some(base) => base.shrink(checkpoint),
-                    None => checkpoint,
+                let (checkpoint, window) = match sent {
+                    Some(sent) => sent.shrink(checkpoint, window),
+                    None => (checkpoint, window.map(|(window, _)| window)),
                 };
                 Some(node.bundle(spec, checkpoint, window, false, history_after))
             })
@@ -414,7 +424,7 @@ impl Node {
             components,
             session: None,
             changes: ChangeFeed::default(),
-            base: None,
+            held: None,
         };
         if let Some(old) = lock(&self.incoming).insert(name, arriving) {
             old.close(self, false);
@@ -462,39 +472,34 @@ impl Node {
     }
 
     /// Source, step 1¾: a snapshot of a running twin (which keeps
-    /// running) for the target to hold before the handover, whose bundle
-    /// then carries only what changed since (see the `precopy` module).
-    /// The node keeps it until that handover, or until the twin stops.
+    /// running) and its entanglement window, for the target to hold
+    /// before the handover, whose bundle then carries only what changed
+    /// since (see the `precopy` module). The node keeps what it sent until
+    /// that handover, or until the twin stops.
     pub async fn base(&self, name: &str) -> Result<Bytes, NodeError> {
-        let Some((_, guest)) = self
-            .checkpoint(name)
-            .await?
-            .sections
-            .into_iter()
-            .find(|(section, _)| section == GUEST_SECTION)
-        else {
-            return Err(NodeError::Refused(
-                "the twin's checkpoint has no guest snapshot".into(),
-            ));
-        };
-        // Hashed off the async threads.
-        let base = tokio::task::spawn_blocking(move || Base::new(guest))
+        let checkpoint = self.checkpoint(name).await?;
+        let window = self.window(name);
+        // Encoded and hashed off the async threads.
+        let (sent, bytes) = tokio::task::spawn_blocking(move || Sent::new(checkpoint, window))
             .await
-            .map_err(|e| NodeError::Refused(e.to_string()))?;
-        let bytes = base.bytes();
-        lock(&self.bases).insert(name.to_string(), base);
-        Ok(bytes)
+            .map_err(|e| NodeError::Refused(e.to_string()))?
+            .map_err(|e| NodeError::Refused(format!("{e:#}")))?;
+        lock(&self.bases).insert(name.to_string(), sent);
+        Ok(bytes.into())
     }
 
-    /// Target, step 1¾: holds the snapshot sent ahead of the handover;
-    /// its digest, which the conductor passes to the source.
-    pub fn hold_base(&self, name: &str, snapshot: Bytes) -> Result<String, NodeError> {
-        let base = Base::new(snapshot);
-        let digest = base.digest_hex();
+    /// Target, step 1¾: holds what was sent ahead of the handover; the
+    /// digest of its snapshot, which the conductor passes to the source.
+    pub fn hold_base(&self, name: &str, bytes: Bytes) -> Result<String, NodeError> {
+        if !lock(&self.incoming).contains_key(name) {
+            return Err(NodeError::NotFound(format!("{name} (nothing is arriving)")));
+        }
+        let held = Held::read(name, &bytes).map_err(|e| NodeError::Refused(format!("{e:#}")))?;
+        let digest = held.digest_hex();
         lock(&self.incoming)
             .get_mut(name)
             .ok_or_else(|| NodeError::NotFound(format!("{name} (nothing is arriving)")))?
-            .base = Some(base);
+            .held = Some(held);
         Ok(digest)
     }
 
@@ -552,23 +557,28 @@ impl Node {
         let Some(session) = arriving.session else {
             bail!("twin `{name}` is not listening to its device yet; nothing was started");
         };
-        let whole = precopy::whole(bundle.checkpoint, arriving.base.as_ref());
+        let whole = precopy::whole(bundle.checkpoint, arriving.held.as_ref());
+        let window = bundle
+            .entanglement
+            .map(|window| precopy::whole_window(window, arriving.held.as_ref()))
+            .transpose();
         let restored = if bundle.spec == arriving.spec {
             whole.and_then(|checkpoint| {
+                let window = window?;
                 let stored = Arc::new(checkpoint);
                 let twin = self.run_guest(self.make_twin(
                     &arriving.spec,
                     &arriving.components,
                     Origin::Checkpoint(stored.clone()),
                 ))?;
-                Ok((twin, stored))
+                Ok((twin, stored, window))
             })
         } else {
             Err(anyhow::anyhow!(
                 "the bundle's spec is not the one this node was told to receive"
             ))
         };
-        let (twin, stored) = match restored {
+        let (twin, stored, window) = match restored {
             Ok(restored) => restored,
             Err(e) => {
                 session.link.close();
@@ -611,7 +621,7 @@ impl Node {
         let prepared = Prepared {
             components: arriving.components,
             twin: Start::Awake(twin),
-            window: bundle.entanglement,
+            window,
         };
         let hosted = self.start(&arriving.spec, prepared, session, Some(stored));
         lock(&self.twins).insert(name.to_string(), hosted);

@@ -299,7 +299,7 @@ pub struct Node {
     incoming: Mutex<HashMap<String, mobility::Incoming>>,
     /// Snapshots of twins here sent ahead to a migration's target, which
     /// the handover's bundle then carries only the changes from.
-    bases: Mutex<HashMap<String, precopy::Base>>,
+    bases: Mutex<HashMap<String, precopy::Sent>>,
     /// One lock per twin name that management calls hold while they
     /// change that twin, so concurrent calls on one name take turns.
     changing: Mutex<HashMap<String, Arc<Mutex<()>>>>,

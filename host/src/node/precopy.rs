@@ -11,11 +11,18 @@
 //! The delta names its base by digest: a target holding another base (or
 //! none) refuses it, and the migration falls back as any failed handover
 //! does (the twin resumes on its source).
+//!
+//! The twin's entanglement window goes ahead with the snapshot, and the
+//! bundle carries only the samples recorded since (see
+//! [`Window::since`]): at 1,000 updates a second a full window is 30,000
+//! samples. What goes ahead is a checkpoint of two sections, `guest` and
+//! `entanglement`, checked like any bundle.
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 
-use crate::checkpoint::{Checkpoint, GUEST_SECTION};
+use crate::checkpoint::{Checkpoint, ENTANGLEMENT_SECTION, GUEST_SECTION};
+use crate::twin::entanglement::{Mark, Window};
 
 /// The bundle section that carries a delta in place of the guest snapshot.
 pub const GUEST_DELTA_SECTION: &str = "guest-delta";
@@ -43,14 +50,13 @@ impl Base {
         self.digest.to_hex().to_string()
     }
 
-    /// The snapshot (shared, not copied).
-    pub fn bytes(&self) -> Bytes {
-        self.bytes.clone()
-    }
-
     /// Whether the conductor's `digest` names this base.
     pub fn is(&self, digest: &str) -> bool {
         self.digest.to_hex().as_str() == digest
+    }
+
+    fn digest(&self) -> &[u8; 32] {
+        self.digest.as_bytes()
     }
 
     /// What `new` differs by from this base: its digest, how many bytes
@@ -124,9 +130,126 @@ impl Base {
     }
 }
 
+/// What the source keeps of what it sent ahead: the snapshot, and where
+/// the twin's window stood.
+pub struct Sent {
+    base: Base,
+    mark: Option<Mark>,
+}
+
+impl Sent {
+    /// What goes ahead of `checkpoint` (a running twin's) and of its
+    /// `window`, taken at `mark`: what the source keeps, and the bytes to
+    /// send.
+    pub fn new(
+        checkpoint: Checkpoint,
+        window: Option<(Window, Mark)>,
+    ) -> anyhow::Result<(Self, Vec<u8>)> {
+        let Checkpoint {
+            twin,
+            created_ms,
+            model,
+            sections,
+        } = checkpoint;
+        let guest = sections
+            .into_iter()
+            .find(|(section, _)| section == GUEST_SECTION)
+            .context("the twin's checkpoint has no guest snapshot")?;
+        let mut ahead = Checkpoint {
+            twin,
+            created_ms,
+            model,
+            sections: vec![guest],
+        };
+        let mark = match window {
+            Some((window, mark)) => {
+                ahead
+                    .sections
+                    .push((ENTANGLEMENT_SECTION.into(), window.encode()?));
+                Some(mark)
+            }
+            None => None,
+        };
+        let bytes = ahead.to_bytes()?;
+        let (_, guest) = ahead.sections.swap_remove(0);
+        let sent = Sent {
+            base: Base::new(guest),
+            mark,
+        };
+        Ok((sent, bytes))
+    }
+
+    /// Whether the conductor's `digest` names what was sent.
+    pub fn is(&self, digest: &str) -> bool {
+        self.base.is(digest)
+    }
+
+    /// `checkpoint` and `window` (taken at its mark), for a target that
+    /// holds what was sent: the guest snapshot as its delta, the window as
+    /// its samples since (whole, should they not follow on).
+    pub fn shrink(
+        &self,
+        checkpoint: Checkpoint,
+        window: Option<(Window, Mark)>,
+    ) -> (Checkpoint, Option<Window>) {
+        let window = window.map(|(window, now)| {
+            self.mark
+                .and_then(|then| window.since(now, then, *self.base.digest()))
+                .unwrap_or(window)
+        });
+        (self.base.shrink(checkpoint), window)
+    }
+}
+
+/// What a target holds of what was sent ahead of a twin's handover.
+pub struct Held {
+    base: Base,
+    window: Option<Window>,
+}
+
+impl Held {
+    /// Reads what the source sent ahead (see [`Sent::new`]), checking it
+    /// whole, for twin `name`.
+    pub fn read(name: &str, bytes: &[u8]) -> anyhow::Result<Self> {
+        let mut ahead = Checkpoint::read_from(bytes)?;
+        ensure!(
+            ahead.twin == name,
+            "the snapshot sent ahead is of twin `{}`, not `{name}`",
+            ahead.twin
+        );
+        let mut take = |name: &str| {
+            let at = ahead.sections.iter().position(|(n, _)| n == name)?;
+            Some(ahead.sections.swap_remove(at).1)
+        };
+        let guest = take(GUEST_SECTION).context("the snapshot sent ahead has no guest section")?;
+        let window = take(ENTANGLEMENT_SECTION)
+            .map(|bytes| Window::decode(&bytes))
+            .transpose()
+            .context("the entanglement window sent ahead is malformed")?
+            .map(|window| window.whole(None))
+            .transpose()?;
+        Ok(Held {
+            base: Base::new(guest),
+            window,
+        })
+    }
+
+    /// The digest of the snapshot held, as the conductor passes it on.
+    pub fn digest_hex(&self) -> String {
+        self.base.digest_hex()
+    }
+}
+
+/// `window` whole again, if it came as its samples since one sent ahead
+/// to `held`.
+pub fn whole_window(window: Window, held: Option<&Held>) -> anyhow::Result<Window> {
+    let ahead = held.and_then(|held| Some((held.base.digest(), held.window.as_ref()?)));
+    window.whole(ahead)
+}
+
 /// `checkpoint` with its guest snapshot whole again, if it came as a delta
 /// from `base`. A checkpoint with both, or with two deltas, is refused.
-pub fn whole(mut checkpoint: Checkpoint, base: Option<&Base>) -> anyhow::Result<Checkpoint> {
+pub fn whole(mut checkpoint: Checkpoint, held: Option<&Held>) -> anyhow::Result<Checkpoint> {
     let count = |name: &str| {
         checkpoint
             .sections
@@ -142,10 +265,12 @@ pub fn whole(mut checkpoint: Checkpoint, base: Option<&Base>) -> anyhow::Result<
              it may carry one or the other"
         ),
     }
-    let base = base.context(
-        "the bundle carries the guest snapshot's changes from one sent ahead, \
-         but none was sent here",
-    )?;
+    let base = &held
+        .context(
+            "the bundle carries the guest snapshot's changes from one sent ahead, \
+             but none was sent here",
+        )?
+        .base;
     for (section, body) in &mut checkpoint.sections {
         if section == GUEST_DELTA_SECTION {
             *body = base.apply(body)?;
@@ -196,6 +321,8 @@ fn common_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Requirements;
+    use crate::twin::entanglement::{Entanglement, Timing};
 
     /// A few MiB of bytes that differ from one another.
     fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -276,13 +403,14 @@ mod tests {
     #[test]
     fn a_checkpoint_shrunk_against_a_base_comes_back_whole_only_with_it() {
         let base = Base::new(noise(50_000, 7));
-        let mut state = base.bytes().to_vec();
+        let mut state = base.bytes.to_vec();
         state[10] ^= 1;
         let taken = checkpoint(&[(GUEST_SECTION, &state), ("twin", b"{}")]);
         let shrunk = base.shrink(taken.clone());
         assert_eq!(shrunk.sections[0].0, GUEST_DELTA_SECTION);
         assert!(shrunk.sections[0].1.len() < HEADER + 8);
-        assert_eq!(whole(shrunk.clone(), Some(&base)).unwrap(), taken);
+        let held = Held { base, window: None };
+        assert_eq!(whole(shrunk.clone(), Some(&held)).unwrap(), taken);
         // A whole checkpoint needs no base.
         assert_eq!(whole(taken.clone(), None).unwrap(), taken);
 
@@ -294,6 +422,7 @@ mod tests {
     fn a_checkpoint_with_a_snapshot_and_a_delta_or_two_deltas_is_refused() {
         let base = Base::new(noise(1000, 8));
         let delta = base.delta(&noise(1000, 9));
+        let held = Held { base, window: None };
         for sections in [
             vec![
                 (GUEST_SECTION, &b"{}"[..]),
@@ -304,7 +433,7 @@ mod tests {
                 (GUEST_DELTA_SECTION, &delta[..]),
             ],
         ] {
-            let e = whole(checkpoint(&sections), Some(&base))
+            let e = whole(checkpoint(&sections), Some(&held))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("it may carry one or the other"), "{e}");
@@ -329,5 +458,108 @@ mod tests {
             let e = base.apply(&bad).unwrap_err().to_string();
             assert!(e.contains("bytes of a 10000-byte snapshot"), "{e}");
         }
+    }
+
+    /// A twin's measuring, fed `n` updates a millisecond apart from `from`
+    /// (sequence numbers and times in ms).
+    fn feed(e: &mut Entanglement, from: u64, n: u64) {
+        for seq in from..from + n {
+            let at = T0 + seq * 1000;
+            let timing = Timing {
+                received_us: at + 100,
+                started_us: at + 200,
+            };
+            e.record(seq, at / 1000, timing, at + 300);
+        }
+    }
+
+    const T0: u64 = 1_700_000_000_000_000;
+
+    #[test]
+    fn the_window_sent_ahead_leaves_only_the_samples_since_in_the_bundle() {
+        // A one-second window holding 800 samples goes ahead.
+        let requirements = Requirements {
+            window_seconds: 1,
+            ..Default::default()
+        };
+        let mut e = Entanglement::new(requirements, T0);
+        feed(&mut e, 1, 800);
+        let taken = checkpoint(&[(GUEST_SECTION, &noise(4000, 1)), ("twin", b"{}")]);
+        let ahead = (e.leave(T0 + 801_000), e.mark());
+        let (sent, bytes) = Sent::new(taken.clone(), Some(ahead)).unwrap();
+        let held = Held::read("p", &bytes).unwrap();
+        assert!(sent.is(&held.digest_hex()));
+
+        // 100 more arrive, and pruning drops the first 100 from the front.
+        feed(&mut e, 801, 100);
+        e.evaluate(T0 + 1_100_500);
+        let now = (e.leave(T0 + 1_101_000), e.mark());
+        let window = now.0.clone();
+        let (shrunk, partial) = sent.shrink(taken.clone(), Some(now));
+        let partial = partial.unwrap();
+        // Round trip through the bundle's encoding, then rebuilt.
+        let partial = Window::decode(&partial.encode().unwrap()).unwrap();
+        assert!(partial.encode().unwrap().len() * 4 < window.encode().unwrap().len());
+        assert_eq!(whole_window(partial.clone(), Some(&held)).unwrap(), window);
+        assert_eq!(whole(shrunk, Some(&held)).unwrap(), taken);
+
+        // Without what was sent ahead, or against another snapshot, it
+        // is refused.
+        let e1 = whole_window(partial.clone(), None).unwrap_err().to_string();
+        assert!(e1.contains("none was sent here"), "{e1}");
+        let other = Sent::new(
+            checkpoint(&[(GUEST_SECTION, &noise(4000, 2))]),
+            Some((window.clone(), e.mark())),
+        )
+        .unwrap();
+        let other = Held::read("p", &other.1).unwrap();
+        let e2 = whole_window(partial, Some(&other)).unwrap_err().to_string();
+        assert!(e2.contains("is against snapshot"), "{e2}");
+    }
+
+    #[test]
+    fn a_window_of_another_measuring_or_all_new_goes_whole() {
+        let mut e = Entanglement::new(Default::default(), T0);
+        feed(&mut e, 1, 10);
+        let taken = checkpoint(&[(GUEST_SECTION, b"{}")]);
+        let (sent, _) = Sent::new(taken.clone(), Some((e.leave(T0), e.mark()))).unwrap();
+        // Another measuring of the twin (it was restarted since).
+        let mut again = Entanglement::new(Default::default(), T0);
+        feed(&mut again, 1, 20);
+        let now = again.leave(T0);
+        let (_, window) = sent.shrink(taken.clone(), Some((now.clone(), again.mark())));
+        assert_eq!(window.unwrap(), now);
+        // Every sample of the window is new: the whole window goes.
+        let one = Requirements {
+            window_seconds: 1,
+            ..Default::default()
+        };
+        let mut e = Entanglement::new(one, T0);
+        feed(&mut e, 1, 10);
+        let (sent, _) = Sent::new(taken.clone(), Some((e.leave(T0), e.mark()))).unwrap();
+        feed(&mut e, 5000, 10);
+        e.evaluate(T0 + 5_010_000);
+        let now = e.leave(T0 + 5_010_000);
+        let (_, window) = sent.shrink(taken, Some((now.clone(), e.mark())));
+        assert_eq!(window.unwrap(), now);
+    }
+
+    #[test]
+    fn what_goes_ahead_is_checked_and_names_its_twin() {
+        let taken = checkpoint(&[(GUEST_SECTION, b"{}")]);
+        let (_, bytes) = Sent::new(taken, None).unwrap();
+        let e = Held::read("q", &bytes).err().unwrap().to_string();
+        assert!(e.contains("is of twin `p`, not `q`"), "{e}");
+        let e = Held::read("p", &bytes[..bytes.len() - 1]).err().unwrap();
+        assert!(format!("{e:#}").contains("checksum"), "{e:#}");
+        let e = Held::read("p", b"a snapshot").err().unwrap();
+        assert!(
+            format!("{e:#}").contains("not a wasmtwin checkpoint"),
+            "{e:#}"
+        );
+        let e = Sent::new(checkpoint(&[("twin", b"{}")]), None)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no guest snapshot"), "{e}");
     }
 }

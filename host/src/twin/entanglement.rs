@@ -146,6 +146,22 @@ pub struct Entanglement {
     restarts: VecDeque<Restart>,
     /// Device restarts seen in all.
     runs: u64,
+    /// Which measuring this is, process-wide, and how many samples it has
+    /// recorded (pruned or not): where a window sent ahead stood.
+    measuring: u64,
+    recorded: u64,
+}
+
+/// Numbers each measuring a process starts.
+static MEASURINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Where a twin's measuring stood when its window was taken: the samples
+/// recorded until then, and how many of them the window held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    measuring: u64,
+    recorded: u64,
+    held: usize,
 }
 
 const US_PER_MS: u64 = 1_000;
@@ -170,6 +186,20 @@ pub struct Window {
     restarts: Vec<Restart>,
     #[serde(default)]
     runs: u64,
+    /// Set when the window carries only the samples recorded since a
+    /// window sent ahead of a migration, which the target holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<After>,
+}
+
+/// What a window carrying only its latest samples is the rest of: the
+/// window sent ahead with the snapshot whose digest is `base`, less its
+/// first `dropped` samples (pruned since), `kept` samples remaining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct After {
+    base: [u8; 32],
+    dropped: u64,
+    kept: u64,
 }
 
 /// The first byte of a window in its compact encoding. A window in JSON
@@ -192,6 +222,7 @@ struct Compact {
     /// restarting its sequence), then timeliness, run as a difference,
     /// transit and model time.
     samples: Vec<(i64, i64, u64, u64, u64, u64)>,
+    after: Option<After>,
 }
 
 impl Window {
@@ -222,6 +253,7 @@ impl Window {
             restarts: self.restarts.clone(),
             runs: self.runs,
             samples,
+            after: self.after,
         };
         Ok(postcard::to_extend(&compact, vec![COMPACT_V1])?)
     }
@@ -257,10 +289,89 @@ impl Window {
                     status: compact.status,
                     restarts: compact.restarts,
                     runs: compact.runs,
+                    after: compact.after,
                 })
             }
             Some((other, _)) => anyhow::bail!("unknown window encoding {other}"),
             None => anyhow::bail!("the window is empty"),
+        }
+    }
+
+    /// This window, taken at `now`, as the samples recorded since `then`,
+    /// when the window taken at `then` went ahead with snapshot `base`:
+    /// samples are only ever added at the back and pruned from the front,
+    /// so the target rebuilds it exactly. `None` if `then` was another
+    /// measuring's, or if the samples since fill the window.
+    pub fn since(&self, now: Mark, then: Mark, base: [u8; 32]) -> Option<Window> {
+        if now.measuring != then.measuring || now.held != self.samples.len() {
+            return None;
+        }
+        let new = usize::try_from(now.recorded.checked_sub(then.recorded)?).ok()?;
+        let kept = self.samples.len().checked_sub(new)?;
+        let dropped = then.held.checked_sub(kept)?;
+        if kept == 0 {
+            return None;
+        }
+        Some(Window {
+            samples: self.samples[kept..].to_vec(),
+            after: Some(After {
+                base,
+                dropped: dropped as u64,
+                kept: kept as u64,
+            }),
+            ..self.without_samples()
+        })
+    }
+
+    /// The window whole again, if it came as its samples since the one
+    /// sent ahead with snapshot `base` (which the node holds as `ahead`).
+    /// Refuses one of another snapshot, or one that does not fit.
+    pub fn whole(self, base: Option<(&[u8; 32], &Window)>) -> anyhow::Result<Window> {
+        let Some(after) = self.after else {
+            return Ok(self);
+        };
+        let Some((digest, ahead)) = base else {
+            anyhow::bail!(
+                "the entanglement window came as its samples since one sent ahead, \
+                 but none was sent here"
+            );
+        };
+        anyhow::ensure!(
+            after.base == *digest,
+            "the entanglement window is against snapshot {}, but this node holds {}",
+            hex::encode(after.base),
+            hex::encode(digest)
+        );
+        let fits = ahead.after.is_none()
+            && after.dropped.checked_add(after.kept) == Some(ahead.samples.len() as u64);
+        anyhow::ensure!(
+            fits,
+            "the entanglement window keeps {} of the {} samples sent ahead after dropping {}",
+            after.kept,
+            ahead.samples.len(),
+            after.dropped
+        );
+        let mut samples = Vec::with_capacity(after.kept as usize + self.samples.len());
+        samples.extend_from_slice(&ahead.samples[after.dropped as usize..]);
+        samples.extend(self.samples);
+        Ok(Window {
+            samples,
+            after: None,
+            ..self
+        })
+    }
+
+    /// Everything but the samples.
+    fn without_samples(&self) -> Window {
+        Window {
+            started_us: self.started_us,
+            samples: Vec::new(),
+            outages: self.outages.clone(),
+            away_since_us: self.away_since_us,
+            status: self.status,
+            restarts: self.restarts.clone(),
+            runs: self.runs,
+            after: None,
         }
     }
 }
@@ -277,6 +388,8 @@ impl Entanglement {
             status: None,
             restarts: VecDeque::new(),
             runs: 0,
+            measuring: MEASURINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            recorded: 0,
         }
     }
 
@@ -290,6 +403,17 @@ impl Entanglement {
             status: self.status,
             restarts: self.restarts.iter().copied().collect(),
             runs: self.runs,
+            after: None,
+        }
+    }
+
+    /// Where this measuring stands: with [`Entanglement::leave`] under the
+    /// same lock, where the window it returns stood.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            measuring: self.measuring,
+            recorded: self.recorded,
+            held: self.samples.len(),
         }
     }
 
@@ -307,6 +431,8 @@ impl Entanglement {
             status: window.status,
             restarts: window.restarts.into(),
             runs: window.runs,
+            measuring: MEASURINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            recorded: 0,
         }
     }
 
@@ -323,6 +449,7 @@ impl Entanglement {
     pub fn record(&mut self, seq: u64, pt_ts_ms: u64, timing: Timing, committed_us: u64) -> u64 {
         let produced_us = pt_ts_ms.saturating_mul(US_PER_MS);
         let timeliness_us = committed_us.saturating_sub(produced_us);
+        self.recorded += 1;
         self.samples.push_back(Sample {
             committed_us,
             seq,
