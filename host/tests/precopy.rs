@@ -7,6 +7,8 @@ mod common;
 use common::{Site, TOKEN, message, spec};
 use serde_json::{Value, json};
 use wasmtwin::checkpoint::{Checkpoint, GUEST_SECTION};
+use wasmtwin::node::Bundle;
+use wasmtwin::twin::entanglement::{Entanglement, Timing};
 use wasmtwin_tests::cli::arg;
 use wasmtwin_tests::node::{Node, wait_for};
 use wasmtwin_tests::plugin;
@@ -192,4 +194,58 @@ fn the_snapshot_routes_refuse_what_they_cannot_serve() {
         || site.node.api.get("/v1/twins/p").0 == 200,
         "the twin still to run on its node",
     );
+}
+
+/// A window that is only the rest of one sent ahead means something only
+/// on a migration's target: a bundle restored with one is refused, and
+/// the twin is as it was.
+#[test]
+fn a_restored_bundle_whose_window_is_only_the_samples_since_is_refused() {
+    let site = Site::start(&[]);
+    let (status, body) = site.apply("p", &padded_prime());
+    assert_eq!(status, 200, "{body}");
+    site.publish("dev/p", &[message(1, json!(1))]);
+    site.node.api.wait_for_updates("p", 1);
+    let api = &site.node.api;
+    let bytes = api
+        .http
+        .get(format!("{}/v1/twins/p/checkpoint", api.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let mut bundle = Bundle::from_bytes(&bytes).unwrap();
+
+    // A window of two samples, sent as the one recorded after a first.
+    let mut e = Entanglement::new(Default::default(), 1_000_000);
+    let record = |e: &mut Entanglement, seq: u64| {
+        let at = 1_000_000 + seq * 1000;
+        let timing = Timing {
+            received_us: at,
+            started_us: at,
+        };
+        e.record(seq, at / 1000, timing, at + 10);
+    };
+    record(&mut e, 1);
+    let then = e.mark();
+    record(&mut e, 2);
+    let window = e.leave(1_010_000).since(e.mark(), then, [7; 32]).unwrap();
+    bundle.entanglement = Some(window);
+
+    let answer = api
+        .http
+        .put(format!("{}/v1/twins/p/checkpoint?replace=true", api.base))
+        .bearer_auth(TOKEN)
+        .body(bundle.to_bytes().unwrap())
+        .send()
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 422);
+    let text = answer.text().unwrap();
+    assert!(text.contains("none was sent here"), "{text}");
+    assert!(text.contains("nothing was changed"), "{text}");
+    // The twin goes on as it was.
+    site.publish("dev/p", &[message(2, json!(2))]);
+    api.wait_for_updates("p", 2);
+    assert_eq!(progress(&site.node), (json!(2), json!(2)));
 }
