@@ -16,7 +16,9 @@
 //! first the target applied, both seen on the nodes' change streams (the
 //! target's is open while the twin is still arriving). Guest state is
 //! padded to 1 KiB, 1 MiB and 16 MiB (`prime`'s `state_kib`); histories of
-//! 0, 10,000 and 100,000 points travel with the twin. Live migrations and
+//! 0, 10,000 and 100,000 points travel with the twin, and so does a full
+//! entanglement window (30,000 samples, 30 s at 1,000 updates a second),
+//! given to the twin before its moves as its age would. Live migrations and
 //! hot-swaps alternate between the SDK's two snapshot encodings (JSON, the
 //! previous and default one, and binary), switched by reconfiguring the
 //! twin between runs, so both meet the same load. Last, in one process, a
@@ -41,6 +43,8 @@ use wasmtwin::digest::Digest;
 use wasmtwin::node::{Bundle, History};
 use wasmtwin::signing::{self, Metadata};
 use wasmtwin::store::HistoryRow;
+use wasmtwin::twin::TwinState;
+use wasmtwin::twin::entanglement::{Entanglement, Timing, Window};
 use wasmtwin_tests::servers::{Mosquitto, free_port};
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
@@ -277,12 +281,10 @@ fn spec(model: &Path, adapter: &Path, state_kib: u32, encoding: &str) -> String 
     .to_string()
 }
 
-/// Gives twin `p` on `node` a history of `points` rows, by restoring its
-/// own bundle with them added.
-async fn give_history(node: &NodeClient, points: u64) {
-    if points == 0 {
-        return;
-    }
+/// Gives twin `p` on `node` a history of `points` rows and a full
+/// entanglement window (see [`full_window`]), as a twin that has run a
+/// while has, by restoring its own bundle with them added.
+async fn age(node: &NodeClient, points: u64) {
     let mut bytes = Vec::new();
     node.checkpoint("p", false, &mut bytes)
         .await
@@ -299,10 +301,37 @@ async fn give_history(node: &NodeClient, points: u64) {
             })
             .collect(),
     );
+    let last_seq = TwinState::of(&bundle.checkpoint)
+        .expect("the twin's state")
+        .last_seq
+        .unwrap_or(0);
+    bundle.entanglement = Some(full_window(now_ms() * 1000, last_seq));
     let bytes = bundle.to_bytes().expect("a bundle");
     node.restore("p", bytes, true, None)
         .await
-        .expect("restoring with history");
+        .expect("restoring with history and window");
+}
+
+/// The window of a twin that has run for `windowSeconds` (30) at the
+/// publisher's 1,000 updates a second until `now_us`, its last update
+/// numbered `last_seq`: 30,000 samples.
+fn full_window(now_us: u64, last_seq: u64) -> Window {
+    let start_us = now_us - 30_000_000;
+    let mut e = Entanglement::new(Default::default(), start_us);
+    let first_seq = last_seq.saturating_sub(30_000);
+    for i in 1..=30_000u64 {
+        // A millisecond apart, with some jitter in each part.
+        let produced_us = start_us + i * 1000;
+        let received_us = produced_us + 300 + i * 7919 % 400;
+        let started_us = received_us + 50 + i * 104_729 % 200;
+        let committed_us = started_us + 20 + i * 1_299_709 % 60;
+        let timing = Timing {
+            received_us,
+            started_us,
+        };
+        e.record(first_seq + i, produced_us / 1000, timing, committed_us);
+    }
+    e.leave(now_us)
 }
 
 /// What one live migration measured.
@@ -451,7 +480,7 @@ async fn main() {
                 )
                 .await;
             created.expect("creating the twin");
-            give_history(&a.client, points).await;
+            age(&a.client, points).await;
             a.applied_after(0).await;
 
             // Per variant (encoding + 2 × pre-copy, see VARIANTS):
@@ -619,28 +648,9 @@ async fn main() {
 /// The entanglement window's part of a handover, in one process: written
 /// on the source and read back on the target, as JSON (how bundles carried
 /// it before) against the compact encoding, interleaved. The window is
-/// full, as a twin's is after `windowSeconds` (30) at the publisher's
-/// 1,000 updates a second: 30,000 samples. (The live runs above move a
-/// twin created for each row a few seconds before, so its window holds
-/// only those seconds.)
+/// full: 30,000 samples, as the live runs' twins carry.
 fn window_encodings(runs: usize) {
-    use wasmtwin::twin::entanglement::{Entanglement, Timing, Window};
-    let now_us = now_ms() * 1000;
-    let start_us = now_us - 30_000_000;
-    let mut e = Entanglement::new(Default::default(), start_us);
-    for seq in 1..=30_000u64 {
-        // A millisecond apart, with some jitter in each part.
-        let produced_us = start_us + seq * 1000;
-        let received_us = produced_us + 300 + seq * 7919 % 400;
-        let started_us = received_us + 50 + seq * 104_729 % 200;
-        let committed_us = started_us + 20 + seq * 1_299_709 % 60;
-        let timing = Timing {
-            received_us,
-            started_us,
-        };
-        e.record(seq, produced_us / 1000, timing, committed_us);
-    }
-    let window = e.leave(now_us);
+    let window = full_window(now_ms() * 1000, 30_000);
     let mut took: [Vec<Duration>; 2] = Default::default();
     let mut sizes = [0; 2];
     for run in 0..runs * 2 {

@@ -312,13 +312,20 @@ impl Node {
         };
         let snapshot = started.elapsed();
         let window = self.window(name);
-        if let Some(leaving) = lock(&self.in_transit).get_mut(name) {
-            leaving.window = window.as_ref().map(|(window, _)| window.clone());
-        }
         // The target holds what was sent ahead: send only what changed since.
         let sent = lock(&self.bases)
             .remove(name)
             .filter(|sent| base.is_some_and(|digest| sent.is(digest)));
+        // The bundle's window is its samples since what went ahead (or a
+        // copy of it whole); the whole one stays here, should the twin
+        // resume.
+        let bundled = window.as_ref().map(|(window, mark)| match &sent {
+            Some(sent) => sent.window_since(window, *mark),
+            None => window.clone(),
+        });
+        if let Some(leaving) = lock(&self.in_transit).get_mut(name) {
+            leaving.window = window.map(|(window, _)| window);
+        }
         // The worker has stopped; take the twin down around it, and bundle
         // it once the store holds its history (both block: off the async
         // threads).
@@ -327,11 +334,11 @@ impl Node {
             let node = self.clone();
             tokio::task::spawn_blocking(move || {
                 let spec = node.stop(&name)?;
-                let (checkpoint, window) = match sent {
-                    Some(sent) => sent.shrink(checkpoint, window),
-                    None => (checkpoint, window.map(|(window, _)| window)),
+                let checkpoint = match sent {
+                    Some(sent) => sent.shrink(checkpoint),
+                    None => checkpoint,
                 };
-                Some(node.bundle(spec, checkpoint, window, false, history_after))
+                Some(node.bundle(spec, checkpoint, bundled, false, history_after))
             })
             .await
             .ok()

@@ -184,20 +184,18 @@ impl Sent {
         self.base.is(digest)
     }
 
-    /// `checkpoint` and `window` (taken at its mark), for a target that
-    /// holds what was sent: the guest snapshot as its delta, the window as
-    /// its samples since (whole, should they not follow on).
-    pub fn shrink(
-        &self,
-        checkpoint: Checkpoint,
-        window: Option<(Window, Mark)>,
-    ) -> (Checkpoint, Option<Window>) {
-        let window = window.map(|(window, now)| {
-            self.mark
-                .and_then(|then| window.since(now, then, *self.base.digest()))
-                .unwrap_or(window)
-        });
-        (self.base.shrink(checkpoint), window)
+    /// `checkpoint`, for a target that holds what was sent: its guest
+    /// snapshot as its delta.
+    pub fn shrink(&self, checkpoint: Checkpoint) -> Checkpoint {
+        self.base.shrink(checkpoint)
+    }
+
+    /// `window`, taken at `now`, for a target that holds what was sent:
+    /// its samples since (a copy of it whole, should they not follow on).
+    pub fn window_since(&self, window: &Window, now: Mark) -> Window {
+        self.mark
+            .and_then(|then| window.since(now, then, *self.base.digest()))
+            .unwrap_or_else(|| window.clone())
     }
 }
 
@@ -495,8 +493,8 @@ mod tests {
         e.evaluate(T0 + 1_100_500);
         let now = (e.leave(T0 + 1_101_000), e.mark());
         let window = now.0.clone();
-        let (shrunk, partial) = sent.shrink(taken.clone(), Some(now));
-        let partial = partial.unwrap();
+        let shrunk = sent.shrink(taken.clone());
+        let partial = sent.window_since(&now.0, now.1);
         // Round trip through the bundle's encoding, then rebuilt.
         let partial = Window::decode(&partial.encode().unwrap()).unwrap();
         assert!(partial.encode().unwrap().len() * 4 < window.encode().unwrap().len());
@@ -527,8 +525,7 @@ mod tests {
         let mut again = Entanglement::new(Default::default(), T0);
         feed(&mut again, 1, 20);
         let now = again.leave(T0);
-        let (_, window) = sent.shrink(taken.clone(), Some((now.clone(), again.mark())));
-        assert_eq!(window.unwrap(), now);
+        assert_eq!(sent.window_since(&now, again.mark()), now);
         // Every sample of the window is new: the whole window goes.
         let one = Requirements {
             window_seconds: 1,
@@ -540,8 +537,7 @@ mod tests {
         feed(&mut e, 5000, 10);
         e.evaluate(T0 + 5_010_000);
         let now = e.leave(T0 + 5_010_000);
-        let (_, window) = sent.shrink(taken, Some((now.clone(), e.mark())));
-        assert_eq!(window.unwrap(), now);
+        assert_eq!(sent.window_since(&now, e.mark()), now);
     }
 
     #[test]
