@@ -361,6 +361,13 @@ impl Checkpoint {
             .map(|(_, b)| b.as_slice())
     }
 
+    /// Takes the body of the section `name` out, if present; the others
+    /// keep their order.
+    pub fn take(&mut self, name: &str) -> Option<Vec<u8>> {
+        let at = self.sections.iter().position(|(n, _)| n == name)?;
+        Some(self.sections.remove(at).1)
+    }
+
     /// Writes the bundle.
     pub fn write_to(&self, writer: impl Write) -> Result<(), CheckpointError> {
         self.write_as(Format::default(), writer)

@@ -290,16 +290,12 @@ impl Bundle {
         let (mut checkpoint, spilled) = Checkpoint::read_spilling(reader, |info| {
             info.name == HISTORY_SECTION && info.len > SPILL_OVER
         })?;
-        let mut take = |name: &str| {
-            let at = checkpoint.sections.iter().position(|(n, _)| n == name)?;
-            Some(checkpoint.sections.remove(at).1)
-        };
-        let spec = take(SPEC_SECTION).context(
+        let spec = checkpoint.take(SPEC_SECTION).context(
             "the bundle has no spec: it is a bare checkpoint (from `wasmtwin run`), not a twin's",
         )?;
         let spec = TwinSpec::parse(std::str::from_utf8(&spec).context("the bundle's spec")?)
             .context("the bundle's spec")?;
-        let history = match (take(HISTORY_SECTION), spilled.into_iter().next()) {
+        let history = match (checkpoint.take(HISTORY_SECTION), spilled.into_iter().next()) {
             (_, Some((_, mut file))) => {
                 // Checked whole before anything is imported.
                 let mut rows = 0;
@@ -322,11 +318,15 @@ impl Bundle {
             ),
             (None, None) => History::Rows(Vec::new()),
         };
-        let entanglement = take(ENTANGLEMENT_SECTION)
+        let entanglement = checkpoint
+            .take(ENTANGLEMENT_SECTION)
             .map(|bytes| Window::decode(&bytes))
             .transpose()
             .context("the bundle's entanglement window is malformed")?;
-        let components = match (take(MODEL_SECTION), take(ADAPTER_SECTION)) {
+        let components = match (
+            checkpoint.take(MODEL_SECTION),
+            checkpoint.take(ADAPTER_SECTION),
+        ) {
             (Some(model), Some(adapter)) => Some((model, adapter)),
             (None, None) => None,
             _ => bail!("the bundle carries only one of its two components"),

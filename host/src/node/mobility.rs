@@ -498,6 +498,8 @@ impl Node {
     /// Target, step 1¾: holds what was sent ahead of the handover; the
     /// digest of its snapshot, which the conductor passes to the source.
     pub fn hold_base(&self, name: &str, bytes: Bytes) -> Result<String, NodeError> {
+        // Checked before reading what was sent (outside the lock, it may
+        // be megabytes), and again after, when it is kept.
         if !lock(&self.incoming).contains_key(name) {
             return Err(NodeError::NotFound(format!("{name} (nothing is arriving)")));
         }

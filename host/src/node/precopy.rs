@@ -145,21 +145,13 @@ impl Sent {
         checkpoint: Checkpoint,
         window: Option<(Window, Mark)>,
     ) -> anyhow::Result<(Self, Vec<u8>)> {
-        let Checkpoint {
-            twin,
-            created_ms,
-            model,
-            sections,
-        } = checkpoint;
-        let guest = sections
-            .into_iter()
-            .find(|(section, _)| section == GUEST_SECTION)
+        let mut checkpoint = checkpoint;
+        let guest = checkpoint
+            .take(GUEST_SECTION)
             .context("the twin's checkpoint has no guest snapshot")?;
         let mut ahead = Checkpoint {
-            twin,
-            created_ms,
-            model,
-            sections: vec![guest],
+            sections: vec![(GUEST_SECTION.into(), guest)],
+            ..checkpoint
         };
         let mark = match window {
             Some((window, mark)) => {
@@ -215,12 +207,11 @@ impl Held {
             "the snapshot sent ahead is of twin `{}`, not `{name}`",
             ahead.twin
         );
-        let mut take = |name: &str| {
-            let at = ahead.sections.iter().position(|(n, _)| n == name)?;
-            Some(ahead.sections.swap_remove(at).1)
-        };
-        let guest = take(GUEST_SECTION).context("the snapshot sent ahead has no guest section")?;
-        let window = take(ENTANGLEMENT_SECTION)
+        let guest = ahead
+            .take(GUEST_SECTION)
+            .context("the snapshot sent ahead has no guest section")?;
+        let window = ahead
+            .take(ENTANGLEMENT_SECTION)
             .map(|bytes| Window::decode(&bytes))
             .transpose()
             .context("the entanglement window sent ahead is malformed")?
