@@ -18,12 +18,16 @@ use tokio::net::{TcpListener, TcpStream};
 
 mod relay;
 
-/// Starts a broker listening on `listen` in background threads and waits
-/// until it accepts connections.
-pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
+/// Starts a broker listening on `listen` in background threads, waits
+/// until it accepts connections, and returns the address it listens on
+/// (port 0 in `listen` takes a port the system picks).
+pub fn start(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
     // Bound before anything starts, so a port in use fails here, plainly.
     let public = std::net::TcpListener::bind(listen)
         .with_context(|| format!("the embedded broker cannot listen on {listen}"))?;
+    let listen = public
+        .local_addr()
+        .context("reading the embedded broker's port")?;
     let inner = Inner {
         v4: spare_loopback_port()?,
         v5: spare_loopback_port()?,
@@ -44,7 +48,7 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<()> {
         .spawn(move || front(public, inner))
         .context("starting the embedded broker")?;
     tracing::info!(%listen, "embedded MQTT broker listening (MQTT 3.1.1 and 5)");
-    Ok(())
+    Ok(listen)
 }
 
 /// The loopback ports rumqttd listens on, one per protocol version.

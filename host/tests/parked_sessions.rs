@@ -5,7 +5,6 @@
 //! another message); and the doorbell that rings parked twins listens for
 //! every one of many falling asleep at once.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -166,9 +165,9 @@ async fn every_twin_falling_asleep_at_once_is_listened_for(port: u16) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn on_the_embedded_broker() {
-    let port = free_port();
-    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wasmtwin::broker::start(listen).expect("the embedded broker");
+    let port = wasmtwin::broker::start(([127, 0, 0, 1], 0).into())
+        .expect("the embedded broker")
+        .port();
     parked_sessions_keep_every_message_and_ack_on_their_own_connection(port).await;
     every_twin_falling_asleep_at_once_is_listened_for(port).await;
 }

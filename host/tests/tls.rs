@@ -169,8 +169,9 @@ fn a_twin_s_state_moves_only_between_callers_with_a_certificate_of_the_ca() {
     let dir = tempfile::tempdir().unwrap();
     let tls = TlsFiles::make(&dir.path().join("fleet"));
     let outsider = TlsFiles::make(&dir.path().join("outsider"));
-    let mqtt = free_port();
-    wasmtwin::broker::start(([127, 0, 0, 1], mqtt).into()).expect("the embedded broker");
+    let mqtt = wasmtwin::broker::start(([127, 0, 0, 1], 0).into())
+        .expect("the embedded broker")
+        .port();
     let peers = ["--tls-client-ca", arg(&tls.ca)];
     let (a, b) = (free_port(), free_port());
     let _a = node(dir.path(), a, mqtt, &tls, &peers);
@@ -307,8 +308,9 @@ fn answered(out: Output) -> (u16, String) {
 fn only_a_node_with_a_certificate_of_the_ca_joins_the_control_plane() {
     let dir = tempfile::tempdir().unwrap();
     let tls = TlsFiles::make(&dir.path().join("fleet"));
-    let mqtt = free_port();
-    wasmtwin::broker::start(([127, 0, 0, 1], mqtt).into()).expect("the embedded broker");
+    let mqtt = wasmtwin::broker::start(([127, 0, 0, 1], 0).into())
+        .expect("the embedded broker")
+        .port();
     let port = free_port();
     let control = format!("https://127.0.0.1:{port}");
     let _control = Killed(

@@ -3,29 +3,49 @@
 //! packages, which `.ci/run` installs; a missing one fails the test with the
 //! package to install.
 
-use std::collections::BTreeSet;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1, never one this process handed out
-/// before: the kernel may give a port just released to the next `bind(0)`,
-/// and two tests running at once then started servers on one port (the
-/// second fails to bind while its test talks to the first's).
+/// A free TCP port on 127.0.0.1 for a server a test starts, never one
+/// this process handed out before.
+///
+/// It comes from below the kernel's ephemeral range, not from `bind(0)`:
+/// a port from that range can be taken, between this call and the server's
+/// own bind, as the local end of any outgoing connection (a node reaching
+/// its broker, curl, a test's client), and the server then fails with
+/// "address in use". Ports under the range are only ever given to a
+/// socket that names them.
 pub fn free_port() -> u16 {
-    static HANDED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("binding a free port");
-        if handed.insert(port) {
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let (low, high) = below_ephemeral();
+    let span = high - low;
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    // Each test process starts at its own place in the range, so two run
+    // at once (a test and the binary it spawns) rarely try the same ports.
+    let mut offset = next.unwrap_or((std::process::id() % u32::from(span)) as u16);
+    for _ in 0..span {
+        let port = low + offset;
+        offset = (offset + 1) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(offset);
             return port;
         }
     }
+    panic!("no free port on 127.0.0.1 in {low}..{high}")
+}
+
+/// The ports tests take theirs from: the 8,192 just under the first port
+/// the kernel gives to `bind(0)` and outgoing connections.
+pub fn below_ephemeral() -> (u16, u16) {
+    let first = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let high = first.max(8_192 + 1_024);
+    (high - 8_192, high)
 }
 
 pub(crate) fn require(program: &str, package: &str) -> PathBuf {
@@ -405,15 +425,25 @@ impl Drop for Prometheus {
 
 #[cfg(test)]
 mod tests {
-    use super::free_port;
     use std::collections::BTreeSet;
+
+    use super::{below_ephemeral, free_port};
 
     #[test]
     fn free_port_never_hands_out_a_port_twice() {
-        // 2,000 draws from ~28,000 ephemeral ports: the kernel alone
-        // repeats one with near certainty (the birthday bound).
         let ports: Vec<u16> = (0..2000).map(|_| free_port()).collect();
         let distinct: BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len());
+    }
+
+    #[test]
+    fn free_port_stays_out_of_the_range_outgoing_connections_take() {
+        // What `bind(0)` gives is from the ephemeral range, where the
+        // local end of a connection another test opens may take it first.
+        let (_, first_ephemeral) = below_ephemeral();
+        for _ in 0..200 {
+            let port = free_port();
+            assert!(port < first_ephemeral, "{port} is in the ephemeral range");
+        }
     }
 }

@@ -109,11 +109,11 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         super::host::listen(args.http)?,
         super::host::listen(args.cloud_http)?,
     ];
-    wasmtwin::broker::start(args.mqtt)?;
+    let mqtt = wasmtwin::broker::start(args.mqtt)?;
     let runtime = global.runtime()?;
     let broker = BrokerAddress {
-        host: args.mqtt.ip().to_string(),
-        port: args.mqtt.port(),
+        host: mqtt.ip().to_string(),
+        port: mqtt.port(),
         tls: false,
         credentials: None,
         ca_pem: None,
@@ -177,7 +177,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         });
         let base = format!("http://{}", if host == "cloud" { args.cloud_http } else { args.http });
         println!("wasmtwin is up. Ctrl-C stops everything.");
-        println!("  MQTT broker:    mqtt://{}", args.mqtt);
+        println!("  MQTT broker:    mqtt://{mqtt}");
         println!("  control plane:  {control_url}   (wasmtwin get nodes|twins|events --control {control_url})");
         println!("  nodes:          edge {edge_base}, cloud http://{}", args.cloud_http);
         println!("  API:            {base}/v1/twins   (Authorization: Bearer {token})");

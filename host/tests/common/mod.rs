@@ -3,7 +3,6 @@
 //! plugins, fed by publishing to it. Each test file uses a part of it.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
@@ -55,9 +54,9 @@ impl Site {
     /// makes of the broker's.
     fn start_via(prefix: &[&str], extra: &[&str], route: impl FnOnce(u16) -> u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mqtt = free_port();
-        let listen: SocketAddr = format!("127.0.0.1:{mqtt}").parse().unwrap();
-        wasmtwin::broker::start(listen).expect("the embedded broker");
+        let mqtt = wasmtwin::broker::start(([127, 0, 0, 1], 0).into())
+            .expect("the embedded broker")
+            .port();
         let data = dir.path().to_path_buf();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let node_mqtt = route(mqtt);

@@ -40,11 +40,13 @@ impl Broker {
     /// Mosquitto when it is installed, else the embedded broker; `dir`
     /// receives Mosquitto's configuration and log.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        let port = free_port()?;
         let Some(mosquitto) = find_mosquitto() else {
-            wasmtwin::broker::start(([127, 0, 0, 1], port).into())?;
-            return Ok(Broker::Embedded { port });
+            let listening = wasmtwin::broker::start(([127, 0, 0, 1], 0).into())?;
+            return Ok(Broker::Embedded {
+                port: listening.port(),
+            });
         };
+        let port = free_port()?;
         let config = dir.join("mosquitto.conf");
         std::fs::write(
             &config,
