@@ -248,14 +248,19 @@ fn ms(d: Duration) -> String {
 /// The SDK's snapshot encodings, as `prime`'s configuration names them.
 const ENCODINGS: [&str; 2] = ["json", "binary"];
 
-/// The live runs' variants, taken in turn: (index in [`ENCODINGS`],
-/// pre-copy), in the table's order.
-const VARIANTS: [(usize, client::Precopy); 4] = [
-    (0, client::Precopy::Nothing),
-    (0, client::Precopy::State),
-    (1, client::Precopy::Nothing),
-    (1, client::Precopy::State),
+/// How a live run hands the state over, in the table's order: whole, its
+/// changes since a snapshot sent ahead, or the messages to replay on that
+/// snapshot (restored on the target ahead).
+const HANDOVERS: [client::Precopy; 3] = [
+    client::Precopy::Nothing,
+    client::Precopy::State,
+    client::Precopy::Replay,
 ];
+
+/// The live runs' variants, taken in turn: every handover with each
+/// encoding, variant `v` being encoding `v / 3` (in [`ENCODINGS`]) and
+/// handover `v % 3`.
+const VARIANTS: usize = ENCODINGS.len() * HANDOVERS.len();
 
 /// A bundle's size, for the table.
 fn bytes(n: usize) -> String {
@@ -462,10 +467,10 @@ async fn main() {
         "Live migration between two host processes vs. the slow way (fresh host process + restore from a checkpoint file), {runs} runs each.\n"
     );
     println!(
-        "Live runs take turns: JSON or binary snapshots, the whole state in the handover's bundle (as before) or only what changed since a snapshot sent ahead (pre-copy, the default).\n"
+        "Live runs take turns: JSON or binary snapshots; the handover's bundle carries the whole state (as before), only what changed since a snapshot sent ahead (pre-copy), or the messages applied since that snapshot, which the target restored ahead and replays them on (replay, the default). The slow way is JSON's.\n"
     );
     println!(
-        "| guest state | history | JSON, whole: downtime p50 | p99 | JSON, pre-copied: p50 | p99 | binary, whole: p50 | p99 | binary, pre-copied: p50 | p99 | bundle p50 (binary: whole / pre-copied) | total p50 (binary: whole / pre-copied) | slow way: downtime p50 | p99 | JSON whole / slow (p50) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| guest state | history | snapshots | whole: downtime p50 | p99 | changes: p50 | p99 | replay: p50 | p99 | bundle p50 (whole / changes / replay) | total p50 (whole / changes / replay) | slow way: downtime p50 | p99 | whole / slow (p50) |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut swaps = Vec::new();
     for &kib in states {
@@ -483,18 +488,21 @@ async fn main() {
             age(&a.client, points).await;
             a.applied_after(0).await;
 
-            // Per variant (encoding + 2 × pre-copy, see VARIANTS):
-            // downtimes, totals and bundle sizes.
-            let mut live: [Vec<Duration>; 4] = Default::default();
-            let mut totals: [Vec<Duration>; 4] = Default::default();
-            let mut bundles: [Vec<usize>; 4] = Default::default();
+            // Per variant (see VARIANTS): downtimes, totals and bundle
+            // sizes.
+            let mut live: [Vec<Duration>; VARIANTS] = Default::default();
+            let mut totals: [Vec<Duration>; VARIANTS] = Default::default();
+            let mut bundles: [Vec<usize>; VARIANTS] = Default::default();
             let mut on_a = true;
-            for run in 0..runs * 12 {
+            for run in 0..runs * 3 * VARIANTS {
                 if live.iter().all(|l| l.len() >= runs) {
                     break;
                 }
-                let variant = run % 4;
-                let (encoding, precopy) = VARIANTS[variant];
+                let variant = run % VARIANTS;
+                let (encoding, precopy) = (
+                    variant / HANDOVERS.len(),
+                    HANDOVERS[variant % HANDOVERS.len()],
+                );
                 let (from, to) = if on_a { (&a, &b) } else { (&b, &a) };
                 encode_with(&from.client, &s, kib, ENCODINGS[encoding]).await;
                 if let Some(moved) = migrate_once(from, to, precopy).await {
@@ -583,35 +591,51 @@ async fn main() {
             }
 
             let downtimes = live.each_mut().map(|l| percentiles(l));
-            let [.., (binary_total, _), (precopied_total, _)] =
-                totals.each_mut().map(|t| percentiles(t));
-            let [.., binary_bundle, precopied_bundle] = bundles.each_mut().map(|b| {
+            let totals = totals.each_mut().map(|t| percentiles(t).0);
+            let bundles = bundles.each_mut().map(|b| {
                 b.sort_unstable();
                 b.get(b.len() / 2).copied().unwrap_or(0)
             });
             let (slow_p50, slow_p99) = percentiles(&mut slow);
             let json_p50 = downtimes[0].0;
-            println!(
-                "| {}{} | {points} | {} | {} / {} | {} / {} | {} | {} | {:.3}× |",
-                size(kib),
-                if measured < runs {
-                    format!(" ({measured} runs)")
+            for (encoding, name) in ENCODINGS.iter().enumerate() {
+                let of = |at: usize| encoding * HANDOVERS.len() + at;
+                let slow = if encoding == 0 {
+                    format!(
+                        "{} | {} | {:.3}×",
+                        ms(slow_p50),
+                        ms(slow_p99),
+                        json_p50.as_secs_f64() / slow_p50.as_secs_f64()
+                    )
                 } else {
-                    String::new()
-                },
-                downtimes
-                    .iter()
-                    .map(|(p50, p99)| format!("{} | {}", ms(*p50), ms(*p99)))
-                    .collect::<Vec<_>>()
-                    .join(" | "),
-                bytes(binary_bundle),
-                bytes(precopied_bundle),
-                ms(binary_total),
-                ms(precopied_total),
-                ms(slow_p50),
-                ms(slow_p99),
-                json_p50.as_secs_f64() / slow_p50.as_secs_f64()
-            );
+                    " | | ".to_string()
+                };
+                println!(
+                    "| {}{} | {points} | {name} | {} | {} | {} | {} |",
+                    size(kib),
+                    if measured < runs {
+                        format!(" ({measured} runs)")
+                    } else {
+                        String::new()
+                    },
+                    (0..HANDOVERS.len())
+                        .map(|at| {
+                            let (p50, p99) = downtimes[of(at)];
+                            format!("{} | {}", ms(p50), ms(p99))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" | "),
+                    (0..HANDOVERS.len())
+                        .map(|at| bytes(bundles[of(at)]))
+                        .collect::<Vec<_>>()
+                        .join(" / "),
+                    (0..HANDOVERS.len())
+                        .map(|at| ms(totals[of(at)]))
+                        .collect::<Vec<_>>()
+                        .join(" / "),
+                    slow
+                );
+            }
             let deleted = a.client.request(reqwest::Method::DELETE, "/v1/twins/p");
             a.client.send(deleted).await.expect("deleting the twin");
             let cleared = b.client.request(reqwest::Method::DELETE, "/v1/twins/p");

@@ -386,11 +386,20 @@ async fn copy_history(
     Ok(answer["through"].as_str().map(String::from))
 }
 
+/// What the target holds of the state sent ahead of a handover.
+struct Ahead {
+    /// The snapshot's digest, as the target saw it.
+    digest: String,
+    /// Whether the target restored it, so that the handover may carry the
+    /// messages to replay on it.
+    restored: bool,
+}
+
 /// Sends the target a snapshot of twin `name` to hold ahead of the
-/// handover, whose bundle then carries only what changed since; the
-/// snapshot's digest, as the target saw it. Should this fail (a node of an
-/// earlier release, say), the handover carries the whole snapshot.
-async fn copy_base(name: &str, from: &NodeClient, to: &NodeClient) -> Option<String> {
+/// handover, whose bundle then carries only what changed since. Should
+/// this fail (a node of an earlier release, say), the handover carries the
+/// whole snapshot.
+async fn copy_base(name: &str, from: &NodeClient, to: &NodeClient) -> Option<Ahead> {
     let copied = relay_between(
         (from, &format!("/v1/twins/{name}/base")),
         (to, &format!("/v1/migrations/{name}/base")),
@@ -398,13 +407,18 @@ async fn copy_base(name: &str, from: &NodeClient, to: &NodeClient) -> Option<Str
     )
     .await
     .and_then(|answer| {
-        answer["base"]
+        let digest = answer["base"]
             .as_str()
             .map(String::from)
-            .context("the target's answer names no snapshot")
+            .context("the target's answer names no snapshot")?;
+        Ok(Ahead {
+            digest,
+            // A target of an earlier release does not say: it cannot.
+            restored: answer["replay"].as_bool().unwrap_or(false),
+        })
     });
     match copied {
-        Ok(digest) => Some(digest),
+        Ok(ahead) => Some(ahead),
         Err(e) => {
             tracing::warn!(twin = %name, "the handover will carry the whole state: sending it ahead failed: {e:#}");
             None
@@ -416,16 +430,22 @@ async fn copy_base(name: &str, from: &NodeClient, to: &NodeClient) -> Option<Str
 /// subscribes and buffers before the source stops and copies the twin's
 /// history and a snapshot of its state while it still runs there; the
 /// source applies everything up to the target's first buffered message and
-/// hands over the rest, its state as the changes since that snapshot; the
-/// target restores and goes on from its buffer. If a step fails, the
-/// twin stays (or resumes) on the source and the error says which.
+/// hands over the rest, its state as the messages it applied since that
+/// snapshot (which the target restored meanwhile, and replays them on);
+/// the target goes on from its buffer. If a step fails, the twin stays (or
+/// resumes) on the source and the error says which.
 pub async fn migrate(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow::Result<Migration> {
-    migrate_observed(name, from, to, Precopy::State, async |_| {}).await
+    migrate_observed(name, from, to, Precopy::Replay, async |_| {}).await
 }
 
 /// Whether a migration sends the twin's state ahead of the handover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precopy {
+    /// A snapshot goes ahead and the target restores it; the handover
+    /// carries the messages applied since, which the target replays on it
+    /// (or, if something else changed the guest meanwhile, the snapshot's
+    /// changes): no snapshot and no restore inside the pause.
+    Replay,
     /// A snapshot goes ahead, and the handover carries only the changes
     /// since: a shorter pause, for a second snapshot and transfer before it.
     State,
@@ -472,7 +492,7 @@ pub async fn migrate_observed(
     let copied = async {
         let copied = copy_history(name, from, to).await?;
         let base = match precopy {
-            Precopy::State => copy_base(name, from, to).await,
+            Precopy::Replay | Precopy::State => copy_base(name, from, to).await,
             Precopy::Nothing => None,
         };
         let listen = format!("{arriving}/session");
@@ -516,8 +536,11 @@ pub async fn migrate_observed(
     if let Some(mark) = &copied {
         handover = handover.query(&[("historyAfter", mark)]);
     }
-    if let Some(digest) = &base {
-        handover = handover.query(&[("base", digest)]);
+    if let Some(ahead) = &base {
+        handover = handover.query(&[("base", &ahead.digest)]);
+        if ahead.restored && precopy == Precopy::Replay {
+            handover = handover.query(&[("replay", true)]);
+        }
     }
     let resume = format!("/v1/twins/{name}/resume");
     let bundle = match from.send(handover).await {

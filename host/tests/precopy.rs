@@ -23,14 +23,20 @@ fn padded_prime() -> String {
         )
 }
 
-/// The site (node A, the broker) and a second node B on the same broker.
+/// The site (node A, the broker) and a second node B on the same broker;
+/// a padded `prime` twin on A has applied two messages.
 fn two_nodes() -> (Site, Node) {
+    two_nodes_with(&padded_prime())
+}
+
+/// [`two_nodes`] with a twin `p` of `spec`.
+fn two_nodes_with(spec: &str) -> (Site, Node) {
     let site = Site::start(&[]);
     let second = site.data.join("b");
     std::fs::create_dir_all(&second).unwrap();
     // Named apart: a node's broker sessions carry its name.
     let b = common::host(&second, site.mqtt, &["--name".into(), "b".into()]);
-    let (status, body) = site.apply("p", &padded_prime());
+    let (status, body) = site.apply("p", spec);
     assert_eq!(status, 200, "{body}");
     site.publish("dev/p", &[message(1, json!(1)), message(2, json!(2))]);
     site.node.api.wait_for_updates("p", 2);
@@ -248,4 +254,170 @@ fn a_restored_bundle_whose_window_is_only_the_samples_since_is_refused() {
     site.publish("dev/p", &[message(2, json!(2))]);
     api.wait_for_updates("p", 2);
     assert_eq!(progress(&site.node), (json!(2), json!(2)));
+}
+
+/// The target of a migration by hand, told of twin `p` and listening to
+/// its device, given what the source (`site`'s node) sends ahead: the
+/// target's answer (the snapshot's digest, and whether it restored it).
+fn target_holding_the_base(site: &Site, b: &Node) -> Value {
+    let a = &site.node.api;
+    let (status, body) = b.api.put("/v1/migrations/p", &a.get("/v1/twins/p/spec").1);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = b.api.post("/v1/migrations/p/session", "");
+    assert_eq!(status, 200, "{body}");
+    let ahead = a
+        .http
+        .get(format!("{}/v1/twins/p/base", a.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let held = b
+        .api
+        .http
+        .put(format!("{}/v1/migrations/p/base", b.api.base))
+        .bearer_auth(TOKEN)
+        .body(ahead)
+        .send()
+        .unwrap();
+    assert_eq!(held.status(), 200);
+    held.json().unwrap()
+}
+
+/// The source's handover of `p` against what the target holds, replaying.
+fn handed_over(site: &Site, held: &Value) -> Vec<u8> {
+    let a = &site.node.api;
+    let bundle = a
+        .http
+        .post(format!(
+            "{}/v1/twins/p/handover?base={}&replay=true",
+            a.base,
+            held["base"].as_str().unwrap()
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(bundle.status(), 200);
+    bundle.bytes().unwrap().to_vec()
+}
+
+/// The target's answer to `bundle`.
+fn accepted(b: &Node, bundle: Vec<u8>) -> (u16, String) {
+    let answer = b
+        .api
+        .http
+        .post(format!("{}/v1/migrations/p", b.api.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/vnd.wasmtwin.checkpoint")
+        .body(bundle)
+        .send()
+        .unwrap();
+    (answer.status().as_u16(), answer.text().unwrap())
+}
+
+/// The names of a bundle's checkpoint sections.
+fn sections(bundle: &[u8]) -> Vec<String> {
+    let bundle = Bundle::from_bytes(bundle).unwrap();
+    bundle
+        .checkpoint
+        .sections
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+#[test]
+fn the_target_replays_on_the_snapshot_it_restored_what_the_source_applied_since() {
+    let (site, b) = two_nodes();
+    let held = target_holding_the_base(&site, &b);
+    assert_eq!(held["replay"], true, "{held}");
+    // Applied on the source after its snapshot went ahead.
+    site.publish("dev/p", &[message(3, json!(3)), message(4, json!(4))]);
+    site.node.api.wait_for_updates("p", 4);
+
+    let bundle = handed_over(&site, &held);
+    let names = sections(&bundle);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert!(names.contains(&"guest-replay"), "{names:?}");
+    assert!(
+        !names.contains(&"guest") && !names.contains(&"guest-delta"),
+        "{names:?}"
+    );
+    // Two messages, not 256 KiB of state.
+    let size = bundle.len();
+    assert!(size < 16 << 10, "a {size}-byte bundle");
+
+    let (status, text) = accepted(&b, bundle);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(progress(&b), (json!(4), json!(4)));
+    site.publish("dev/p", &[message(5, json!(5))]);
+    b.api.wait_for_updates("p", 5);
+    assert_eq!(progress(&b), (json!(5), json!(5)));
+}
+
+#[test]
+fn a_replay_that_does_not_reach_the_source_s_state_is_refused_and_the_twin_resumes() {
+    let (site, b) = two_nodes();
+    let held = target_holding_the_base(&site, &b);
+    site.publish("dev/p", &[message(3, json!(3)), message(4, json!(4))]);
+    site.node.api.wait_for_updates("p", 4);
+    let mut bundle = Bundle::from_bytes(&handed_over(&site, &held)).unwrap();
+
+    // The last message to replay goes missing.
+    for (name, body) in &mut bundle.checkpoint.sections {
+        if name == "guest-replay" {
+            let mut messages: Vec<Value> = serde_json::from_slice(&body[32..]).unwrap();
+            assert_eq!(messages.len(), 2, "{messages:?}");
+            messages.pop();
+            body.truncate(32);
+            body.extend(serde_json::to_vec(&messages).unwrap());
+        }
+    }
+    let (status, text) = accepted(&b, bundle.to_bytes().unwrap());
+    assert!(status >= 400, "{status} {text}");
+    assert!(text.contains("not the source's update Some(4)"), "{text}");
+    assert_eq!(
+        b.api.get("/v1/twins/p").0,
+        404,
+        "nothing runs on the target"
+    );
+
+    let (status, body) = site.node.api.post("/v1/twins/p/resume", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(progress(&site.node), (json!(4), json!(4)));
+}
+
+/// An action may change the guest outside the messages it applies:
+/// replaying those on the snapshot sent ahead would lose what it did, so
+/// the handover carries the state's changes instead.
+#[test]
+fn after_an_action_the_handover_carries_the_state_s_changes_not_a_replay() {
+    let (site, b) = two_nodes_with(&common::machine_spec("p"));
+    let reading = |seq: u64, celsius: f64| {
+        let ts_ms = 1_700_000_000_000 + seq;
+        serde_json::to_vec(&json!({ "seq": seq, "ts_ms": ts_ms, "temperature": celsius })).unwrap()
+    };
+    let alarms =
+        |node: &Node| node.api.json("/v1/twins/p")["properties"]["alarms"]["value"].clone();
+    // Overheating: one alarm raised, before the snapshot goes ahead.
+    site.publish("dev/p", &[reading(3, 95.0)]);
+    site.node.api.wait_for_updates("p", 3);
+    assert_eq!(alarms(&site.node), 1);
+    let held = target_holding_the_base(&site, &b);
+    // Then an operator resets the alarms, and the motor cools down.
+    let (status, body) = site.node.api.post("/v1/twins/p/actions/reset", "{}");
+    assert_eq!(status, 200, "{body}");
+    site.publish("dev/p", &[reading(4, 50.0)]);
+    site.node.api.wait_for_updates("p", 4);
+
+    let bundle = handed_over(&site, &held);
+    let names = sections(&bundle);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert!(names.contains(&"guest-delta"), "{names:?}");
+    assert!(!names.contains(&"guest-replay"), "{names:?}");
+    let (status, text) = accepted(&b, bundle);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(alarms(&b), 0);
+    assert_eq!(b.api.json("/v1/twins/p")["lastSeq"], 4);
 }

@@ -262,6 +262,10 @@ struct HandoverQuery {
     /// The digest of the snapshot the target holds (`GET .../base`): the
     /// bundle carries the guest snapshot's changes from it.
     base: Option<String>,
+    /// The target restored that snapshot: the bundle may carry, instead,
+    /// the messages applied since, for the target to replay on it.
+    #[serde(default)]
+    replay: bool,
 }
 
 async fn handover(
@@ -274,6 +278,7 @@ async fn handover(
         query.until,
         query.history_after,
         query.base.as_deref(),
+        query.replay,
     );
     match handed.await {
         Ok(bytes) => bundle(bytes),
@@ -307,7 +312,9 @@ async fn hold_base(
     };
     // Checked and hashed off the async threads.
     match blocking(move || Ok(node.hold_base(&name, ahead.into())?)).await {
-        Ok(digest) => Json(json!({ "base": digest })).into_response(),
+        Ok((digest, restored)) => {
+            Json(json!({ "base": digest, "replay": restored })).into_response()
+        }
         Err(response) => response,
     }
 }

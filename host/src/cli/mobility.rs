@@ -64,6 +64,12 @@ pub struct MigrateArgs {
     /// snapshot, and holds a copy of the state on both nodes until then).
     #[arg(long)]
     no_precopy: bool,
+    /// Send a snapshot ahead, but hand over the state's changes since,
+    /// rather than the messages applied since for the target to replay on
+    /// it (for a model whose state is not a function of the updates it
+    /// applies: one that reads the clock or draws random numbers).
+    #[arg(long, conflicts_with = "no_precopy")]
+    no_replay: bool,
 }
 
 /// Arguments of `wasmtwin swap`.
@@ -151,8 +157,10 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     };
     let precopy = if args.no_precopy {
         client::Precopy::Nothing
-    } else {
+    } else if args.no_replay {
         client::Precopy::State
+    } else {
+        client::Precopy::Replay
     };
     let moved = io()?.block_on(client::migrate_observed(
         &args.name, &from, &to, precopy, report,

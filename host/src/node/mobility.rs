@@ -26,21 +26,22 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail, ensure};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::bundle::{Bundle, History, Outgoing};
 use super::precopy::{self, Held, Sent};
 use super::view::ChangeFeed;
-use super::worker::{Handover, Job, Start, SwapJob, SwapReport};
-use super::{Components, Node, NodeError, Origin, Prepared, Session, lock, spec_op};
-use crate::checkpoint::Checkpoint;
+use super::worker::{Handed, Handover, Job, Start, SwapJob, SwapReport};
+use super::{Components, Node, NodeError, Origin, Prepared, Recovery, Session, lock, spec_op};
+use crate::checkpoint::{Checkpoint, GUEST_SECTION};
 use crate::physical::Subscribing;
 use crate::runtime::AdapterInstance;
 use crate::spec::{ComponentRef, TwinSpec};
 use crate::store::{HistoryMark, HistoryRow, Op};
 use crate::twin::entanglement::{Mark, Window};
+use crate::twin::{Applied, Twin, TwinState};
 
 /// Rows stored per write when a history is imported.
 pub(crate) const IMPORT_BATCH: usize = 4096;
@@ -68,6 +69,16 @@ pub(super) struct Incoming {
     /// What was sent ahead: the snapshot the bundle's guest delta applies
     /// to, and the window its samples follow on.
     held: Option<Held>,
+    /// That snapshot restored, for the bundle's messages to replay on.
+    warm: Option<Twin>,
+}
+
+/// A twin as it arrives from its bundle, before it runs.
+struct Arrived {
+    twin: Twin,
+    /// What it recovers from here, should its instance fail.
+    recovery: Recovery,
+    window: Option<Window>,
 }
 
 impl Incoming {
@@ -151,9 +162,18 @@ impl Node {
     /// A checkpoint of a running twin as it is between two updates, which
     /// keeps running.
     async fn checkpoint(&self, name: &str) -> Result<Checkpoint, NodeError> {
+        self.checkpoint_by(name, Job::Checkpoint).await
+    }
+
+    /// [`Node::checkpoint`], asked with the job `ask` makes.
+    async fn checkpoint_by(
+        &self,
+        name: &str,
+        ask: impl FnOnce(oneshot::Sender<Result<Checkpoint, String>>) -> Job,
+    ) -> Result<Checkpoint, NodeError> {
         let jobs = self.jobs(name)?;
         let (reply, answer) = oneshot::channel();
-        jobs.send(Job::Checkpoint(reply))
+        jobs.send(ask(reply))
             .await
             .map_err(|_| self.missing(name))?;
         answer
@@ -273,12 +293,18 @@ impl Node {
     /// after `history_after` (the target copied the rest ahead, see
     /// [`Node::history_lines`]). Requests meanwhile get "moving". If the
     /// twin cannot get there, it goes on here and the error says why.
+    ///
+    /// With `base`, the digest of what the target holds of [`Node::base`],
+    /// the bundle carries the guest's changes since; with `replay` too (the
+    /// target restored it), the messages applied since, when they alone
+    /// changed the guest.
     pub async fn handover(
         self: &Arc<Self>,
         name: &str,
         until: Option<u64>,
         history_after: Option<HistoryMark>,
         base: Option<&str>,
+        replay: bool,
     ) -> Result<Outgoing, NodeError> {
         let started = std::time::Instant::now();
         let jobs = self.jobs(name)?;
@@ -287,20 +313,25 @@ impl Node {
             spec: self.spec(name)?,
             window: None,
         };
+        // The target holds what was sent ahead: send only what changed since.
+        let sent = lock(&self.bases)
+            .remove(name)
+            .filter(|sent| base.is_some_and(|digest| sent.is(digest)));
         lock(&self.in_transit).insert(name.to_string(), leaving);
-        let sent = jobs
+        let asked = jobs
             .send(Job::Handover(Box::new(Handover {
                 until,
                 deadline: std::time::Instant::now() + HANDOVER_WITHIN,
+                replay: replay && sent.is_some(),
                 reply,
             })))
             .await;
-        let checkpoint = match sent {
+        let handed = match asked {
             Ok(()) => answer.await.map_err(|_| self.missing(name)),
             Err(_) => Err(self.missing(name)),
         };
-        let checkpoint = match checkpoint {
-            Ok(Ok(checkpoint)) => checkpoint,
+        let handed = match handed {
+            Ok(Ok(handed)) => handed,
             Ok(Err(e)) => {
                 lock(&self.in_transit).remove(name);
                 return Err(NodeError::Refused(e));
@@ -312,10 +343,6 @@ impl Node {
         };
         let snapshot = started.elapsed();
         let window = self.window(name);
-        // The target holds what was sent ahead: send only what changed since.
-        let sent = lock(&self.bases)
-            .remove(name)
-            .filter(|sent| base.is_some_and(|digest| sent.is(digest)));
         // The bundle's window is its samples since what went ahead (or a
         // copy of it whole); the whole one stays here, should the twin
         // resume.
@@ -334,11 +361,18 @@ impl Node {
             let node = self.clone();
             tokio::task::spawn_blocking(move || {
                 let spec = node.stop(&name)?;
-                let checkpoint = match sent {
-                    Some(sent) => sent.shrink(checkpoint),
-                    None => checkpoint,
+                let checkpoint = match (handed, sent) {
+                    (Handed::Checkpoint(checkpoint), Some(sent)) => Ok(sent.shrink(checkpoint)),
+                    (Handed::Checkpoint(checkpoint), None) => Ok(checkpoint),
+                    (Handed::Replay { host, messages }, Some(sent)) => sent.replay(host, &messages),
+                    // Asked only of a worker told that something was sent.
+                    (Handed::Replay { .. }, None) => Err(anyhow::anyhow!(
+                        "the twin handed over messages to replay, but nothing was sent ahead"
+                    )),
                 };
-                Some(node.bundle(spec, checkpoint, bundled, false, history_after))
+                Some(checkpoint.and_then(|checkpoint| {
+                    node.bundle(spec, checkpoint, bundled, false, history_after)
+                }))
             })
             .await
             .ok()
@@ -432,6 +466,7 @@ impl Node {
             session: None,
             changes: ChangeFeed::default(),
             held: None,
+            warm: None,
         };
         if let Some(old) = lock(&self.incoming).insert(name, arriving) {
             old.close(self, false);
@@ -484,7 +519,7 @@ impl Node {
     /// since (see the `precopy` module). The node keeps what it sent until
     /// that handover, or until the twin stops.
     pub async fn base(&self, name: &str) -> Result<Bytes, NodeError> {
-        let checkpoint = self.checkpoint(name).await?;
+        let checkpoint = self.checkpoint_by(name, Job::Base).await?;
         let window = self.window(name);
         // Encoded and hashed off the async threads.
         let (sent, bytes) = tokio::task::spawn_blocking(move || Sent::new(checkpoint, window))
@@ -495,21 +530,37 @@ impl Node {
         Ok(bytes.into())
     }
 
-    /// Target, step 1¾: holds what was sent ahead of the handover; the
-    /// digest of its snapshot, which the conductor passes to the source.
-    pub fn hold_base(&self, name: &str, bytes: Bytes) -> Result<String, NodeError> {
+    /// Target, step 1¾: holds what was sent ahead of the handover, and
+    /// restores it into an instance now, while the twin still runs on its
+    /// source, so that the handover may carry only the messages to replay
+    /// on it. Answers the digest of its snapshot, which the conductor
+    /// passes to the source, and whether it was restored (if not, the
+    /// handover carries the snapshot's changes).
+    pub fn hold_base(&self, name: &str, bytes: Bytes) -> Result<(String, bool), NodeError> {
+        let nothing = || NodeError::NotFound(format!("{name} (nothing is arriving)"));
         // Checked before reading what was sent (outside the lock, it may
-        // be megabytes), and again after, when it is kept.
-        if !lock(&self.incoming).contains_key(name) {
-            return Err(NodeError::NotFound(format!("{name} (nothing is arriving)")));
-        }
+        // be megabytes, and its restore takes a while), and again after,
+        // when it is kept.
+        let (spec, components) = lock(&self.incoming)
+            .get(name)
+            .map(|arriving| (arriving.spec.clone(), arriving.components.clone()))
+            .ok_or_else(nothing)?;
         let held = Held::read(name, &bytes).map_err(|e| NodeError::Refused(format!("{e:#}")))?;
         let digest = held.digest_hex();
-        lock(&self.incoming)
-            .get_mut(name)
-            .ok_or_else(|| NodeError::NotFound(format!("{name} (nothing is arriving)")))?
-            .held = Some(held);
-        Ok(digest)
+        let origin = Origin::Checkpoint(held.checkpoint().clone());
+        let warm = match self.run_guest(self.make_twin(&spec, &components, origin)) {
+            Ok(twin) => Some(twin),
+            Err(e) => {
+                tracing::info!(twin = %name, "the handover will carry the state's changes, not messages to replay: the snapshot sent ahead does not restore here: {e:#}");
+                None
+            }
+        };
+        let restored = warm.is_some();
+        let mut incoming = lock(&self.incoming);
+        let arriving = incoming.get_mut(name).ok_or_else(nothing)?;
+        arriving.held = Some(held);
+        arriving.warm = warm;
+        Ok((digest, restored))
     }
 
     /// Target, step 1½: stores history rows of a twin arriving.
@@ -560,34 +611,24 @@ impl Node {
         let bundle = Bundle::read(reader)?;
         // Timed from here: before, the bundle was still on its way.
         let started = std::time::Instant::now();
-        let arriving = lock(&self.incoming)
+        let mut arriving = lock(&self.incoming)
             .remove(name)
             .ok_or_else(|| NodeError::NotFound(format!("{name} (nothing is arriving)")))?;
-        let Some(session) = arriving.session else {
+        let Some(session) = arriving.session.take() else {
             bail!("twin `{name}` is not listening to its device yet; nothing was started");
         };
-        let whole = precopy::whole(bundle.checkpoint, arriving.held.as_ref());
-        let window = bundle
-            .entanglement
-            .map(|window| precopy::whole_window(window, arriving.held.as_ref()))
-            .transpose();
         let restored = if bundle.spec == arriving.spec {
-            whole.and_then(|checkpoint| {
-                let window = window?;
-                let stored = Arc::new(checkpoint);
-                let twin = self.run_guest(self.make_twin(
-                    &arriving.spec,
-                    &arriving.components,
-                    Origin::Checkpoint(stored.clone()),
-                ))?;
-                Ok((twin, stored, window))
-            })
+            self.arrived(&mut arriving, bundle.checkpoint, bundle.entanglement)
         } else {
             Err(anyhow::anyhow!(
                 "the bundle's spec is not the one this node was told to receive"
             ))
         };
-        let (twin, stored, window) = match restored {
+        let Arrived {
+            twin,
+            recovery,
+            window,
+        } = match restored {
             Ok(restored) => restored,
             Err(e) => {
                 session.link.close();
@@ -607,22 +648,35 @@ impl Node {
         };
         // Queued ahead of everything the worker will write (so of its MQTT
         // acknowledgements too), and awaited only once the worker runs. The
-        // checkpoint received is the twin's first here: no second snapshot
+        // checkpoint received (or the base, and the messages replayed on
+        // it, journalled) is the twin's first here: no second snapshot
         // delays its first update, and the store's writer encodes it.
         let (written, durable) = std::sync::mpsc::channel();
+        let mut ops = vec![
+            spec_op(&arriving.spec)?,
+            Op::ImportHistory {
+                name: name.to_string(),
+                rows,
+            },
+            Op::Checkpoint {
+                name: name.to_string(),
+                checkpoint: recovery.checkpoint.clone(),
+                through_seq: TwinState::of(&recovery.checkpoint)?.last_seq,
+            },
+        ];
+        ops.extend(recovery.since.iter().filter_map(|updates| {
+            let first = updates.first()?;
+            Some(Op::Applied {
+                name: name.to_string(),
+                seq: first.seq,
+                ts_ms: first.ts_ms,
+                updates: updates.clone(),
+                // Its history row came with the bundle.
+                changes: Default::default(),
+            })
+        }));
         self.store.write(
-            vec![
-                spec_op(&arriving.spec)?,
-                Op::ImportHistory {
-                    name: name.to_string(),
-                    rows,
-                },
-                Op::Checkpoint {
-                    name: name.to_string(),
-                    checkpoint: stored.clone(),
-                    through_seq: twin.state().last_seq,
-                },
-            ],
+            ops,
             Some(Box::new(move |result| {
                 let _ = written.send(result);
             })),
@@ -632,7 +686,7 @@ impl Node {
             twin: Start::Awake(twin),
             window,
         };
-        let hosted = self.start(&arriving.spec, prepared, session, Some(stored));
+        let hosted = self.start(&arriving.spec, prepared, session, Some(recovery));
         lock(&self.twins).insert(name.to_string(), hosted);
         let left_for = lock(&self.moved).remove(name);
         tracing::info!(twin = %name, took = ?started.elapsed(), "twin arrived");
@@ -652,6 +706,99 @@ impl Node {
             bail!("the twin started but could not be stored here ({e}); it was stopped");
         }
         Ok(())
+    }
+
+    /// The twin a migration's bundle brings: its checkpoint restored, its
+    /// guest's changes applied to the snapshot sent ahead first, or the
+    /// messages it carries replayed on that snapshot, restored ahead.
+    fn arrived(
+        &self,
+        arriving: &mut Incoming,
+        mut checkpoint: Checkpoint,
+        window: Option<Window>,
+    ) -> anyhow::Result<Arrived> {
+        let window = window
+            .map(|window| precopy::whole_window(window, arriving.held.as_ref()))
+            .transpose()?;
+        if let Some(section) = checkpoint.take(precopy::GUEST_REPLAY_SECTION) {
+            let (twin, recovery) = self.replayed(arriving, checkpoint, &section)?;
+            return Ok(Arrived {
+                twin,
+                recovery,
+                window,
+            });
+        }
+        let checkpoint = Arc::new(precopy::whole(checkpoint, arriving.held.as_ref())?);
+        let twin = self.run_guest(self.make_twin(
+            &arriving.spec,
+            &arriving.components,
+            Origin::Checkpoint(checkpoint.clone()),
+        ))?;
+        Ok(Arrived {
+            twin,
+            recovery: Recovery {
+                checkpoint,
+                since: Vec::new(),
+            },
+            window,
+        })
+    }
+
+    /// The twin restored ahead, with the messages of a `guest-replay`
+    /// section replayed on it; refused unless that reaches the host-side
+    /// state the source handed over (`host`), so that a model whose state
+    /// is not a function of its updates alone fails the move rather than
+    /// arrive different (the twin then resumes on its source).
+    fn replayed(
+        &self,
+        arriving: &mut Incoming,
+        host: Checkpoint,
+        section: &[u8],
+    ) -> anyhow::Result<(Twin, Recovery)> {
+        ensure!(
+            host.section(GUEST_SECTION).is_none()
+                && host.section(precopy::GUEST_DELTA_SECTION).is_none(),
+            "the bundle carries both messages to replay and the guest's state; it may carry one or the other"
+        );
+        let held = arriving.held.as_ref().context(
+            "the bundle carries messages to replay on a snapshot sent ahead, but none was sent here",
+        )?;
+        let messages = held.replayed(section)?;
+        let handed = TwinState::of(&host)?;
+        let mut twin = arriving
+            .warm
+            .take()
+            .context("the bundle carries messages to replay on the snapshot sent ahead, which did not restore here")?;
+        let twin = self.run_guest(async move {
+            for updates in &messages {
+                let seq = updates.first().map_or(0, |u| u.seq);
+                match twin.apply_message(updates).await {
+                    Ok((Applied::Changed(_), _)) => {}
+                    Ok((Applied::Duplicate { last_seq }, _)) => {
+                        bail!("replaying message {seq}: the snapshot sent ahead has it already (it is at {last_seq})")
+                    }
+                    Err(e) => bail!("replaying message {seq}: {e}"),
+                }
+            }
+            anyhow::Ok((twin, messages))
+        });
+        let (twin, messages) = twin?;
+        let reached = twin.state();
+        ensure!(
+            *reached == handed,
+            "replaying {} message(s) on the snapshot sent ahead reached update {:?} ({} applied), \
+             not the source's update {:?} ({} applied) with the same properties",
+            messages.len(),
+            reached.last_seq,
+            reached.updates_applied,
+            handed.last_seq,
+            handed.updates_applied
+        );
+        let recovery = Recovery {
+            checkpoint: held.checkpoint().clone(),
+            since: messages,
+        };
+        Ok((twin, recovery))
     }
 
     /// Target: forgets a twin that will not arrive after all.

@@ -121,8 +121,17 @@ struct Hosted {
     task: tokio::task::AbortHandle,
 }
 
+/// Where a twin that arrived recovers from, should its instance fail: the
+/// checkpoint it arrived with (stored), and the messages applied on it
+/// since (journalled).
+struct Recovery {
+    checkpoint: Arc<Checkpoint>,
+    since: Vec<Vec<crate::runtime::Update>>,
+}
+
 /// A spec's components, verified and compiled, and the limits they run
 /// under.
+#[derive(Clone)]
 struct Components {
     model: ModelComponent,
     adapter: crate::runtime::AdapterComponent,
@@ -894,7 +903,7 @@ impl Node {
         spec: &TwinSpec,
         prepared: Prepared,
         session: Session,
-        stored: Option<Arc<Checkpoint>>,
+        recovery: Option<Recovery>,
     ) -> Box<Hosted> {
         let Prepared {
             components,
@@ -943,8 +952,12 @@ impl Node {
                     .unwrap_or(std::time::Duration::MAX),
                 max_rows: history.max_points,
             },
-            recovery: stored.or_else(|| twin.checkpoint()),
-            since_recovery: Vec::new(),
+            recovery: recovery
+                .as_ref()
+                .map(|r| r.checkpoint.clone())
+                .or_else(|| twin.checkpoint()),
+            since_recovery: recovery.map(|r| r.since).unwrap_or_default(),
+            since_base: None,
             hibernate_after: self.config.hibernate_after,
             bell: self.bell_of(spec),
         };

@@ -12,20 +12,37 @@
 //! none) refuses it, and the migration falls back as any failed handover
 //! does (the twin resumes on its source).
 //!
+//! Better still, the target restores the base into an instance while the
+//! twin still runs on the source, and the handover carries no snapshot at
+//! all: only the messages the source applied since the base, which the
+//! target replays on it (as a node replays its journal after a crash).
+//! The pause then no longer grows with the state. The target checks that
+//! the replay reaches the source's host-side state (last sequence number,
+//! count, properties); anything that changed the guest otherwise (an
+//! action, a reconfiguration) makes the handover carry the delta instead.
+//!
 //! The twin's entanglement window goes ahead with the snapshot, and the
 //! bundle carries only the samples recorded since (see
 //! [`Window::since`]): at 1,000 updates a second a full window is 30,000
-//! samples. What goes ahead is a checkpoint of two sections, `guest` and
-//! `entanglement`, checked like any bundle.
+//! samples. What goes ahead is a checkpoint of three sections, `guest`,
+//! `twin` and `entanglement`, checked like any bundle.
+
+use std::sync::Arc;
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 
-use crate::checkpoint::{Checkpoint, ENTANGLEMENT_SECTION, GUEST_SECTION};
+use crate::checkpoint::{Checkpoint, ENTANGLEMENT_SECTION, GUEST_SECTION, TWIN_SECTION};
+use crate::runtime::Update;
 use crate::twin::entanglement::{Mark, Window};
 
 /// The bundle section that carries a delta in place of the guest snapshot.
 pub const GUEST_DELTA_SECTION: &str = "guest-delta";
+
+/// The bundle section that carries, in place of the guest snapshot, the
+/// messages to replay on the base: its digest, then the messages as JSON
+/// (each the updates it carried).
+pub const GUEST_REPLAY_SECTION: &str = "guest-replay";
 
 /// Digest (BLAKE3) length, then the prefix and suffix lengths (u64 LE).
 const HEADER: usize = 32 + 8 + 8;
@@ -149,8 +166,11 @@ impl Sent {
         let guest = checkpoint
             .take(GUEST_SECTION)
             .context("the twin's checkpoint has no guest snapshot")?;
+        let twin = checkpoint
+            .take(TWIN_SECTION)
+            .context("the twin's checkpoint has no twin state")?;
         let mut ahead = Checkpoint {
-            sections: vec![(GUEST_SECTION.into(), guest)],
+            sections: vec![(GUEST_SECTION.into(), guest), (TWIN_SECTION.into(), twin)],
             ..checkpoint
         };
         let mark = match window {
@@ -182,6 +202,20 @@ impl Sent {
         self.base.shrink(checkpoint)
     }
 
+    /// `host` (a checkpoint without a guest snapshot), for a target that
+    /// holds what was sent restored: with the `messages` applied since.
+    pub fn replay(
+        &self,
+        mut host: Checkpoint,
+        messages: &[Vec<Update>],
+    ) -> anyhow::Result<Checkpoint> {
+        let mut body = self.base.digest().to_vec();
+        serde_json::to_writer(&mut body, messages).context("encoding the messages to replay")?;
+        tracing::debug!(twin = %host.twin, messages = messages.len(), bytes = body.len(), "guest handed over as the messages since its base");
+        host.sections.push((GUEST_REPLAY_SECTION.into(), body));
+        Ok(host)
+    }
+
     /// `window`, taken at `now`, for a target that holds what was sent:
     /// its samples since (a copy of it whole, should they not follow on).
     pub fn window_since(&self, window: &Window, now: Mark) -> Window {
@@ -195,6 +229,9 @@ impl Sent {
 pub struct Held {
     base: Base,
     window: Option<Window>,
+    /// The base as a checkpoint (guest snapshot and twin state): what the
+    /// target restores ahead, and its first recovery point after a replay.
+    checkpoint: Arc<Checkpoint>,
 }
 
 impl Held {
@@ -208,8 +245,9 @@ impl Held {
             ahead.twin
         );
         let guest = ahead
-            .take(GUEST_SECTION)
-            .context("the snapshot sent ahead has no guest section")?;
+            .section(GUEST_SECTION)
+            .context("the snapshot sent ahead has no guest section")?
+            .to_vec();
         let window = ahead
             .take(ENTANGLEMENT_SECTION)
             .map(|bytes| Window::decode(&bytes))
@@ -220,7 +258,32 @@ impl Held {
         Ok(Held {
             base: Base::new(guest),
             window,
+            checkpoint: Arc::new(ahead),
         })
+    }
+
+    /// The base as a checkpoint, to restore ahead of the handover.
+    pub fn checkpoint(&self) -> &Arc<Checkpoint> {
+        &self.checkpoint
+    }
+
+    /// The messages a `guest-replay` section carries, once its base is
+    /// checked to be the one held.
+    pub fn replayed(&self, section: &[u8]) -> anyhow::Result<Vec<Vec<Update>>> {
+        ensure!(
+            section.len() >= 32,
+            "the messages to replay are {} bytes, shorter than their base's digest",
+            section.len()
+        );
+        let (digest, messages) = section.split_at(32);
+        if digest != self.base.digest() {
+            bail!(
+                "the messages to replay follow snapshot {}, but this node holds {}",
+                hex::encode(digest),
+                self.base.digest_hex()
+            );
+        }
+        serde_json::from_slice(messages).context("the messages to replay are malformed")
     }
 
     /// The digest of the snapshot held, as the conductor passes it on.
@@ -372,6 +435,15 @@ mod tests {
         assert!(delta.len() < HEADER + 16, "{} bytes", delta.len());
     }
 
+    /// What a target holds of `base`, sent with no window.
+    fn held(base: Base) -> Held {
+        Held {
+            base,
+            window: None,
+            checkpoint: Arc::new(checkpoint(&[])),
+        }
+    }
+
     fn checkpoint(sections: &[(&str, &[u8])]) -> Checkpoint {
         Checkpoint {
             twin: "p".into(),
@@ -398,7 +470,7 @@ mod tests {
         let shrunk = base.shrink(taken.clone());
         assert_eq!(shrunk.sections[0].0, GUEST_DELTA_SECTION);
         assert!(shrunk.sections[0].1.len() < HEADER + 8);
-        let held = Held { base, window: None };
+        let held = held(base);
         assert_eq!(whole(shrunk.clone(), Some(&held)).unwrap(), taken);
         // A whole checkpoint needs no base.
         assert_eq!(whole(taken.clone(), None).unwrap(), taken);
@@ -411,7 +483,7 @@ mod tests {
     fn a_checkpoint_with_a_snapshot_and_a_delta_or_two_deltas_is_refused() {
         let base = Base::new(noise(1000, 8));
         let delta = base.delta(&noise(1000, 9));
-        let held = Held { base, window: None };
+        let held = held(base);
         for sections in [
             vec![
                 (GUEST_SECTION, &b"{}"[..]),
@@ -497,7 +569,7 @@ mod tests {
         let e1 = whole_window(partial.clone(), None).unwrap_err().to_string();
         assert!(e1.contains("none was sent here"), "{e1}");
         let other = Sent::new(
-            checkpoint(&[(GUEST_SECTION, &noise(4000, 2))]),
+            checkpoint(&[(GUEST_SECTION, &noise(4000, 2)), ("twin", b"{}")]),
             Some((window.clone(), e.mark())),
         )
         .unwrap();
@@ -510,7 +582,7 @@ mod tests {
     fn a_window_of_another_measuring_or_all_new_goes_whole() {
         let mut e = Entanglement::new(Default::default(), T0);
         feed(&mut e, 1, 10);
-        let taken = checkpoint(&[(GUEST_SECTION, b"{}")]);
+        let taken = checkpoint(&[(GUEST_SECTION, b"{}"), ("twin", b"{}")]);
         let (sent, _) = Sent::new(taken.clone(), Some((e.leave(T0), e.mark()))).unwrap();
         // Another measuring of the twin (it was restarted since).
         let mut again = Entanglement::new(Default::default(), T0);
@@ -533,7 +605,7 @@ mod tests {
 
     #[test]
     fn what_goes_ahead_is_checked_and_names_its_twin() {
-        let taken = checkpoint(&[(GUEST_SECTION, b"{}")]);
+        let taken = checkpoint(&[(GUEST_SECTION, b"{}"), ("twin", b"{}")]);
         let (_, bytes) = Sent::new(taken, None).unwrap();
         let e = Held::read("q", &bytes).err().unwrap().to_string();
         assert!(e.contains("is of twin `p`, not `q`"), "{e}");
@@ -548,5 +620,54 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("no guest snapshot"), "{e}");
+        let e = Sent::new(checkpoint(&[(GUEST_SECTION, b"{}")]), None)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no twin state"), "{e}");
+    }
+
+    /// What goes ahead, sent and held: the guest snapshot and twin state
+    /// of a checkpoint whose snapshot is `guest`.
+    fn sent_and_held(guest: &[u8]) -> (Sent, Held) {
+        let taken = checkpoint(&[(GUEST_SECTION, guest), ("twin", b"{\"updatesApplied\":3}")]);
+        let (sent, bytes) = Sent::new(taken.clone(), None).unwrap();
+        let held = Held::read("p", &bytes).unwrap();
+        assert_eq!(held.checkpoint().as_ref(), &taken);
+        (sent, held)
+    }
+
+    fn message(seq: u64) -> Vec<Update> {
+        vec![Update {
+            seq,
+            ts_ms: 1_700_000_000_000 + seq,
+            property: "temperature".into(),
+            value: serde_json::json!(20.5 + seq as f64),
+        }]
+    }
+
+    #[test]
+    fn the_messages_to_replay_reach_only_the_base_they_follow() {
+        let (sent, held) = sent_and_held(&noise(5000, 1));
+        let messages: Vec<_> = (4..9).map(message).collect();
+        let host = checkpoint(&[("twin", b"{}")]);
+        let bundled = sent.replay(host.clone(), &messages).unwrap();
+        let section = bundled.section(GUEST_REPLAY_SECTION).unwrap();
+        // A few bytes a message, whatever the size of the state.
+        assert!(
+            section.len() < 32 + 100 * messages.len(),
+            "{}",
+            section.len()
+        );
+        assert_eq!(held.replayed(section).unwrap(), messages);
+
+        let (_, other) = sent_and_held(&noise(5000, 2));
+        let e = other.replayed(section).unwrap_err().to_string();
+        assert!(e.contains("follow snapshot"), "{e}");
+        let e = held.replayed(&section[..31]).unwrap_err().to_string();
+        assert!(e.contains("shorter than their base's digest"), "{e}");
+        let mut cut = section.to_vec();
+        cut.pop();
+        let e = held.replayed(&cut).unwrap_err().to_string();
+        assert!(e.contains("malformed"), "{e}");
     }
 }

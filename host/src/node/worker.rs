@@ -42,6 +42,10 @@ use crate::twin::{Applied, RestorePolicy, Twin, TwinState};
 
 /// Messages applied between two checkpoints, at least.
 const CHECKPOINT_EVERY: usize = 256;
+/// The most messages a twin keeps for a handover that replays them on the
+/// base sent ahead (see [`Job::Base`]): past it (a move that never came,
+/// or a slow one), the handover carries the snapshot's changes instead.
+const REPLAY_MAX: usize = 4096;
 /// Checkpoints of a large state are further apart, so that they write about
 /// this much per message applied at most: every 256 messages, a 16 MiB twin
 /// fed 1,000 updates/s would write about 62 MiB/s (16 MiB × 1000 / 256),
@@ -61,6 +65,10 @@ pub enum Job {
     Stop,
     /// A checkpoint of the twin as it is now; where it goes.
     Checkpoint(oneshot::Sender<Result<Checkpoint, String>>),
+    /// A checkpoint that goes ahead of a handover, the *base*: from then on
+    /// the worker keeps the messages it applies, so that the handover may
+    /// send them for the target to replay on the base (see [`Handed`]).
+    Base(oneshot::Sender<Result<Checkpoint, String>>),
     /// Apply messages until `until` (or, without one, nothing more), then
     /// checkpoint, answer and stop: the twin moves elsewhere. Not reaching
     /// it by the deadline answers an error and the twin goes on.
@@ -121,6 +129,11 @@ pub struct Worker {
     pub recovery: Option<Arc<Checkpoint>>,
     /// …followed by the messages applied since.
     pub since_recovery: Vec<Vec<Update>>,
+    /// The messages applied since the base of a handover went ahead, while
+    /// they replay on it to this state: not after anything else changed the
+    /// guest (an action, a reconfiguration, a swap, a recovery), nor past
+    /// [`REPLAY_MAX`].
+    pub since_base: Option<Vec<Vec<Update>>>,
     /// Idle this long, the twin hibernates; `None` keeps it awake.
     pub hibernate_after: Option<std::time::Duration>,
     /// What rings the twin asleep, which then parks its session; `None`
@@ -269,7 +282,7 @@ impl Job {
         match self {
             Job::Message(_) | Job::Stop => {}
             Job::Act(act) => drop(act.reply.send(Err(why))),
-            Job::Checkpoint(reply) => drop(reply.send(Err(why))),
+            Job::Checkpoint(reply) | Job::Base(reply) => drop(reply.send(Err(why))),
             Job::Handover(handover) => drop(handover.reply.send(Err(why))),
             Job::Swap(swap) => drop(swap.reply.send(Err(why))),
             Job::Reconfigure(job) => drop(job.reply.send(Err(why))),
@@ -283,8 +296,25 @@ pub struct Handover {
     pub until: Option<u64>,
     /// When to give up waiting for it.
     pub deadline: Instant,
-    /// Where the final checkpoint goes.
-    pub reply: oneshot::Sender<Result<Checkpoint, String>>,
+    /// Whether the target holds the base restored and may replay what was
+    /// applied since, rather than restore a snapshot.
+    pub replay: bool,
+    /// Where the twin's final state goes.
+    pub reply: oneshot::Sender<Result<Handed, String>>,
+}
+
+/// A twin's final state on the node it leaves.
+pub enum Handed {
+    /// Its checkpoint.
+    Checkpoint(Checkpoint),
+    /// Its host-side state (a checkpoint without a guest snapshot) and
+    /// every message it applied since the base went ahead, in order: the
+    /// guest's state is the base's with those replayed. No snapshot is
+    /// taken, so the pause no longer grows with the state.
+    Replay {
+        host: Checkpoint,
+        messages: Vec<Vec<Update>>,
+    },
 }
 
 impl Handover {
@@ -441,6 +471,8 @@ impl Worker {
                     if let Some(h) = handover.take() {
                         h.fail(last_seq);
                     }
+                    // The move is off: nothing will replay what follows.
+                    self.since_base = None;
                     continue;
                 }
                 Next::Idle => {
@@ -464,13 +496,20 @@ impl Worker {
                     let _ = reply.send(Ok(recovery.as_ref().clone()));
                     continue;
                 }
+                (Job::Base(reply), Some(recovery), None) => {
+                    self.since_base = Some(Vec::new());
+                    let _ = reply.send(Ok(recovery.as_ref().clone()));
+                    continue;
+                }
                 // Nor to hand it over, when that point is as far as the
                 // target needs: the move's pause then has no restore and no
                 // snapshot in it.
                 (Job::Handover(handover), Some(recovery), None)
                     if Handover::reaches(handover.until, self.shared().state.last_seq) =>
                 {
-                    let _ = handover.reply.send(Ok(recovery.as_ref().clone()));
+                    let _ = handover
+                        .reply
+                        .send(Ok(Handed::Checkpoint(recovery.as_ref().clone())));
                     break;
                 }
                 // A message over its maxPayload needs nothing of the twin,
@@ -498,6 +537,10 @@ impl Worker {
                     }
                 },
             };
+            if matches!(job, Job::Act(_) | Job::Reconfigure(_) | Job::Swap(_)) {
+                // These change the guest outside the messages it applies.
+                self.since_base = None;
+            }
             match job {
                 Job::Message(message) => Box::pin(self.on_message(awake, *message)).await,
                 Job::Stop => break,
@@ -520,6 +563,11 @@ impl Worker {
                     let checkpoint = Box::pin(awake.twin.checkpoint()).await;
                     let _ = reply.send(checkpoint.map_err(|e| format!("{e:#}")));
                 }
+                Job::Base(reply) => {
+                    let checkpoint = Box::pin(awake.twin.checkpoint()).await;
+                    self.since_base = checkpoint.is_ok().then(Vec::new);
+                    let _ = reply.send(checkpoint.map_err(|e| format!("{e:#}")));
+                }
                 Job::Swap(swap) => {
                     let SwapJob { model, reply } = *swap;
                     let _ = reply.send(Box::pin(self.swap(&mut awake.twin, model)).await);
@@ -530,8 +578,16 @@ impl Worker {
                 // The last state this node applies; the worker stops here.
                 // (Should the move fail, the store's last checkpoint plus
                 // its journal bring the twin back to this same state.)
-                let checkpoint = Box::pin(awake.twin.checkpoint()).await;
-                let _ = h.reply.send(checkpoint.map_err(|e| format!("{e:#}")));
+                let handed = match self.since_base.take().filter(|_| h.replay) {
+                    Some(messages) => awake
+                        .twin
+                        .host_checkpoint()
+                        .map(|host| Handed::Replay { host, messages }),
+                    None => Box::pin(awake.twin.checkpoint())
+                        .await
+                        .map(Handed::Checkpoint),
+                };
+                let _ = h.reply.send(handed.map_err(|e| format!("{e:#}")));
                 break;
             }
         }
@@ -684,6 +740,7 @@ impl Worker {
                     .await;
                 if let Some(op) = applied {
                     ops.push(op);
+                    self.keep_for_replay(&updates);
                     self.since_recovery.push(updates);
                 }
             }
@@ -696,6 +753,17 @@ impl Worker {
             self.store.write(Vec::new(), ack);
         } else {
             self.store.write(ops, ack);
+        }
+    }
+
+    /// Keeps an applied message for the handover, while one may replay it.
+    fn keep_for_replay(&mut self, updates: &[Update]) {
+        if let Some(since) = &mut self.since_base {
+            if since.len() < REPLAY_MAX {
+                since.push(updates.to_vec());
+            } else {
+                self.since_base = None;
+            }
         }
     }
 
@@ -910,6 +978,8 @@ impl Worker {
     /// Rebuilds the twin from the last checkpoint and the updates applied
     /// since, after the instance failed.
     async fn recover(&mut self, twin: &mut Twin, error: &GuestError) {
+        // Rebuilt, the state is no longer one the base replays to for sure.
+        self.since_base = None;
         self.shared().entanglement.set_available(false, now_us());
         match self.restored().await {
             Ok(restored) => {

@@ -342,12 +342,20 @@ impl Twin {
     /// Captures everything needed to resume the twin.
     pub async fn checkpoint(&mut self) -> anyhow::Result<Checkpoint> {
         let guest = self.instance.snapshot().await?;
+        let mut checkpoint = self.host_checkpoint()?;
+        checkpoint.sections.insert(0, (GUEST_SECTION.into(), guest));
+        Ok(checkpoint)
+    }
+
+    /// A checkpoint of the host's view alone, without the guest's snapshot
+    /// (which a handover that replays updates does without).
+    pub fn host_checkpoint(&self) -> anyhow::Result<Checkpoint> {
         let twin = serde_json::to_vec(&self.state).context("serialising the twin state")?;
         Ok(Checkpoint {
             twin: self.name.clone(),
             created_ms: now_ms(),
             model: self.model.clone(),
-            sections: vec![(GUEST_SECTION.into(), guest), (TWIN_SECTION.into(), twin)],
+            sections: vec![(TWIN_SECTION.into(), twin)],
         })
     }
 }
