@@ -361,7 +361,7 @@ impl Node {
             let node = self.clone();
             tokio::task::spawn_blocking(move || {
                 let spec = node.stop(&name)?;
-                let checkpoint = match (handed, sent) {
+                let checkpoint = match (handed, &sent) {
                     (Handed::Checkpoint(checkpoint), Some(sent)) => Ok(sent.shrink(checkpoint)),
                     (Handed::Checkpoint(checkpoint), None) => Ok(checkpoint),
                     (Handed::Replay { host, messages }, Some(sent)) => sent.replay(host, &messages),
@@ -370,6 +370,7 @@ impl Node {
                         "the twin handed over messages to replay, but nothing was sent ahead"
                     )),
                 };
+                super::free_later(sent);
                 Some(checkpoint.and_then(|checkpoint| {
                     node.bundle(spec, checkpoint, bundled, false, history_after)
                 }))

@@ -121,6 +121,16 @@ struct Hosted {
     task: tokio::task::AbortHandle,
 }
 
+/// Frees `value` on a blocking thread, out of the way of what waits for
+/// the caller: a twin's instances, or a snapshot of megabytes, take
+/// milliseconds to unmap.
+fn free_later<T: Send + 'static>(value: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(value))),
+        Err(_) => drop(value),
+    }
+}
+
 /// Where a twin that arrived recovers from, should its instance fail: the
 /// checkpoint it arrived with (stored), and the messages applied on it
 /// since (journalled).

@@ -39,6 +39,12 @@ use crate::twin::entanglement::{Mark, Window};
 /// The bundle section that carries a delta in place of the guest snapshot.
 pub const GUEST_DELTA_SECTION: &str = "guest-delta";
 
+/// The most messages a handover replays on the base sent ahead. A source
+/// keeps no more (past it, a move that never came or a slow one, the
+/// handover carries the snapshot's changes instead), and a target refuses
+/// more, which would hold the twin's pause for as long as they took.
+pub const REPLAY_MAX: usize = 4096;
+
 /// The bundle section that carries, in place of the guest snapshot, the
 /// messages to replay on the base: its digest, then the messages as JSON
 /// (each the updates it carried).
@@ -283,7 +289,14 @@ impl Held {
                 self.base.digest_hex()
             );
         }
-        serde_json::from_slice(messages).context("the messages to replay are malformed")
+        let messages: Vec<Vec<Update>> =
+            serde_json::from_slice(messages).context("the messages to replay are malformed")?;
+        ensure!(
+            messages.len() <= REPLAY_MAX,
+            "the bundle carries {} messages to replay, more than the {REPLAY_MAX} a handover may",
+            messages.len()
+        );
+        Ok(messages)
     }
 
     /// The digest of the snapshot held, as the conductor passes it on.
@@ -669,5 +682,10 @@ mod tests {
         cut.pop();
         let e = held.replayed(&cut).unwrap_err().to_string();
         assert!(e.contains("malformed"), "{e}");
+        let many = vec![message(10); REPLAY_MAX + 1];
+        let bundled = sent.replay(checkpoint(&[]), &many).unwrap();
+        let section = bundled.section(GUEST_REPLAY_SECTION).unwrap();
+        let e = held.replayed(section).unwrap_err().to_string();
+        assert!(e.contains("more than the 4096"), "{e}");
     }
 }

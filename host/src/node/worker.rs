@@ -26,6 +26,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
+use super::precopy::REPLAY_MAX;
 use super::view::{Change, ChangeFeed, Shared};
 use crate::checkpoint::{Checkpoint, GUEST_SECTION, ModelInfo};
 use crate::monitoring::{Metrics, TwinLabel};
@@ -42,10 +43,6 @@ use crate::twin::{Applied, RestorePolicy, Twin, TwinState};
 
 /// Messages applied between two checkpoints, at least.
 const CHECKPOINT_EVERY: usize = 256;
-/// The most messages a twin keeps for a handover that replays them on the
-/// base sent ahead (see [`Job::Base`]): past it (a move that never came,
-/// or a slow one), the handover carries the snapshot's changes instead.
-const REPLAY_MAX: usize = 4096;
 /// Checkpoints of a large state are further apart, so that they write about
 /// this much per message applied at most: every 256 messages, a 16 MiB twin
 /// fed 1,000 updates/s would write about 62 MiB/s (16 MiB × 1000 / 256),
@@ -588,6 +585,9 @@ impl Worker {
                         .map(Handed::Checkpoint),
                 };
                 let _ = h.reply.send(handed.map_err(|e| format!("{e:#}")));
+                // The twin goes on elsewhere: its instances are freed off
+                // the pause, which waits for this worker to end.
+                super::free_later(live.take());
                 break;
             }
         }
