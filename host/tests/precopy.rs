@@ -5,7 +5,9 @@
 mod common;
 
 use common::{Site, TOKEN, message, spec};
+use reqwest::Method;
 use serde_json::{Value, json};
+use wasmtwin::api::BUNDLE_TYPE;
 use wasmtwin::checkpoint::{Checkpoint, GUEST_SECTION};
 use wasmtwin::node::Bundle;
 use wasmtwin::twin::entanglement::{Entanglement, Timing};
@@ -120,13 +122,7 @@ fn a_delta_against_a_snapshot_the_target_does_not_hold_is_refused_and_the_twin_r
     assert_eq!(status, 200, "{body}");
 
     // The source keeps the snapshot it sends; the target is given another.
-    let ahead = http
-        .get(format!("{}/v1/twins/p/base", a.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap();
-    assert_eq!(ahead.status(), 200);
-    let ahead = ahead.bytes().unwrap();
+    let ahead = a.bytes("/v1/twins/p/base");
     assert!(ahead.len() > 256 << 10, "{} bytes", ahead.len());
     let mut other = Checkpoint::read_from(&ahead[..]).unwrap();
     let guest = other.section(GUEST_SECTION).unwrap();
@@ -161,15 +157,7 @@ fn a_delta_against_a_snapshot_the_target_does_not_hold_is_refused_and_the_twin_r
     assert!(bundle.len() < 64 << 10, "a delta: {} bytes", bundle.len());
 
     // The target cannot rebuild the state from it: refused, nothing runs.
-    let refused = http
-        .post(format!("{}/v1/migrations/p", b.api.base))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/vnd.wasmtwin.checkpoint")
-        .body(bundle)
-        .send()
-        .unwrap();
-    let status = refused.status().as_u16();
-    let text = refused.text().unwrap();
+    let (status, text) = accepted(&b, bundle.to_vec());
     assert!(status >= 400, "{status} {text}");
     assert!(text.contains("is against snapshot"), "{text}");
     assert_eq!(
@@ -213,14 +201,7 @@ fn a_restored_bundle_whose_window_is_only_the_samples_since_is_refused() {
     site.publish("dev/p", &[message(1, json!(1))]);
     site.node.api.wait_for_updates("p", 1);
     let api = &site.node.api;
-    let bytes = api
-        .http
-        .get(format!("{}/v1/twins/p/checkpoint", api.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap()
-        .bytes()
-        .unwrap();
+    let bytes = api.bytes("/v1/twins/p/checkpoint");
     let mut bundle = Bundle::from_bytes(&bytes).unwrap();
 
     // A window of two samples, sent as the one recorded after a first.
@@ -265,24 +246,15 @@ fn target_holding_the_base(site: &Site, b: &Node) -> Value {
     assert_eq!(status, 200, "{body}");
     let (status, body) = b.api.post("/v1/migrations/p/session", "");
     assert_eq!(status, 200, "{body}");
-    let ahead = a
-        .http
-        .get(format!("{}/v1/twins/p/base", a.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap()
-        .bytes()
-        .unwrap();
-    let held = b
-        .api
-        .http
-        .put(format!("{}/v1/migrations/p/base", b.api.base))
-        .bearer_auth(TOKEN)
-        .body(ahead)
-        .send()
-        .unwrap();
-    assert_eq!(held.status(), 200);
-    held.json().unwrap()
+    let ahead = a.bytes("/v1/twins/p/base");
+    let (status, held) = b.api.send_bytes(
+        Method::PUT,
+        "/v1/migrations/p/base",
+        "application/octet-stream",
+        ahead,
+    );
+    assert_eq!(status, 200, "{held}");
+    serde_json::from_str(&held).unwrap()
 }
 
 /// The source's handover of `p` against what the target holds, replaying.
@@ -304,16 +276,8 @@ fn handed_over(site: &Site, held: &Value) -> Vec<u8> {
 
 /// The target's answer to `bundle`.
 fn accepted(b: &Node, bundle: Vec<u8>) -> (u16, String) {
-    let answer = b
-        .api
-        .http
-        .post(format!("{}/v1/migrations/p", b.api.base))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/vnd.wasmtwin.checkpoint")
-        .body(bundle)
-        .send()
-        .unwrap();
-    (answer.status().as_u16(), answer.text().unwrap())
+    b.api
+        .send_bytes(Method::POST, "/v1/migrations/p", BUNDLE_TYPE, bundle)
 }
 
 /// The names of a bundle's checkpoint sections.

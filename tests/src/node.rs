@@ -60,6 +60,31 @@ impl Api {
         Self::send(request.bearer_auth(&self.token))
     }
 
+    /// `GET path`, which must answer 200: the body's bytes.
+    pub fn bytes(&self, path: &str) -> Vec<u8> {
+        let request = self.http.get(format!("{}{path}", self.base));
+        let response = request.bearer_auth(&self.token).send().expect("an answer");
+        assert_eq!(response.status(), 200, "{path}");
+        response.bytes().expect("a body").to_vec()
+    }
+
+    /// `method path` with the bytes of `body`, as `content_type`: status
+    /// and body.
+    pub fn send_bytes(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, String) {
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        Self::send(request.bearer_auth(&self.token))
+    }
+
     /// `DELETE path`: status and body.
     pub fn delete(&self, path: &str) -> (u16, String) {
         let request = self.http.delete(format!("{}{path}", self.base));

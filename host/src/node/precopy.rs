@@ -101,19 +101,7 @@ impl Base {
     /// The snapshot `delta` (from [`Base::delta`]) describes against this
     /// base. Refuses a delta of another base, or one that does not fit it.
     pub fn apply(&self, delta: &[u8]) -> anyhow::Result<Vec<u8>> {
-        ensure!(
-            delta.len() >= HEADER,
-            "the guest delta is {} bytes, shorter than its {HEADER}-byte header",
-            delta.len()
-        );
-        let (digest, rest) = delta.split_at(32);
-        if digest != self.digest.as_bytes() {
-            bail!(
-                "the guest delta is against snapshot {}, but this node holds {}",
-                hex::encode(digest),
-                self.digest.to_hex()
-            );
-        }
+        let rest = self.past_digest(delta, HEADER, "the guest delta")?;
         let (lengths, middle) = rest.split_at(16);
         let length = |at: usize| {
             let mut le = [0u8; 8];
@@ -136,6 +124,30 @@ impl Base {
         new.extend_from_slice(middle);
         new.extend_from_slice(&base[base.len() - suffix..]);
         Ok(new)
+    }
+
+    /// What follows the digest that starts `body` (`what`, whose header
+    /// is `header` bytes), once that digest is checked to be this base's.
+    fn past_digest<'a>(
+        &self,
+        body: &'a [u8],
+        header: usize,
+        what: &str,
+    ) -> anyhow::Result<&'a [u8]> {
+        ensure!(
+            body.len() >= header,
+            "{what} is {} bytes, shorter than its {header}-byte header",
+            body.len()
+        );
+        let (digest, rest) = body.split_at(32);
+        if digest != self.digest.as_bytes() {
+            bail!(
+                "{what} is against snapshot {}, but this node holds {}",
+                hex::encode(digest),
+                self.digest.to_hex()
+            );
+        }
+        Ok(rest)
     }
 
     /// `checkpoint` with its guest snapshot replaced by its delta from
@@ -276,19 +288,9 @@ impl Held {
     /// The messages a `guest-replay` section carries, once its base is
     /// checked to be the one held.
     pub fn replayed(&self, section: &[u8]) -> anyhow::Result<Vec<Vec<Update>>> {
-        ensure!(
-            section.len() >= 32,
-            "the messages to replay are {} bytes, shorter than their base's digest",
-            section.len()
-        );
-        let (digest, messages) = section.split_at(32);
-        if digest != self.base.digest() {
-            bail!(
-                "the messages to replay follow snapshot {}, but this node holds {}",
-                hex::encode(digest),
-                self.base.digest_hex()
-            );
-        }
+        let messages = self
+            .base
+            .past_digest(section, 32, "the section of messages to replay")?;
         let messages: Vec<Vec<Update>> =
             serde_json::from_slice(messages).context("the messages to replay are malformed")?;
         ensure!(
@@ -675,9 +677,9 @@ mod tests {
 
         let (_, other) = sent_and_held(&noise(5000, 2));
         let e = other.replayed(section).unwrap_err().to_string();
-        assert!(e.contains("follow snapshot"), "{e}");
+        assert!(e.contains("is against snapshot"), "{e}");
         let e = held.replayed(&section[..31]).unwrap_err().to_string();
-        assert!(e.contains("shorter than their base's digest"), "{e}");
+        assert!(e.contains("shorter than its 32-byte header"), "{e}");
         let mut cut = section.to_vec();
         cut.pop();
         let e = held.replayed(&cut).unwrap_err().to_string();
