@@ -80,7 +80,10 @@ pub const ADAPTER_SECTION: &str = "adapter-component";
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// The bytes do not start with the magic.
-    #[error("not a wasmtwin checkpoint (it does not start with {MAGIC:?})")]
+    #[error(
+        "not a wasmtwin checkpoint (it does not start with `{}`)",
+        String::from_utf8_lossy(MAGIC)
+    )]
     NotACheckpoint,
     /// Written by a newer or unknown format.
     #[error(
@@ -884,7 +887,8 @@ mod tests {
         let bytes = sample().to_bytes().unwrap();
         let err = Checkpoint::read_from(&b"hello world, not a bundle"[..]).unwrap_err();
         assert!(
-            err.to_string().contains("not a wasmtwin checkpoint"),
+            err.to_string()
+                .contains("not a wasmtwin checkpoint (it does not start with `WTWINCKP`)"),
             "{err}"
         );
         let err = Checkpoint::read_from(&bytes[..bytes.len() - 40]).unwrap_err();

@@ -262,10 +262,10 @@ impl Held {
             "the snapshot sent ahead is of twin `{}`, not `{name}`",
             ahead.twin
         );
-        let guest = ahead
-            .section(GUEST_SECTION)
-            .context("the snapshot sent ahead has no guest section")?
-            .to_vec();
+        ensure!(
+            ahead.section(GUEST_SECTION).is_some(),
+            "the snapshot sent ahead has no guest section"
+        );
         let window = ahead
             .take(ENTANGLEMENT_SECTION)
             .map(|bytes| Window::decode(&bytes))
@@ -273,10 +273,13 @@ impl Held {
             .context("the entanglement window sent ahead is malformed")?
             .map(|window| window.whole(None))
             .transpose()?;
+        let checkpoint = Arc::new(ahead);
         Ok(Held {
-            base: Base::new(guest),
+            // The checkpoint's own bytes, not a copy: a target holds the
+            // base until the handover, beside the instance restored from it.
+            base: Base::new(Bytes::from_owner(GuestOf(checkpoint.clone()))),
             window,
-            checkpoint: Arc::new(ahead),
+            checkpoint,
         })
     }
 
@@ -304,6 +307,15 @@ impl Held {
     /// The digest of the snapshot held, as the conductor passes it on.
     pub fn digest_hex(&self) -> String {
         self.base.digest_hex()
+    }
+}
+
+/// The guest snapshot of a checkpoint that has one, as bytes shared with it.
+struct GuestOf(Arc<Checkpoint>);
+
+impl AsRef<[u8]> for GuestOf {
+    fn as_ref(&self) -> &[u8] {
+        self.0.section(GUEST_SECTION).unwrap_or_default()
     }
 }
 
@@ -649,6 +661,15 @@ mod tests {
         let held = Held::read("p", &bytes).unwrap();
         assert_eq!(held.checkpoint().as_ref(), &taken);
         (sent, held)
+    }
+
+    #[test]
+    fn a_target_holds_the_base_once() {
+        let (_, held) = sent_and_held(&noise(1 << 20, 3));
+        let guest = held.checkpoint().section(GUEST_SECTION).unwrap();
+        // The delta's base is the checkpoint's own snapshot, not a copy.
+        assert_eq!(held.base.bytes.as_ptr(), guest.as_ptr());
+        assert_eq!(held.base.bytes.len(), guest.len());
     }
 
     fn message(seq: u64) -> Vec<Update> {
