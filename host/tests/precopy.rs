@@ -157,14 +157,7 @@ fn a_delta_against_a_snapshot_the_target_does_not_hold_is_refused_and_the_twin_r
     assert!(bundle.len() < 64 << 10, "a delta: {} bytes", bundle.len());
 
     // The target cannot rebuild the state from it: refused, nothing runs.
-    let (status, text) = accepted(&b, bundle.to_vec());
-    assert!(status >= 400, "{status} {text}");
-    assert!(text.contains("is against snapshot"), "{text}");
-    assert_eq!(
-        b.api.get("/v1/twins/p").0,
-        404,
-        "nothing runs on the target"
-    );
+    refused_by_target(&b, bundle.to_vec(), "is against snapshot");
 
     // The twin resumes on the source with its state, and goes on.
     let (status, body) = a.post("/v1/twins/p/resume", "");
@@ -280,6 +273,19 @@ fn accepted(b: &Node, bundle: Vec<u8>) -> (u16, String) {
         .send_bytes(Method::POST, "/v1/migrations/p", BUNDLE_TYPE, bundle)
 }
 
+/// Asserts that the target refuses `bundle`, saying `why`, and runs
+/// nothing.
+fn refused_by_target(b: &Node, bundle: Vec<u8>, why: &str) {
+    let (status, text) = accepted(b, bundle);
+    assert!(status >= 400, "{status} {text}");
+    assert!(text.contains(why), "{text}");
+    assert_eq!(
+        b.api.get("/v1/twins/p").0,
+        404,
+        "nothing runs on the target"
+    );
+}
+
 /// The names of a bundle's checkpoint sections.
 fn sections(bundle: &[u8]) -> Vec<String> {
     let bundle = Bundle::from_bytes(bundle).unwrap();
@@ -338,13 +344,10 @@ fn a_replay_that_does_not_reach_the_source_s_state_is_refused_and_the_twin_resum
             body.extend(serde_json::to_vec(&messages).unwrap());
         }
     }
-    let (status, text) = accepted(&b, bundle.to_bytes().unwrap());
-    assert!(status >= 400, "{status} {text}");
-    assert!(text.contains("not the source's update Some(4)"), "{text}");
-    assert_eq!(
-        b.api.get("/v1/twins/p").0,
-        404,
-        "nothing runs on the target"
+    refused_by_target(
+        &b,
+        bundle.to_bytes().unwrap(),
+        "not the source's update Some(4)",
     );
 
     let (status, body) = site.node.api.post("/v1/twins/p/resume", "");

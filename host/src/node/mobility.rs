@@ -721,26 +721,22 @@ impl Node {
         let window = window
             .map(|window| precopy::whole_window(window, arriving.held.as_ref()))
             .transpose()?;
-        if let Some(section) = checkpoint.take(precopy::GUEST_REPLAY_SECTION) {
-            let (twin, recovery) = self.replayed(arriving, checkpoint, &section)?;
-            return Ok(Arrived {
-                twin,
-                recovery,
-                window,
-            });
-        }
-        let checkpoint = Arc::new(precopy::whole(checkpoint, arriving.held.as_ref())?);
-        let twin = self.run_guest(self.make_twin(
-            &arriving.spec,
-            &arriving.components,
-            Origin::Checkpoint(checkpoint.clone()),
-        ))?;
+        let (twin, recovery) = match checkpoint.take(precopy::GUEST_REPLAY_SECTION) {
+            Some(section) => self.replayed(arriving, checkpoint, &section)?,
+            None => {
+                let checkpoint = Arc::new(precopy::whole(checkpoint, arriving.held.as_ref())?);
+                let twin = self.run_guest(self.make_twin(
+                    &arriving.spec,
+                    &arriving.components,
+                    Origin::Checkpoint(checkpoint.clone()),
+                ))?;
+                let since = Vec::new();
+                (twin, Recovery { checkpoint, since })
+            }
+        };
         Ok(Arrived {
             twin,
-            recovery: Recovery {
-                checkpoint,
-                since: Vec::new(),
-            },
+            recovery,
             window,
         })
     }
