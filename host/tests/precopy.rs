@@ -12,7 +12,7 @@ use wasmtwin::checkpoint::{Checkpoint, GUEST_SECTION};
 use wasmtwin::node::Bundle;
 use wasmtwin::twin::entanglement::{Entanglement, Timing};
 use wasmtwin_tests::cli::arg;
-use wasmtwin_tests::node::{Node, wait_for};
+use wasmtwin_tests::node::{Api, Node, wait_for};
 use wasmtwin_tests::plugin;
 
 /// A `prime` twin `p` whose state is padded to 256 KiB, fed from `dev/p`.
@@ -165,6 +165,80 @@ fn a_delta_against_a_snapshot_the_target_does_not_hold_is_refused_and_the_twin_r
     assert_eq!(progress(&site.node), (json!(2), json!(2)));
     site.publish("dev/p", &[message(3, json!(3))]);
     a.wait_for_updates("p", 3);
+}
+
+/// Two handovers of one twin at once: the second is refused, and the move
+/// under way stays on record. (A second used to take the first's place at
+/// the worker, and the end of the one it displaced cleared that record: the
+/// twin, stopped for its move, was then "not found" on its source, and a
+/// move that landed would have left its broker session behind.)
+#[test]
+fn a_second_handover_while_one_is_under_way_is_refused() {
+    let (site, _b) = two_nodes();
+    // Both wait for message 3 at the worker, whichever comes first.
+    let handovers: Vec<_> = (0..2)
+        .map(|_| {
+            let api = Api::new(site.node.api.base.clone(), TOKEN);
+            std::thread::spawn(move || {
+                let (status, body) = api.post("/v1/twins/p/handover?until=3", "");
+                let refusal = (status != 200).then_some(body);
+                (status, refusal)
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    site.publish("dev/p", &[message(3, json!(3))]);
+    let mut answers: Vec<_> = handovers.into_iter().map(|h| h.join().unwrap()).collect();
+    answers.sort();
+    assert_eq!(answers[0], (200, None), "one handed over");
+    assert_eq!(answers[1].0, 409, "one refused: {:?}", answers[1].1);
+    let refusal = answers[1].1.as_deref().unwrap_or_default();
+    assert!(refusal.contains("handed over already"), "{refusal}");
+
+    // The twin is moving, not gone.
+    let (status, body) = site.node.api.get("/v1/twins/p");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("moving"), "{body}");
+    // Nothing took it: it resumes here, and goes on.
+    let (status, body) = site.node.api.post("/v1/twins/p/resume", "");
+    assert_eq!(status, 200, "{body}");
+    site.publish("dev/p", &[message(4, json!(4))]);
+    site.node.api.wait_for_updates("p", 4);
+    assert_eq!(progress(&site.node), (json!(4), json!(4)));
+}
+
+/// A spec applied to a twin in a move is refused on both of its nodes: it
+/// used to start the twin anew on the one it was leaving (stopped there, it
+/// was in neither node's list of twins), over the stored state a failed move
+/// resumes from, and on the one it was arriving at, where the twin that
+/// landed then took the fresh one's place and left its worker running.
+#[test]
+fn a_spec_applied_to_a_twin_in_a_move_is_refused_on_both_nodes() {
+    let (site, b) = two_nodes();
+    let a = &site.node.api;
+    let spec = padded_prime();
+    let (status, body) = b.api.put("/v1/migrations/p", &a.get("/v1/twins/p/spec").1);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = b.api.put("/v1/twins/p", &spec);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("arriving here"), "{body}");
+
+    let (status, _) = a.post("/v1/twins/p/handover", "");
+    assert_eq!(status, 200);
+    let (status, body) = site.apply("p", &spec);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("being handed over"), "{body}");
+
+    // The move called off, the twin goes on where it was, state and all.
+    let (status, body) = b.api.delete("/v1/migrations/p");
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = a.post("/v1/twins/p/resume", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(progress(&site.node), (json!(2), json!(2)));
+    site.publish("dev/p", &[message(3, json!(3))]);
+    a.wait_for_updates("p", 3);
+    let (status, body) = b.api.put("/v1/twins/p", &spec);
+    assert_eq!(status, 200, "{body}");
 }
 
 #[test]

@@ -22,6 +22,7 @@
 //!    if step 4 failed, [`Node::resume_twin`] (the twin carries on from its
 //!    handover checkpoint, and its session redelivers the rest).
 
+use std::collections::hash_map::Entry;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
@@ -313,11 +314,22 @@ impl Node {
             spec: self.spec(name)?,
             window: None,
         };
+        // One handover at a time: a second would take the first's place at
+        // the worker, and its end, whichever it was, would clear the
+        // record of the move still under way (its window, and the session
+        // to discard once it lands).
+        match lock(&self.in_transit).entry(name.to_string()) {
+            Entry::Occupied(_) => {
+                return Err(NodeError::Conflict(format!(
+                    "twin `{name}` is being handed over already"
+                )));
+            }
+            Entry::Vacant(vacant) => vacant.insert(leaving),
+        };
         // The target holds what was sent ahead: send only what changed since.
         let sent = lock(&self.bases)
             .remove(name)
             .filter(|sent| base.is_some_and(|digest| sent.is(digest)));
-        lock(&self.in_transit).insert(name.to_string(), leaving);
         let asked = jobs
             .send(Job::Handover(Box::new(Handover {
                 until,

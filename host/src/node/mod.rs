@@ -546,6 +546,25 @@ impl Node {
 
     fn apply_now(&self, spec: TwinSpec, replace: bool) -> anyhow::Result<Applied> {
         let name = spec.name().to_string();
+        // A twin in a move is in neither node's `twins`: started anew here
+        // meanwhile, it would overwrite the stored state its move resumes
+        // from if it fails, or the twin that lands.
+        let moving = if lock(&self.in_transit).contains_key(&name) {
+            Some(format!(
+                "twin `{name}` is being handed over to another node; apply the spec once the \
+                 move has ended (one whose conductor stopped ends with `POST /v1/twins/{name}/resume`)"
+            ))
+        } else if lock(&self.incoming).contains_key(&name) {
+            Some(format!(
+                "twin `{name}` is arriving here from another node; apply the spec once it has \
+                 arrived (one whose conductor stopped ends with `DELETE /v1/migrations/{name}`)"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = moving {
+            return Err(NodeError::Conflict(why).into());
+        }
         let replacing = {
             let twins = lock(&self.twins);
             match twins.get(&name) {
