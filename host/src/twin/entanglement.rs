@@ -530,8 +530,12 @@ impl Entanglement {
 
         // Expected from the declared rate over the time measured so far, and
         // from the span of sequence numbers seen; the larger expectation
-        // (the lower reliability) wins.
-        let by_rate = req.expected_rate_hz * span as f64 / 1e6;
+        // (the lower reliability) wins. By rate, whole updates only: a
+        // device on time delivers floor(rate × span) of them in any span,
+        // and one more only if its phase allows. Fractions would judge it
+        // lossy by that phase, most in a young window (1 of 1.12 expected
+        // is 0.89 a second after the twin starts).
+        let by_rate = (req.expected_rate_hz * span as f64 / 1e6).floor();
         let by_sequence = self.sequence_span() as f64;
         let expected = by_rate.max(by_sequence);
         let reliability = if expected < 1.0 {
@@ -839,6 +843,39 @@ mod tests {
         let t = report.timeliness_ms.unwrap();
         assert!((12.9..=13.1).contains(&t.p50), "{t:?}");
         assert!(report.odte > 0.9);
+    }
+
+    /// A device on time is entangled from the start, whatever its phase:
+    /// a second after the twin started, a window expecting 1.12 updates of
+    /// a device whose first came at 0.9 s used to report reliability 0.89.
+    #[test]
+    fn a_device_on_time_is_entangled_from_the_twin_s_start() {
+        let mut e = Entanglement::new(paper(), T0);
+        let mut next = 0;
+        for tick in 1..=200 {
+            let now = T0 + tick * S / 20;
+            // One a second from 0.9 s, each committed 13 ms after.
+            while T0 + 900_000 + next * S + 13_000 <= now {
+                let produced = T0 + 900_000 + next * S;
+                next += 1;
+                let timing = Timing {
+                    received_us: produced + 6_000,
+                    started_us: produced + 12_000,
+                };
+                e.record(next, produced / 1000, timing, produced + 13_000);
+            }
+            let (report, _) = e.evaluate(now);
+            assert_eq!(report.reliability, 1.0, "at {tick}/20 s: {report:?}");
+            assert_eq!(
+                report.status,
+                Status::Entangled,
+                "at {tick}/20 s: {report:?}"
+            );
+        }
+        // Silence is still noticed: expected keeps growing, in whole updates.
+        let (report, _) = e.evaluate(T0 + 30 * S);
+        assert!(report.reliability < 0.5, "{report:?}");
+        assert_eq!(report.status, Status::Disentangled);
     }
 
     #[test]
