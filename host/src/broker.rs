@@ -34,7 +34,22 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
     };
     start_rumqttd(inner)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !(answers(inner.v4) && answers(inner.v5)) {
+    loop {
+        let listeners = [inner.v4, inner.v5].map(listener);
+        // rumqttd binds the ports a moment after they were found free: had
+        // another process taken one meanwhile, the front would hand it our
+        // clients.
+        if listeners.contains(&Listener::Another) {
+            anyhow::bail!(
+                "another process took one of the embedded broker's loopback ports ({} and {}) \
+                 as it started; start again",
+                inner.v4.port(),
+                inner.v5.port()
+            );
+        }
+        if listeners == [Listener::Us, Listener::Us] {
+            break;
+        }
         if std::time::Instant::now() > deadline {
             anyhow::bail!("the embedded broker did not listen within 10 s");
         }
@@ -265,27 +280,92 @@ fn level_in(head: &[u8]) -> Level {
     }
 }
 
-/// Whether a socket listens on `listen`'s port. Read from the kernel's
-/// table where there is one: a probe connection would make the broker log
-/// an error for the client that came and went.
-fn answers(listen: SocketAddr) -> bool {
-    let port = format!(":{:04X} ", listen.port());
+/// Who listens on a loopback port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Nobody,
+    /// A socket of this process.
+    Us,
+    Another,
+}
+
+/// Who listens on `listen`'s port, from the kernel's tables and this
+/// process's open files (a probe connection would make the broker log an
+/// error for the client that came and went). Without `/proc`, a socket
+/// that takes a connection counts as ours.
+fn listener(listen: SocketAddr) -> Listener {
     let tables = ["/proc/net/tcp", "/proc/net/tcp6"].map(std::fs::read_to_string);
-    if tables.iter().all(Result::is_err) {
-        return std::net::TcpStream::connect(listen).is_ok();
-    }
-    tables.iter().flatten().flat_map(|t| t.lines()).any(|line| {
-        let mut fields = line.split_whitespace().skip(1);
-        let local = fields.next().unwrap_or_default();
-        let state = fields.nth(1).unwrap_or_default();
+    let fds = std::fs::read_dir("/proc/self/fd");
+    let (Ok(fds), false) = (fds, tables.iter().all(Result::is_err)) else {
+        return match std::net::TcpStream::connect(listen) {
+            Ok(_) => Listener::Us,
+            Err(_) => Listener::Nobody,
+        };
+    };
+    let ours: std::collections::HashSet<u64> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let tables: Vec<&str> = tables.iter().flatten().map(String::as_str).collect();
+    listening(&tables, listen.port(), &ours)
+}
+
+/// Who listens on `port` by `tables` (the text of `/proc/net/tcp` and
+/// `tcp6`), `ours` being the inodes of this process's sockets.
+fn listening(tables: &[&str], port: u16, ours: &std::collections::HashSet<u64>) -> Listener {
+    let port = format!(":{port:04X}");
+    let mut found = Listener::Nobody;
+    for line in tables.iter().flat_map(|t| t.lines()) {
+        // sl, local address, remote address, state, queues, timer,
+        // retransmits, uid, timeout, inode.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(&state), Some(inode)) =
+            (fields.get(1), fields.get(3), fields.get(9))
+        else {
+            continue;
+        };
         // State 0A is LISTEN.
-        format!("{local} ").contains(&port) && state == "0A"
-    })
+        if !local.ends_with(&port) || state != "0A" {
+            continue;
+        }
+        match inode.parse() {
+            Ok(inode) if ours.contains(&inode) => found = Listener::Us,
+            _ => return Listener::Another,
+        }
+    }
+    found
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A port's listener is told ours or another's by its socket's inode.
+    #[test]
+    fn a_port_is_known_free_ours_or_taken_by_another_process() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F91 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:1F92 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0000000000000000 100 0 0 10 0";
+        let ours = std::collections::HashSet::from([4242]);
+        assert_eq!(listening(&[table], 0x1F90, &ours), Listener::Us);
+        // Connected, not listening.
+        assert_eq!(listening(&[table], 0x1F91, &ours), Listener::Nobody);
+        assert_eq!(listening(&[table], 0x1F92, &ours), Listener::Another);
+        assert_eq!(listening(&[table], 0x1F93, &ours), Listener::Nobody);
+
+        // And from the real tables: a socket this process listens on.
+        let bound = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        assert_eq!(listener(bound.local_addr().unwrap()), Listener::Us);
+    }
 
     /// The start of a CONNECT for protocol `name` at `level`, with a
     /// remaining length written in `length_bytes` bytes.
