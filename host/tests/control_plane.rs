@@ -154,8 +154,7 @@ fn a_slow_network_path_moves_the_twin_to_a_node_with_a_good_one() {
         "t1 entangled again on its new node",
         60,
     );
-    let sent = device.sent();
-    drop(device);
+    let sent = device.stop();
     let api = fleet.api_of("t1");
     api.wait_for_updates("t1", sent);
     let seqs = applied_once(&api, "t1", "applied");
@@ -232,8 +231,7 @@ fn a_device_that_halves_its_rate_is_reported_and_the_twin_stays() {
         hex::encode(hmac::Mac::finalize(mac).into_bytes())
     );
     assert_eq!(signature, expected, "the body's HMAC");
-    let sent = device.sent();
-    drop(device);
+    let sent = device.stop();
     let api = fleet.api_of("t2");
     api.wait_for_updates("t2", sent);
     assert_eq!(applied_once(&api, "t2", "applied").len() as u64, sent);
@@ -265,8 +263,7 @@ fn a_killed_node_s_twin_resumes_elsewhere_with_what_the_broker_held() {
         .expect("a restore decision");
     assert_eq!(restore["data"]["action"]["from"], first.as_str());
     std::thread::sleep(Duration::from_secs(2));
-    let sent = device.sent();
-    drop(device);
+    let sent = device.stop();
     let api = fleet.api_of("t3");
     api.wait_for_updates("t3", 1);
     fleet.wait(
@@ -327,8 +324,7 @@ fn a_drained_node_s_twin_moves_away_before_drain_returns() {
     );
     let now = fleet.running_on("t8").unwrap();
     assert_ne!(now, first, "drain returned with the twin still there");
-    let sent = device.sent();
-    drop(device);
+    let sent = device.stop();
     let api = fleet.api_of("t8");
     api.wait_for_updates("t8", sent);
     let seqs = applied_once(&api, "t8", "applied");
@@ -519,8 +515,7 @@ fn a_twin_starved_by_its_cpu_share_gets_a_larger_one() {
         "{}",
         fleet.event_lines()
     );
-    let sent = device.sent();
-    drop(device);
+    let sent = device.stop();
     let api = fleet.api_of("t6");
     api.wait_for_updates("t6", sent);
     applied_once(&api, "t6", "last_seq");
@@ -575,8 +570,7 @@ fn a_twin_leaves_a_domain_no_longer_trusted_enough() {
             .any(|e| e["kind"] == "management" && e["data"]["domain"] == "plant-a"),
         "the trust change is recorded with who made it"
     );
-    let sent = device.sent();
-    drop(device);
+    let sent = device.stop();
     let api = fleet.api_of("t7");
     api.wait_for_updates("t7", sent);
     assert_eq!(applied_once(&api, "t7", "applied").len() as u64, sent);

@@ -352,6 +352,20 @@ impl Device {
         self.sent.load(Ordering::SeqCst)
     }
 
+    /// Stops publishing: how many messages it published, all told. (Read
+    /// before it stops, a count may miss one still being published.)
+    pub fn stop(mut self) -> u64 {
+        self.halt();
+        self.sent()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
     pub fn set_rate(&self, rate_hz: f64) {
         self.period_us
             .store((1e6 / rate_hz) as u64, Ordering::SeqCst);
@@ -360,9 +374,6 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.halt();
     }
 }
