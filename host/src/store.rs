@@ -13,7 +13,7 @@
 //! resumes from its checkpoint plus its journal, and the broker redelivers
 //! the rest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -38,6 +38,9 @@ const HISTORY: TableDefinition<(&str, u64, u64), &str> = TableDefinition::new("h
 const HISTORY_ROWS: TableDefinition<&str, u64> = TableDefinition::new("history_rows");
 /// name → the API of the node a twin moved to.
 const MOVED: TableDefinition<&str, &str> = TableDefinition::new("moved");
+/// name → the twin's entanglement window as its node stopped (encoded),
+/// taken back when the node starts again.
+const WINDOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("windows");
 
 /// Called once a write is on disk (or failed).
 pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -76,6 +79,10 @@ pub enum Op {
         before_ms: u64,
         max_rows: u64,
     },
+    /// Keep a twin's entanglement window (encoded) as its node stops.
+    Window { name: String, window: Vec<u8> },
+    /// Drop every window kept: they were taken back.
+    ClearWindows,
 }
 
 /// One point of a property's history.
@@ -389,18 +396,32 @@ impl Store {
         })
     }
 
+    /// The entanglement windows kept as the node last stopped, by twin.
+    pub fn windows(&self) -> anyhow::Result<HashMap<String, Vec<u8>>> {
+        Ok(self.by_name(WINDOWS, <[u8]>::to_vec)?.into_iter().collect())
+    }
+
     /// The twins that moved away, and where to.
     pub fn moved(&self) -> anyhow::Result<Vec<(String, String)>> {
+        self.by_name(MOVED, str::to_string)
+    }
+
+    /// Every row of a table keyed by twin name, its value owned by `own`.
+    fn by_name<V: redb::Value + 'static, T>(
+        &self,
+        table: TableDefinition<&str, V>,
+        own: impl Fn(V::SelfType<'_>) -> T,
+    ) -> anyhow::Result<Vec<(String, T)>> {
         let read = self.inner.db.begin_read()?;
-        let Some(table) = open_read(&read, MOVED)? else {
+        let Some(table) = open_read(&read, table)? else {
             return Ok(Vec::new());
         };
-        let mut moved = Vec::new();
+        let mut rows = Vec::new();
         for entry in table.iter()? {
-            let (name, to) = entry?;
-            moved.push((name.value().to_string(), to.value().to_string()));
+            let (name, value) = entry?;
+            rows.push((name.value().to_string(), own(value.value())));
         }
-        Ok(moved)
+        Ok(rows)
     }
 
     /// A property's history between `from_ms` and `to_ms` (inclusive), at
@@ -496,10 +517,12 @@ fn forget(
     journal: &mut Table<(&str, u64), &str>,
     history: &mut Table<(&str, u64, u64), &str>,
     rows: &mut Table<&str, u64>,
+    windows: &mut Table<&str, &[u8]>,
 ) -> anyhow::Result<()> {
     specs.remove(n)?;
     checkpoints.remove(n)?;
     rows.remove(n)?;
+    windows.remove(n)?;
     journal.retain_in((n, 0)..=(n, u64::MAX), |_, _| false)?;
     history.retain_in((n, 0, 0)..=(n, u64::MAX, u64::MAX), |_, _| false)?;
     Ok(())
@@ -515,6 +538,7 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
         let mut history = tx.open_table(HISTORY)?;
         let mut rows = tx.open_table(HISTORY_ROWS)?;
         let mut moved = tx.open_table(MOVED)?;
+        let mut windows = tx.open_table(WINDOWS)?;
         for op in ops {
             match op {
                 Op::Spec { name, json } => {
@@ -530,6 +554,7 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
                         &mut journal,
                         &mut history,
                         &mut rows,
+                        &mut windows,
                     )?;
                     // A moved twin leaves its new address behind.
                     match op {
@@ -609,6 +634,12 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
                         history.remove((n, *ts, *seq))?;
                     }
                     rows.insert(n, count.saturating_sub(gone.len() as u64))?;
+                }
+                Op::Window { name, window } => {
+                    windows.insert(name.as_str(), window.as_slice())?;
+                }
+                Op::ClearWindows => {
+                    windows.retain(|_, _| false)?;
                 }
             }
         }
@@ -764,5 +795,38 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn windows_are_kept_until_taken_back_or_their_twin_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = |name: &str, bytes: &[u8]| Op::Window {
+            name: name.into(),
+            window: bytes.to_vec(),
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .write_now(vec![
+                    window("a", b"1"),
+                    window("b", b"2"),
+                    window("c", b"3"),
+                ])
+                .unwrap();
+            store
+                .write_now(vec![Op::Forget { name: "b".into() }])
+                .unwrap();
+            store
+                .write_now(vec![Op::Moved {
+                    name: "c".into(),
+                    to: "http://elsewhere".into(),
+                }])
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let kept = store.windows().unwrap();
+        assert_eq!(kept, HashMap::from([("a".to_string(), b"1".to_vec())]));
+        store.write_now(vec![Op::ClearWindows]).unwrap();
+        assert!(store.windows().unwrap().is_empty());
     }
 }

@@ -312,3 +312,43 @@ fn defect_17_a_low_inherited_limit_on_open_files_does_not_cap_the_twins() {
     let figures: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
     assert_eq!(figures[0], figures[1], "soft and hard limits: {line}");
 }
+
+/// A node stopped as service managers stop one (SIGTERM: Kubernetes,
+/// systemd, `docker stop`) died at once, and started again it measured its
+/// twins anew: the updates of their windows were gone, and their time down
+/// unseen (availability 1.0). It now stops cleanly, keeps each twin's
+/// window, and counts the time between as an outage.
+#[test]
+fn defect_21_a_node_restart_keeps_its_twins_entanglement_and_counts_its_downtime() {
+    let mut site = Site::start(&[]);
+    created(&site, "w", &spec("w", "good", ""));
+    let messages: Vec<_> = (1..=5).map(|seq| message(seq, json!(seq))).collect();
+    site.publish("dev/w", &messages);
+    site.node.api.wait_for_updates("w", 5);
+
+    let pid = site.node.child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = site.node.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 20 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "a clean stop: {exit:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    site.restart();
+
+    let entanglement = &site.twin("w")["entanglement"];
+    assert_eq!(entanglement["updatesInWindow"], 5, "{entanglement}");
+    let availability = entanglement["availability"].as_f64().unwrap();
+    assert!(availability < 0.9, "two seconds down count: {entanglement}");
+}

@@ -154,7 +154,7 @@ pub fn start(control: &Arc<Control>, security_every: Duration) {
     ));
 }
 
-/// Runs the control plane until Ctrl-C.
+/// Runs the control plane until Ctrl-C or SIGTERM.
 pub fn run(args: ControlArgs) -> anyhow::Result<ExitCode> {
     let auth = args.auth.resolve(false)?;
     args.plane.check_node_token(&auth)?;

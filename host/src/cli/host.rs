@@ -505,8 +505,8 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
 }
 
-/// How long, after Ctrl-C, requests in flight may take to finish; a change
-/// stream never does.
+/// How long, after Ctrl-C or SIGTERM, requests in flight may take to
+/// finish; a change stream never does.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The most any twin on the node may ask for; specs asking more are
@@ -545,7 +545,7 @@ impl CeilingArgs {
 /// Requests in flight a node admits unless told otherwise.
 pub const DEFAULT_MAX_REQUESTS: usize = 256;
 
-/// Serves `node` on `http` until Ctrl-C.
+/// Serves `node` on `http` until Ctrl-C or SIGTERM.
 ///
 /// Each connection gets a header-read timeout (which is also its idle
 /// timeout between requests) and takes one of `limits.max_connections`
@@ -572,8 +572,8 @@ pub async fn serve(
     serve_router(app, listener, limits, tls).await
 }
 
-/// Serves `app` on `listener` until Ctrl-C, with the connection limits of
-/// [`serve`], over TLS with `tls`.
+/// Serves `app` on `listener` until Ctrl-C or SIGTERM, with the
+/// connection limits of [`serve`], over TLS with `tls`.
 pub async fn serve_router(
     app: axum::Router,
     listener: std::net::TcpListener,
@@ -591,8 +591,8 @@ pub async fn serve_router(
     let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
     // Dropped to tell every connection to finish its request and close.
     let (stop, stopping) = tokio::sync::watch::channel(());
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let stop_asked = stop_asked();
+    tokio::pin!(stop_asked);
     let mut refused = 0u64;
     let mut warned: Option<std::time::Instant> = None;
     loop {
@@ -604,7 +604,7 @@ pub async fn serve_router(
                     continue;
                 }
             },
-            _ = &mut ctrl_c => break,
+            () = &mut stop_asked => break,
         };
         let Ok(place) = places.clone().try_acquire_owned() else {
             // Closed at once rather than queued: a client learns now, and
@@ -660,7 +660,7 @@ pub async fn serve_router(
     let all = places.acquire_many(limits.max_connections);
     if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
         tracing::warn!(
-            "some HTTP connections were still busy {} s after Ctrl-C; closing them",
+            "some HTTP connections were still busy {} s after the stop was asked; closing them",
             SHUTDOWN_GRACE.as_secs()
         );
     }
@@ -763,6 +763,38 @@ pub async fn resume(node: &Arc<Node>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Keeps the twins' entanglement windows as the node stops (see
+/// [`Node::keep_windows`]); a failure is logged, and the windows start
+/// anew.
+pub async fn keep_windows(node: &Arc<Node>) {
+    let keeping = node.clone();
+    match tokio::task::spawn_blocking(move || keeping.keep_windows()).await {
+        Ok(Ok(kept)) => tracing::info!(twins = kept, "kept the twins' entanglement windows"),
+        Ok(Err(e)) => tracing::error!("keeping the twins' entanglement windows: {e:#}"),
+        Err(e) => tracing::error!("keeping the twins' entanglement windows: {e}"),
+    }
+}
+
+/// Resolves on Ctrl-C, or on SIGTERM: how Kubernetes, systemd and
+/// `docker stop` ask a process to stop.
+pub async fn stop_asked() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM, only for Ctrl-C: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
 /// Runs the node.
 pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCode> {
     super::open_files::raise();
@@ -810,7 +842,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
             tokio::spawn(wasmtwin::node::membership::run(node.clone(), membership));
         }
         serve(
-            node,
+            node.clone(),
             listener,
             auth,
             args.max_requests,
@@ -818,7 +850,9 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
             tls,
             audit.clone(),
         )
-        .await
+        .await?;
+        keep_windows(&node).await;
+        anyhow::Ok(())
     })?;
     // The chain's head signed at shutdown, as the control plane does.
     if let Some(history) = audit

@@ -111,22 +111,6 @@ async fn label(pods: &Api<Pod>, pod: &str, leader: bool) {
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM (what Kubernetes sends a pod).
-async fn stopped() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
 /// Runs the operator until it is stopped or stops leading.
 pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     if args.crd {
@@ -166,7 +150,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         tokio::select! {
             () = label(&pods, &identity, false) => standby.store(true, Ordering::SeqCst),
-            () = stopped() => return Ok(ExitCode::SUCCESS),
+            () = super::host::stop_asked() => return Ok(ExitCode::SUCCESS),
         }
         let elector = Elector::new(
             Api::namespaced(client.clone(), &namespace),
@@ -215,7 +199,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             },
-            () = stopped() => Ok(ExitCode::SUCCESS),
+            () = super::host::stop_asked() => Ok(ExitCode::SUCCESS),
         }
     })
 }

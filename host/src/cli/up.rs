@@ -193,7 +193,10 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
         println!("                  WASMTWIN_TOKEN={token} wasmtwin events --follow --control {control_url}");
         println!("  history:        {base}/v1/twins/motor-1/history?property=temperature");
         println!("  description:    {base}/v1/twins/motor-1/td");
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        super::host::stop_asked().await;
+        for node in &nodes {
+            super::host::keep_windows(node).await;
+        }
         if let Err(e) = control.history().seal_now() {
             tracing::error!("sealing the event history: {e:#}");
         }

@@ -157,7 +157,8 @@ type Loaded = HashMap<String, (ModelComponent, crate::runtime::AdapterComponent)
 struct Prepared {
     components: Components,
     twin: Start,
-    /// The entanglement window it brings from another node.
+    /// The entanglement window it brings from another node, or from this
+    /// node's last stop.
     window: Option<Window>,
 }
 
@@ -411,14 +412,29 @@ impl Node {
     /// twins resumed are returned.
     pub fn resume(&self) -> anyhow::Result<Vec<String>> {
         lock(&self.moved).extend(self.store.moved()?);
+        // Taken back once: after a crash from here on, windows start anew
+        // rather than from a stop before this start.
+        let mut windows = self.store.windows()?;
+        if !windows.is_empty() {
+            self.store.write_now(vec![Op::ClearWindows])?;
+        }
         let mut resumed = Vec::new();
         let mut loaded = Loaded::new();
         for (name, saved) in self.store.saved()? {
+            let window = windows.remove(&name).and_then(|bytes| {
+                Window::decode(&bytes)
+                    .inspect_err(|e| {
+                        tracing::warn!(twin = %name, "its entanglement window kept at the last stop is unreadable, so it starts anew: {e:#}")
+                    })
+                    .ok()
+            });
             let started = TwinSpec::from_stored(&saved.spec)
                 .map_err(anyhow::Error::from)
                 .and_then(|spec| {
                     let components = self.components_once(&spec, &mut loaded)?;
-                    let prepared = self.prepare_with(&spec, components, Origin::Saved(saved))?;
+                    let mut prepared =
+                        self.prepare_with(&spec, components, Origin::Saved(saved))?;
+                    prepared.window = window;
                     let asleep = matches!(prepared.twin, Start::Asleep(_));
                     let subscribing = if !self.config.broker_keeps_sessions {
                         Subscribing::Confirmed
@@ -1023,6 +1039,29 @@ impl Node {
     fn launch(&self, spec: &TwinSpec, prepared: Prepared) -> anyhow::Result<Box<Hosted>> {
         let session = self.connect(spec, Subscribing::Confirmed)?;
         Ok(self.start(spec, prepared, session, None))
+    }
+
+    /// Keeps every twin's entanglement window in the store as the node
+    /// stops. At the next start each goes on from it, the time between
+    /// counted as an outage: a restart neither wipes how the twin was
+    /// measured nor hides its downtime. (After a crash, windows start anew.)
+    /// The number kept.
+    pub fn keep_windows(&self) -> anyhow::Result<usize> {
+        let mut ops = Vec::new();
+        for name in self.names() {
+            let Some((window, _)) = self.window(&name) else {
+                continue;
+            };
+            match window.encode() {
+                Ok(window) => ops.push(Op::Window { name, window }),
+                Err(e) => {
+                    tracing::warn!(twin = %name, "its entanglement window cannot be kept: {e:#}")
+                }
+            }
+        }
+        let kept = ops.len();
+        self.store.write_now(ops)?;
+        Ok(kept)
     }
 
     /// Stops every twin's worker and session, as the end of the process
