@@ -385,6 +385,7 @@ fn node(
                 hibernate_after,
                 broker_keeps_sessions: true,
                 park_sessions_asleep: park,
+                arrival_timeout: wasmtwin::node::DEFAULT_ARRIVAL_TIMEOUT,
             },
             runtime,
             store,

@@ -438,6 +438,20 @@ pub async fn migrate(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow::
     migrate_observed(name, from, to, Precopy::Replay, async |_| {}).await
 }
 
+/// Whether a handover was refused because the twin is not the source's to
+/// hand over: another move holds it (409: a handover is under way; 503:
+/// one has stopped it), or it is not there (404, or moved: a redirect).
+/// The source stopped nothing for this one.
+fn held_elsewhere(e: &anyhow::Error) -> bool {
+    use reqwest::StatusCode;
+    e.downcast_ref::<Refused>().is_some_and(|r| {
+        matches!(
+            r.status,
+            StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE | StatusCode::NOT_FOUND
+        ) || r.status.is_redirection()
+    })
+}
+
 /// Whether a migration sends the twin's state ahead of the handover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precopy {
@@ -545,6 +559,15 @@ pub async fn migrate_observed(
     let resume = format!("/v1/twins/{name}/resume");
     let bundle = match from.send(handover).await {
         Ok(bundle) => bundle,
+        Err(e) if held_elsewhere(&e) => {
+            // Resuming it would end that other move: its twin would run on
+            // its source, and land on its target too.
+            refuse_arrival().await;
+            return Err(e.context(format!(
+                "{} did not hand the twin over: it is in another move, or not there",
+                from.base
+            )));
+        }
         Err(e) => {
             // Had the source stopped the twin before failing, it resumes
             // (a twin still running there is left as it is).

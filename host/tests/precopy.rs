@@ -9,6 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use wasmtwin::api::BUNDLE_TYPE;
 use wasmtwin::checkpoint::{Checkpoint, GUEST_SECTION};
+use wasmtwin::client::{NodeClient, Precopy, Step, migrate_observed};
 use wasmtwin::node::Bundle;
 use wasmtwin::twin::entanglement::{Entanglement, Timing};
 use wasmtwin_tests::cli::arg;
@@ -34,15 +35,26 @@ fn two_nodes() -> (Site, Node) {
 /// [`two_nodes`] with a twin `p` of `spec`.
 fn two_nodes_with(spec: &str) -> (Site, Node) {
     let site = Site::start(&[]);
-    let second = site.data.join("b");
-    std::fs::create_dir_all(&second).unwrap();
-    // Named apart: a node's broker sessions carry its name.
-    let b = common::host(&second, site.mqtt, &["--name".into(), "b".into()]);
+    let b = another_node(&site, "b", &[]);
     let (status, body) = site.apply("p", spec);
     assert_eq!(status, 200, "{body}");
     site.publish("dev/p", &[message(1, json!(1)), message(2, json!(2))]);
     site.node.api.wait_for_updates("p", 2);
     (site, b)
+}
+
+/// Another node on the site's broker, named `name`, with `extra`
+/// arguments.
+fn another_node(site: &Site, name: &str, extra: &[&str]) -> Node {
+    let data = site.data.join(name);
+    std::fs::create_dir_all(&data).unwrap();
+    // Named apart: a node's broker sessions carry its name.
+    let args: Vec<String> = ["--name", name]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect();
+    common::host(&data, site.mqtt, &args)
 }
 
 /// `wasmtwin migrate p` with `extra` arguments: the bundle's size it
@@ -207,27 +219,43 @@ fn a_second_handover_while_one_is_under_way_is_refused() {
     assert_eq!(progress(&site.node), (json!(4), json!(4)));
 }
 
-/// A spec applied to a twin in a move is refused on both of its nodes: it
-/// used to start the twin anew on the one it was leaving (stopped there, it
-/// was in neither node's list of twins), over the stored state a failed move
+/// A twin in a move is made anew or deleted on neither of its nodes: not
+/// by a spec, a checkpoint restored, a second move to the same target or a
+/// deletion (which answered "no twin" and let the move go on). A spec used
+/// to start it anew on the node it was leaving (stopped there, it was in
+/// neither node's list of twins), over the stored state a failed move
 /// resumes from, and on the one it was arriving at, where the twin that
-/// landed then took the fresh one's place and left its worker running.
+/// landed then took the fresh one's place and left its worker running. A
+/// second arrival used to take the first one's place.
 #[test]
-fn a_spec_applied_to_a_twin_in_a_move_is_refused_on_both_nodes() {
+fn a_twin_in_a_move_is_made_anew_or_deleted_on_neither_node() {
     let (site, b) = two_nodes();
     let a = &site.node.api;
     let spec = padded_prime();
-    let (status, body) = b.api.put("/v1/migrations/p", &a.get("/v1/twins/p/spec").1);
+    let checkpoint = a.bytes("/v1/twins/p/checkpoint");
+    let restore = |api: &Api| {
+        let path = "/v1/twins/p/checkpoint?replace=true";
+        api.send_bytes(Method::PUT, path, BUNDLE_TYPE, checkpoint.clone())
+    };
+    let arrival = a.get("/v1/twins/p/spec").1;
+    let (status, body) = b.api.put("/v1/migrations/p", &arrival);
     assert_eq!(status, 200, "{body}");
-    let (status, body) = b.api.put("/v1/twins/p", &spec);
-    assert_eq!(status, 409, "{body}");
-    assert!(body.contains("arriving here"), "{body}");
+    for (status, body) in [
+        b.api.put("/v1/twins/p", &spec),
+        restore(&b.api),
+        b.api.put("/v1/migrations/p", &arrival),
+        b.api.delete("/v1/twins/p"),
+    ] {
+        assert_eq!(status, 409, "{body}");
+        assert!(body.contains("arriving here"), "{body}");
+    }
 
     let (status, _) = a.post("/v1/twins/p/handover", "");
     assert_eq!(status, 200);
-    let (status, body) = site.apply("p", &spec);
-    assert_eq!(status, 409, "{body}");
-    assert!(body.contains("being handed over"), "{body}");
+    for (status, body) in [site.apply("p", &spec), restore(a), a.delete("/v1/twins/p")] {
+        assert_eq!(status, 409, "{body}");
+        assert!(body.contains("being handed over"), "{body}");
+    }
 
     // The move called off, the twin goes on where it was, state and all.
     let (status, body) = b.api.delete("/v1/migrations/p");
@@ -239,6 +267,85 @@ fn a_spec_applied_to_a_twin_in_a_move_is_refused_on_both_nodes() {
     a.wait_for_updates("p", 3);
     let (status, body) = b.api.put("/v1/twins/p", &spec);
     assert_eq!(status, 200, "{body}");
+}
+
+/// A move whose conductor stopped before the end no longer refuses every
+/// later move of its twin to that node: past the node's
+/// `--arrival-timeout`, a new one replaces it.
+#[test]
+fn an_arrival_left_by_a_stopped_conductor_is_replaced_after_the_arrival_timeout() {
+    let (site, _b) = two_nodes();
+    let c = another_node(&site, "c", &["--arrival-timeout", "2s"]);
+    let arrival = site.node.api.get("/v1/twins/p/spec").1;
+    let (status, body) = c.api.put("/v1/migrations/p", &arrival);
+    assert_eq!(status, 200, "{body}");
+    // Its conductor stops there. Another, at once, is refused…
+    let (status, body) = c.api.put("/v1/migrations/p", &arrival);
+    assert_eq!(status, 409, "{body}");
+    // …and past the timeout moves the twin.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    migrate(&site.node, &c, &[]);
+    assert_eq!(progress(&c), (json!(2), json!(2)));
+    site.publish("dev/p", &[message(3, json!(3))]);
+    c.api.wait_for_updates("p", 3);
+}
+
+/// Two conductors move one twin at once, to two nodes, their handovers
+/// sent together: one moves it, and the other is refused and leaves it
+/// be. The one refused used to resume the twin on its source, so that the
+/// other could not record its move there: the twin ran on its source again
+/// after it had started on the target.
+#[test]
+fn of_two_conductors_moving_a_twin_at_once_one_moves_it() {
+    let (site, b) = two_nodes();
+    let c = another_node(&site, "c", &[]);
+    let client = |node: &Node| NodeClient::new(&node.api.base, Some(TOKEN.to_string()));
+    let from = client(&site.node);
+    let together = tokio::sync::Barrier::new(2);
+    let conduct = async |to: &Node| {
+        let to = client(to);
+        let handing_over = async |step| {
+            if step == Step::HandingOver {
+                together.wait().await;
+            }
+        };
+        migrate_observed("p", &from, &to, Precopy::Replay, handing_over).await
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (to_b, to_c) = runtime.block_on(async { tokio::join!(conduct(&b), conduct(&c)) });
+
+    let (moved, stayed, refusal) = match (to_b, to_c) {
+        (Ok(_), Err(e)) => (&b, &c, e),
+        (Err(e), Ok(_)) => (&c, &b, e),
+        outcomes => panic!("not one move and one refusal: {outcomes:?}"),
+    };
+    let refusal = format!("{refusal:#}");
+    assert!(refusal.contains("in another move"), "{refusal}");
+    // It runs where it moved, state and all, and nowhere else.
+    assert_eq!(progress(moved), (json!(2), json!(2)));
+    assert_eq!(stayed.api.get("/v1/twins/p").0, 404);
+    let redirect = || {
+        let answer = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .get(format!("{}/v1/twins/p", site.node.api.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap();
+        let location = answer.headers().get("location").cloned();
+        (answer.status().as_u16(), location)
+    };
+    let (status, location) = redirect();
+    assert_eq!(status, 308, "the source redirects to where the twin went");
+    let location = location.unwrap();
+    assert!(
+        location.to_str().unwrap().starts_with(&moved.api.base),
+        "{location:?}"
+    );
+    site.publish("dev/p", &[message(3, json!(3))]);
+    moved.api.wait_for_updates("p", 3);
+    assert_eq!(redirect().0, 308, "and does not run it again");
 }
 
 #[test]

@@ -204,6 +204,13 @@ pub struct HostArgs {
     /// MQTT client; waking it takes one more connection to the broker.
     #[arg(long)]
     keep_sessions_asleep: bool,
+    /// How long a move of a twin to this node may stay announced and not
+    /// landed before a new move of that twin here replaces it (its
+    /// conductor stopped answering); until then a second move is refused.
+    /// A duration (`90s`, `10m`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          default_value = "10m")]
+    arrival_timeout: Duration,
 }
 
 /// `--hibernate-after`: a delay, or never.
@@ -828,6 +835,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
                 hibernate_after: args.hibernate_after.0,
                 broker_keeps_sessions: true,
                 park_sessions_asleep: !args.keep_sessions_asleep,
+                arrival_timeout: args.arrival_timeout,
             },
             runtime,
             store,

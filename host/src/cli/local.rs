@@ -190,6 +190,7 @@ pub async fn node(
             // restarted with it must not publish before the twin listens.
             broker_keeps_sessions: false,
             park_sessions_asleep: true,
+            arrival_timeout: wasmtwin::node::DEFAULT_ARRIVAL_TIMEOUT,
         },
         runtime.clone(),
         wasmtwin::store::Store::open(&data.join(plan.name))?,

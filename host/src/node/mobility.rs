@@ -72,6 +72,8 @@ pub(super) struct Incoming {
     held: Option<Held>,
     /// That snapshot restored, for the bundle's messages to replay on.
     warm: Option<Twin>,
+    /// When its move was announced here.
+    announced: std::time::Instant,
 }
 
 /// A twin as it arrives from its bundle, before it runs.
@@ -119,9 +121,31 @@ impl Node {
         lock(&self.moved).get(name).cloned()
     }
 
+    /// Refuses to make twin `name` here while it is in a move, from this
+    /// node or to it. It is then in neither node's list of twins: one made
+    /// anew meanwhile would overwrite the stored state a failed move resumes
+    /// from, or be replaced by the twin that lands and leave its worker
+    /// running. Called under [`Node::exclusively`], as are the changes that
+    /// start a move (an arrival, a handover's claim) and land one.
+    pub(super) fn not_in_a_move(&self, name: &str) -> Result<(), NodeError> {
+        if lock(&self.in_transit).contains_key(name) {
+            return Err(NodeError::Conflict(format!(
+                "twin `{name}` is being handed over to another node; try again once the move has \
+                 ended (one whose conductor stopped ends with `POST /v1/twins/{name}/resume`)"
+            )));
+        }
+        if lock(&self.incoming).contains_key(name) {
+            return Err(NodeError::Conflict(format!(
+                "twin `{name}` is arriving here from another node; try again once it has arrived \
+                 (one whose conductor stopped ends with `DELETE /v1/migrations/{name}`)"
+            )));
+        }
+        Ok(())
+    }
+
     /// The entanglement window of a twin here, as it leaves now, and
     /// where its measuring stands.
-    fn window(&self, name: &str) -> Option<(Window, Mark)> {
+    pub(super) fn window(&self, name: &str) -> Option<(Window, Mark)> {
         let shared = lock(&self.twins).get(name)?.shared.clone();
         let shared = lock(&shared);
         let window = shared.entanglement.leave(crate::physical::now_us());
@@ -242,6 +266,7 @@ impl Node {
         adopt: Option<&str>,
     ) -> anyhow::Result<()> {
         let name = bundle.spec.name().to_string();
+        self.not_in_a_move(&name)?;
         if !replace && lock(&self.twins).contains_key(&name) {
             return Err(NodeError::Conflict(format!(
                 "twin `{name}` already runs here; restore with replace to overwrite it"
@@ -314,18 +339,13 @@ impl Node {
             spec: self.spec(name)?,
             window: None,
         };
-        // One handover at a time: a second would take the first's place at
-        // the worker, and its end, whichever it was, would clear the
-        // record of the move still under way (its window, and the session
-        // to discard once it lands).
-        match lock(&self.in_transit).entry(name.to_string()) {
-            Entry::Occupied(_) => {
-                return Err(NodeError::Conflict(format!(
-                    "twin `{name}` is being handed over already"
-                )));
-            }
-            Entry::Vacant(vacant) => vacant.insert(leaving),
+        // Off the async threads: it may wait for a change of the twin
+        // under way (an apply compiling its components).
+        let claimed = {
+            let (node, name) = (self.clone(), name.to_string());
+            tokio::task::spawn_blocking(move || node.claim_handover(&name, leaving)).await
         };
+        claimed.map_err(|e| NodeError::Refused(e.to_string()))??;
         // The target holds what was sent ahead: send only what changed since.
         let sent = lock(&self.bases)
             .remove(name)
@@ -402,6 +422,24 @@ impl Node {
         Ok(outgoing)
     }
 
+    /// Records that twin `name` is being handed over. One handover at a
+    /// time: a second would take the first's place at the worker, and its
+    /// end, whichever it was, would clear the record of the move still
+    /// under way (its window, and the session to discard once it lands).
+    fn claim_handover(&self, name: &str, leaving: Leaving) -> Result<(), NodeError> {
+        self.exclusively(name, || {
+            match lock(&self.in_transit).entry(name.to_string()) {
+                Entry::Occupied(_) => Err(NodeError::Conflict(format!(
+                    "twin `{name}` is being handed over already"
+                ))),
+                Entry::Vacant(vacant) => {
+                    vacant.insert(leaving);
+                    Ok(())
+                }
+            }
+        })
+    }
+
     /// Source, step 5 when the target failed: the twin carries on here from
     /// its handover checkpoint.
     pub fn resume_twin(&self, name: &str) -> anyhow::Result<()> {
@@ -466,13 +504,23 @@ impl Node {
     pub fn receive(&self, spec: TwinSpec) -> anyhow::Result<()> {
         spec.validate()?;
         let name = spec.name().to_string();
-        if lock(&self.twins).contains_key(&name) {
+        self.exclusively(&name, || self.receive_now(&name, spec))
+    }
+
+    fn receive_now(&self, name: &str, spec: TwinSpec) -> anyhow::Result<()> {
+        self.abandon_stale_arrival(name);
+        // A second conductor moving the same twin here is refused: taking
+        // the first one's place would leave that one's handover nowhere to
+        // land.
+        self.not_in_a_move(name)?;
+        if lock(&self.twins).contains_key(name) {
             return Err(NodeError::Conflict(format!("twin `{name}` already runs here")).into());
         }
         let components = self.components(&spec, None)?;
         // The history copied ahead lands on a clean slate.
-        self.store
-            .write_now(vec![Op::Arriving { name: name.clone() }])?;
+        self.store.write_now(vec![Op::Arriving {
+            name: name.to_string(),
+        }])?;
         let arriving = Incoming {
             spec,
             components,
@@ -480,11 +528,30 @@ impl Node {
             changes: ChangeFeed::default(),
             held: None,
             warm: None,
+            announced: std::time::Instant::now(),
         };
-        if let Some(old) = lock(&self.incoming).insert(name, arriving) {
-            old.close(self, false);
-        }
+        lock(&self.incoming).insert(name.to_string(), arriving);
         Ok(())
+    }
+
+    /// Forgets an arrival of twin `name` announced longer ago than the
+    /// node's `arrival_timeout`: its conductor stopped before the end, and
+    /// left it to refuse every later move here.
+    fn abandon_stale_arrival(&self, name: &str) {
+        let timeout = self.config.arrival_timeout;
+        let stale = {
+            let mut incoming = lock(&self.incoming);
+            match incoming.get(name) {
+                Some(arriving) if arriving.announced.elapsed() >= timeout => incoming.remove(name),
+                _ => None,
+            }
+        };
+        if let Some(stale) = stale {
+            tracing::warn!(twin = %name, ?timeout, "a move of the twin here was announced and did not land within the arrival timeout; a new one replaces it");
+            // Its broker session is the new arrival's too: closed, not
+            // discarded.
+            stale.close(self, false);
+        }
     }
 
     /// Target, end of step 1: opens the arriving twin's MQTT session, whose
@@ -622,6 +689,12 @@ impl Node {
     /// session buffered.
     pub fn accept(&self, name: &str, reader: impl Read) -> anyhow::Result<()> {
         let bundle = Bundle::read(reader)?;
+        // From the arrival's end to the twin's start, a spec applied here
+        // would find neither.
+        self.exclusively(name, || self.land(name, bundle))
+    }
+
+    fn land(&self, name: &str, bundle: Bundle) -> anyhow::Result<()> {
         // Timed from here: before, the bundle was still on its way.
         let started = std::time::Instant::now();
         let mut arriving = lock(&self.incoming)

@@ -88,12 +88,22 @@ pub struct NodeConfig {
     /// doorbell wakes it. A parked twin holds no socket and no MQTT
     /// client; waking it takes one more connection.
     pub park_sessions_asleep: bool,
+    /// How long a move of a twin to this node may stay announced (`PUT
+    /// /v1/migrations/{name}`) and not landed before a new move of that
+    /// twin here may replace it: its conductor has stopped answering.
+    /// Until then a second move is refused, so as not to take the place of
+    /// one under way.
+    pub arrival_timeout: std::time::Duration,
 }
 
 /// [`NodeConfig::hibernate_after`] unless told otherwise: long enough that
 /// a device reporting every few minutes keeps its twin awake, so only
 /// twins with nothing to do pay the wake-up.
 pub const DEFAULT_HIBERNATE_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// [`NodeConfig::arrival_timeout`] unless told otherwise: far longer than
+/// a move takes, even one whose state and history are large.
+pub const DEFAULT_ARRIVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// [`NodeConfig::max_subscribers`] unless told otherwise: each stream
 /// holds a connection, and the node-wide connection limit (1,024) must
@@ -562,25 +572,7 @@ impl Node {
 
     fn apply_now(&self, spec: TwinSpec, replace: bool) -> anyhow::Result<Applied> {
         let name = spec.name().to_string();
-        // A twin in a move is in neither node's `twins`: started anew here
-        // meanwhile, it would overwrite the stored state its move resumes
-        // from if it fails, or the twin that lands.
-        let moving = if lock(&self.in_transit).contains_key(&name) {
-            Some(format!(
-                "twin `{name}` is being handed over to another node; apply the spec once the \
-                 move has ended (one whose conductor stopped ends with `POST /v1/twins/{name}/resume`)"
-            ))
-        } else if lock(&self.incoming).contains_key(&name) {
-            Some(format!(
-                "twin `{name}` is arriving here from another node; apply the spec once it has \
-                 arrived (one whose conductor stopped ends with `DELETE /v1/migrations/{name}`)"
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = moving {
-            return Err(NodeError::Conflict(why).into());
-        }
+        self.not_in_a_move(&name)?;
         let replacing = {
             let twins = lock(&self.twins);
             match twins.get(&name) {
@@ -1104,6 +1096,9 @@ impl Node {
     }
 
     fn delete_now(&self, name: &str) -> Result<(), NodeError> {
+        // Stopped for its move, it is not in `twins`: "not found" would be
+        // false, and the move would go on, or resume it, anyway.
+        self.not_in_a_move(name)?;
         let stopped = self.stop(name);
         // Its persistent session at the broker goes too, before a new twin
         // of that name could open it: left there, it would queue the
