@@ -594,20 +594,25 @@ pub async fn migrate_observed(
     bar.finish_and_clear();
     let bundle_bytes = usize::try_from(bar.position()).unwrap_or(usize::MAX);
     if let Err(e) = accepted {
-        let resumed = from
-            .send(from.request(reqwest::Method::POST, &resume))
-            .await;
-        refuse_arrival().await;
-        return Err(match resumed {
-            Ok(_) => e.context(format!(
-                "the bundle did not reach the target or the target could not start the twin; it resumed on {}",
-                from.base
-            )),
-            Err(r) => e.context(format!(
-                "the bundle did not reach the target or the target could not start the twin, and resuming it on {} failed too ({r:#})",
-                from.base
-            )),
-        });
+        match landing(name, to, &e).await {
+            // Its answer was lost on the way; the twin runs there.
+            Landing::Landed => tracing::warn!(
+                twin = %name,
+                "the target's answer to the handover was lost ({e:#}), but it says the twin runs there"
+            ),
+            Landing::Not => return Err(resume_after(e, from, &resume).await),
+            Landing::Unknown(why) => {
+                return Err(e.context(format!(
+                    "the target's answer to the handover was lost, and it has not said since whether \
+                     the twin landed ({why:#}). The twin stays stopped on {from}, so as not to run on \
+                     both nodes. Once you know: if it runs on {to}, record the move on {from} with \
+                     `POST /v1/twins/{name}/moved` and the body {{\"to\": \"{to}\"}}; if not, resume \
+                     it there with `POST {resume}`",
+                    from = from.base,
+                    to = to.base,
+                )));
+            }
+        }
     }
     let pause = paused_at.elapsed();
     from.send(
@@ -622,4 +627,74 @@ pub async fn migrate_observed(
         pause,
         total: started.elapsed(),
     })
+}
+
+/// Resumes on the source a twin that did not land on the target: the
+/// migration's error, `failed`, with what became of the twin.
+async fn resume_after(failed: anyhow::Error, from: &NodeClient, resume: &str) -> anyhow::Error {
+    let resumed = from.send(from.request(reqwest::Method::POST, resume)).await;
+    match resumed {
+        Ok(_) => failed.context(format!(
+            "the bundle did not reach the target or the target could not start the twin; it resumed on {}",
+            from.base
+        )),
+        Err(r) => failed.context(format!(
+            "the bundle did not reach the target or the target could not start the twin, and resuming it on {} failed too ({r:#})",
+            from.base
+        )),
+    }
+}
+
+/// Whether a twin whose bundle was sent landed on the target.
+enum Landing {
+    Landed,
+    /// Not, and it never will: its arrival is withdrawn.
+    Not,
+    /// The target has not said; the error says why.
+    Unknown(anyhow::Error),
+}
+
+/// How long a conductor that lost the target's answer to a bundle asks
+/// the target whether the twin landed, before it leaves the question to
+/// its user.
+const ASK_LANDING_WITHIN: Duration = Duration::from_secs(30);
+
+/// After the bundle's `POST` to `to` failed with `failed`: whether the
+/// twin landed anyway. A status is the target's word that it did not, and
+/// a connection never made sent nothing. Any other failure may have lost
+/// the answer after the twin landed (the connection cut, or the target
+/// gone, once it had read the bundle), so the arrival is withdrawn: the
+/// target refuses that if the twin runs there already, and the twin cannot
+/// land after it. Resuming the twin on its source without asking could run
+/// it on both nodes.
+async fn landing(name: &str, to: &NodeClient, failed: &anyhow::Error) -> Landing {
+    let arriving = format!("/v1/migrations/{name}");
+    let withdraw = || to.send(to.request(reqwest::Method::DELETE, &arriving));
+    let never_sent = failed
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<reqwest::Error>())
+        .any(reqwest::Error::is_connect);
+    if failed.downcast_ref::<Refused>().is_some() || never_sent {
+        let _ = withdraw().await;
+        return Landing::Not;
+    }
+    let asking = Instant::now();
+    let mut wait = Duration::from_millis(50);
+    loop {
+        let why = match withdraw().await {
+            Ok(_) => return Landing::Not,
+            Err(e) => match e.downcast_ref::<Refused>().map(|r| r.status) {
+                Some(reqwest::StatusCode::CONFLICT) => return Landing::Landed,
+                Some(reqwest::StatusCode::NOT_FOUND) => return Landing::Not,
+                // Unreachable, or failing on its own: ask again.
+                _ => e,
+            },
+        };
+        if asking.elapsed() >= ASK_LANDING_WITHIN {
+            return Landing::Unknown(why);
+        }
+        tracing::warn!(twin = %name, "asking the target whether the twin landed: {why:#}");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
 }

@@ -13,6 +13,7 @@ use wasmtwin::client::{NodeClient, Precopy, Step, migrate_observed};
 use wasmtwin::node::Bundle;
 use wasmtwin::twin::entanglement::{Entanglement, Timing};
 use wasmtwin_tests::cli::arg;
+use wasmtwin_tests::faults::{Direction, FaultProxy};
 use wasmtwin_tests::node::{Api, Node, wait_for};
 use wasmtwin_tests::plugin;
 
@@ -324,28 +325,26 @@ fn of_two_conductors_moving_a_twin_at_once_one_moves_it() {
     // It runs where it moved, state and all, and nowhere else.
     assert_eq!(progress(moved), (json!(2), json!(2)));
     assert_eq!(stayed.api.get("/v1/twins/p").0, 404);
-    let redirect = || {
-        let answer = reqwest::blocking::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap()
-            .get(format!("{}/v1/twins/p", site.node.api.base))
-            .bearer_auth(TOKEN)
-            .send()
-            .unwrap();
-        let location = answer.headers().get("location").cloned();
-        (answer.status().as_u16(), location)
-    };
-    let (status, location) = redirect();
-    assert_eq!(status, 308, "the source redirects to where the twin went");
-    let location = location.unwrap();
-    assert!(
-        location.to_str().unwrap().starts_with(&moved.api.base),
-        "{location:?}"
-    );
+    redirects_to(&site.node, &moved.api.base);
     site.publish("dev/p", &[message(3, json!(3))]);
     moved.api.wait_for_updates("p", 3);
-    assert_eq!(redirect().0, 308, "and does not run it again");
+    redirects_to(&site.node, &moved.api.base);
+}
+
+/// Asserts that `node` answers for twin `p` with a redirect to the node
+/// at `to`: the twin moved there, and does not run here.
+fn redirects_to(node: &Node, to: &str) {
+    let answer = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}/v1/twins/p", node.api.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 308, "the source redirects to the twin");
+    let location = answer.headers()["location"].to_str().unwrap();
+    assert!(location.starts_with(to), "{location}");
 }
 
 #[test]
@@ -568,4 +567,96 @@ fn after_an_action_the_handover_carries_the_state_s_changes_not_a_replay() {
     assert_eq!(status, 200, "{text}");
     assert_eq!(alarms(&b), 0);
     assert_eq!(b.api.json("/v1/twins/p")["lastSeq"], 4);
+}
+
+/// Moves `p` from the site's node to `b` through a proxy in front of `b`
+/// that holds back `b`'s answers from the handover on; once the twin runs
+/// on `b`, `then` is done to the proxy and the held answer's connection is
+/// cut. The conductor's outcome, and the proxy.
+fn answer_lost(
+    site: &Site,
+    b: &Node,
+    then: impl Fn(&FaultProxy) + Send + Sync,
+) -> (anyhow::Result<wasmtwin::client::Migration>, FaultProxy) {
+    let port = b.api.base.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = FaultProxy::plain(port).expect("starting the proxy");
+    let from = NodeClient::new(&site.node.api.base, Some(TOKEN.to_string()));
+    let to = NodeClient::new(&proxy.url(), Some(TOKEN.to_string()));
+    let handing_over = async |step| {
+        if step == Step::HandingOver {
+            proxy.delay(Direction::Down, 120_000);
+        }
+    };
+    let moved = std::thread::scope(|scope| {
+        let cutter = scope.spawn(|| {
+            wait_for(
+                || b.api.get("/v1/twins/p").0 == 200,
+                "the twin to land on the target",
+            );
+            then(&proxy);
+            assert!(proxy.cut_all() > 0, "nothing was cut");
+        });
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let moved = runtime.block_on(migrate_observed(
+            "p",
+            &from,
+            &to,
+            Precopy::Replay,
+            handing_over,
+        ));
+        cutter.join().unwrap();
+        moved
+    });
+    (moved, proxy)
+}
+
+/// The target's answer to the bundle is lost after the twin landed there
+/// (the connection cut on its way back). The conductor used to take that
+/// for a failed landing and resume the twin on its source: it then ran on
+/// both nodes. It asks the target now, learns the twin runs there, and
+/// records the move.
+#[test]
+fn a_lost_answer_from_a_target_the_twin_landed_on_leaves_it_there_alone() {
+    let (site, b) = two_nodes();
+    let (moved, proxy) = answer_lost(&site, &b, FaultProxy::heal);
+    moved.expect("the move, its answer lost, still succeeds");
+    // It runs on the target, and the source only redirects to it.
+    site.publish("dev/p", &[message(3, json!(3))]);
+    b.api.wait_for_updates("p", 3);
+    assert_eq!(progress(&b), (json!(3), json!(3)));
+    // (Where the conductor reached it: through the proxy.)
+    redirects_to(&site.node, &proxy.url());
+    // A landed twin's arrival cannot be withdrawn, and the target says why.
+    let (status, body) = b.api.delete("/v1/migrations/p");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("has arrived and runs here"), "{body}");
+    assert_eq!(b.api.get("/v1/twins/p").0, 200);
+}
+
+/// The target's answer is lost after the twin landed, and the target
+/// answers nothing more: the conductor cannot learn whether the twin
+/// landed, so it leaves it stopped on its source (it runs on the target)
+/// and says how to end the move, which then ends as it says.
+#[test]
+fn a_target_silent_after_a_lost_answer_leaves_the_twin_stopped_on_its_source() {
+    let (site, b) = two_nodes();
+    let (moved, _proxy) = answer_lost(&site, &b, |proxy| proxy.refuse(true));
+    let error = format!(
+        "{:#}",
+        moved.expect_err("the move cannot know it succeeded")
+    );
+    assert!(error.contains("stays stopped on"), "{error}");
+    assert!(error.contains("/v1/twins/p/moved"), "{error}");
+    let (status, body) = site.node.api.get("/v1/twins/p");
+    assert_eq!(
+        status, 503,
+        "neither running nor moved on its source: {body}"
+    );
+    site.publish("dev/p", &[message(3, json!(3))]);
+    b.api.wait_for_updates("p", 3);
+    // Ended by hand as the error says.
+    let to = json!({ "to": b.api.base }).to_string();
+    let (status, body) = site.node.api.post("/v1/twins/p/moved", &to);
+    assert_eq!(status, 200, "{body}");
+    redirects_to(&site.node, &b.api.base);
 }

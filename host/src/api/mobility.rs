@@ -442,9 +442,10 @@ async fn accept(
 }
 
 async fn refuse(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
-    match node.refuse(&name) {
+    // Off the async threads: it waits for a landing under way.
+    match blocking(move || Ok(node.refuse(&name)?)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => node_error(e),
+        Err(response) => response,
     }
 }
 

@@ -883,13 +883,24 @@ impl Node {
         Ok((twin, recovery))
     }
 
-    /// Target: forgets a twin that will not arrive after all.
+    /// Target: forgets a twin that will not arrive after all; it can then
+    /// never land here. One that landed already is not forgotten, and the
+    /// answer says it runs here (409): a conductor that lost the landing's
+    /// answer learns it here, and must not resume the twin on its source.
+    /// A landing under way is waited for.
     pub fn refuse(&self, name: &str) -> Result<(), NodeError> {
-        let arriving = lock(&self.incoming)
-            .remove(name)
-            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
-        arriving.close(self, true);
-        Ok(())
+        self.exclusively(name, || {
+            if let Some(arriving) = lock(&self.incoming).remove(name) {
+                arriving.close(self, true);
+                Ok(())
+            } else if lock(&self.twins).contains_key(name) {
+                Err(NodeError::Conflict(format!(
+                    "twin `{name}` has arrived and runs here"
+                )))
+            } else {
+                Err(NodeError::NotFound(format!("{name} (nothing is arriving)")))
+            }
+        })
     }
 
     /// Hot-swaps a twin's model: the new component is fetched, verified,
