@@ -556,7 +556,9 @@ pub async fn migrate_observed(
             handover = handover.query(&[("replay", true)]);
         }
     }
-    let resume = format!("/v1/twins/{name}/resume");
+    // Asked only of a twin whose bundle the target never got, or whose
+    // arrival there is withdrawn: it cannot land there too.
+    let resume = format!("/v1/twins/{name}/resume?withdrawn=true");
     let bundle = match from.send(handover).await {
         Ok(bundle) => bundle,
         Err(e) if held_elsewhere(&e) => {
@@ -571,10 +573,10 @@ pub async fn migrate_observed(
         Err(e) => {
             // Had the source stopped the twin before failing, it resumes
             // (a twin still running there is left as it is).
+            refuse_arrival().await;
             let _ = from
                 .send(from.request(reqwest::Method::POST, &resume))
                 .await;
-            refuse_arrival().await;
             return Err(e.context(format!(
                 "the handover failed; the twin stays on {}",
                 from.base
@@ -605,9 +607,10 @@ pub async fn migrate_observed(
                 return Err(e.context(format!(
                     "the target's answer to the handover was lost, and it has not said since whether \
                      the twin landed ({why:#}). The twin stays stopped on {from}, so as not to run on \
-                     both nodes. Once you know: if it runs on {to}, record the move on {from} with \
-                     `POST /v1/twins/{name}/moved` and the body {{\"to\": \"{to}\"}}; if not, resume \
-                     it there with `POST {resume}`",
+                     both nodes. Once {to} answers, withdraw the arrival there \
+                     (`DELETE /v1/migrations/{name}`): if that answers 409, the twin runs there, so \
+                     record the move on {from} with `POST /v1/twins/{name}/moved` and the body \
+                     {{\"to\": \"{to}\"}}; if 204 or 404, resume it on {from} with `POST {resume}`",
                     from = from.base,
                     to = to.base,
                 )));

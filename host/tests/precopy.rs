@@ -173,7 +173,7 @@ fn a_delta_against_a_snapshot_the_target_does_not_hold_is_refused_and_the_twin_r
     refused_by_target(&b, bundle.to_vec(), "is against snapshot");
 
     // The twin resumes on the source with its state, and goes on.
-    let (status, body) = a.post("/v1/twins/p/resume", "");
+    let (status, body) = a.post("/v1/twins/p/resume?withdrawn=true", "");
     assert_eq!(status, 200, "{body}");
     assert_eq!(progress(&site.node), (json!(2), json!(2)));
     site.publish("dev/p", &[message(3, json!(3))]);
@@ -213,7 +213,7 @@ fn a_second_handover_while_one_is_under_way_is_refused() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("moving"), "{body}");
     // Nothing took it: it resumes here, and goes on.
-    let (status, body) = site.node.api.post("/v1/twins/p/resume", "");
+    let (status, body) = site.node.api.post("/v1/twins/p/resume?withdrawn=true", "");
     assert_eq!(status, 200, "{body}");
     site.publish("dev/p", &[message(4, json!(4))]);
     site.node.api.wait_for_updates("p", 4);
@@ -261,7 +261,7 @@ fn a_twin_in_a_move_is_made_anew_or_deleted_on_neither_node() {
     // The move called off, the twin goes on where it was, state and all.
     let (status, body) = b.api.delete("/v1/migrations/p");
     assert_eq!(status, 204, "{body}");
-    let (status, body) = a.post("/v1/twins/p/resume", "");
+    let (status, body) = a.post("/v1/twins/p/resume?withdrawn=true", "");
     assert_eq!(status, 200, "{body}");
     assert_eq!(progress(&site.node), (json!(2), json!(2)));
     site.publish("dev/p", &[message(3, json!(3))]);
@@ -530,7 +530,7 @@ fn a_replay_that_does_not_reach_the_source_s_state_is_refused_and_the_twin_resum
         "not the source's update Some(4)",
     );
 
-    let (status, body) = site.node.api.post("/v1/twins/p/resume", "");
+    let (status, body) = site.node.api.post("/v1/twins/p/resume?withdrawn=true", "");
     assert_eq!(status, 200, "{body}");
     assert_eq!(progress(&site.node), (json!(4), json!(4)));
 }
@@ -659,4 +659,39 @@ fn a_target_silent_after_a_lost_answer_leaves_the_twin_stopped_on_its_source() {
     let (status, body) = site.node.api.post("/v1/twins/p/moved", &to);
     assert_eq!(status, 200, "{body}");
     redirects_to(&site.node, &b.api.base);
+}
+
+/// A move's conductor stopped once the bundle had reached the target,
+/// where the twin runs now. Resuming it on its source by hand used to start
+/// it there too. The source now asks that its arrival be withdrawn first,
+/// and the target, refusing to withdraw it, says the twin runs there.
+#[test]
+fn a_twin_whose_bundle_left_resumes_only_once_its_arrival_is_withdrawn() {
+    let (site, b) = two_nodes();
+    let a = &site.node.api;
+    let (status, body) = b.api.put("/v1/migrations/p", &a.get("/v1/twins/p/spec").1);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = b.api.post("/v1/migrations/p/session", "");
+    assert_eq!(status, 200, "{body}");
+    let bundle = a
+        .http
+        .post(format!("{}/v1/twins/p/handover", a.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(bundle.status(), 200);
+    let (status, body) = accepted(&b, bundle.bytes().unwrap().to_vec());
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = a.post("/v1/twins/p/resume", "");
+    assert_eq!(status, 409, "the twin would run on both nodes: {body}");
+    assert!(body.contains("withdrawn=true"), "{body}");
+    let (status, body) = b.api.delete("/v1/migrations/p");
+    assert_eq!(status, 409, "{body}");
+    let to = json!({ "to": b.api.base }).to_string();
+    let (status, body) = a.post("/v1/twins/p/moved", &to);
+    assert_eq!(status, 200, "{body}");
+    redirects_to(&site.node, &b.api.base);
+    site.publish("dev/p", &[message(3, json!(3))]);
+    b.api.wait_for_updates("p", 3);
 }

@@ -319,8 +319,19 @@ async fn hold_base(
     }
 }
 
-async fn resume(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Response {
-    match blocking(move || node.resume_twin(&name)).await {
+#[derive(Debug, Deserialize)]
+struct ResumeQuery {
+    /// The caller withdrew the twin's arrival on its target.
+    #[serde(default)]
+    withdrawn: bool,
+}
+
+async fn resume(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(query): Query<ResumeQuery>,
+) -> Response {
+    match blocking(move || node.resume_twin(&name, query.withdrawn)).await {
         Ok(()) => Json(json!({ "resumed": true })).into_response(),
         Err(response) => response,
     }

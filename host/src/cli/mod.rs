@@ -174,6 +174,16 @@ enum Command {
     /// Start a twin on a node from a checkpoint bundle.
     Restore(mobility::RestoreArgs),
     /// Move a twin to another node while it runs, losing no update.
+    ///
+    /// The target verifies the components, copies the history and listens
+    /// to the device; then the source stops the twin and hands it over. If
+    /// a step fails, the twin stays on (or resumes on) the source and the
+    /// error says which step. If the target's answer to the handover is
+    /// lost, the command asks the target whether the twin landed and ends
+    /// the move accordingly; should the target not answer within 30 s, the
+    /// twin stays stopped on the source (so that it never runs on both)
+    /// and the error says how to end the move. One move of a twin at a
+    /// time: a second is refused with 409.
     Migrate(mobility::MigrateArgs),
     /// Replace a twin's model while it runs (or roll back).
     Swap(mobility::SwapArgs),

@@ -56,6 +56,8 @@ const HANDOVER_WITHIN: Duration = Duration::from_secs(10);
 pub(super) struct Leaving {
     spec: TwinSpec,
     window: Option<Window>,
+    /// Its bundle has left for the target, where it may have landed.
+    sent: bool,
 }
 
 /// A twin arriving: its components compiled and, once it listens, its
@@ -131,7 +133,8 @@ impl Node {
         if lock(&self.in_transit).contains_key(name) {
             return Err(NodeError::Conflict(format!(
                 "twin `{name}` is being handed over to another node; try again once the move has \
-                 ended (one whose conductor stopped ends with `POST /v1/twins/{name}/resume`)"
+                 ended (one whose conductor stopped ends with `POST /v1/twins/{name}/resume`, or \
+                 `/moved` if it landed)"
             )));
         }
         if lock(&self.incoming).contains_key(name) {
@@ -338,6 +341,7 @@ impl Node {
         let leaving = Leaving {
             spec: self.spec(name)?,
             window: None,
+            sent: false,
         };
         // Off the async threads: it may wait for a change of the twin
         // under way (an apply compiling its components).
@@ -417,6 +421,9 @@ impl Node {
         };
         let bundle = bundle.map_err(|e| NodeError::Refused(format!("{e:#}")))?;
         let outgoing = stream(bundle).await?;
+        if let Some(leaving) = lock(&self.in_transit).get_mut(name) {
+            leaving.sent = true;
+        }
         // Both figures are inside the twin's pause; the bundle streams on.
         tracing::info!(twin = %name, ?snapshot, took = ?started.elapsed(), bytes = outgoing.len, "twin handing over");
         Ok(outgoing)
@@ -441,10 +448,25 @@ impl Node {
     }
 
     /// Source, step 5 when the target failed: the twin carries on here from
-    /// its handover checkpoint.
-    pub fn resume_twin(&self, name: &str) -> anyhow::Result<()> {
+    /// its handover checkpoint. Once its bundle has left, only if
+    /// `withdrawn`: its caller has withdrawn the arrival on the target, so
+    /// the twin cannot land there too (a conductor does so first; a person
+    /// ending a move by hand is told to).
+    pub fn resume_twin(&self, name: &str, withdrawn: bool) -> anyhow::Result<()> {
         if lock(&self.twins).contains_key(name) {
             return Ok(());
+        }
+        let sent = lock(&self.in_transit)
+            .get(name)
+            .is_some_and(|leaving| leaving.sent);
+        if sent && !withdrawn {
+            return Err(NodeError::Conflict(format!(
+                "twin `{name}`'s bundle has left for its target, where it may run now. Withdraw \
+                 its arrival there first (`DELETE /v1/migrations/{name}` on the target): if that \
+                 answers 204 or 404, resume it here with `POST /v1/twins/{name}/resume?withdrawn=true`; \
+                 if 409, it runs there: record the move here with `POST /v1/twins/{name}/moved`"
+            ))
+            .into());
         }
         let saved = self
             .store
