@@ -129,10 +129,7 @@ fn a_delta_against_a_snapshot_the_target_does_not_hold_is_refused_and_the_twin_r
     let (site, b) = two_nodes();
     let a = &site.node.api;
     let http = reqwest::blocking::Client::new();
-    let (status, body) = b.api.put("/v1/migrations/p", &a.get("/v1/twins/p/spec").1);
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = b.api.post("/v1/migrations/p/session", "");
-    assert_eq!(status, 200, "{body}");
+    told_of_the_twin(a, &b);
 
     // The source keeps the snapshot it sends; the target is given another.
     let ahead = a.bytes("/v1/twins/p/base");
@@ -160,17 +157,11 @@ fn a_delta_against_a_snapshot_the_target_does_not_hold_is_refused_and_the_twin_r
     assert_ne!(held["base"], digest.as_str());
 
     // The source hands over a delta against its own.
-    let bundle = http
-        .post(format!("{}/v1/twins/p/handover?base={digest}", a.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap();
-    assert_eq!(bundle.status(), 200);
-    let bundle = bundle.bytes().unwrap();
+    let bundle = handover(a, &format!("?base={digest}"));
     assert!(bundle.len() < 64 << 10, "a delta: {} bytes", bundle.len());
 
     // The target cannot rebuild the state from it: refused, nothing runs.
-    refused_by_target(&b, bundle.to_vec(), "is against snapshot");
+    refused_by_target(&b, bundle, "is against snapshot");
 
     // The twin resumes on the source with its state, and goes on.
     let (status, body) = a.post("/v1/twins/p/resume?withdrawn=true", "");
@@ -410,15 +401,21 @@ fn a_restored_bundle_whose_window_is_only_the_samples_since_is_refused() {
     assert_eq!(progress(&site.node), (json!(2), json!(2)));
 }
 
+/// Node `b`, the target of a migration by hand, told of twin `p` (its spec
+/// on the source `a`) and listening to its device.
+fn told_of_the_twin(a: &Api, b: &Node) {
+    let (status, body) = b.api.put("/v1/migrations/p", &a.get("/v1/twins/p/spec").1);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = b.api.post("/v1/migrations/p/session", "");
+    assert_eq!(status, 200, "{body}");
+}
+
 /// The target of a migration by hand, told of twin `p` and listening to
 /// its device, given what the source (`site`'s node) sends ahead: the
 /// target's answer (the snapshot's digest, and whether it restored it).
 fn target_holding_the_base(site: &Site, b: &Node) -> Value {
     let a = &site.node.api;
-    let (status, body) = b.api.put("/v1/migrations/p", &a.get("/v1/twins/p/spec").1);
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = b.api.post("/v1/migrations/p/session", "");
-    assert_eq!(status, 200, "{body}");
+    told_of_the_twin(a, b);
     let ahead = a.bytes("/v1/twins/p/base");
     let (status, held) = b.api.send_bytes(
         Method::PUT,
@@ -432,14 +429,16 @@ fn target_holding_the_base(site: &Site, b: &Node) -> Value {
 
 /// The source's handover of `p` against what the target holds, replaying.
 fn handed_over(site: &Site, held: &Value) -> Vec<u8> {
-    let a = &site.node.api;
+    let base = held["base"].as_str().unwrap();
+    handover(&site.node.api, &format!("?base={base}&replay=true"))
+}
+
+/// The bundle of `p` that the source `a` hands over when asked with
+/// `query`.
+fn handover(a: &Api, query: &str) -> Vec<u8> {
     let bundle = a
         .http
-        .post(format!(
-            "{}/v1/twins/p/handover?base={}&replay=true",
-            a.base,
-            held["base"].as_str().unwrap()
-        ))
+        .post(format!("{}/v1/twins/p/handover{query}", a.base))
         .bearer_auth(TOKEN)
         .send()
         .unwrap();
@@ -669,18 +668,8 @@ fn a_target_silent_after_a_lost_answer_leaves_the_twin_stopped_on_its_source() {
 fn a_twin_whose_bundle_left_resumes_only_once_its_arrival_is_withdrawn() {
     let (site, b) = two_nodes();
     let a = &site.node.api;
-    let (status, body) = b.api.put("/v1/migrations/p", &a.get("/v1/twins/p/spec").1);
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = b.api.post("/v1/migrations/p/session", "");
-    assert_eq!(status, 200, "{body}");
-    let bundle = a
-        .http
-        .post(format!("{}/v1/twins/p/handover", a.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap();
-    assert_eq!(bundle.status(), 200);
-    let (status, body) = accepted(&b, bundle.bytes().unwrap().to_vec());
+    told_of_the_twin(a, &b);
+    let (status, body) = accepted(&b, handover(a, ""));
     assert_eq!(status, 200, "{body}");
 
     let (status, body) = a.post("/v1/twins/p/resume", "");
