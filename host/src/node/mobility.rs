@@ -56,8 +56,6 @@ const HANDOVER_WITHIN: Duration = Duration::from_secs(10);
 pub(super) struct Leaving {
     spec: TwinSpec,
     window: Option<Window>,
-    /// Its bundle has left for the target, where it may have landed.
-    sent: bool,
 }
 
 /// A twin arriving: its components compiled and, once it listens, its
@@ -341,7 +339,6 @@ impl Node {
         let leaving = Leaving {
             spec: self.spec(name)?,
             window: None,
-            sent: false,
         };
         // Off the async threads: it may wait for a change of the twin
         // under way (an apply compiling its components).
@@ -421,9 +418,6 @@ impl Node {
         };
         let bundle = bundle.map_err(|e| NodeError::Refused(format!("{e:#}")))?;
         let outgoing = stream(bundle).await?;
-        if let Some(leaving) = lock(&self.in_transit).get_mut(name) {
-            leaving.sent = true;
-        }
         // Both figures are inside the twin's pause; the bundle streams on.
         tracing::info!(twin = %name, ?snapshot, took = ?started.elapsed(), bytes = outgoing.len, "twin handing over");
         Ok(outgoing)
@@ -448,20 +442,20 @@ impl Node {
     }
 
     /// Source, step 5 when the target failed: the twin carries on here from
-    /// its handover checkpoint. Once its bundle has left, only if
-    /// `withdrawn`: its caller has withdrawn the arrival on the target, so
-    /// the twin cannot land there too (a conductor does so first; a person
-    /// ending a move by hand is told to).
+    /// its handover checkpoint. A twin stopped for its handover resumes
+    /// only if `withdrawn`: its caller has withdrawn the arrival on the
+    /// target, so that its bundle cannot land there too (a conductor does
+    /// so first; a person ending a move by hand is told to).
     pub fn resume_twin(&self, name: &str, withdrawn: bool) -> anyhow::Result<()> {
         if lock(&self.twins).contains_key(name) {
             return Ok(());
         }
-        let sent = lock(&self.in_transit)
-            .get(name)
-            .is_some_and(|leaving| leaving.sent);
-        if sent && !withdrawn {
+        // Not running and in a handover: stopped for it, and its bundle on
+        // its way or gone.
+        if !withdrawn && lock(&self.in_transit).contains_key(name) {
             return Err(NodeError::Conflict(format!(
-                "twin `{name}`'s bundle has left for its target, where it may run now. Withdraw \
+                "twin `{name}` was stopped to be handed over, and its bundle may run on its \
+                 target now. Withdraw \
                  its arrival there first (`DELETE /v1/migrations/{name}` on the target): if that \
                  answers 204 or 404, resume it here with `POST /v1/twins/{name}/resume?withdrawn=true`; \
                  if 409, it runs there: record the move here with `POST /v1/twins/{name}/moved`"
