@@ -493,9 +493,7 @@ pub async fn migrate_observed(
     let arriving = format!("/v1/migrations/{name}");
     // Any failure after the target was told: it forgets the arrival.
     let refuse_arrival = async || {
-        let _ = to
-            .send(to.request(reqwest::Method::DELETE, &arriving))
-            .await;
+        let _ = withdraw_arrival(name, to).await;
     };
     to.send(to.request(reqwest::Method::PUT, &arriving).body(spec_json))
         .await
@@ -632,6 +630,13 @@ pub async fn migrate_observed(
     })
 }
 
+/// Withdraws twin `name`'s arrival on `to`: it can no longer land there
+/// (refused with 409 if it runs there already).
+async fn withdraw_arrival(name: &str, to: &NodeClient) -> anyhow::Result<reqwest::Response> {
+    to.send(to.request(reqwest::Method::DELETE, &format!("/v1/migrations/{name}")))
+        .await
+}
+
 /// Resumes on the source a twin that did not land on the target: the
 /// migration's error, `failed`, with what became of the twin.
 async fn resume_after(failed: anyhow::Error, from: &NodeClient, resume: &str) -> anyhow::Error {
@@ -671,8 +676,7 @@ const ASK_LANDING_WITHIN: Duration = Duration::from_secs(30);
 /// land after it. Resuming the twin on its source without asking could run
 /// it on both nodes.
 async fn landing(name: &str, to: &NodeClient, failed: &anyhow::Error) -> Landing {
-    let arriving = format!("/v1/migrations/{name}");
-    let withdraw = || to.send(to.request(reqwest::Method::DELETE, &arriving));
+    let withdraw = || withdraw_arrival(name, to);
     let never_sent = failed
         .chain()
         .filter_map(|cause| cause.downcast_ref::<reqwest::Error>())
