@@ -41,6 +41,10 @@ const MOVED: TableDefinition<&str, &str> = TableDefinition::new("moved");
 /// name → the twin's entanglement window as its node stopped (encoded),
 /// taken back when the node starts again.
 const WINDOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("windows");
+/// name → when its handover began, ms since the Unix epoch: the twin was
+/// stopped for a move whose end this node has not recorded (its bundle may
+/// run on the target).
+const LEAVING: TableDefinition<&str, u64> = TableDefinition::new("leaving");
 
 /// Called once a write is on disk (or failed).
 pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -83,6 +87,11 @@ pub enum Op {
     Window { name: String, window: Vec<u8> },
     /// Drop every window kept: they were taken back.
     ClearWindows,
+    /// A twin's handover began: until its move ends here ([`Op::Stayed`],
+    /// or [`Op::Moved`]), the node does not start it again on its own.
+    Leaving { name: String, since_ms: u64 },
+    /// A twin's handover ended without it leaving: it runs here again.
+    Stayed { name: String },
 }
 
 /// One point of a property's history.
@@ -401,6 +410,12 @@ impl Store {
         Ok(self.by_name(WINDOWS, <[u8]>::to_vec)?.into_iter().collect())
     }
 
+    /// The twins whose handover began and has not ended here, and when it
+    /// began (ms since the Unix epoch).
+    pub fn leaving(&self) -> anyhow::Result<HashMap<String, u64>> {
+        Ok(self.by_name(LEAVING, |since| since)?.into_iter().collect())
+    }
+
     /// The twins that moved away, and where to.
     pub fn moved(&self) -> anyhow::Result<Vec<(String, String)>> {
         self.by_name(MOVED, str::to_string)
@@ -539,6 +554,7 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
         let mut rows = tx.open_table(HISTORY_ROWS)?;
         let mut moved = tx.open_table(MOVED)?;
         let mut windows = tx.open_table(WINDOWS)?;
+        let mut leaving = tx.open_table(LEAVING)?;
         for op in ops {
             match op {
                 Op::Spec { name, json } => {
@@ -556,6 +572,7 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
                         &mut rows,
                         &mut windows,
                     )?;
+                    leaving.remove(n)?;
                     // A moved twin leaves its new address behind.
                     match op {
                         Op::Moved { to, .. } => moved.insert(n, to.as_str())?,
@@ -640,6 +657,12 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
                 }
                 Op::ClearWindows => {
                     windows.retain(|_, _| false)?;
+                }
+                Op::Leaving { name, since_ms } => {
+                    leaving.insert(name.as_str(), since_ms)?;
+                }
+                Op::Stayed { name } => {
+                    leaving.remove(name.as_str())?;
                 }
             }
         }
@@ -828,5 +851,35 @@ mod tests {
         assert_eq!(kept, HashMap::from([("a".to_string(), b"1".to_vec())]));
         store.write_now(vec![Op::ClearWindows]).unwrap();
         assert!(store.windows().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_handover_is_remembered_until_its_move_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let leaving = |name: &str| Op::Leaving {
+            name: name.into(),
+            since_ms: 7,
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .write_now(vec![leaving("a"), leaving("b"), leaving("c"), leaving("d")])
+                .unwrap();
+            store
+                .write_now(vec![
+                    Op::Stayed { name: "b".into() },
+                    Op::Forget { name: "c".into() },
+                    Op::Moved {
+                        name: "d".into(),
+                        to: "http://elsewhere".into(),
+                    },
+                ])
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.leaving().unwrap(),
+            HashMap::from([("a".to_string(), 7)])
+        );
     }
 }

@@ -684,3 +684,51 @@ fn a_twin_whose_bundle_left_resumes_only_once_its_arrival_is_withdrawn() {
     site.publish("dev/p", &[message(3, json!(3))]);
     b.api.wait_for_updates("p", 3);
 }
+
+/// A source node that restarted once its twin's bundle had left started
+/// the twin again from its store, beside the one that landed on the target:
+/// the twin ran on two nodes. The handover is now in the store before the
+/// twin stops, and a restart keeps the twin stopped until its move ends.
+#[test]
+fn a_source_restarted_after_the_bundle_left_does_not_run_the_twin_again() {
+    let (mut site, b) = two_nodes();
+    told_of_the_twin(&site.node.api, &b);
+    let bundle = handover(&site.node.api, "");
+    site.restart();
+
+    let a = &site.node.api;
+    let (status, body) = a.get("/v1/twins/p");
+    assert_eq!(status, 503, "the twin runs on its source again: {body}");
+    let (status, body) = accepted(&b, bundle);
+    assert_eq!(status, 200, "{body}");
+    site.publish("dev/p", &[message(3, json!(3))]);
+    b.api.wait_for_updates("p", 3);
+    let (status, body) = a.post("/v1/twins/p/resume", "");
+    assert_eq!(status, 409, "{body}");
+    let to = json!({ "to": b.api.base }).to_string();
+    let (status, body) = a.post("/v1/twins/p/moved", &to);
+    assert_eq!(status, 200, "{body}");
+    redirects_to(&site.node, &b.api.base);
+}
+
+/// The other end of the same restart: the bundle never landed, the arrival
+/// is withdrawn, and the twin resumes on its source, for good (a second
+/// restart starts it as any other).
+#[test]
+fn a_source_restarted_during_a_move_resumes_the_twin_once_its_arrival_is_withdrawn() {
+    let (mut site, b) = two_nodes();
+    told_of_the_twin(&site.node.api, &b);
+    drop(handover(&site.node.api, ""));
+    site.restart();
+
+    let (status, body) = b.api.delete("/v1/migrations/p");
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = site.node.api.post("/v1/twins/p/resume?withdrawn=true", "");
+    assert_eq!(status, 200, "{body}");
+    site.publish("dev/p", &[message(3, json!(3))]);
+    site.node.api.wait_for_updates("p", 3);
+    site.restart();
+    site.publish("dev/p", &[message(4, json!(4))]);
+    site.node.api.wait_for_updates("p", 4);
+    assert_eq!(progress(&site.node), (json!(4), json!(4)));
+}

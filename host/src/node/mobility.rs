@@ -366,11 +366,11 @@ impl Node {
         let handed = match handed {
             Ok(Ok(handed)) => handed,
             Ok(Err(e)) => {
-                lock(&self.in_transit).remove(name);
+                self.stays(name);
                 return Err(NodeError::Refused(e));
             }
             Err(e) => {
-                lock(&self.in_transit).remove(name);
+                self.stays(name);
                 return Err(e);
             }
         };
@@ -413,7 +413,7 @@ impl Node {
             .flatten()
         };
         let Some(bundle) = bundled else {
-            lock(&self.in_transit).remove(name);
+            self.stays(name);
             return Err(NodeError::NotFound(name.to_string()));
         };
         let bundle = bundle.map_err(|e| NodeError::Refused(format!("{e:#}")))?;
@@ -427,18 +427,52 @@ impl Node {
     /// time: a second would take the first's place at the worker, and its
     /// end, whichever it was, would clear the record of the move still
     /// under way (its window, and the session to discard once it lands).
+    ///
+    /// The record is durable before the twin stops: a node that restarts
+    /// once the bundle may have left must not start the twin again on its
+    /// own, beside the one that landed (see [`Node::resume`]).
     fn claim_handover(&self, name: &str, leaving: Leaving) -> Result<(), NodeError> {
         self.exclusively(name, || {
             match lock(&self.in_transit).entry(name.to_string()) {
-                Entry::Occupied(_) => Err(NodeError::Conflict(format!(
-                    "twin `{name}` is being handed over already"
-                ))),
-                Entry::Vacant(vacant) => {
-                    vacant.insert(leaving);
-                    Ok(())
+                Entry::Occupied(_) => {
+                    return Err(NodeError::Conflict(format!(
+                        "twin `{name}` is being handed over already"
+                    )));
                 }
-            }
+                Entry::Vacant(vacant) => vacant.insert(leaving),
+            };
+            let record = Op::Leaving {
+                name: name.to_string(),
+                since_ms: crate::physical::now_us() / 1000,
+            };
+            self.store.write_now(vec![record]).map_err(|e| {
+                lock(&self.in_transit).remove(name);
+                NodeError::Refused(format!("cannot record the handover in the store: {e:#}"))
+            })
         })
+    }
+
+    /// Ends the handover of twin `name` here without the twin leaving: it
+    /// runs here again, or is about to. What it records need not wait for
+    /// the disk: until it is durable, a restart keeps the twin stopped, as
+    /// for a move under way (safe, if slow), and the store writes in order,
+    /// so no update the twin applies here is durable before it.
+    fn stays(&self, name: &str) {
+        if lock(&self.in_transit).remove(name).is_none() {
+            return;
+        }
+        let record = Op::Stayed {
+            name: name.to_string(),
+        };
+        let twin = name.to_string();
+        self.store.write(
+            vec![record],
+            Some(Box::new(move |written| {
+                if let Err(e) = written {
+                    tracing::warn!(%twin, "cannot record in the store that its handover ended, so a restart keeps the twin stopped: {e}");
+                }
+            })),
+        );
     }
 
     /// Source, step 5 when the target failed: the twin carries on here from
@@ -476,9 +510,39 @@ impl Node {
             .and_then(|leaving| leaving.window.clone());
         let hosted = self.launch(&spec, prepared)?;
         lock(&self.twins).insert(name.to_string(), hosted);
-        lock(&self.in_transit).remove(name);
+        self.stays(name);
         tracing::info!(twin = %name, "twin resumed after a failed move");
         Ok(())
+    }
+
+    /// At start-up: twin `name` was being handed over when the node
+    /// stopped, and its move has not ended here. Its bundle may run on the
+    /// target by now, so it stays stopped, as during the move, until the
+    /// move ends: `moved`, or a resume once its arrival is withdrawn.
+    pub(super) fn still_leaving(
+        &self,
+        name: &str,
+        spec: TwinSpec,
+        window: Option<Window>,
+        since_ms: u64,
+    ) {
+        tracing::warn!(
+            twin = %name,
+            since_ms,
+            "the twin was being handed over to another node when this node stopped, and may run \
+             there; it stays stopped here until its move ends (`POST /v1/twins/{name}/moved`, or \
+             `DELETE /v1/migrations/{name}` on the target and then \
+             `POST /v1/twins/{name}/resume?withdrawn=true` here)"
+        );
+        lock(&self.in_transit).insert(name.to_string(), Leaving { spec, window });
+    }
+
+    /// The entanglement windows of the twins stopped for a handover.
+    pub(super) fn leaving_windows(&self) -> Vec<(String, Window)> {
+        lock(&self.in_transit)
+            .iter()
+            .filter_map(|(name, leaving)| Some((name.clone(), leaving.window.clone()?)))
+            .collect()
     }
 
     /// Source, step 5: the twin lives at `to` now. Reads and actions are

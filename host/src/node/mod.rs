@@ -419,7 +419,8 @@ impl Node {
     /// Starts every twin the store remembers, each from its last checkpoint
     /// plus its journal. A twin that cannot start is logged and left in the
     /// store (a corrected spec applied later replaces it); the names of the
-    /// twins resumed are returned.
+    /// twins resumed are returned. A twin stopped for a handover whose move
+    /// has not ended stays stopped: its bundle may run on the target.
     pub fn resume(&self) -> anyhow::Result<Vec<String>> {
         lock(&self.moved).extend(self.store.moved()?);
         // Taken back once: after a crash from here on, windows start anew
@@ -428,6 +429,7 @@ impl Node {
         if !windows.is_empty() {
             self.store.write_now(vec![Op::ClearWindows])?;
         }
+        let leaving = self.store.leaving()?;
         let mut resumed = Vec::new();
         let mut loaded = Loaded::new();
         for (name, saved) in self.store.saved()? {
@@ -438,6 +440,15 @@ impl Node {
                     })
                     .ok()
             });
+            if let Some(&since_ms) = leaving.get(&name) {
+                match TwinSpec::from_stored(&saved.spec) {
+                    Ok(spec) => self.still_leaving(&name, spec, window, since_ms),
+                    Err(e) => {
+                        tracing::error!(twin = %name, "cannot read the spec of a twin in a move: {e:#}")
+                    }
+                }
+                continue;
+            }
             let started = TwinSpec::from_stored(&saved.spec)
                 .map_err(anyhow::Error::from)
                 .and_then(|spec| {
@@ -1040,10 +1051,13 @@ impl Node {
     /// The number kept.
     pub fn keep_windows(&self) -> anyhow::Result<usize> {
         let mut ops = Vec::new();
-        for name in self.names() {
-            let Some((window, _)) = self.window(&name) else {
-                continue;
-            };
+        let running = self
+            .names()
+            .into_iter()
+            .filter_map(|name| Some((name.clone(), self.window(&name)?.0)));
+        // A twin stopped for a handover keeps its window too: should its
+        // move fail, it resumes here after the restart.
+        for (name, window) in running.chain(self.leaving_windows()) {
             match window.encode() {
                 Ok(window) => ops.push(Op::Window { name, window }),
                 Err(e) => {
