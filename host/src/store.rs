@@ -340,12 +340,13 @@ impl Store {
         outcome(rx.recv().ok())
     }
 
-    /// Writes `ops`; ready once they are durable. Holds no thread while the
-    /// disk syncs.
-    pub async fn written(&self, ops: Vec<Op>) -> anyhow::Result<()> {
+    /// Queues `ops` at once (behind what was queued before, ahead of what
+    /// comes after); ready once they are durable. Holds no thread while the
+    /// disk syncs, and may be awaited later, the write meanwhile under way.
+    pub fn written(&self, ops: Vec<Op>) -> impl Future<Output = anyhow::Result<()>> + Send + use<> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.write(ops, Some(Box::new(move |r| drop(tx.send(r)))));
-        outcome(rx.await.ok())
+        async move { outcome(rx.await.ok()) }
     }
 
     /// Waits until every write queued before is durable.

@@ -346,7 +346,7 @@ impl Node {
             let (node, name) = (self.clone(), name.to_string());
             tokio::task::spawn_blocking(move || node.claim_handover(&name, leaving)).await
         };
-        claimed.map_err(|e| NodeError::Refused(e.to_string()))??;
+        let recorded = claimed.map_err(|e| NodeError::Refused(e.to_string()))??;
         // The target holds what was sent ahead: send only what changed since.
         let sent = lock(&self.bases)
             .remove(name)
@@ -417,6 +417,14 @@ impl Node {
             return Err(NodeError::NotFound(name.to_string()));
         };
         let bundle = bundle.map_err(|e| NodeError::Refused(format!("{e:#}")))?;
+        // Nothing leaves before the handover is on record. (It stays in
+        // the move, stopped: its conductor withdraws the arrival and
+        // resumes it.)
+        recorded.await.map_err(|e| {
+            NodeError::Refused(format!(
+                "cannot record the handover in the store, so the bundle was not sent: {e:#}"
+            ))
+        })?;
         let outgoing = stream(bundle).await?;
         // Both figures are inside the twin's pause; the bundle streams on.
         tracing::info!(twin = %name, ?snapshot, took = ?started.elapsed(), bytes = outgoing.len, "twin handing over");
@@ -428,10 +436,16 @@ impl Node {
     /// end, whichever it was, would clear the record of the move still
     /// under way (its window, and the session to discard once it lands).
     ///
-    /// The record is durable before the twin stops: a node that restarts
-    /// once the bundle may have left must not start the twin again on its
-    /// own, beside the one that landed (see [`Node::resume`]).
-    fn claim_handover(&self, name: &str, leaving: Leaving) -> Result<(), NodeError> {
+    /// The record goes to the store too, and the future returned is ready
+    /// once it is durable: the bundle must not leave before, or a node
+    /// restarted once it had would start the twin again on its own, beside
+    /// the one that landed (see [`Node::resume`]). The disk syncs while the
+    /// worker checkpoints, not before: the twin's pause does not wait for it.
+    fn claim_handover(
+        &self,
+        name: &str,
+        leaving: Leaving,
+    ) -> Result<impl Future<Output = anyhow::Result<()>> + use<>, NodeError> {
         self.exclusively(name, || {
             match lock(&self.in_transit).entry(name.to_string()) {
                 Entry::Occupied(_) => {
@@ -441,14 +455,10 @@ impl Node {
                 }
                 Entry::Vacant(vacant) => vacant.insert(leaving),
             };
-            let record = Op::Leaving {
+            Ok(self.store.written(vec![Op::Leaving {
                 name: name.to_string(),
                 since_ms: crate::physical::now_us() / 1000,
-            };
-            self.store.write_now(vec![record]).map_err(|e| {
-                lock(&self.in_transit).remove(name);
-                NodeError::Refused(format!("cannot record the handover in the store: {e:#}"))
-            })
+            }]))
         })
     }
 
