@@ -554,9 +554,7 @@ pub async fn migrate_observed(
             handover = handover.query(&[("replay", true)]);
         }
     }
-    // Asked only of a twin whose bundle the target never got, or whose
-    // arrival there is withdrawn: it cannot land there too.
-    let resume = format!("/v1/twins/{name}/resume?withdrawn=true");
+    let resume = resume_path(name);
     let bundle = match from.send(handover).await {
         Ok(bundle) => bundle,
         Err(e) if held_elsewhere(&e) => {
@@ -605,10 +603,8 @@ pub async fn migrate_observed(
                 return Err(e.context(format!(
                     "the target's answer to the handover was lost, and it has not said since whether \
                      the twin landed ({why:#}). The twin stays stopped on {from}, so as not to run on \
-                     both nodes. Once {to} answers, withdraw the arrival there \
-                     (`DELETE /v1/migrations/{name}`): if that answers 409, the twin runs there, so \
-                     record the move on {from} with `POST /v1/twins/{name}/moved` and the body \
-                     {{\"to\": \"{to}\"}}; if 204 or 404, resume it on {from} with `POST {resume}`",
+                     both nodes. Once {to} answers, end the move with `wasmtwin migrate {name} \
+                     --from {from} --to {to} --end`",
                     from = from.base,
                     to = to.base,
                 )));
@@ -616,12 +612,9 @@ pub async fn migrate_observed(
         }
     }
     let pause = paused_at.elapsed();
-    from.send(
-        from.request(reqwest::Method::POST, &format!("/v1/twins/{name}/moved"))
-            .json(&json!({ "to": to.base })),
-    )
-    .await
-    .context("the twin runs on the target, but the source could not record the move")?;
+    record_moved(name, from, to)
+        .await
+        .context("the twin runs on the target, but the source could not record the move")?;
     Ok(Migration {
         bundle_bytes,
         first_buffered,
@@ -635,6 +628,76 @@ pub async fn migrate_observed(
 async fn withdraw_arrival(name: &str, to: &NodeClient) -> anyhow::Result<reqwest::Response> {
     to.send(to.request(reqwest::Method::DELETE, &format!("/v1/migrations/{name}")))
         .await
+}
+
+/// The source's resume of twin `name`, asked only of a twin whose bundle
+/// the target never got, or whose arrival there is withdrawn: it cannot
+/// land there too.
+fn resume_path(name: &str) -> String {
+    format!("/v1/twins/{name}/resume?withdrawn=true")
+}
+
+/// Records on `from` that twin `name` runs on `to` now.
+async fn record_moved(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow::Result<()> {
+    let moved = from
+        .request(reqwest::Method::POST, &format!("/v1/twins/{name}/moved"))
+        .json(&json!({ "to": to.base }));
+    from.send(moved).await.map(drop)
+}
+
+/// What the target's answer to a withdrawn arrival says: whether the twin
+/// runs there (409), or does not and never will (a success, or 404); the
+/// error if it said neither.
+fn landed(answer: anyhow::Result<reqwest::Response>) -> anyhow::Result<bool> {
+    match answer {
+        Ok(_) => Ok(false),
+        Err(e) => match e.downcast_ref::<Refused>().map(|r| r.status) {
+            Some(reqwest::StatusCode::CONFLICT) => Ok(true),
+            Some(reqwest::StatusCode::NOT_FOUND) => Ok(false),
+            _ => Err(e),
+        },
+    }
+}
+
+/// Where a move ended by [`end_move`] left its twin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It runs on the target; the source has recorded the move.
+    OnTarget,
+    /// It did not land, and now never will; it runs on the source.
+    OnSource,
+}
+
+/// Ends a move of twin `name` from `from` to `to` whose conductor stopped
+/// before the end, or which a lost answer left with the twin stopped on its
+/// source: the arrival on `to` is withdrawn; if the target refuses, the
+/// twin runs there and `from` records the move; else it resumes on `from`.
+/// Nothing changes if the target does not say which.
+pub async fn end_move(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow::Result<Ended> {
+    let landed = landed(withdraw_arrival(name, to).await).with_context(|| {
+        format!(
+            "{} did not say whether the twin runs there, so the move cannot end yet; nothing changed",
+            to.base
+        )
+    })?;
+    if landed {
+        record_moved(name, from, to).await.with_context(|| {
+            format!(
+                "the twin runs on {}, but {} could not record the move",
+                to.base, from.base
+            )
+        })?;
+        return Ok(Ended::OnTarget);
+    }
+    from.send(from.request(reqwest::Method::POST, &resume_path(name)))
+        .await
+        .with_context(|| {
+            format!(
+                "the arrival on {} is withdrawn, but the twin could not resume on {}",
+                to.base, from.base
+            )
+        })?;
+    Ok(Ended::OnSource)
 }
 
 /// Resumes on the source a twin that did not land on the target: the
@@ -688,14 +751,11 @@ async fn landing(name: &str, to: &NodeClient, failed: &anyhow::Error) -> Landing
     let asking = Instant::now();
     let mut wait = Duration::from_millis(50);
     loop {
-        let why = match withdraw().await {
-            Ok(_) => return Landing::Not,
-            Err(e) => match e.downcast_ref::<Refused>().map(|r| r.status) {
-                Some(reqwest::StatusCode::CONFLICT) => return Landing::Landed,
-                Some(reqwest::StatusCode::NOT_FOUND) => return Landing::Not,
-                // Unreachable, or failing on its own: ask again.
-                _ => e,
-            },
+        let why = match landed(withdraw().await) {
+            Ok(true) => return Landing::Landed,
+            Ok(false) => return Landing::Not,
+            // Unreachable, or failing on its own: ask again.
+            Err(e) => e,
         };
         if asking.elapsed() >= ASK_LANDING_WITHIN {
             return Landing::Unknown(why);

@@ -645,7 +645,7 @@ fn a_target_silent_after_a_lost_answer_leaves_the_twin_stopped_on_its_source() {
         moved.expect_err("the move cannot know it succeeded")
     );
     assert!(error.contains("stays stopped on"), "{error}");
-    assert!(error.contains("/v1/twins/p/moved"), "{error}");
+    assert!(error.contains("--end"), "{error}");
     let (status, body) = site.node.api.get("/v1/twins/p");
     assert_eq!(
         status, 503,
@@ -653,11 +653,18 @@ fn a_target_silent_after_a_lost_answer_leaves_the_twin_stopped_on_its_source() {
     );
     site.publish("dev/p", &[message(3, json!(3))]);
     b.api.wait_for_updates("p", 3);
-    // Ended by hand as the error says.
-    let to = json!({ "to": b.api.base }).to_string();
-    let (status, body) = site.node.api.post("/v1/twins/p/moved", &to);
-    assert_eq!(status, 200, "{body}");
+    // Ended as the error says.
+    let ended = wasmtwin_tests::cli::ok(end_move(&site.node.api, &b.api.base));
+    assert!(ended.contains("has recorded the move"), "{ended}");
     redirects_to(&site.node, &b.api.base);
+}
+
+/// `wasmtwin migrate p --end` from node `a` to the node at `to`.
+fn end_move(a: &Api, to: &str) -> std::process::Output {
+    let args = [
+        "migrate", "p", "--from", &a.base, "--to", to, "--end", "--token", TOKEN,
+    ];
+    wasmtwin_tests::cli::run(env!("CARGO_BIN_EXE_wasmtwin"), &args, &[])
 }
 
 /// A move's conductor stopped once the bundle had reached the target,
@@ -705,15 +712,15 @@ fn a_source_restarted_after_the_bundle_left_does_not_run_the_twin_again() {
     b.api.wait_for_updates("p", 3);
     let (status, body) = a.post("/v1/twins/p/resume", "");
     assert_eq!(status, 409, "{body}");
-    let to = json!({ "to": b.api.base }).to_string();
-    let (status, body) = a.post("/v1/twins/p/moved", &to);
-    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("--end"), "{body}");
+    let ended = wasmtwin_tests::cli::ok(end_move(a, &b.api.base));
+    assert!(ended.contains("has recorded the move"), "{ended}");
     redirects_to(&site.node, &b.api.base);
 }
 
-/// The other end of the same restart: the bundle never landed, the arrival
-/// is withdrawn, and the twin resumes on its source, for good (a second
-/// restart starts it as any other).
+/// The other end of the same restart: the bundle never landed, the move is
+/// ended (its arrival withdrawn), and the twin resumes on its source, for
+/// good (a second restart starts it as any other).
 #[test]
 fn a_source_restarted_during_a_move_resumes_the_twin_once_its_arrival_is_withdrawn() {
     let (mut site, b) = two_nodes();
@@ -721,10 +728,19 @@ fn a_source_restarted_during_a_move_resumes_the_twin_once_its_arrival_is_withdra
     drop(handover(&site.node.api, ""));
     site.restart();
 
-    let (status, body) = b.api.delete("/v1/migrations/p");
-    assert_eq!(status, 204, "{body}");
-    let (status, body) = site.node.api.post("/v1/twins/p/resume?withdrawn=true", "");
-    assert_eq!(status, 200, "{body}");
+    // A target that does not answer cannot say where the twin is: nothing
+    // changes.
+    let unreachable = format!("http://127.0.0.1:{}", wasmtwin_tests::servers::free_port());
+    let error = wasmtwin_tests::cli::refused(end_move(&site.node.api, &unreachable));
+    assert!(error.contains("nothing changed"), "{error}");
+    assert_eq!(site.node.api.get("/v1/twins/p").0, 503);
+    let ended = wasmtwin_tests::cli::ok(end_move(&site.node.api, &b.api.base));
+    assert!(ended.contains("did not land"), "{ended}");
+    assert_eq!(
+        b.api.get("/v1/migrations/p").0,
+        404,
+        "the arrival is withdrawn"
+    );
     site.publish("dev/p", &[message(3, json!(3))]);
     site.node.api.wait_for_updates("p", 3);
     site.restart();

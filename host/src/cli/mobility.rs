@@ -70,6 +70,12 @@ pub struct MigrateArgs {
     /// applies: one that reads the clock or draws random numbers).
     #[arg(long, conflicts_with = "no_precopy")]
     no_replay: bool,
+    /// Do not move the twin: end a move of it that was left unfinished
+    /// (its conductor stopped, or the target's answer was lost). The
+    /// arrival on the target is withdrawn; if the twin runs there, the
+    /// source records the move, else the twin resumes on the source.
+    #[arg(long, conflicts_with_all = ["no_precopy", "no_replay"])]
+    end: bool,
 }
 
 /// Arguments of `wasmtwin swap`.
@@ -146,6 +152,22 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let from = NodeClient::new(&args.from, args.from_token.or(args.token.clone()));
     let to = NodeClient::new(&args.to, args.to_token.or(args.token));
+    if args.end {
+        let name = &args.name;
+        match io()?.block_on(client::end_move(name, &from, &to))? {
+            client::Ended::OnTarget => println!(
+                "twin `{name}` runs on {}; {} has recorded the move",
+                to.base(),
+                from.base()
+            ),
+            client::Ended::OnSource => println!(
+                "twin `{name}` did not land on {} (its arrival there is withdrawn); it runs on {}",
+                to.base(),
+                from.base()
+            ),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = async |step| match step {
         client::Step::TargetReady => {
             eprintln!(

@@ -182,7 +182,7 @@ enum Command {
     /// lost, the command asks the target whether the twin landed and ends
     /// the move accordingly; should the target not answer within 30 s, the
     /// twin stays stopped on the source (so that it never runs on both)
-    /// and the error says how to end the move. One move of a twin at a
+    /// until the move is ended with `--end`. One move of a twin at a
     /// time: a second is refused with 409.
     Migrate(mobility::MigrateArgs),
     /// Replace a twin's model while it runs (or roll back).

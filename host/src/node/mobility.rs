@@ -499,10 +499,11 @@ impl Node {
         if !withdrawn && lock(&self.in_transit).contains_key(name) {
             return Err(NodeError::Conflict(format!(
                 "twin `{name}` was stopped to be handed over, and its bundle may run on its \
-                 target now. Withdraw \
-                 its arrival there first (`DELETE /v1/migrations/{name}` on the target): if that \
-                 answers 204 or 404, resume it here with `POST /v1/twins/{name}/resume?withdrawn=true`; \
-                 if 409, it runs there: record the move here with `POST /v1/twins/{name}/moved`"
+                 target now. End the move with `wasmtwin migrate {name} --from <this node> --to \
+                 <its target> --end`, or by hand: withdraw its arrival on the target first \
+                 (`DELETE /v1/migrations/{name}` there); if that answers 204 or 404, resume it \
+                 here with `POST /v1/twins/{name}/resume?withdrawn=true`; if 409, it runs there: \
+                 record the move here with `POST /v1/twins/{name}/moved`"
             ))
             .into());
         }
@@ -540,9 +541,8 @@ impl Node {
             twin = %name,
             since_ms,
             "the twin was being handed over to another node when this node stopped, and may run \
-             there; it stays stopped here until its move ends (`POST /v1/twins/{name}/moved`, or \
-             `DELETE /v1/migrations/{name}` on the target and then \
-             `POST /v1/twins/{name}/resume?withdrawn=true` here)"
+             there; it stays stopped here until its move ends (`wasmtwin migrate {name} --from \
+             <this node> --to <its target> --end`)"
         );
         lock(&self.in_transit).insert(name.to_string(), Leaving { spec, window });
     }
