@@ -554,7 +554,6 @@ pub async fn migrate_observed(
             handover = handover.query(&[("replay", true)]);
         }
     }
-    let resume = resume_path(name);
     let bundle = match from.send(handover).await {
         Ok(bundle) => bundle,
         Err(e) if held_elsewhere(&e) => {
@@ -570,9 +569,7 @@ pub async fn migrate_observed(
             // Had the source stopped the twin before failing, it resumes
             // (a twin still running there is left as it is).
             refuse_arrival().await;
-            let _ = from
-                .send(from.request(reqwest::Method::POST, &resume))
-                .await;
+            let _ = resume_on_source(name, from).await;
             return Err(e.context(format!(
                 "the handover failed; the twin stays on {}",
                 from.base
@@ -598,7 +595,7 @@ pub async fn migrate_observed(
                 twin = %name,
                 "the target's answer to the handover was lost ({e:#}), but it says the twin runs there"
             ),
-            Landing::Not => return Err(resume_after(e, from, &resume).await),
+            Landing::Not => return Err(resume_after(e, name, from).await),
             Landing::Unknown(why) => {
                 return Err(e.context(format!(
                     "the target's answer to the handover was lost, and it has not said since whether \
@@ -630,11 +627,14 @@ async fn withdraw_arrival(name: &str, to: &NodeClient) -> anyhow::Result<reqwest
         .await
 }
 
-/// The source's resume of twin `name`, asked only of a twin whose bundle
-/// the target never got, or whose arrival there is withdrawn: it cannot
-/// land there too.
-fn resume_path(name: &str) -> String {
-    format!("/v1/twins/{name}/resume?withdrawn=true")
+/// Resumes twin `name` on its source `from`; asked only of a twin whose
+/// bundle the target never got, or whose arrival there is withdrawn: it
+/// cannot land there too.
+async fn resume_on_source(name: &str, from: &NodeClient) -> anyhow::Result<()> {
+    let resume = format!("/v1/twins/{name}/resume?withdrawn=true");
+    from.send(from.request(reqwest::Method::POST, &resume))
+        .await
+        .map(drop)
 }
 
 /// Records on `from` that twin `name` runs on `to` now.
@@ -689,22 +689,19 @@ pub async fn end_move(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow:
         })?;
         return Ok(Ended::OnTarget);
     }
-    from.send(from.request(reqwest::Method::POST, &resume_path(name)))
-        .await
-        .with_context(|| {
-            format!(
-                "the arrival on {} is withdrawn, but the twin could not resume on {}",
-                to.base, from.base
-            )
-        })?;
+    resume_on_source(name, from).await.with_context(|| {
+        format!(
+            "the arrival on {} is withdrawn, but the twin could not resume on {}",
+            to.base, from.base
+        )
+    })?;
     Ok(Ended::OnSource)
 }
 
 /// Resumes on the source a twin that did not land on the target: the
 /// migration's error, `failed`, with what became of the twin.
-async fn resume_after(failed: anyhow::Error, from: &NodeClient, resume: &str) -> anyhow::Error {
-    let resumed = from.send(from.request(reqwest::Method::POST, resume)).await;
-    match resumed {
+async fn resume_after(failed: anyhow::Error, name: &str, from: &NodeClient) -> anyhow::Error {
+    match resume_on_source(name, from).await {
         Ok(_) => failed.context(format!(
             "the bundle did not reach the target or the target could not start the twin; it resumed on {}",
             from.base
