@@ -681,12 +681,22 @@ pub async fn end_move(name: &str, from: &NodeClient, to: &NodeClient) -> anyhow:
         )
     })?;
     if landed {
-        record_moved(name, from, to).await.with_context(|| {
-            format!(
-                "the twin runs on {}, but {} could not record the move",
-                to.base, from.base
-            )
-        })?;
+        let recorded = record_moved(name, from, to).await;
+        // A source that redirects has recorded the move already: the move
+        // ended before (this command run twice, or its conductor finished).
+        let ended_before = recorded
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<Refused>())
+            .is_some_and(|r| r.status == reqwest::StatusCode::PERMANENT_REDIRECT);
+        if !ended_before {
+            recorded.with_context(|| {
+                format!(
+                    "the twin runs on {}, but {} could not record the move",
+                    to.base, from.base
+                )
+            })?;
+        }
         return Ok(Ended::OnTarget);
     }
     resume_on_source(name, from).await.with_context(|| {

@@ -716,6 +716,9 @@ fn a_source_restarted_after_the_bundle_left_does_not_run_the_twin_again() {
     let ended = wasmtwin_tests::cli::ok(end_move(a, &b.api.base));
     assert!(ended.contains("has recorded the move"), "{ended}");
     redirects_to(&site.node, &b.api.base);
+    // Ending it again finds it ended.
+    let again = wasmtwin_tests::cli::ok(end_move(a, &b.api.base));
+    assert!(again.contains("has recorded the move"), "{again}");
 }
 
 /// The other end of the same restart: the bundle never landed, the move is
