@@ -54,6 +54,10 @@ use wasmtwin_tests::wait;
 /// (`populate:N:PORT:DIR`, `resume:N:PORT:DIR:lazy|eager|connected:SEQ`).
 const CHILD: &str = "WASMTWIN_BENCH_CHILD";
 
+/// Set (to anything), nodes share one broker session
+/// (`--broker-session node`): the child modes measure that way.
+const SHARED: &str = "WASMTWIN_BENCH_SHARED";
+
 /// The address space, in bytes, that each linear memory of this process's
 /// runtime reserves, when not a node's default: the memory table's
 /// baseline of wasmtime's own default sets it in its children.
@@ -385,6 +389,9 @@ fn node(
                 hibernate_after,
                 broker_keeps_sessions: true,
                 park_sessions_asleep: park,
+                // One session per node and broker instead of one per twin.
+                shared_session: std::env::var_os(SHARED).is_some(),
+                inbox_max: wasmtwin::node::DEFAULT_INBOX_MAX,
                 arrival_timeout: wasmtwin::node::DEFAULT_ARRIVAL_TIMEOUT,
             },
             runtime,
@@ -461,7 +468,8 @@ fn child(mode: &str) {
             if hibernate_after.is_some() {
                 wait_asleep(&node, n + 1);
             }
-            if park {
+            // (A shared session stays connected: nothing parks.)
+            if park && std::env::var_os(SHARED).is_none() {
                 wait_parked(&node);
             }
             print_growth(before);
@@ -793,7 +801,8 @@ fn wake_latency(
     io.block_on(async {
         for round in 0..=rounds {
             wait_asleep(&node, twins);
-            if park {
+            // (A shared session stays connected: nothing parks.)
+            if park && std::env::var_os(SHARED).is_none() {
                 wait_parked(&node);
             }
             for (i, stream) in streams.iter_mut().enumerate() {

@@ -45,6 +45,11 @@ const WINDOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("windows");
 /// stopped for a move whose end this node has not recorded (its bundle may
 /// run on the target).
 const LEAVING: TableDefinition<&str, u64> = TableDefinition::new("leaving");
+/// (name, key) → a message received on the node's shared broker session
+/// for the twin and not yet applied (encoded by the node's inbox): kept
+/// here before the broker's acknowledgement, removed in the transaction
+/// that journals it.
+const INBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("inbox");
 
 /// Called once a write is on disk (or failed).
 pub type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -92,6 +97,18 @@ pub enum Op {
     Leaving { name: String, since_ms: u64 },
     /// A twin's handover ended without it leaving: it runs here again.
     Stayed { name: String },
+    /// A message for a twin, received on the node's shared session, kept
+    /// until the twin has applied it ([`Op::Taken`]); `key` orders a
+    /// twin's messages.
+    Inbox {
+        name: Arc<str>,
+        key: u64,
+        message: Vec<u8>,
+    },
+    /// The twin applied (or dropped) the message kept under `key`.
+    Taken { name: String, key: u64 },
+    /// Drop every message kept for a twin: it was deleted.
+    ClearInbox { name: String },
 }
 
 /// One point of a property's history.
@@ -417,6 +434,40 @@ impl Store {
         Ok(self.by_name(LEAVING, |since| since)?.into_iter().collect())
     }
 
+    /// Up to `limit` messages kept for twin `name` under keys from `from`
+    /// on, in order.
+    pub fn inbox(
+        &self,
+        name: &str,
+        from: u64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<(u64, Vec<u8>)>> {
+        let read = self.inner.db.begin_read()?;
+        let Some(table) = open_read(&read, INBOX)? else {
+            return Ok(Vec::new());
+        };
+        let mut kept = Vec::new();
+        for entry in table.range((name, from)..=(name, u64::MAX))?.take(limit) {
+            let (key, message) = entry?;
+            kept.push((key.value().1, message.value().to_vec()));
+        }
+        Ok(kept)
+    }
+
+    /// The largest key of any message kept (0 when none is): keys given
+    /// after it keep each twin's messages in order across restarts.
+    pub fn last_inbox_key(&self) -> anyhow::Result<u64> {
+        let read = self.inner.db.begin_read()?;
+        let Some(table) = open_read(&read, INBOX)? else {
+            return Ok(0);
+        };
+        let mut last = 0;
+        for entry in table.iter()? {
+            last = last.max(entry?.0.value().1);
+        }
+        Ok(last)
+    }
+
     /// The twins that moved away, and where to.
     pub fn moved(&self) -> anyhow::Result<Vec<(String, String)>> {
         self.by_name(MOVED, str::to_string)
@@ -556,6 +607,7 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
         let mut moved = tx.open_table(MOVED)?;
         let mut windows = tx.open_table(WINDOWS)?;
         let mut leaving = tx.open_table(LEAVING)?;
+        let mut inbox = tx.open_table(INBOX)?;
         for op in ops {
             match op {
                 Op::Spec { name, json } => {
@@ -580,6 +632,15 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
                         Op::Arriving { .. } => None,
                         _ => moved.remove(n)?,
                     };
+                    // What waited for a twin that moved went to its new
+                    // node too, and one arriving starts on what its new
+                    // node receives. A twin started anew here (replaced,
+                    // restored) keeps what waits for it, as it would keep
+                    // its own broker session's backlog: deleting a twin
+                    // clears it ([`Op::ClearInbox`]).
+                    if !matches!(op, Op::Forget { .. }) {
+                        inbox.retain_in((n, 0)..=(n, u64::MAX), |_, _| false)?;
+                    }
                 }
                 Op::ImportHistory {
                     name,
@@ -664,6 +725,16 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> anyhow::Resul
                 }
                 Op::Stayed { name } => {
                     leaving.remove(name.as_str())?;
+                }
+                Op::Inbox { name, key, message } => {
+                    inbox.insert((&**name, *key), message.as_slice())?;
+                }
+                Op::Taken { name, key } => {
+                    inbox.remove((name.as_str(), *key))?;
+                }
+                Op::ClearInbox { name } => {
+                    let n = name.as_str();
+                    inbox.retain_in((n, 0)..=(n, u64::MAX), |_, _| false)?;
                 }
             }
         }

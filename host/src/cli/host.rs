@@ -204,6 +204,22 @@ pub struct HostArgs {
     /// MQTT client; waking it takes one more connection to the broker.
     #[arg(long)]
     keep_sessions_asleep: bool,
+    /// How the node's twins hold their broker sessions: `twin`, a
+    /// persistent session and connection of its own for each twin; or
+    /// `node`, one shared session per broker for all of them, each
+    /// message kept in the node's store (its inbox) before the broker's
+    /// acknowledgement, until its twin applies it. See
+    /// docs/broker-sessions.md. Changing it on a node that holds twins
+    /// leaves what the broker kept in the other kind of session there.
+    #[arg(long, value_enum, default_value = "twin", value_name = "KIND")]
+    broker_session: BrokerSession,
+    /// With `--broker-session node`: the most messages the node keeps for
+    /// one twin that has not applied them yet (a twin far behind, or
+    /// stuck); more are dropped and counted
+    /// (`wasmtwin_node_inbox_dropped_total`), as a broker drops what a
+    /// session's queue has no room for.
+    #[arg(long, default_value_t = wasmtwin::node::DEFAULT_INBOX_MAX, value_name = "MESSAGES")]
+    inbox_max: usize,
     /// How long a move of a twin to this node may stay announced and not
     /// landed before a new move of that twin here replaces it (its
     /// conductor stopped answering); until then a second move is refused.
@@ -211,6 +227,15 @@ pub struct HostArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "10m")]
     arrival_timeout: Duration,
+}
+
+/// See `--broker-session`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BrokerSession {
+    /// One session per twin.
+    Twin,
+    /// One session per node and broker.
+    Node,
 }
 
 /// `--hibernate-after`: a delay, or never.
@@ -835,6 +860,8 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
                 hibernate_after: args.hibernate_after.0,
                 broker_keeps_sessions: true,
                 park_sessions_asleep: !args.keep_sessions_asleep,
+                shared_session: args.broker_session == BrokerSession::Node,
+                inbox_max: args.inbox_max,
                 arrival_timeout: args.arrival_timeout,
             },
             runtime,

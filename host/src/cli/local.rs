@@ -190,6 +190,8 @@ pub async fn node(
             // restarted with it must not publish before the twin listens.
             broker_keeps_sessions: false,
             park_sessions_asleep: true,
+            shared_session: false,
+            inbox_max: wasmtwin::node::DEFAULT_INBOX_MAX,
             arrival_timeout: wasmtwin::node::DEFAULT_ARRIVAL_TIMEOUT,
         },
         runtime.clone(),

@@ -86,6 +86,11 @@ pub struct Metrics {
     pub broker_sessions: Gauge,
     /// Sessions of sleeping twins collecting what their broker kept.
     pub sessions_collecting: Gauge,
+    /// Messages twins read back from the node's inbox, not from their
+    /// queue (shared sessions).
+    pub inbox_read: Counter,
+    /// Messages not kept for a twin whose inbox was full.
+    pub inbox_dropped: Counter,
 }
 
 /// A per-twin family, as far as forgetting a twin goes.
@@ -146,7 +151,7 @@ impl Default for Metrics {
         let broker_sessions = Gauge::default();
         node.register(
             "broker_sessions_connected",
-            "MQTT sessions connected to their broker now: one per twin, and one more for each lost node's backlog being adopted",
+            "MQTT sessions connected to their broker now: one per twin (or, with --broker-session node, one per broker), and one more for each lost node's backlog being adopted",
             broker_sessions.clone(),
         );
         let sessions_collecting = Gauge::default();
@@ -154,6 +159,18 @@ impl Default for Metrics {
             "broker_sessions_collecting",
             "Sessions of sleeping twins collecting what their broker kept for them (after a restart, or when their doorbell reconnected), waiting for one of the turns that let a few connect at a time or connected",
             sessions_collecting.clone(),
+        );
+        let inbox_read = Counter::default();
+        node.register(
+            "inbox_read",
+            "Messages twins read from the node's inbox rather than their queue (--broker-session node): those kept while a twin's queue was full, or before it started",
+            inbox_read.clone(),
+        );
+        let inbox_dropped = Counter::default();
+        node.register(
+            "inbox_dropped",
+            "Messages not kept for a twin that already had --inbox-max messages waiting in the node's inbox (--broker-session node): dropped, as a broker drops what a session's queue has no room for",
+            inbox_dropped.clone(),
         );
         let (timeliness, model_seconds) = (
             Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -260,6 +277,8 @@ impl Default for Metrics {
             wake_seconds,
             broker_sessions,
             sessions_collecting,
+            inbox_read,
+            inbox_dropped,
         }
     }
 }

@@ -78,6 +78,7 @@ impl Node {
         });
         Ok(Session {
             link,
+            mailbox: None,
             jobs,
             queue,
             first,

@@ -56,6 +56,17 @@ const HANDOVER_WITHIN: Duration = Duration::from_secs(10);
 pub(super) struct Leaving {
     spec: TwinSpec,
     window: Option<Window>,
+    /// Its place in a shared session, once its worker has stopped: what
+    /// comes for it is kept until its move ends, should it run here again.
+    link: Option<crate::physical::Link>,
+}
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        if let Some(link) = &self.link {
+            link.close();
+        }
+    }
 }
 
 /// A twin arriving: its components compiled and, once it listens, its
@@ -293,6 +304,12 @@ impl Node {
             window: bundle.entanglement,
         };
         let hosted = match adopt {
+            // A lost node's shared session holds every twin's backlog, not
+            // this one's alone: not adopted (docs/broker-sessions.md).
+            Some(from) if self.config.shared_session => {
+                tracing::warn!(twin = %name, %from, "the node shares its broker session: what the lost node's session kept is not taken over");
+                self.launch(&bundle.spec, prepared)?
+            }
             Some(from) => {
                 let session = self.connect_adopting(&bundle.spec, from)?;
                 self.start(&bundle.spec, prepared, session, None)
@@ -339,6 +356,7 @@ impl Node {
         let leaving = Leaving {
             spec: self.spec(name)?,
             window: None,
+            link: None,
         };
         // Off the async threads: it may wait for a change of the twin
         // under way (an apply compiling its components).
@@ -393,7 +411,12 @@ impl Node {
             let name = name.to_string();
             let node = self.clone();
             tokio::task::spawn_blocking(move || {
-                let spec = node.stop(&name)?;
+                let (spec, link) = node.stop_keeping_link(&name)?;
+                if let Some(leaving) = lock(&node.in_transit).get_mut(&name) {
+                    leaving.link = Some(link);
+                } else {
+                    link.close();
+                }
                 let checkpoint = match (handed, &sent) {
                     (Handed::Checkpoint(checkpoint), Some(sent)) => Ok(sent.shrink(checkpoint)),
                     (Handed::Checkpoint(checkpoint), None) => Ok(checkpoint),
@@ -544,7 +567,20 @@ impl Node {
              there; it stays stopped here until its move ends (`wasmtwin migrate {name} --from \
              <this node> --to <its target> --end`)"
         );
-        lock(&self.in_transit).insert(name.to_string(), Leaving { spec, window });
+        // Its place in a shared session, so that what comes meanwhile is
+        // kept for it, as its own session at the broker would keep it.
+        let link = self
+            .config
+            .shared_session
+            .then(|| self.connect(&spec, Subscribing::InBackground));
+        let link = match link.transpose() {
+            Ok(session) => session.map(|session| session.link),
+            Err(e) => {
+                tracing::error!(twin = %name, "cannot keep what comes for the twin during its move: {e:#}");
+                None
+            }
+        };
+        lock(&self.in_transit).insert(name.to_string(), Leaving { spec, window, link });
     }
 
     /// The entanglement windows of the twins stopped for a handover.

@@ -8,6 +8,7 @@
 mod adoption;
 mod bundle;
 mod finished;
+mod inbox;
 pub(crate) mod local;
 pub mod membership;
 mod mobility;
@@ -33,6 +34,7 @@ use crate::checkpoint::{Checkpoint, ModelInfo};
 use crate::digest::Digest;
 use crate::monitoring::{Metrics, TwinLabel};
 use crate::physical::doorbell::Doorbell;
+use crate::physical::shared::SharedSession;
 use crate::physical::{self, BrokerAddress, Link, Subscribing};
 use crate::registry::{self, Location};
 use crate::runtime::cpu::{self, CpuShare};
@@ -88,6 +90,13 @@ pub struct NodeConfig {
     /// doorbell wakes it. A parked twin holds no socket and no MQTT
     /// client; waking it takes one more connection.
     pub park_sessions_asleep: bool,
+    /// Whether the node's twins share one broker session per broker (see
+    /// `physical::shared`), their messages kept in the node's inbox,
+    /// rather than each holding its own.
+    pub shared_session: bool,
+    /// With a shared session, the most messages the node keeps for one
+    /// twin that has not applied them; more are dropped (and counted).
+    pub inbox_max: usize,
     /// How long a move of a twin to this node may stay announced (`PUT
     /// /v1/migrations/{name}`) and not landed before a new move of that
     /// twin here may replace it: its conductor has stopped answering.
@@ -95,6 +104,10 @@ pub struct NodeConfig {
     /// one under way.
     pub arrival_timeout: std::time::Duration,
 }
+
+/// [`NodeConfig::inbox_max`] unless told otherwise: 100 s of a device
+/// sending 1,000 messages a second, on disk.
+pub const DEFAULT_INBOX_MAX: usize = 100_000;
 
 /// [`NodeConfig::hibernate_after`] unless told otherwise: long enough that
 /// a device reporting every few minutes keeps its twin awake, so only
@@ -229,6 +242,8 @@ impl physical::Deliver for Feed {
 /// A twin's MQTT session and the job queue it feeds.
 struct Session {
     link: Link,
+    /// Where its messages wait in the node's inbox, with a shared session.
+    mailbox: Option<Arc<inbox::Mailbox>>,
     jobs: mpsc::Sender<Job>,
     queue: mpsc::Receiver<Job>,
     /// The first message that arrived (topic, payload): where a migrating
@@ -339,6 +354,15 @@ pub struct Node {
     /// Turns to connect for the sessions of sleeping twins collecting what
     /// their broker kept.
     turns: physical::Turns,
+    /// Where messages of the shared sessions wait for their twins (with
+    /// [`NodeConfig::shared_session`]).
+    inbox: Option<Arc<inbox::Inbox>>,
+    /// The shared session with each broker, by address.
+    shared_sessions: Mutex<HashMap<(String, u16), SharedSession>>,
+    /// Whether the node is resuming its twins: shared sessions started
+    /// meanwhile connect only once it is done, so that what their broker
+    /// kept finds its twins.
+    resuming: std::sync::atomic::AtomicBool,
 }
 
 /// Sessions of sleeping twins that connect at once to collect what their
@@ -376,6 +400,14 @@ impl Node {
             }
         };
         let metrics = Arc::new(Metrics::default());
+        let inbox = match config.shared_session {
+            true => Some(Arc::new(inbox::Inbox::new(
+                store.clone(),
+                config.inbox_max,
+                metrics.inbox_dropped.clone(),
+            )?)),
+            false => None,
+        };
         Ok(Self {
             local: local::ComponentDirs::open(&config.component_dirs)?,
             config,
@@ -393,6 +425,9 @@ impl Node {
             bases: Mutex::new(HashMap::new()),
             changing: Mutex::new(HashMap::new()),
             doorbells: Mutex::new(HashMap::new()),
+            inbox,
+            shared_sessions: Mutex::new(HashMap::new()),
+            resuming: Default::default(),
         })
     }
 
@@ -422,6 +457,19 @@ impl Node {
     /// twins resumed are returned. A twin stopped for a handover whose move
     /// has not ended stays stopped: its bundle may run on the target.
     pub fn resume(&self) -> anyhow::Result<Vec<String>> {
+        self.resuming
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let resumed = self.resume_twins();
+        // Every twin routes now: what the brokers kept can come.
+        self.resuming
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        for session in lock(&self.shared_sessions).values() {
+            session.open();
+        }
+        resumed
+    }
+
+    fn resume_twins(&self) -> anyhow::Result<Vec<String>> {
         lock(&self.moved).extend(self.store.moved()?);
         // Taken back once: after a crash from here on, windows start anew
         // rather than from a stop before this start.
@@ -879,25 +927,64 @@ impl Node {
         // PT messages share the job queue; actions queue behind them.
         let (jobs, queue) = mpsc::channel(self.config.queue_capacity);
         let first = Arc::new(std::sync::OnceLock::new());
-        let feed = Feed {
-            jobs: jobs.clone(),
-            first: first.clone(),
+        let (link, mailbox) = match &self.inbox {
+            Some(inbox) => {
+                let mailbox = inbox.open(spec.name(), jobs.clone(), first.clone());
+                let session = self.shared_session(&broker, inbox);
+                let physical = &spec.spec.physical;
+                let member = tokio::runtime::Handle::current().block_on(session.join(
+                    spec.name(),
+                    &physical.topics,
+                    physical.qos,
+                    usize::try_from(spec.max_payload()).unwrap_or(usize::MAX),
+                    !matches!(subscribing, Subscribing::InBackground),
+                ))?;
+                (Link::Shared(member), Some(mailbox))
+            }
+            None => {
+                let feed = Feed {
+                    jobs: jobs.clone(),
+                    first: first.clone(),
+                };
+                let link = physical::connect(
+                    &broker,
+                    &client_id,
+                    subscription(spec, Some(self.turns.clone())),
+                    feed,
+                    subscribing,
+                    self.metrics.broker_sessions.clone(),
+                )?;
+                (link, None)
+            }
         };
-        let link = physical::connect(
-            &broker,
-            &client_id,
-            subscription(spec, Some(self.turns.clone())),
-            feed,
-            subscribing,
-            self.metrics.broker_sessions.clone(),
-        )?;
         Ok(Session {
             link,
+            mailbox,
             jobs,
             queue,
             first,
             changes: ChangeFeed::default(),
         })
+    }
+
+    /// The node's shared session with `broker`, started if it is the
+    /// first twin there (and open at once, unless the node is resuming).
+    fn shared_session(&self, broker: &BrokerAddress, inbox: &Arc<inbox::Inbox>) -> SharedSession {
+        lock(&self.shared_sessions)
+            .entry((broker.host.clone(), broker.port))
+            .or_insert_with(|| {
+                let session = SharedSession::start(
+                    broker,
+                    &format!("wasmtwin-{}", self.config.name),
+                    inbox.clone(),
+                    self.metrics.broker_sessions.clone(),
+                );
+                if !self.resuming.load(std::sync::atomic::Ordering::Relaxed) {
+                    session.open();
+                }
+                session
+            })
+            .clone()
     }
 
     /// The broker a twin's session is with, and its client id there.
@@ -920,7 +1007,12 @@ impl Node {
     /// messages, which brokers do not keep for a session while it is away.
     fn bell_of(&self, spec: &TwinSpec) -> Option<worker::Bell> {
         self.config.hibernate_after?;
-        if !self.config.park_sessions_asleep || spec.spec.physical.qos == 0 {
+        // A shared session stays connected: a sleeping twin holds no
+        // connection of its own anyway.
+        if !self.config.park_sessions_asleep
+            || spec.spec.physical.qos == 0
+            || self.config.shared_session
+        {
             return None;
         }
         let (broker, _) = self.session_of(spec).ok()?;
@@ -937,8 +1029,17 @@ impl Node {
     }
 
     /// Has the broker discard the twin's persistent session here (it lives
-    /// elsewhere now), in the background.
+    /// elsewhere now), in the background; or drops what the node's inbox
+    /// kept for it.
     fn forget_session(&self, spec: &TwinSpec) {
+        // A shared session is the other twins' too: what it kept for the
+        // twin goes instead.
+        if let Some(inbox) = &self.inbox {
+            inbox.forget(spec.name());
+            let name = spec.name().to_string();
+            self.store.write(vec![Op::ClearInbox { name }], None);
+            return;
+        }
         if let Ok((broker, client_id)) = self.session_of(spec) {
             tokio::spawn(physical::forget_session(broker, client_id));
         }
@@ -1008,6 +1109,7 @@ impl Node {
             since_base: None,
             hibernate_after: self.config.hibernate_after,
             bell: self.bell_of(spec),
+            mailbox: session.mailbox,
         };
         let finished = Finished::default();
         let finishing = finished.finishing();
@@ -1085,9 +1187,18 @@ impl Node {
     /// Stops a twin's worker and session and waits for the worker to end;
     /// what it had not yet applied stays unacknowledged at the broker.
     fn stop(&self, name: &str) -> Option<TwinSpec> {
+        let (spec, link) = self.stop_keeping_link(name)?;
+        link.close();
+        Some(spec)
+    }
+
+    /// [`Node::stop`], but the twin keeps its place in a shared session
+    /// (its own session closes), returned: what comes for it is kept until
+    /// the link is closed, should the twin run here again.
+    fn stop_keeping_link(&self, name: &str) -> Option<(TwinSpec, Link)> {
         lock(&self.bases).remove(name);
         let hosted = lock(&self.twins).remove(name)?;
-        hosted.link.close();
+        hosted.link.release();
         let _ = hosted.jobs.try_send(Job::Stop);
         drop(hosted.jobs);
         // The worker finishes the call under way (or, queue full, its
@@ -1100,7 +1211,7 @@ impl Node {
             hosted.finished.wait_forever();
         }
         self.metrics.forget(name);
-        Some(hosted.spec)
+        Some((hosted.spec, hosted.link))
     }
 
     /// Stops and removes a twin (or the marker of one that moved away),
@@ -1119,6 +1230,7 @@ impl Node {
         // device's messages for nobody, and hand that stale backlog to the
         // next twin so named. (Called on a blocking thread.)
         if let Some(spec) = &stopped
+            && !self.config.shared_session
             && let Ok((broker, client_id)) = self.session_of(spec)
         {
             tokio::runtime::Handle::current().block_on(physical::forget_session(broker, client_id));
@@ -1128,10 +1240,18 @@ impl Node {
         if !was_here && !had_moved {
             return Err(NodeError::NotFound(name.to_string()));
         }
+        if let Some(inbox) = &self.inbox {
+            inbox.forget(name);
+        }
         self.store
-            .write_now(vec![Op::Forget {
-                name: name.to_string(),
-            }])
+            .write_now(vec![
+                Op::Forget {
+                    name: name.to_string(),
+                },
+                Op::ClearInbox {
+                    name: name.to_string(),
+                },
+            ])
             .map_err(|e| NodeError::Refused(format!("{e:#}")))?;
         tracing::info!(twin = %name, "twin deleted");
         Ok(())

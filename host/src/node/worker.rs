@@ -136,6 +136,9 @@ pub struct Worker {
     /// What rings the twin asleep, which then parks its session; `None`
     /// keeps the session connected.
     pub bell: Option<Bell>,
+    /// Where its messages wait in the node's inbox, when they come on a
+    /// shared session.
+    pub mailbox: Option<Arc<super::inbox::Mailbox>>,
 }
 
 /// Where a sleeping twin listens for messages while its session is parked.
@@ -430,13 +433,35 @@ impl Worker {
             Some(_) => None,
             None => Box::pin(self.collect()).await,
         };
+        // Messages read from the inbox, applied before the queue's next.
+        let mut backlog = std::collections::VecDeque::new();
         loop {
+            // Behind first, then the queue empty: once the twin is behind,
+            // nothing more enters its queue, so what it holds is older than
+            // the inbox's and goes first. (The other way round, the queue
+            // could take messages between the two looks.)
+            if backlog.is_empty()
+                && let Some(mailbox) = self.mailbox.as_ref().filter(|m| m.is_behind())
+                && jobs.is_empty()
+            {
+                backlog.extend(mailbox.backlog(&self.store).await);
+                self.metrics.inbox_read.inc_by(backlog.len() as u64);
+                // More came while it read, in the inbox alone: nothing
+                // would bring it through the queue.
+                if backlog.is_empty() && mailbox.is_behind() {
+                    continue;
+                }
+            }
             // Idle, an awake twin sleeps, and a sleeping one parks its session.
             let idle = self
                 .hibernate_after
                 .filter(|_| live.is_some() || (self.bell.is_some() && parked.is_none()));
             let deadline = handover.as_ref().map(|h| h.deadline);
-            let job = match next(&mut jobs, deadline, idle, parked.as_ref()).await {
+            let came = match backlog.pop_front() {
+                Some(message) => Next::Job(Job::Message(message)),
+                None => next(&mut jobs, deadline, idle, parked.as_ref()).await,
+            };
+            let job = match came {
                 Next::Job(job) => job,
                 // Something waits for the twin: it wakes while its session
                 // connects again to fetch it, rather than after, so a
@@ -593,7 +618,7 @@ impl Worker {
         }
         // A twin stopped asleep leaves the node's count.
         self.set_asleep(false);
-        self.link.close();
+        self.link.release();
     }
 
     /// Lets an idle twin sleep: its state, made the recovery point if it
@@ -746,6 +771,7 @@ impl Worker {
             }
             Err(e) => self.failed(&format!("dropping a message on {}: {e}", message.topic)),
         }
+        ops.extend(self.taken(&message));
         let ack = self.acknowledgement(message);
         if self.since_recovery.len() >= self.checkpoint_interval() {
             self.new_recovery_point(twin, ops, None).await;
@@ -780,7 +806,21 @@ impl Worker {
             message.topic,
             bytesize::ByteSize(self.max_payload).display().iec()
         ));
-        self.store.write(Vec::new(), self.acknowledgement(message));
+        let taken = self.taken(&message).into_iter().collect();
+        self.store.write(taken, self.acknowledgement(message));
+    }
+
+    /// What removes `message` from the node's inbox, in the transaction
+    /// that journals it, when it was kept there.
+    fn taken(&self, message: &Inbound) -> Option<Op> {
+        let key = message.inbox?;
+        if let Some(mailbox) = &self.mailbox {
+            mailbox.taken();
+        }
+        Some(Op::Taken {
+            name: self.name.clone(),
+            key,
+        })
     }
 
     /// What acknowledges `message` once the writes queued with it are

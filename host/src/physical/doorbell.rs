@@ -10,18 +10,19 @@
 //! rings every twin listening, which then collects whatever waits for it.
 //! See docs/broker-sessions.md.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::bail;
-use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule};
 use rumqttc::v5::mqttbytes::{QoS, matches};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, Incoming};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 use super::BrokerAddress;
+use super::confirmations::{Confirmations, is_wild};
 
 /// How long [`Doorbell::listen`] waits for the broker to confirm.
 const LISTEN_WAIT: Duration = Duration::from_secs(5);
@@ -94,17 +95,8 @@ struct Listening {
     /// How many of those filters have wildcards (each of which a topic is
     /// matched against; the others are looked up).
     wild: usize,
-    /// Subscriptions sent, in order, until the client numbers them; `None`
-    /// for those nobody waits on.
-    unnumbered: VecDeque<Option<oneshot::Sender<bool>>>,
-    /// Subscriptions numbered and not yet confirmed, by packet id, in the
-    /// order sent. The client numbers from 1 again past its limit of
-    /// messages in flight (16, or less if the broker says so), with its
-    /// subscriptions and unsubscriptions too, so that many listeners
-    /// waiting at once share ids; a broker answers them in turn. (Keyed by
-    /// id alone, the 17th listener took the first's place, and the first
-    /// was told the connection was lost.)
-    numbered: HashMap<u16, VecDeque<oneshot::Sender<bool>>>,
+    /// Who waits for the broker's word on the subscriptions sent.
+    confirmations: Confirmations,
     next_id: u64,
     /// Whether the doorbell was connected before (a new connection has
     /// lost every subscription of the last one, and perhaps rings).
@@ -113,10 +105,6 @@ struct Listening {
 
 fn lock(listening: &Mutex<Listening>) -> std::sync::MutexGuard<'_, Listening> {
     listening.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn is_wild(filter: &str) -> bool {
-    filter.contains(['+', '#'])
 }
 
 /// A QoS 0 subscription to `path` that takes no retained message: only
@@ -226,7 +214,7 @@ impl Doorbell {
             {
                 bail!("the doorbell cannot subscribe: {e}");
             }
-            listening.unnumbered.push_back(Some(confirmed));
+            listening.confirmations.sent(Some(confirmed));
             listening.add(id, topics, &bell);
             id
         };
@@ -302,36 +290,10 @@ async fn drive(
                 }
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Subscribe(pkid))) => {
-                let mut listening = lock(&listening);
-                if let Some(Some(waiting)) = listening.unnumbered.pop_front() {
-                    listening
-                        .numbered
-                        .entry(pkid)
-                        .or_default()
-                        .push_back(waiting);
-                }
+                lock(&listening).confirmations.numbered(pkid);
             }
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                let waiting = {
-                    let mut listening = lock(&listening);
-                    let same_id = listening.numbered.get_mut(&ack.pkid);
-                    let first = same_id.and_then(VecDeque::pop_front);
-                    if listening
-                        .numbered
-                        .get(&ack.pkid)
-                        .is_some_and(VecDeque::is_empty)
-                    {
-                        listening.numbered.remove(&ack.pkid);
-                    }
-                    first
-                };
-                if let Some(waiting) = waiting {
-                    let granted = ack
-                        .return_codes
-                        .iter()
-                        .all(|code| matches!(code, SubscribeReasonCode::Success(_)));
-                    let _ = waiting.send(granted);
-                }
+                lock(&listening).confirmations.answered(&ack);
             }
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
                 // Brokers pass on only UTF-8 topics.
@@ -353,11 +315,11 @@ async fn drive(
 /// word will not get it, the new session subscribes to every filter
 /// again, and every listener is rung for what it may have missed.
 fn listen_again(client: &AsyncClient, listening: &mut Listening) {
-    listening.numbered.clear();
+    listening.confirmations.lost();
     let filters: Vec<String> = listening.filters.keys().cloned().collect();
     for chunk in filters.chunks(FILTERS_PER_SUBSCRIBE) {
         match client.try_subscribe_many(chunk.iter().map(|t| filter(t))) {
-            Ok(()) => listening.unnumbered.push_back(None),
+            Ok(()) => listening.confirmations.sent(None),
             Err(e) => tracing::warn!("the doorbell cannot subscribe again: {e}"),
         }
     }

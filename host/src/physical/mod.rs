@@ -19,8 +19,10 @@ use rumqttc::v5::mqttbytes::v5::{Filter, Publish};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+mod confirmations;
 pub mod doorbell;
 pub mod probe;
+pub mod shared;
 
 /// Where a broker is and how to log in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +106,10 @@ pub struct Inbound {
     /// The session to acknowledge it on, when not the twin's own (a
     /// session adopted from a lost node, see `Node::restore_bundle`).
     pub via: Option<Link>,
+    /// Its key in the node's inbox, when it came on a shared session (see
+    /// `shared`): it was acknowledged once kept, and is removed from the
+    /// inbox once applied, instead.
+    pub inbox: Option<u64>,
     /// The message's trace, from receipt to acknowledgement (disabled
     /// unless traces are exported).
     pub span: tracing::Span,
@@ -142,7 +148,17 @@ pub fn message_span(client_id: &str, publish: &Publish) -> tracing::Span {
 /// us, which the twin's bounded queues hold, and commands by the actions
 /// admission control lets through.
 #[derive(Clone)]
-pub struct Link {
+pub enum Link {
+    /// The twin's own session.
+    Own(Own),
+    /// Its place in its node's shared session: acknowledgements are the
+    /// node's inbox's business, and the session never parks.
+    Shared(shared::Member),
+}
+
+/// A twin's own session (see [`Link`]).
+#[derive(Clone)]
+pub struct Own {
     outgoing: flume::Sender<Outgoing>,
     /// What the session should be; a session that is not connected
     /// follows it at once (it stops trying to reconnect for nobody).
@@ -192,6 +208,98 @@ enum Outgoing {
 }
 
 impl Link {
+    /// Whether the session is connected to its broker now.
+    pub fn is_connected(&self) -> bool {
+        match self {
+            Link::Own(own) => own.is_connected(),
+            Link::Shared(member) => member.is_connected(),
+        }
+    }
+
+    /// Whether the session has ended (after [`Link::close`], or when the
+    /// twin it fed is gone).
+    pub fn is_ended(&self) -> bool {
+        match self {
+            Link::Own(own) => own.session.is_finished(),
+            Link::Shared(member) => member.has_left(),
+        }
+    }
+
+    /// Acknowledges a committed message, received on `connection` (see
+    /// [`Inbound::connection`]).
+    pub fn ack(&self, packet: Box<Publish>, connection: u32) {
+        match self {
+            Link::Own(own) => own.ack(packet, connection),
+            // Acknowledged once kept (see `Inbound::inbox`).
+            Link::Shared(_) => {}
+        }
+    }
+
+    /// Publishes a command to the device (QoS 1).
+    pub fn send(&self, topic: &str, payload: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Link::Own(own) => own.send(topic, payload),
+            Link::Shared(member) => member.send(topic, payload),
+        }
+    }
+
+    /// Disconnects an own session, after the acknowledgements and commands
+    /// queued before, and drops its MQTT client until [`Link::unpark`]:
+    /// the broker keeps the session, and what arrives for it, meanwhile.
+    /// Acknowledgements queued while it is parked are dropped (the broker
+    /// sends their messages again on the next connection); commands wait
+    /// for that connection. A shared session does not park.
+    pub fn park(&self) {
+        if let Link::Own(own) = self {
+            own.park();
+        }
+    }
+
+    /// Connects a parked session again.
+    pub fn unpark(&self) {
+        if let Link::Own(own) = self {
+            own.unpark();
+        }
+    }
+
+    /// Whether the session is parked (and not collecting).
+    pub fn is_parked(&self) -> bool {
+        matches!(self, Link::Own(own) if own.is_parked())
+    }
+
+    /// Has a parked session connect once, in its turn (see
+    /// [`Subscription::turns`]), to collect what its broker kept for it:
+    /// after a restart, or when a ring may have been missed. It parks again
+    /// as soon as the broker has answered its subscription with nothing
+    /// before, and stays connected if something came (until the twin is
+    /// idle and parks it, as any other).
+    pub fn collect(&self) {
+        if let Link::Own(own) = self {
+            own.collect();
+        }
+    }
+
+    /// Closes the session (after the acknowledgements and commands queued
+    /// before), or leaves the shared one: the twin is gone.
+    pub fn close(&self) {
+        match self {
+            Link::Own(own) => own.close(),
+            Link::Shared(member) => member.leave(),
+        }
+    }
+
+    /// The twin's worker is done with the link: its own session closes,
+    /// and the broker keeps what comes for it meanwhile. A place in the
+    /// shared session stays until the node closes it, so that what comes
+    /// is kept for the twin should it run here again (a move that fails).
+    pub fn release(&self) {
+        if let Link::Own(own) = self {
+            own.close();
+        }
+    }
+}
+
+impl Own {
     fn new(
         client: AsyncClient,
         (outgoing, queue): (flume::Sender<Outgoing>, flume::Receiver<Outgoing>),
@@ -208,20 +316,11 @@ impl Link {
         }
     }
 
-    /// Whether the session is connected to its broker now.
-    pub fn is_connected(&self) -> bool {
+    fn is_connected(&self) -> bool {
         self.connected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether the session has ended (after [`Link::close`], or when the
-    /// twin it fed is gone).
-    pub fn is_ended(&self) -> bool {
-        self.session.is_finished()
-    }
-
-    /// Acknowledges a committed message, received on `connection` (see
-    /// [`Inbound::connection`]).
-    pub fn ack(&self, packet: Box<Publish>, connection: u32) {
+    fn ack(&self, packet: Box<Publish>, connection: u32) {
         if self
             .outgoing
             .send(Outgoing::Ack(packet, connection))
@@ -231,20 +330,13 @@ impl Link {
         }
     }
 
-    /// Publishes a command to the device (QoS 1).
-    pub fn send(&self, topic: &str, payload: Vec<u8>) -> anyhow::Result<()> {
+    fn send(&self, topic: &str, payload: Vec<u8>) -> anyhow::Result<()> {
         self.outgoing
             .send(Outgoing::Command(Box::new((topic.to_string(), payload))))
             .map_err(|_| anyhow::anyhow!("cannot publish on {topic}: the session is closed"))
     }
 
-    /// Disconnects the session, after the acknowledgements and commands
-    /// queued before, and drops its MQTT client until [`Link::unpark`]:
-    /// the broker keeps the session, and what arrives for it, meanwhile.
-    /// Acknowledgements queued while it is parked are dropped (the broker
-    /// sends their messages again on the next connection); commands wait
-    /// for that connection.
-    pub fn park(&self) {
+    fn park(&self) {
         let parked = self
             .wanted
             .send_if_modified(|wanted| replace_if(wanted, Wanted::Open, Wanted::Parked));
@@ -253,33 +345,23 @@ impl Link {
         }
     }
 
-    /// Connects a parked session again.
-    pub fn unpark(&self) {
+    fn unpark(&self) {
         self.wanted.send_if_modified(|wanted| {
             replace_if(wanted, Wanted::Parked, Wanted::Open)
                 || replace_if(wanted, Wanted::Collect, Wanted::Open)
         });
     }
 
-    /// Whether the session is parked (and not collecting).
-    pub fn is_parked(&self) -> bool {
+    fn is_parked(&self) -> bool {
         *self.wanted.borrow() == Wanted::Parked
     }
 
-    /// Has a parked session connect once, in its turn (see
-    /// [`Subscription::turns`]), to collect what its broker kept for it:
-    /// after a restart, or when a ring may have been missed. It parks again
-    /// as soon as the broker has answered its subscription with nothing
-    /// before, and stays connected if something came (until the twin is
-    /// idle and parks it, as any other).
-    pub fn collect(&self) {
+    fn collect(&self) {
         self.wanted
             .send_if_modified(|wanted| replace_if(wanted, Wanted::Parked, Wanted::Collect));
     }
 
-    /// Closes the session, after the acknowledgements and commands queued
-    /// before.
-    pub fn close(&self) {
+    fn close(&self) {
         let _ = self.outgoing.send(Outgoing::Disconnect);
         self.wanted.send_replace(Wanted::Closed);
     }
@@ -572,7 +654,7 @@ pub fn connect(
             "the broker has not confirmed the subscription yet; still trying"
         );
     }
-    Ok(Link::new(client, outgoing, wanted, session, up))
+    Ok(Link::Own(Own::new(client, outgoing, wanted, session, up)))
 }
 
 /// Requests a twin's session may have waiting for its event loop.
@@ -864,6 +946,7 @@ impl<D: Deliver> Session<D> {
             packet,
             connection: self.connection,
             via: None,
+            inbox: None,
         })
     }
 

@@ -104,26 +104,33 @@ impl Site {
     /// Publishes `payloads` on `topic` at QoS 1 and waits for the broker's
     /// acknowledgements.
     pub fn publish(&self, topic: &str, payloads: &[Vec<u8>]) {
-        let mut options = MqttOptions::new(format!("pub-{}", free_port()), "127.0.0.1", self.mqtt);
-        options.set_max_packet_size(1 << 21, 1 << 21);
-        let (client, mut connection) = Client::new(options, 64);
-        for payload in payloads {
-            client
-                .publish(topic, QoS::AtLeastOnce, false, payload.clone())
-                .unwrap();
-        }
-        let mut acked = 0;
-        for event in connection.iter() {
-            if let Ok(Event::Incoming(Incoming::PubAck(_))) = event {
-                acked += 1;
-                if acked == payloads.len() {
-                    break;
-                }
-            }
-            assert!(event.is_ok(), "publishing: {event:?}");
-        }
-        let _ = client.disconnect();
+        publish(self.mqtt, topic, payloads);
     }
+}
+
+/// Publishes `payloads` on `topic` at QoS 1 to the broker at `port` and
+/// waits for its acknowledgements.
+pub fn publish(port: u16, topic: &str, payloads: &[Vec<u8>]) {
+    let mut options = MqttOptions::new(format!("pub-{}", free_port()), "127.0.0.1", port);
+    options.set_max_packet_size(1 << 21, 1 << 21);
+    // The client's queue takes them all before its connection is driven.
+    let (client, mut connection) = Client::new(options, payloads.len().max(1));
+    for payload in payloads {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload.clone())
+            .unwrap();
+    }
+    let mut acked = 0;
+    for event in connection.iter() {
+        if let Ok(Event::Incoming(Incoming::PubAck(_))) = event {
+            acked += 1;
+            if acked == payloads.len() {
+                break;
+            }
+        }
+        assert!(event.is_ok(), "publishing: {event:?}");
+    }
+    let _ = client.disconnect();
 }
 
 pub fn host(data: &Path, mqtt: u16, extra: &[String]) -> Node {
