@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::lock;
 use super::worker::Job;
 use crate::physical::Inbound;
 use crate::physical::shared::{Acknowledge, Keep, Received};
@@ -97,10 +98,6 @@ struct Behind {
     from: Option<u64>,
     /// The key of the last message kept for the twin.
     newest: u64,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Inbox {
@@ -206,20 +203,14 @@ impl Keep for Inbox {
         });
         self.store.write(ops, done);
         for (mailbox, key, oversized) in deliveries {
+            let payload = match oversized {
+                Some(_) => Bytes::new(),
+                None => payload.clone(),
+            };
+            let message = inbound(topic.clone(), payload, oversized, received_us, key);
             mailbox.offer(Box::new(Inbound {
-                topic: topic.clone(),
-                payload: if oversized.is_some() {
-                    Bytes::new()
-                } else {
-                    payload.clone()
-                },
-                oversized,
-                received_us,
-                packet: None,
-                connection: 0,
-                via: None,
-                inbox: Some(key),
                 span: span.clone(),
+                ..message
             }));
         }
     }
@@ -309,9 +300,8 @@ impl Mailbox {
         {
             let mut behind = lock(&self.behind);
             // Caught up, unless more came meanwhile (they are in the store
-            // only: read next time).
-            // Caught up only if nothing was read that is still to be
-            // offered (it would come through the queue a second time).
+            // only: read next time), or something was read that is still
+            // to be offered (it would come through the queue a second time).
             let ahead = next > newest + 1;
             behind.from = (!all || ahead || behind.newest != newest).then_some(next);
         }
@@ -328,17 +318,13 @@ impl Mailbox {
                 );
                 continue;
             };
-            messages.push(Box::new(Inbound {
-                topic: kept.topic.to_string(),
-                payload: Bytes::copy_from_slice(kept.payload),
-                oversized: kept.oversized.map(|s| s as usize),
-                received_us: kept.received_us,
-                packet: None,
-                connection: 0,
-                via: None,
-                inbox: Some(key),
-                span: tracing::Span::none(),
-            }));
+            messages.push(Box::new(inbound(
+                kept.topic.to_string(),
+                Bytes::copy_from_slice(kept.payload),
+                kept.oversized.map(|s| s as usize),
+                kept.received_us,
+                key,
+            )));
         }
         messages
     }
@@ -351,4 +337,26 @@ async fn unread(name: &str, error: &anyhow::Error) -> Vec<Box<Inbound>> {
     tracing::warn!(twin = %name, "cannot read the twin's inbox; retrying in {RETRY:?}: {error:#}");
     tokio::time::sleep(RETRY).await;
     Vec::new()
+}
+
+/// A message kept in the inbox under `key`, as its twin takes it (untraced
+/// until given a span).
+fn inbound(
+    topic: String,
+    payload: Bytes,
+    oversized: Option<usize>,
+    received_us: u64,
+    key: u64,
+) -> Inbound {
+    Inbound {
+        topic,
+        payload,
+        oversized,
+        received_us,
+        packet: None,
+        connection: 0,
+        via: None,
+        inbox: Some(key),
+        span: tracing::Span::none(),
+    }
 }

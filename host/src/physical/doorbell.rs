@@ -21,8 +21,8 @@ use rumqttc::v5::mqttbytes::{QoS, matches};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, Incoming};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
-use super::BrokerAddress;
 use super::confirmations::{Confirmations, is_wild};
+use super::{BrokerAddress, lock};
 
 /// How long [`Doorbell::listen`] waits for the broker to confirm.
 const LISTEN_WAIT: Duration = Duration::from_secs(5);
@@ -101,10 +101,6 @@ struct Listening {
     /// Whether the doorbell was connected before (a new connection has
     /// lost every subscription of the last one, and perhaps rings).
     connected_before: bool,
-}
-
-fn lock(listening: &Mutex<Listening>) -> std::sync::MutexGuard<'_, Listening> {
-    listening.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A QoS 0 subscription to `path` that takes no retained message: only

@@ -459,6 +459,12 @@ async fn publish(
     Box::pin(client.publish(topic, QoS::AtLeastOnce, false, payload)).await
 }
 
+/// The value behind `mutex`, even if a holder panicked (what it guards
+/// stays consistent between statements).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Current time in µs since the Unix epoch.
 pub fn now_us() -> u64 {
     std::time::SystemTime::now()

@@ -28,7 +28,7 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, Incoming};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::confirmations::{Confirmations, is_wild};
-use super::{BrokerAddress, message_span, now_us};
+use super::{BrokerAddress, lock, message_span, now_us};
 
 /// How long [`SharedSession::join`] waits for the broker to confirm a new
 /// subscription.
@@ -146,10 +146,6 @@ struct Routes {
     next_member: u64,
     /// The current connection, counted from 0.
     connection: u32,
-}
-
-fn lock(routes: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
-    routes.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The subscription identifier of `filter`: the same in every run, so
