@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Site, TOKEN, created, machine_spec, message, spec};
 use serde_json::{Value, json};
-use wasmtwin_tests::cli::arg;
+use wasmtwin_tests::cli::{arg, refused, run};
 use wasmtwin_tests::node::wait_for;
 use wasmtwin_tests::plugin;
 
@@ -351,4 +351,19 @@ fn defect_21_a_node_restart_keeps_its_twins_entanglement_and_counts_its_downtime
     assert_eq!(entanglement["updatesInWindow"], 5, "{entanglement}");
     let availability = entanglement["availability"].as_f64().unwrap();
     assert!(availability < 0.9, "two seconds down count: {entanglement}");
+}
+
+/// `--inbox-max 0` was taken: a node sharing one broker session kept no
+/// message for any twin (each dropped, counted) while it served as if
+/// nothing were wrong. A bound of no message is now refused as the node
+/// starts, naming the option.
+#[test]
+fn defect_22_an_inbox_bound_of_no_message_is_refused() {
+    // No API token either: without the check, the node would stop on that.
+    let said = refused(run(
+        env!("CARGO_BIN_EXE_wasmtwin"),
+        &["host", "--broker-session", "node", "--inbox-max", "0"],
+        &[],
+    ));
+    assert!(said.contains("--inbox-max"), "{said}");
 }

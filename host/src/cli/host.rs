@@ -218,7 +218,8 @@ pub struct HostArgs {
     /// stuck); more are dropped and counted
     /// (`wasmtwin_node_inbox_dropped_total`), as a broker drops what a
     /// session's queue has no room for.
-    #[arg(long, default_value_t = wasmtwin::node::DEFAULT_INBOX_MAX, value_name = "MESSAGES")]
+    #[arg(long, default_value_t = wasmtwin::node::DEFAULT_INBOX_MAX, value_name = "MESSAGES",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     inbox_max: usize,
     /// How long a move of a twin to this node may stay announced and not
     /// landed before a new move of that twin here replaces it (its
