@@ -55,7 +55,8 @@ use wasmtwin_tests::wait;
 const CHILD: &str = "WASMTWIN_BENCH_CHILD";
 
 /// Set (to anything), nodes share one broker session
-/// (`--broker-session node`): the child modes measure that way.
+/// (`--broker-session node`): the ingest table and the child modes measure
+/// that way (the wake-up table has a row of its own for it).
 const SHARED: &str = "WASMTWIN_BENCH_SHARED";
 
 /// The address space, in bytes, that each linear memory of this process's
@@ -353,6 +354,29 @@ fn signed_plugins(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, TrustP
     (model, adapter, TrustPolicy::Require(trust))
 }
 
+/// How a bench node's twins hold their broker sessions.
+#[derive(Clone, Copy, PartialEq)]
+enum Sessions {
+    /// A session of its own each, kept connected asleep
+    /// (`--keep-sessions-asleep`).
+    Connected,
+    /// A session of its own each, parked asleep (the default).
+    Parked,
+    /// One session for the node (`--broker-session node`).
+    Shared,
+}
+
+impl Sessions {
+    /// Parked unless `park` is false, or shared if `SHARED` is set.
+    fn from_env(park: bool) -> Self {
+        match (std::env::var_os(SHARED).is_some(), park) {
+            (true, _) => Self::Shared,
+            (false, true) => Self::Parked,
+            (false, false) => Self::Connected,
+        }
+    }
+}
+
 /// A node named `name` on Mosquitto at `port`, with job queues of `queue`,
 /// and the spec of its twin `i` (fed from `NAME/I/telemetry`).
 fn node(
@@ -361,7 +385,7 @@ fn node(
     queue: usize,
     name: &str,
     hibernate_after: Option<Duration>,
-    park: bool,
+    sessions: Sessions,
 ) -> (Arc<Node>, impl Fn(usize) -> TwinSpec) {
     let (model, adapter, policy) = signed_plugins(dir);
     let runtime = bench_runtime();
@@ -388,9 +412,8 @@ fn node(
                 inputs: Default::default(),
                 hibernate_after,
                 broker_keeps_sessions: true,
-                park_sessions_asleep: park,
-                // One session per node and broker instead of one per twin.
-                shared_session: std::env::var_os(SHARED).is_some(),
+                park_sessions_asleep: sessions == Sessions::Parked,
+                shared_session: sessions == Sessions::Shared,
                 inbox_max: wasmtwin::node::DEFAULT_INBOX_MAX,
                 arrival_timeout: wasmtwin::node::DEFAULT_ARRIVAL_TIMEOUT,
             },
@@ -456,8 +479,8 @@ fn child(mode: &str) {
             let port: u16 = parts[2].parse().expect("port");
             let hibernate_after = (kind != "twins").then_some(Duration::from_secs(1));
             // `connected`: asleep with their sessions kept, as before parking.
-            let park = kind == "sleeping";
-            let (node, spec) = node(dir.path(), port, 64, kind, hibernate_after, park);
+            let sessions = Sessions::from_env(kind == "sleeping");
+            let (node, spec) = node(dir.path(), port, 64, kind, hibernate_after, sessions);
             // Load the components before the baseline, as for instances.
             node.apply(spec(0), false).expect("a twin");
             before = footprint();
@@ -468,8 +491,7 @@ fn child(mode: &str) {
             if hibernate_after.is_some() {
                 wait_asleep(&node, n + 1);
             }
-            // (A shared session stays connected: nothing parks.)
-            if park && std::env::var_os(SHARED).is_none() {
+            if sessions == Sessions::Parked {
                 wait_parked(&node);
             }
             print_growth(before);
@@ -482,7 +504,8 @@ fn child(mode: &str) {
                 parts[2].parse().expect("port"),
                 parts[3].parse().expect("rounds"),
             );
-            let (node, spec) = node(dir.path(), port, 1024, "burst", None, true);
+            let sessions = Sessions::from_env(true);
+            let (node, spec) = node(dir.path(), port, 1024, "burst", None, sessions);
             let twins = Tracker::new();
             for i in 0..n {
                 host_tracked(&node, &spec, i, &twins);
@@ -510,7 +533,7 @@ fn child(mode: &str) {
                 64,
                 "restart",
                 Some(Duration::from_millis(500)),
-                true,
+                Sessions::from_env(true),
             );
             for i in 0..n {
                 node.apply(spec(i), false).expect("a twin");
@@ -526,7 +549,7 @@ fn child(mode: &str) {
             // (`--keep-sessions-asleep`), as every lazy restart did before
             // sessions were collected in turn.
             let lazily = parts[4] != "eager";
-            let park = parts[4] != "connected";
+            let sessions = Sessions::from_env(parts[4] != "connected");
             let seq: u64 = parts[5].parse().expect("seq");
             let started = Instant::now();
             let (node, _) = node(
@@ -535,7 +558,7 @@ fn child(mode: &str) {
                 64,
                 "restart",
                 lazily.then_some(Duration::from_secs(3600)),
-                park,
+                sessions,
             );
             let resumed = node.resume().expect("resuming");
             let serving = started.elapsed();
@@ -548,9 +571,11 @@ fn child(mode: &str) {
                 node.metrics().sessions_collecting.clone(),
             );
             let reconnected = std::thread::spawn(move || {
-                let back = || match lazily && park {
-                    true => collecting.get() == 0,
-                    false => connected.get() >= n as i64,
+                let back = || match (lazily, sessions) {
+                    // One session for them all, not one to wait for each.
+                    (_, Sessions::Shared) => true,
+                    (true, Sessions::Parked) => collecting.get() == 0,
+                    _ => connected.get() >= n as i64,
                 };
                 while !back() {
                     assert!(
@@ -767,14 +792,14 @@ fn wake_latency(
     port: u16,
     twins: usize,
     rounds: usize,
-    park: bool,
+    sessions: Sessions,
 ) -> (Histogram<u64>, Histogram<u64>) {
     let dir = tempfile::tempdir().expect("tempdir");
     // Named apart, as their sessions and topics are.
-    let name = if park {
-        "wake-parked"
-    } else {
-        "wake-connected"
+    let name = match sessions {
+        Sessions::Connected => "wake-connected",
+        Sessions::Parked => "wake-parked",
+        Sessions::Shared => "wake-shared",
     };
     let (node, spec) = node(
         dir.path(),
@@ -782,7 +807,7 @@ fn wake_latency(
         1024,
         name,
         Some(Duration::from_millis(200)),
-        park,
+        sessions,
     );
     let mut streams: Vec<_> = (0..twins)
         .map(|i| {
@@ -801,8 +826,7 @@ fn wake_latency(
     io.block_on(async {
         for round in 0..=rounds {
             wait_asleep(&node, twins);
-            // (A shared session stays connected: nothing parks.)
-            if park && std::env::var_os(SHARED).is_none() {
+            if sessions == Sessions::Parked {
                 wait_parked(&node);
             }
             for (i, stream) in streams.iter_mut().enumerate() {
@@ -836,17 +860,22 @@ fn wake_latency(
 }
 
 /// Prints the wake-up latency table: nodes keeping their sleeping twins'
-/// sessions connected and nodes parking them, A/B/A/B, `wake_twins` each.
+/// sessions connected, nodes parking them and nodes sharing one session,
+/// A/B/C/A/B/C, `wake_twins` each.
 fn wake_table(io: &tokio::runtime::Runtime, port: u16, wake_twins: usize, rounds: usize) {
-    // Sessions kept connected asleep (as before parking) and parked, A/B/A/B.
-    let [mut awake, mut connected, mut parked] =
-        [(); 3].map(|()| Histogram::<u64>::new(3).expect("histogram"));
-    for park in [false, true, false, true] {
-        let (on_awake, on_asleep) = wake_latency(io, port, wake_twins, rounds, park);
+    let [mut awake, mut connected, mut parked, mut shared] =
+        [(); 4].map(|()| Histogram::<u64>::new(3).expect("histogram"));
+    let kinds = [Sessions::Connected, Sessions::Parked, Sessions::Shared];
+    for sessions in kinds.into_iter().chain(kinds) {
+        let (on_awake, on_asleep) = wake_latency(io, port, wake_twins, rounds, sessions);
         awake.add(&on_awake).expect("histograms");
-        if park { &mut parked } else { &mut connected }
-            .add(&on_asleep)
-            .expect("histograms");
+        match sessions {
+            Sessions::Connected => &mut connected,
+            Sessions::Parked => &mut parked,
+            Sessions::Shared => &mut shared,
+        }
+        .add(&on_asleep)
+        .expect("histograms");
     }
     println!(
         "\n## Wake-up latency: publish → state changed, {wake_twins} twins × {rounds} rounds × 2 nodes of each kind, each woken then sent its next message\n"
@@ -861,6 +890,10 @@ fn wake_table(io: &tokio::runtime::Runtime, port: u16, wake_twins: usize, rounds
         (
             "hibernating, session parked (the doorbell wakes it; it connects again)",
             &parked,
+        ),
+        (
+            "hibernating, one session for the node (the message wakes it)",
+            &shared,
         ),
     ] {
         println!(
@@ -912,7 +945,14 @@ fn main() {
         .collect();
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let (node, spec) = node(dir.path(), broker.port, 1024, "bench", None, true);
+    let (node, spec) = node(
+        dir.path(),
+        broker.port,
+        1024,
+        "bench",
+        None,
+        Sessions::from_env(true),
+    );
     let twins = Tracker::new();
     let mut hosted = 0;
     let mut publishers = Publishers::connect(broker.port, 4);

@@ -13,7 +13,8 @@
 //! resumes from its checkpoint plus its journal, and the broker redelivers
 //! the rest.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -454,18 +455,31 @@ impl Store {
         Ok(kept)
     }
 
-    /// The largest key of any message kept (0 when none is): keys given
-    /// after it keep each twin's messages in order across restarts.
-    pub fn last_inbox_key(&self) -> anyhow::Result<u64> {
+    /// What the inbox holds as the node starts: the largest key of any
+    /// message kept (0 when none is), so that keys given after it keep each
+    /// twin's messages in order across restarts; and the twins it holds
+    /// messages for. One look per such twin, not per message.
+    pub fn inbox_summary(&self) -> anyhow::Result<(u64, HashSet<String>)> {
         let read = self.inner.db.begin_read()?;
+        let mut twins = HashSet::new();
         let Some(table) = open_read(&read, INBOX)? else {
-            return Ok(0);
+            return Ok((0, twins));
         };
         let mut last = 0;
-        for entry in table.iter()? {
-            last = last.max(entry?.0.value().1);
+        let mut next = table.first()?.map(|(key, _)| key.value().0.to_string());
+        while let Some(name) = next {
+            let own = (name.as_str(), 0)..=(name.as_str(), u64::MAX);
+            if let Some(entry) = table.range(own)?.next_back() {
+                last = last.max(entry?.0.value().1);
+            }
+            let after = (Bound::Excluded((name.as_str(), u64::MAX)), Bound::Unbounded);
+            next = match table.range::<(&str, u64)>(after)?.next() {
+                Some(entry) => Some(entry?.0.value().0.to_string()),
+                None => None,
+            };
+            twins.insert(name);
         }
-        Ok(last)
+        Ok((last, twins))
     }
 
     /// The twins that moved away, and where to.
@@ -811,6 +825,33 @@ mod tests {
         assert_eq!(checkpoint, sample_checkpoint());
         let seqs: Vec<u64> = a.journal.iter().map(|m| m[0].seq).collect();
         assert_eq!(seqs, [4, 5], "only what came after the checkpoint");
+    }
+
+    #[test]
+    fn the_inbox_summary_names_each_twin_once_and_the_largest_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.inbox_summary().unwrap(), (0, HashSet::new()));
+        let kept = |name: &str, key| Op::Inbox {
+            name: name.into(),
+            key,
+            message: vec![1, 2, 3],
+        };
+        // A name that prefixes another, and the largest key not the last row.
+        let ops = vec![
+            kept("a", 3),
+            kept("a", 9),
+            kept("a\0", 1),
+            kept("ab", 2),
+            kept("b", 5),
+            kept("b", 7),
+        ];
+        store.write_now(ops).unwrap();
+        store
+            .write_now(vec![Op::ClearInbox { name: "b".into() }])
+            .unwrap();
+        let twins = ["a", "a\0", "ab"].map(String::from).into();
+        assert_eq!(store.inbox_summary().unwrap(), (9, twins));
     }
 
     #[test]

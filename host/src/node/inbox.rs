@@ -10,7 +10,7 @@
 //! there once it has caught up with its queue. A twin that starts (after a
 //! restart, a replacement, or an arrival) reads what waits for it first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -74,6 +74,9 @@ pub struct Inbox {
     /// The key the next message kept gets: keys order a twin's messages.
     next_key: AtomicU64,
     mailboxes: Mutex<HashMap<Arc<str>, Arc<Mailbox>>>,
+    /// The twins the store held messages for as the node started, whose
+    /// first mailbox has not opened yet.
+    waiting: Mutex<HashSet<String>>,
 }
 
 /// Where a twin's messages go.
@@ -107,19 +110,24 @@ impl Inbox {
         max_per_twin: usize,
         dropped: prometheus_client::metrics::counter::Counter,
     ) -> anyhow::Result<Self> {
-        let last = store.last_inbox_key()?;
+        let (last, waiting) = store.inbox_summary()?;
         Ok(Self {
             store,
             max_per_twin,
             dropped,
             next_key: AtomicU64::new(last + 1),
             mailboxes: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(waiting),
         })
     }
 
     /// Takes twin `name`'s messages into `jobs` from now on, replacing any
-    /// mailbox it had. It starts behind: its worker first reads what the
-    /// store kept for it (after a restart, or from the twin it replaces).
+    /// mailbox it had. It starts behind, its worker first reading what the
+    /// store kept for it, when the store may hold some: the twin it replaces
+    /// left some, or the node started with some. Any other twin starts
+    /// caught up, so that a node restarting with many twins reads the inbox
+    /// only for those few. (A twin's mailbox goes, `forget`, only as what
+    /// was kept for it is cleared.)
     pub fn open(
         &self,
         name: &str,
@@ -129,12 +137,13 @@ impl Inbox {
         let name: Arc<str> = name.into();
         // Under the lock, which keys are given under: the last one given.
         let mut mailboxes = lock(&self.mailboxes);
+        let waits = lock(&self.waiting).remove(&*name) || mailboxes.contains_key(&name);
         let mailbox = Arc::new(Mailbox {
             name: name.clone(),
             jobs,
             first,
             behind: Mutex::new(Behind {
-                from: Some(0),
+                from: waits.then_some(0),
                 newest: self.next_key.load(Ordering::Relaxed) - 1,
             }),
             pending: AtomicUsize::new(0),
