@@ -7,8 +7,8 @@
 //! in the transaction that journals it. The broker's window therefore
 //! waits on the node's disk, never on a twin: a twin that falls behind (its
 //! queue full) leaves its messages in the store alone, and reads them from
-//! there once it has caught up with its queue. A twin that starts (after a
-//! restart, a replacement, or an arrival) reads what waits for it first.
+//! there once it has caught up with its queue. A twin that starts after a
+//! restart or in another's place reads what waits for it first.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
