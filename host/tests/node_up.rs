@@ -76,6 +76,50 @@ impl Up {
     fn wait_for(&self, condition: impl FnMut() -> bool, what: &str) {
         wait_for(condition, what);
     }
+
+    /// `wasmtwin apply` of `text` (written to a file in `dir`) to the edge
+    /// node.
+    fn apply(&self, dir: &Path, text: &str) -> std::process::Output {
+        let file = dir.join("applied.yaml");
+        std::fs::write(&file, text).unwrap();
+        wasmtwin_tests::cli::run(
+            env!("CARGO_BIN_EXE_wasmtwin"),
+            &[
+                "apply",
+                "-f",
+                arg(&file),
+                "--host",
+                &self.base,
+                "--token",
+                TOKEN,
+            ],
+            &[],
+        )
+    }
+}
+
+/// A second motor's spec, of `up`'s signed components in `data`, its model
+/// configured with `config`.
+fn motor_2(data: &Path, mqtt: u16, config: &str) -> String {
+    let components = data.join("components");
+    format!(
+        r#"apiVersion: wasmtwin.dev/v1alpha1
+kind: DigitalTwin
+metadata:
+  name: motor-2
+spec:
+  model:
+    ref: {}
+    config: {config}
+  physical:
+    broker: mqtt://127.0.0.1:{mqtt}
+    topics: [plant/motor-2/telemetry]
+    adapter:
+      ref: {}
+"#,
+        components.join("machine.wasm").display(),
+        components.join("json_adapter.wasm").display()
+    )
 }
 
 #[test]
@@ -169,49 +213,58 @@ fn up_serves_a_demo_twin_that_follows_the_simulated_motor() {
     }
 }
 
+/// `up --broker-session node`: the edge node's twins share one session
+/// with the embedded broker, which carries the motor's telemetry in and
+/// the twin's commands out.
+#[test]
+fn up_with_a_session_per_node_follows_the_motor_and_commands_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start_with(
+        dir.path(),
+        free_port(),
+        free_port(),
+        20,
+        &["--broker-session", "node"],
+    );
+    up.wait_for(
+        || up.json("/v1/twins/motor-1")["updatesApplied"].as_u64() >= Some(20),
+        "20 updates",
+    );
+    let twin = up.json("/v1/twins/motor-1");
+    assert_eq!(twin["lastSeq"], twin["updatesApplied"], "{twin}");
+    // A second twin shares the edge node's session (with a session each,
+    // there would be two).
+    assert!(ok(up.apply(dir.path(), &motor_2(dir.path(), up.mqtt, "{}"))).contains("\"created\""));
+    let metrics = reqwest::blocking::get(format!("{}/metrics", up.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "wasmtwin_node_broker_sessions_connected 1"),
+        "the edge node's two twins hold one session:\n{metrics}"
+    );
+    let stop = up
+        .http
+        .post(format!("{}/v1/twins/motor-1/actions/stop", up.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(stop.status().as_u16(), 200);
+    up.wait_for(
+        || up.json("/v1/twins/motor-1")["properties"]["running"]["value"] == false,
+        "the motor to stop",
+    );
+}
+
 #[test]
 fn apply_creates_reconfigures_and_refuses_bad_specs() {
     let dir = tempfile::tempdir().unwrap();
     let up = Up::start(dir.path());
     let components = dir.path().join("components");
-    let spec = |config: &str| {
-        format!(
-            r#"apiVersion: wasmtwin.dev/v1alpha1
-kind: DigitalTwin
-metadata:
-  name: motor-2
-spec:
-  model:
-    ref: {}
-    config: {config}
-  physical:
-    broker: mqtt://127.0.0.1:{}
-    topics: [plant/motor-2/telemetry]
-    adapter:
-      ref: {}
-"#,
-            components.join("machine.wasm").display(),
-            up.mqtt,
-            components.join("json_adapter.wasm").display()
-        )
-    };
-    let file = dir.path().join("motor-2.yaml");
-    let apply = |text: &str| {
-        std::fs::write(&file, text).unwrap();
-        wasmtwin_tests::cli::run(
-            env!("CARGO_BIN_EXE_wasmtwin"),
-            &[
-                "apply",
-                "-f",
-                arg(&file),
-                "--host",
-                &up.base,
-                "--token",
-                TOKEN,
-            ],
-            &[],
-        )
-    };
+    let spec = |config: &str| motor_2(dir.path(), up.mqtt, config);
+    let apply = |text: &str| up.apply(dir.path(), text);
     assert!(ok(apply(&spec("{}"))).contains("\"created\""));
     assert!(ok(apply(&spec("{}"))).contains("\"unchanged\""));
     assert!(ok(apply(&spec("{temperature_alarm: 80}"))).contains("\"reconfigured\""));

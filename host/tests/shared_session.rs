@@ -20,13 +20,26 @@ fn shared_node(data: &Path, broker: &Mosquitto, extra: &[&str]) -> Node {
     host(data, broker.port, &args)
 }
 
-/// The value of an unlabelled sample in a node's metrics.
-fn metric(node: &Node, name: &str) -> f64 {
+/// The value of a sample (`name`, with its labels) in a node's metrics.
+fn sample(node: &Node, name: &str) -> Option<f64> {
     let (status, text) = node.api.get("/metrics");
     assert_eq!(status, 200, "{text}");
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// The value of an unlabelled sample in a node's metrics.
+fn metric(node: &Node, name: &str) -> f64 {
+    sample(node, name).unwrap_or_else(|| panic!("no {name} in the metrics"))
+}
+
+/// The updates `twin` dropped as already applied (none counted yet: 0).
+fn duplicates(node: &Node, twin: &str) -> f64 {
+    sample(
+        node,
+        &format!("wasmtwin_twin_duplicates_total{{twin=\"{twin}\"}}"),
+    )
+    .unwrap_or(0.0)
 }
 
 /// A `misbehave` twin in `mode` on `topics`, with `extra` under `spec:`.
@@ -56,8 +69,26 @@ fn messages(seqs: std::ops::RangeInclusive<u64>) -> Vec<Vec<u8>> {
 #[ignore = "needs Debian's mosquitto; run by .ci/run"]
 fn twins_share_one_broker_session_and_each_gets_what_its_filters_match_once() {
     let broker = Mosquitto::start();
+    each_twin_gets_what_its_filters_match_once(broker.port);
+}
+
+/// The same on `wasmtwin up`'s embedded broker (rumqttd), which names
+/// subscriptions in what it sends as Mosquitto does.
+#[test]
+fn the_embedded_broker_serves_a_shared_session_as_mosquitto_does() {
+    let broker = wasmtwin::broker::start(([127, 0, 0, 1], 0).into()).expect("the embedded broker");
+    each_twin_gets_what_its_filters_match_once(broker.port());
+}
+
+/// Three twins of one shared session on the broker at `port`, two of whose
+/// filters overlap the third's.
+fn each_twin_gets_what_its_filters_match_once(port: u16) {
     let data = tempfile::tempdir().unwrap();
-    let node = shared_node(data.path(), &broker, &[]);
+    let node = host(
+        data.path(),
+        port,
+        &["--broker-session".into(), "node".into()],
+    );
     create(&node, "a", &twin_spec("a", "good", "plant/a/t", ""));
     create(&node, "b", &twin_spec("b", "good", "plant/b/t", ""));
     // Overlaps both: the broker sends each message on plant/a/t twice,
@@ -67,24 +98,30 @@ fn twins_share_one_broker_session_and_each_gets_what_its_filters_match_once() {
         metric(&node, "wasmtwin_node_broker_sessions_connected"),
         1.0
     );
-    publish(broker.port, "plant/a/t", &messages(1..=20));
-    publish(broker.port, "plant/b/t", &messages(1..=10));
+    publish(port, "plant/a/t", &messages(1..=20));
+    publish(port, "plant/b/t", &messages(1..=10));
     // `all` sees both devices' sequences: 1..=20 then 1..=10 restarts
     // the count, so it applies what is new to it.
     node.api.wait_for_updates("a", 20);
     node.api.wait_for_updates("b", 10);
     node.api.wait_for_updates("all", 20);
-    // Once each: no twin got a copy meant for another filter.
+    // Once each: no twin got a copy meant for another filter. Routed on
+    // its topic alone, each copy on plant/a/t would reach `a` and `all`,
+    // which would drop the second as a duplicate; `all` drops only the
+    // numbers plant/b/t repeats.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(applied(&node, "a"), 20);
     assert_eq!(applied(&node, "b"), 10);
+    assert_eq!(duplicates(&node, "a"), 0.0);
+    assert_eq!(duplicates(&node, "b"), 0.0);
+    assert_eq!(duplicates(&node, "all"), 10.0);
     assert_eq!(
         node.api.history_seqs("a", "applied"),
         (1..=20).collect::<Vec<_>>()
     );
     // A deleted twin's filter goes; the others keep theirs.
     assert_eq!(node.api.delete("/v1/twins/b").0, 204);
-    publish(broker.port, "plant/a/t", &messages(21..=25));
+    publish(port, "plant/a/t", &messages(21..=25));
     node.api.wait_for_updates("a", 25);
     assert_eq!(
         metric(&node, "wasmtwin_node_broker_sessions_connected"),

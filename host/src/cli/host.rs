@@ -232,7 +232,7 @@ pub struct HostArgs {
 
 /// See `--broker-session`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum BrokerSession {
+pub(super) enum BrokerSession {
     /// One session per twin.
     Twin,
     /// One session per node and broker.

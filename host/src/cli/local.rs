@@ -156,6 +156,8 @@ pub struct NodePlan<'a> {
     pub listener: TcpListener,
     /// Fuel per CPU-second, when already measured on this machine.
     pub fuel_per_cpu_second: Option<u64>,
+    /// Whether its twins share one broker session (`--broker-session node`).
+    pub shared_session: bool,
 }
 
 /// Starts a node from `plan`, resumes the twins its store holds, serves its
@@ -190,7 +192,7 @@ pub async fn node(
             // restarted with it must not publish before the twin listens.
             broker_keeps_sessions: false,
             park_sessions_asleep: true,
-            shared_session: false,
+            shared_session: plan.shared_session,
             inbox_max: wasmtwin::node::DEFAULT_INBOX_MAX,
             arrival_timeout: wasmtwin::node::DEFAULT_ARRIVAL_TIMEOUT,
         },

@@ -57,6 +57,12 @@ pub struct UpArgs {
     component_dirs: Vec<PathBuf>,
     #[command(flatten)]
     connections: super::host::ConnectionArgs,
+    /// How the nodes' twins hold their sessions with the embedded broker:
+    /// `twin`, a session of its own for each twin; or `node`, one shared
+    /// session per node (see `wasmtwin host --help` and
+    /// docs/broker-sessions.md).
+    #[arg(long, value_enum, default_value = "twin", value_name = "KIND")]
+    broker_session: super::host::BrokerSession,
 }
 
 /// The demo twin's spec. It names no broker: the twin uses the node's, so
@@ -150,6 +156,7 @@ pub fn run(global: &super::GlobalArgs, args: UpArgs) -> anyhow::Result<ExitCode>
                 broker: broker.clone(),
                 listener,
                 fuel_per_cpu_second,
+                shared_session: args.broker_session == super::host::BrokerSession::Node,
             };
             nodes.push(local::node(&runtime, &args.data, plan, &shared, &control_url).await?);
         }

@@ -210,6 +210,7 @@ impl Testbed {
                 broker: loopback(link.port),
                 listener: listener(name)?,
                 fuel_per_cpu_second: Some(run.fuel_per_cpu_second),
+                shared_session: false,
             };
             let node = local::node(runtime, run.data, plan, shared, &control_url).await?;
             nodes.push((name.to_string(), node, link));
