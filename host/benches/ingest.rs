@@ -59,6 +59,10 @@ const CHILD: &str = "WASMTWIN_BENCH_CHILD";
 /// that way (the wake-up table has a row of its own for it).
 const SHARED: &str = "WASMTWIN_BENCH_SHARED";
 
+/// Set (to anything), nodes' twins share one instance of their adapter
+/// (`--share-adapters`), in the ingest table and the child modes.
+const SHARE_ADAPTERS: &str = "WASMTWIN_BENCH_SHARE_ADAPTERS";
+
 /// The address space, in bytes, that each linear memory of this process's
 /// runtime reserves, when not a node's default: the memory table's
 /// baseline of wasmtime's own default sets it in its children.
@@ -415,6 +419,7 @@ fn node(
                 park_sessions_asleep: sessions == Sessions::Parked,
                 shared_session: sessions == Sessions::Shared,
                 inbox_max: wasmtwin::node::DEFAULT_INBOX_MAX,
+                share_adapters: std::env::var_os(SHARE_ADAPTERS).is_some(),
                 arrival_timeout: wasmtwin::node::DEFAULT_ARRIVAL_TIMEOUT,
             },
             runtime,

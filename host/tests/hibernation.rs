@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Site, TOKEN, created, machine_spec, message};
+use common::{Site, TOKEN, created, machine_spec, message, metric_of};
 use serde_json::{Value, json};
 use wasmtwin_tests::cli::arg;
 use wasmtwin_tests::faults::FaultProxy;
@@ -27,15 +27,6 @@ fn reading(seq: u64, temperature: f64) -> Vec<u8> {
 /// The value of an unlabelled sample in the site's node's metrics.
 fn metric(site: &Site, name: &str) -> f64 {
     metric_of(&site.node.api, name)
-}
-
-/// The value of an unlabelled sample in a node's metrics.
-fn metric_of(api: &Api, name: &str) -> f64 {
-    let (status, text) = api.get("/metrics");
-    assert_eq!(status, 200, "{text}");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 fn asleep(site: &Site, name: &str) -> bool {

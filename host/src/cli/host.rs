@@ -221,6 +221,13 @@ pub struct HostArgs {
     #[arg(long, default_value_t = wasmtwin::node::DEFAULT_INBOX_MAX, value_name = "MESSAGES",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     inbox_max: usize,
+    /// Twins of this node share one instance of each adapter component
+    /// (taking turns, each under its own limits) instead of holding one
+    /// each while awake: about 24 KiB less an awake twin. Share only
+    /// adapters that keep nothing between calls, or what one twin's
+    /// payload left would reach another's (README, *Shared adapters*).
+    #[arg(long)]
+    share_adapters: bool,
     /// How long a move of a twin to this node may stay announced and not
     /// landed before a new move of that twin here replaces it (its
     /// conductor stopped answering); until then a second move is refused.
@@ -863,6 +870,7 @@ pub fn run(global: &super::GlobalArgs, args: HostArgs) -> anyhow::Result<ExitCod
                 park_sessions_asleep: !args.keep_sessions_asleep,
                 shared_session: args.broker_session == BrokerSession::Node,
                 inbox_max: args.inbox_max,
+                share_adapters: args.share_adapters,
                 arrival_timeout: args.arrival_timeout,
             },
             runtime,

@@ -194,6 +194,7 @@ pub async fn node(
             park_sessions_asleep: true,
             shared_session: plan.shared_session,
             inbox_max: wasmtwin::node::DEFAULT_INBOX_MAX,
+            share_adapters: false,
             arrival_timeout: wasmtwin::node::DEFAULT_ARRIVAL_TIMEOUT,
         },
         runtime.clone(),

@@ -91,6 +91,8 @@ pub struct Metrics {
     pub inbox_read: Counter,
     /// Messages not kept for a twin whose inbox was full.
     pub inbox_dropped: Counter,
+    /// Adapter instances made for twins to share (`--share-adapters`).
+    pub shared_adapters_made: Counter,
 }
 
 /// A per-twin family, as far as forgetting a twin goes.
@@ -171,6 +173,12 @@ impl Default for Metrics {
             "inbox_dropped",
             "Messages not kept for a twin that already had --inbox-max messages waiting in the node's inbox (--broker-session node): dropped, as a broker drops what a session's queue has no room for",
             inbox_dropped.clone(),
+        );
+        let shared_adapters_made = Counter::default();
+        node.register(
+            "shared_adapters_made",
+            "Adapter instances made for the node's twins to share (--share-adapters): one per adapter component in use, and one more after each call that left the instance unusable",
+            shared_adapters_made.clone(),
         );
         let (timeliness, model_seconds) = (
             Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -279,6 +287,7 @@ impl Default for Metrics {
             sessions_collecting,
             inbox_read,
             inbox_dropped,
+            shared_adapters_made,
         }
     }
 }

@@ -18,7 +18,7 @@ mod worker;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -38,7 +38,9 @@ use crate::physical::shared::SharedSession;
 use crate::physical::{self, BrokerAddress, Link, Subscribing};
 use crate::registry::{self, Location};
 use crate::runtime::cpu::{self, CpuShare};
-use crate::runtime::{ActionOutcome, Description, Limits, ModelComponent, Runtime};
+use crate::runtime::{
+    ActionOutcome, AdapterComponent, Description, Limits, ModelComponent, Runtime, SharedAdapter,
+};
 use crate::signing::{KeyId, TrustPolicy};
 use crate::spec::{Ceilings, ComponentRef, TwinSpec};
 use crate::store::{Op, Point, Saved, Store};
@@ -97,6 +99,10 @@ pub struct NodeConfig {
     /// With a shared session, the most messages the node keeps for one
     /// twin that has not applied them; more are dropped (and counted).
     pub inbox_max: usize,
+    /// Whether the node's twins share one instance of each adapter
+    /// component (see `runtime::SharedAdapter`), rather than each holding
+    /// its own while awake.
+    pub share_adapters: bool,
     /// How long a move of a twin to this node may stay announced (`PUT
     /// /v1/migrations/{name}`) and not landed before a new move of that
     /// twin here may replace it: its conductor has stopped answering.
@@ -359,6 +365,9 @@ pub struct Node {
     inbox: Option<Arc<inbox::Inbox>>,
     /// The shared session with each broker, by address.
     shared_sessions: Mutex<HashMap<(String, u16), SharedSession>>,
+    /// The adapter instance its twins share, by component, while one of
+    /// them holds it ([`NodeConfig::share_adapters`]).
+    shared_adapters: Mutex<HashMap<Digest, Weak<SharedAdapter>>>,
     /// Whether the node is resuming its twins: shared sessions started
     /// meanwhile connect only once it is done, so that what their broker
     /// kept finds its twins.
@@ -427,6 +436,7 @@ impl Node {
             doorbells: Mutex::new(HashMap::new()),
             inbox,
             shared_sessions: Mutex::new(HashMap::new()),
+            shared_adapters: Mutex::new(HashMap::new()),
             resuming: Default::default(),
         })
     }
@@ -967,6 +977,23 @@ impl Node {
         })
     }
 
+    /// The instance of `component` the node's twins share: the one they
+    /// hold, or a new one.
+    fn shared_adapter(&self, component: &AdapterComponent) -> Arc<SharedAdapter> {
+        let mut shared = lock(&self.shared_adapters);
+        if let Some(held) = shared.get(&component.digest()).and_then(Weak::upgrade) {
+            return held;
+        }
+        shared.retain(|_, adapter| adapter.strong_count() > 0);
+        let fresh = Arc::new(SharedAdapter::new(
+            &self.runtime,
+            component,
+            self.metrics.shared_adapters_made.clone(),
+        ));
+        shared.insert(component.digest(), Arc::downgrade(&fresh));
+        fresh
+    }
+
     /// The node's shared session with `broker`, started if it is the
     /// first twin there (and open at once, unless the node is resuming).
     fn shared_session(&self, broker: &BrokerAddress, inbox: &Arc<inbox::Inbox>) -> SharedSession {
@@ -1086,6 +1113,10 @@ impl Node {
             name: spec.name().to_string(),
             runtime: self.runtime.clone(),
             model: components.model,
+            shared_adapter: self
+                .config
+                .share_adapters
+                .then(|| self.shared_adapter(&components.adapter)),
             adapter: components.adapter,
             limits: components.limits,
             cpu: cpu.clone(),

@@ -35,7 +35,7 @@ use crate::physical::{Inbound, Link, now_us};
 use crate::runtime::cpu::CpuShare;
 use crate::runtime::{
     ActionOutcome, AdapterComponent, AdapterInstance, Description, GuestError, Limits,
-    ModelComponent, Runtime, Update,
+    ModelComponent, Runtime, SharedAdapter, Turn, Update,
 };
 use crate::store::{Op, Store};
 use crate::twin::entanglement::Timing;
@@ -108,6 +108,9 @@ pub struct Worker {
     pub runtime: Runtime,
     pub model: ModelComponent,
     pub adapter: AdapterComponent,
+    /// The node's instance of the adapter, when its twins share one
+    /// (`--share-adapters`); else the twin makes its own as it wakes.
+    pub shared_adapter: Option<Arc<SharedAdapter>>,
     pub limits: Limits,
     /// The twin's CPU share, which every instance it runs is charged to.
     pub cpu: CpuShare,
@@ -217,7 +220,13 @@ fn unbox<T>(boxed: Box<T>) -> T {
 /// which every twin keeps, asleep too, would otherwise keep room for it.)
 struct Live {
     twin: Twin,
-    adapter: AdapterInstance,
+    adapter: Adapter,
+}
+
+/// The adapter a live twin decodes and encodes with.
+enum Adapter {
+    Own(AdapterInstance),
+    Shared(Arc<SharedAdapter>),
 }
 
 /// What the queue brought next. (Not boxed: it lives for one turn of the
@@ -391,12 +400,49 @@ impl Worker {
         }
     }
 
-    /// A twin's instances, its adapter created beside it, both charged to
-    /// the twin's CPU share.
+    /// A twin's instances, its adapter created beside it (or the node's
+    /// shared one), both charged to the twin's CPU share.
     async fn live(&mut self, mut twin: Twin) -> anyhow::Result<Box<Live>> {
         twin.set_cpu(self.cpu.clone());
-        let adapter = self.new_adapter().await?;
+        let adapter = match &self.shared_adapter {
+            Some(shared) => Adapter::Shared(shared.clone()),
+            None => Adapter::Own(self.new_adapter().await?),
+        };
         Ok(Box::new(Live { twin, adapter }))
+    }
+
+    /// The twin's turn on a shared adapter.
+    fn turn(&self) -> Turn<'_> {
+        Turn {
+            twin: &self.name,
+            limits: self.limits,
+            cpu: &self.cpu,
+        }
+    }
+
+    /// Decodes a message with the twin's adapter, a fresh one if its own
+    /// failed before.
+    async fn decode(
+        &mut self,
+        adapter: &mut Adapter,
+        message: &Inbound,
+    ) -> Result<Vec<Update>, GuestError> {
+        match adapter {
+            Adapter::Own(own) => {
+                if own.is_poisoned() {
+                    match self.new_adapter().await {
+                        Ok(fresh) => *own = fresh,
+                        Err(e) => self.failed(&format!("{e:#}")),
+                    }
+                }
+                own.decode(&message.topic, &message.payload).await
+            }
+            Adapter::Shared(shared) => {
+                shared
+                    .decode(&self.turn(), &message.topic, &message.payload)
+                    .await
+            }
+        }
     }
 
     /// Serves the queue until it closes, a stop, or a handover. Runs on the
@@ -747,14 +793,8 @@ impl Worker {
     async fn handle_message(&mut self, live: &mut Live, message: Inbound) {
         let Live { twin, adapter } = live;
         let mut ops = Vec::new();
-        if adapter.is_poisoned() {
-            match self.new_adapter().await {
-                Ok(fresh) => *adapter = fresh,
-                Err(e) => self.failed(&format!("{e:#}")),
-            }
-        }
-        let decoded = adapter
-            .decode(&message.topic, &message.payload)
+        let decoded = self
+            .decode(adapter, &message)
             .instrument(crate::trace_span!("adapter.decode"))
             .await;
         match decoded {
@@ -1103,7 +1143,7 @@ impl Worker {
     /// Encodes an action's commands and sends them to the device.
     async fn send_commands(
         &mut self,
-        adapter: &mut AdapterInstance,
+        adapter: &mut Adapter,
         outcome: &ActionOutcome,
     ) -> Result<(), String> {
         if !outcome.commands.is_empty() {
@@ -1112,10 +1152,11 @@ impl Worker {
                 .as_deref()
                 .ok_or("the action produced commands, but the spec has no physical.commandTopic")?;
             for (command, payload) in &outcome.commands {
-                let bytes = adapter
-                    .encode(command, payload)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let bytes = match adapter {
+                    Adapter::Own(own) => own.encode(command, payload).await,
+                    Adapter::Shared(shared) => shared.encode(&self.turn(), command, payload).await,
+                }
+                .map_err(|e| e.to_string())?;
                 self.link.send(topic, bytes).map_err(|e| format!("{e:#}"))?;
             }
         }

@@ -86,6 +86,17 @@ impl AdapterInstance {
         self.sandbox.set_cpu(cpu);
     }
 
+    /// Holds later calls to `limits` (an instance that twins share takes
+    /// each one's in turn).
+    pub(super) fn set_limits(&mut self, limits: Limits) {
+        self.sandbox.set_limits(limits);
+    }
+
+    /// The fuel the last call burned, whether it succeeded or not.
+    pub(super) fn fuel_spent(&self) -> u64 {
+        self.sandbox.fuel_spent()
+    }
+
     /// Decodes a raw payload received on `topic` into updates.
     pub async fn decode(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<Update>, GuestError> {
         let api = self.adapter.wasmtwin_twin_adapter_api();

@@ -21,6 +21,7 @@ mod guest_state;
 mod limits;
 mod model;
 mod sandbox;
+mod shared_adapter;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ pub use error::{Failure, GuestError};
 pub use guest_state::GuestState;
 pub use limits::Limits;
 pub use model::{ActionOutcome, Description, ModelComponent, ModelInstance, Update, UpdateEffects};
+pub use shared_adapter::{SharedAdapter, Turn};
 
 use crate::digest::Digest;
 

@@ -142,6 +142,12 @@ impl Sandbox {
         self.poisoned
     }
 
+    /// The fuel the last call (or instantiation) burned of its budget.
+    pub(super) fn fuel_spent(&self) -> u64 {
+        let left = fuel_left(self.metered, || self.store.get_fuel());
+        left.map_or(0, |left| self.limits.fuel_per_call.saturating_sub(left))
+    }
+
     /// Charges this instance's calls to the twin's CPU share from now on.
     pub(super) fn set_cpu(&mut self, cpu: CpuShare) {
         if self.metered {

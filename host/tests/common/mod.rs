@@ -9,7 +9,7 @@ use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 use serde_json::{Value, json};
 use wasmtwin_tests::cli::arg;
 use wasmtwin_tests::faults::FaultProxy;
-use wasmtwin_tests::node::Node;
+use wasmtwin_tests::node::{Api, Node};
 use wasmtwin_tests::plugin;
 use wasmtwin_tests::servers::free_port;
 
@@ -204,6 +204,19 @@ pub fn machine_spec(name: &str) -> String {
     spec(name, "good", "")
         .replace(arg(&plugin("misbehave")), arg(&plugin("machine")))
         .replace("config: {mode: good}", "config: {}")
+}
+
+/// The value of a sample (`name`, labels included) in a node's metrics.
+pub fn sample(api: &Api, name: &str) -> Option<f64> {
+    let (status, text) = api.get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The value of an unlabelled sample in a node's metrics.
+pub fn metric_of(api: &Api, name: &str) -> f64 {
+    sample(api, name).unwrap_or_else(|| panic!("no {name} in the metrics"))
 }
 
 /// A JSON telemetry message.
