@@ -77,6 +77,30 @@ impl Up {
         wait_for(condition, what);
     }
 
+    /// Stops the motor by the twin's action, which its adapter encodes
+    /// as a command; waits until the motor's telemetry says it stopped.
+    fn stop_motor(&self) {
+        let stop = self
+            .http
+            .post(format!("{}/v1/twins/motor-1/actions/stop", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap();
+        assert_eq!(stop.status().as_u16(), 200);
+        self.wait_for(
+            || self.json("/v1/twins/motor-1")["properties"]["running"]["value"] == false,
+            "the motor to stop",
+        );
+    }
+
+    /// The edge node's metrics.
+    fn metrics(&self) -> String {
+        reqwest::blocking::get(format!("{}/metrics", self.base))
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     /// `wasmtwin apply` of `text` (written to a file in `dir`) to the edge
     /// node.
     fn apply(&self, dir: &Path, text: &str) -> std::process::Output {
@@ -165,17 +189,7 @@ fn up_serves_a_demo_twin_that_follows_the_simulated_motor() {
     assert_eq!(wrong.status().as_u16(), 401);
 
     // An action becomes a device command, which the motor obeys.
-    let stop = up
-        .http
-        .post(format!("{}/v1/twins/motor-1/actions/stop", up.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap();
-    assert_eq!(stop.status().as_u16(), 200);
-    up.wait_for(
-        || up.json("/v1/twins/motor-1")["properties"]["running"]["value"] == false,
-        "the motor to stop",
-    );
+    up.stop_motor();
     let (status, body) = up.get("/v1/twins/motor-1/actions/fly");
     assert_eq!(status, 405, "{body}");
 
@@ -198,10 +212,7 @@ fn up_serves_a_demo_twin_that_follows_the_simulated_motor() {
     assert_eq!(up.get("/v1/twins/nope").0, 404);
 
     // Metrics.
-    let metrics = reqwest::blocking::get(format!("{}/metrics", up.base))
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = up.metrics();
     for name in [
         "wasmtwin_twin_updates_total{twin=\"motor-1\"}",
         "wasmtwin_twin_timeliness_seconds_bucket",
@@ -235,27 +246,14 @@ fn up_with_a_session_per_node_follows_the_motor_and_commands_it() {
     // A second twin shares the edge node's session (with a session each,
     // there would be two).
     assert!(ok(up.apply(dir.path(), &motor_2(dir.path(), up.mqtt, "{}"))).contains("\"created\""));
-    let metrics = reqwest::blocking::get(format!("{}/metrics", up.base))
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = up.metrics();
     assert!(
         metrics
             .lines()
             .any(|l| l == "wasmtwin_node_broker_sessions_connected 1"),
         "the edge node's two twins hold one session:\n{metrics}"
     );
-    let stop = up
-        .http
-        .post(format!("{}/v1/twins/motor-1/actions/stop", up.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap();
-    assert_eq!(stop.status().as_u16(), 200);
-    up.wait_for(
-        || up.json("/v1/twins/motor-1")["properties"]["running"]["value"] == false,
-        "the motor to stop",
-    );
+    up.stop_motor();
 }
 
 #[test]
