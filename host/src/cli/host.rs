@@ -221,11 +221,12 @@ pub struct HostArgs {
     #[arg(long, default_value_t = wasmtwin::node::DEFAULT_INBOX_MAX, value_name = "MESSAGES",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     inbox_max: usize,
-    /// Twins of this node share one instance of each adapter component
-    /// (taking turns, each under its own limits) instead of holding one
-    /// each while awake: about 24 KiB less an awake twin. Share only
-    /// adapters that keep nothing between calls, or what one twin's
-    /// payload left would reach another's (README, *Shared adapters*).
+    /// Twins of this node take turns on a few instances of each adapter
+    /// component (eight per thread), each turn under the twin's own
+    /// limits, instead of holding one each while awake: about 24 KiB less
+    /// an awake twin. Share only adapters that keep nothing between
+    /// calls, or what one twin's payload left would reach another's
+    /// (docs/security.md).
     #[arg(long)]
     share_adapters: bool,
     /// How long a move of a twin to this node may stay announced and not

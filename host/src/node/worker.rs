@@ -108,7 +108,7 @@ pub struct Worker {
     pub runtime: Runtime,
     pub model: ModelComponent,
     pub adapter: AdapterComponent,
-    /// The node's instance of the adapter, when its twins share one
+    /// The node's instances of the adapter, when its twins share them
     /// (`--share-adapters`); else the twin makes its own as it wakes.
     pub shared_adapter: Option<Arc<SharedAdapter>>,
     pub limits: Limits,
