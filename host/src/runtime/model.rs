@@ -296,15 +296,13 @@ impl ModelInstance {
 
     /// What the model offers.
     pub async fn describe(&mut self) -> Result<Description, GuestError> {
-        let budget = self.sandbox.begin("describe")?;
+        self.sandbox.begin("describe")?;
         let outcome = self
             .model
             .wasmtwin_twin_model_api()
             .call_describe(self.sandbox.store())
             .await
             .map(Ok);
-        self.sandbox
-            .finish("describe", budget, outcome)
-            .map(|(d, _)| d)
+        self.sandbox.finish("describe", outcome).map(|(d, _)| d)
     }
 }

@@ -24,9 +24,9 @@ macro_rules! guest_call {
         if let Some(pause) = $sandbox.throttle() {
             pause.await;
         }
-        let budget = $sandbox.begin($name)?;
+        $sandbox.begin($name)?;
         let outcome = $api.$method($sandbox.store(), $($arg),*).await;
-        $sandbox.finish($name, budget, outcome)
+        $sandbox.finish($name, outcome)
     }};
 }
 pub(super) use guest_call;
@@ -181,8 +181,8 @@ impl Sandbox {
         }
     }
 
-    /// Sets the fuel and deadline for the next call; returns the budget.
-    fn arm(&mut self) -> u64 {
+    /// Sets the fuel and deadline for the next call.
+    fn arm(&mut self) {
         let deadline = Instant::now()
             .checked_add(self.limits.deadline)
             .unwrap_or_else(far_future);
@@ -196,16 +196,16 @@ impl Sandbox {
         }
         // The callback decides at each tick: yield, or interrupt.
         self.store.set_epoch_deadline(1);
-        self.limits.fuel_per_call
     }
 
     /// Starts a call of the export `name`: refuses a poisoned instance,
-    /// else arms the limits and returns the fuel budget for `finish`.
-    pub(super) fn begin(&mut self, name: &'static str) -> Result<u64, GuestError> {
+    /// else arms the limits.
+    pub(super) fn begin(&mut self, name: &'static str) -> Result<(), GuestError> {
         if self.poisoned {
             return Err(self.error(name, Failure::Poisoned));
         }
-        Ok(self.arm())
+        self.arm();
+        Ok(())
     }
 
     /// Ends the call `begin` started: its answer and the fuel it burned, or
@@ -213,15 +213,10 @@ impl Sandbox {
     pub(super) fn finish<R>(
         &mut self,
         name: &'static str,
-        budget: u64,
         outcome: wasmtime::Result<Result<R, String>>,
     ) -> Result<(R, u64), GuestError> {
         self.settle();
-        let fuel = if self.metered {
-            budget.saturating_sub(self.store.get_fuel().unwrap_or(0))
-        } else {
-            0
-        };
+        let fuel = self.fuel_spent();
         match outcome {
             Ok(Ok(value)) => Ok((value, fuel)),
             Ok(Err(message)) => Err(self.error(name, Failure::Refused { message })),
