@@ -59,8 +59,8 @@ const CHILD: &str = "WASMTWIN_BENCH_CHILD";
 /// that way (the wake-up table has a row of its own for it).
 const SHARED: &str = "WASMTWIN_BENCH_SHARED";
 
-/// Set (to anything), nodes' twins share one instance of their adapter
-/// (`--share-adapters`), in the ingest table and the child modes.
+/// Set (to anything), nodes' twins take turns on a few instances of their
+/// adapter (`--share-adapters`), in the ingest table and the child modes.
 const SHARE_ADAPTERS: &str = "WASMTWIN_BENCH_SHARE_ADAPTERS";
 
 /// The address space, in bytes, that each linear memory of this process's

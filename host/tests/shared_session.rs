@@ -14,10 +14,11 @@ use serde_json::json;
 use wasmtwin_tests::node::{Node, wait_for};
 use wasmtwin_tests::servers::Mosquitto;
 
-fn shared_node(data: &Path, broker: &Mosquitto, extra: &[&str]) -> Node {
+/// A node of one shared session, on the broker at `port`.
+fn shared_node(data: &Path, port: u16, extra: &[&str]) -> Node {
     let mut args = vec!["--broker-session".to_string(), "node".to_string()];
     args.extend(extra.iter().map(|a| a.to_string()));
-    host(data, broker.port, &args)
+    host(data, port, &args)
 }
 
 /// The value of an unlabelled sample in a node's metrics.
@@ -76,11 +77,7 @@ fn the_embedded_broker_serves_a_shared_session_as_mosquitto_does() {
 /// filters overlap the third's.
 fn each_twin_gets_what_its_filters_match_once(port: u16) {
     let data = tempfile::tempdir().unwrap();
-    let node = host(
-        data.path(),
-        port,
-        &["--broker-session".into(), "node".into()],
-    );
+    let node = shared_node(data.path(), port, &[]);
     create(&node, "a", &twin_spec("a", "good", "plant/a/t", ""));
     create(&node, "b", &twin_spec("b", "good", "plant/b/t", ""));
     // Overlaps both: the broker sends each message on plant/a/t twice,
@@ -124,7 +121,7 @@ fn each_twin_gets_what_its_filters_match_once(port: u16) {
 fn a_node_killed_mid_stream_applies_every_message_once_after_its_restart() {
     let broker = Mosquitto::start();
     let data = tempfile::tempdir().unwrap();
-    let mut node = shared_node(data.path(), &broker, &[]);
+    let mut node = shared_node(data.path(), broker.port, &[]);
     create(&node, "k", &twin_spec("k", "good", "dev/k", ""));
     let port = broker.port;
     let publisher = std::thread::spawn(move || {
@@ -136,7 +133,7 @@ fn a_node_killed_mid_stream_applies_every_message_once_after_its_restart() {
     let _ = node.child.kill();
     let _ = node.child.wait();
     publisher.join().unwrap();
-    node = shared_node(data.path(), &broker, &[]);
+    node = shared_node(data.path(), broker.port, &[]);
     node.api.wait_for_updates("k", 600);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(applied(&node, "k"), 600, "every message applied once");
@@ -156,7 +153,7 @@ fn a_twin_that_falls_behind_holds_up_no_other() {
     // messages kept for a twin.
     let node = shared_node(
         data.path(),
-        &broker,
+        broker.port,
         &["--queue", "4", "--inbox-max", "150"],
     );
     // Every message loops until its 20 ms deadline (and is dropped).
@@ -202,7 +199,7 @@ fn a_twin_behind_catches_up_from_the_inbox_in_order_across_a_restart() {
     let broker = Mosquitto::start();
     let data = tempfile::tempdir().unwrap();
     let args = ["--queue", "4"];
-    let mut node = shared_node(data.path(), &broker, &args);
+    let mut node = shared_node(data.path(), broker.port, &args);
     // A hundredth of a core: it applies far slower than the node keeps.
     let throttled = "  resources:\n    cpu: 10m\n";
     create(&node, "t", &twin_spec("t", "good", "dev/t", throttled));
@@ -216,7 +213,7 @@ fn a_twin_behind_catches_up_from_the_inbox_in_order_across_a_restart() {
     );
     let _ = node.child.kill();
     let _ = node.child.wait();
-    node = shared_node(data.path(), &broker, &args);
+    node = shared_node(data.path(), broker.port, &args);
     node.api.wait_for_updates("t", 300);
     assert!(metric(&node, "wasmtwin_node_inbox_read_total") > 0.0);
     std::thread::sleep(Duration::from_millis(300));

@@ -177,7 +177,7 @@ impl Default for Metrics {
         let shared_adapters_made = Counter::default();
         node.register(
             "shared_adapters_made",
-            "Adapter instances made for the node's twins to share (--share-adapters): one per adapter component in use, and one more after each call that left the instance unusable",
+            "Adapter instances made for the node's twins to share (--share-adapters): a few per adapter component in use (eight per thread at most, as many as turns ever overlapped), and one more after each call that left its instance unusable",
             shared_adapters_made.clone(),
         );
         let (timeliness, model_seconds) = (

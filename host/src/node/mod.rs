@@ -99,9 +99,9 @@ pub struct NodeConfig {
     /// With a shared session, the most messages the node keeps for one
     /// twin that has not applied them; more are dropped (and counted).
     pub inbox_max: usize,
-    /// Whether the node's twins share one instance of each adapter
-    /// component (see `runtime::SharedAdapter`), rather than each holding
-    /// its own while awake.
+    /// Whether the node's twins take turns on a few instances of each
+    /// adapter component (see `runtime::SharedAdapter`), rather than each
+    /// holding its own while awake.
     pub share_adapters: bool,
     /// How long a move of a twin to this node may stay announced (`PUT
     /// /v1/migrations/{name}`) and not landed before a new move of that
@@ -365,8 +365,8 @@ pub struct Node {
     inbox: Option<Arc<inbox::Inbox>>,
     /// The shared session with each broker, by address.
     shared_sessions: Mutex<HashMap<(String, u16), SharedSession>>,
-    /// The adapter instance its twins share, by component, while one of
-    /// them holds it ([`NodeConfig::share_adapters`]).
+    /// The adapter instances its twins share, by component, while one of
+    /// them holds them ([`NodeConfig::share_adapters`]).
     shared_adapters: Mutex<HashMap<Digest, Weak<SharedAdapter>>>,
     /// Whether the node is resuming its twins: shared sessions started
     /// meanwhile connect only once it is done, so that what their broker
@@ -977,8 +977,8 @@ impl Node {
         })
     }
 
-    /// The instance of `component` the node's twins share: the one they
-    /// hold, or a new one.
+    /// The instances of `component` the node's twins share: those they
+    /// hold, or new ones.
     fn shared_adapter(&self, component: &AdapterComponent) -> Arc<SharedAdapter> {
         let mut shared = lock(&self.shared_adapters);
         if let Some(held) = shared.get(&component.digest()).and_then(Weak::upgrade) {

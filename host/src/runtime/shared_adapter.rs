@@ -4,12 +4,12 @@
 //! An adapter translates payloads; the twin's state lives in its model. An
 //! instance of its own costs an awake twin about 24 KiB (its core
 //! instances, store, fiber stack, memory pages and their page tables;
-//! README, *Shared adapters*), a third of what the twin holds; shared, the node pays it
-//! [`INSTANCES_PER_THREAD`] times per thread and adapter component. The price is isolation between the twins that
-//! share it: an adapter that keeps something from one call to the next
-//! would carry it from one twin's payload to another's, so only adapters
-//! that keep nothing should be shared (the SDK's `json-adapter` keeps
-//! nothing).
+//! README, *Shared adapters*), a third of what the twin holds; shared, the
+//! node pays it [`INSTANCES_PER_THREAD`] times per thread and adapter
+//! component. The price is isolation between the twins that share them:
+//! an adapter that keeps something from one call to the next would carry
+//! it from one twin's payload to another's, so only adapters that keep
+//! nothing should be shared (the SDK's `json-adapter` keeps nothing).
 //!
 //! Each turn runs under the twin's limits (fuel, deadline, memory), so one
 //! twin's turn holds an instance for its deadline at most. The fuel a
@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use super::Runtime;
 use super::adapter::{AdapterComponent, AdapterInstance};
@@ -85,12 +85,9 @@ impl SharedAdapter {
         topic: &str,
         payload: &[u8],
     ) -> Result<Vec<Update>, GuestError> {
-        let mut instance = self.take(turn).await?;
-        let adapter = instance
-            .as_mut()
-            .ok_or_else(|| unavailable(turn, "decode"))?;
+        let mut adapter = self.take(turn).await?;
         let outcome = adapter.decode(topic, payload).await;
-        settle(turn, adapter, outcome)
+        settle(turn, &adapter, outcome)
     }
 
     /// Encodes a command of `turn`'s twin for its device.
@@ -100,12 +97,9 @@ impl SharedAdapter {
         name: &str,
         payload: &Value,
     ) -> Result<Vec<u8>, GuestError> {
-        let mut instance = self.take(turn).await?;
-        let adapter = instance
-            .as_mut()
-            .ok_or_else(|| unavailable(turn, "encode"))?;
+        let mut adapter = self.take(turn).await?;
         let outcome = adapter.encode(name, payload).await;
-        settle(turn, adapter, outcome)
+        settle(turn, &adapter, outcome)
     }
 
     /// Waits out the twin's CPU debt, then takes a free instance (or waits
@@ -114,7 +108,7 @@ impl SharedAdapter {
     async fn take(
         &self,
         turn: &Turn<'_>,
-    ) -> Result<MutexGuard<'_, Option<AdapterInstance>>, GuestError> {
+    ) -> Result<MappedMutexGuard<'_, AdapterInstance>, GuestError> {
         let debt = turn.cpu.debt();
         if !debt.is_zero() {
             turn.cpu.pause(debt).await;
@@ -127,25 +121,27 @@ impl SharedAdapter {
                 self.instances[slot].lock().await
             }
         };
-        if instance.as_ref().is_none_or(AdapterInstance::is_poisoned) {
-            *instance = None;
-            let fresh =
-                AdapterInstance::new(&self.runtime, &self.component, &self.name, turn.limits)
-                    .await
-                    .map_err(|e| GuestError {
-                        twin: turn.twin.to_string(),
-                        call: "instantiate",
-                        failure: Failure::Trap {
-                            message: format!("{e:#}"),
-                        },
-                    })?;
-            *instance = Some(fresh);
-            self.made.inc();
-        }
-        if let Some(adapter) = instance.as_mut() {
-            adapter.set_limits(turn.limits);
-        }
-        Ok(instance)
+        // A poisoned instance is dropped here, even if no new one comes.
+        let adapter = match instance.take().filter(|adapter| !adapter.is_poisoned()) {
+            Some(adapter) => adapter,
+            None => {
+                let fresh =
+                    AdapterInstance::new(&self.runtime, &self.component, &self.name, turn.limits)
+                        .await
+                        .map_err(|e| GuestError {
+                            twin: turn.twin.to_string(),
+                            call: "instantiate",
+                            failure: Failure::Trap {
+                                message: format!("{e:#}"),
+                            },
+                        })?;
+                self.made.inc();
+                fresh
+            }
+        };
+        let mut adapter = MutexGuard::map(instance, |slot| slot.insert(adapter));
+        adapter.set_limits(turn.limits);
+        Ok(adapter)
     }
 }
 
@@ -161,14 +157,4 @@ fn settle<T>(
         error.twin = turn.twin.to_string();
         error
     })
-}
-
-/// `take` left no instance: it returns an error instead, so this does not
-/// happen; said as a failure rather than a panic all the same.
-fn unavailable(turn: &Turn<'_>, call: &'static str) -> GuestError {
-    GuestError {
-        twin: turn.twin.to_string(),
-        call,
-        failure: Failure::Poisoned,
-    }
 }
