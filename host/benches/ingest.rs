@@ -16,7 +16,9 @@
 //! - timeliness: publish → the twin's state has changed (its change stream
 //!   fires), at a steady offered load, p50 and p99;
 //! - throughput: a burst published as fast as the publishers can, divided
-//!   by the time until the last message was applied.
+//!   by the time until the last message was applied;
+//! - CPU per message over that burst: this process's (publishers and node,
+//!   or publishers and the floor's subscriber) and the broker's.
 //!
 //! The floor is one subscriber on a wildcard over as many topics: what the
 //! broker alone costs.
@@ -33,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{now_ms, paid_kib, quick, rss_kib};
+use common::{cpu_seconds, now_ms, paid_kib, quick, rss_kib};
 use hdrhistogram::Histogram;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde_json::json;
@@ -224,7 +226,17 @@ fn telemetry(seq: u64, k: usize) -> String {
 struct Measured {
     p50_us: u64,
     p99_us: u64,
+    burst: Burst,
+}
+
+/// What a burst measured: messages per second, and the CPU each message
+/// cost this process and the broker, in µs (what a change to the node
+/// saves, and what the machine's cores bound: the floor's budget and the
+/// twins' against it).
+struct Burst {
     throughput: f64,
+    process_us: f64,
+    broker_us: f64,
 }
 
 /// Steady load, then a burst, through whatever delivers to `tracker`.
@@ -233,6 +245,7 @@ async fn measure(
     prefix: &str,
     twins: usize,
     tracker: &Tracker,
+    broker: &str,
 ) -> Measured {
     let (rate, seconds) = if quick() {
         (200.0, 1.0)
@@ -257,19 +270,62 @@ async fn measure(
     Measured {
         p50_us,
         p99_us,
-        throughput: burst(publishers, prefix, twins, tracker).await,
+        burst: burst(publishers, prefix, twins, tracker, broker).await,
     }
 }
 
 /// A burst published as fast as the publishers can: messages per second
-/// until the last was delivered to `tracker`.
-async fn burst(publishers: &mut Publishers, prefix: &str, twins: usize, tracker: &Tracker) -> f64 {
+/// until the last was delivered to `tracker`, and the CPU time this
+/// process and the broker's (process id `broker`) spent meanwhile.
+async fn burst(
+    publishers: &mut Publishers,
+    prefix: &str,
+    twins: usize,
+    tracker: &Tracker,
+    broker: &str,
+) -> Burst {
     let burst = if quick() { 1_000 } else { 20_000 };
     tracker.reset();
+    let cpu = || [cpu_seconds("self"), cpu_seconds(broker)];
+    let before = cpu();
     let started = publishers.offer(prefix, twins, burst, None, tracker).await;
     tracker.wait_for(burst as u64).await;
+    let after = cpu();
     let last = tracker.last.lock().unwrap().expect("something arrived");
-    burst as f64 / last.duration_since(started).as_secs_f64()
+    let per_message = |i: usize| (after[i] - before[i]) * 1e6 / burst as f64;
+    Burst {
+        throughput: burst as f64 / last.duration_since(started).as_secs_f64(),
+        process_us: per_message(0),
+        broker_us: per_message(1),
+    }
+}
+
+/// The id of the process listening on loopback `port`, for the broker's
+/// CPU time (the children are given only its port): the socket's inode
+/// from `/proc/net/tcp`, then the process holding it.
+fn broker_pid(port: u16) -> String {
+    // 127.0.0.1 as the kernel prints it, and TCP's LISTEN state (0A).
+    let local = format!("0100007F:{port:04X}");
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let inode = tcp
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A"))
+        .and_then(|f| f.get(9).map(|inode| format!("socket:[{inode}]")))
+        .unwrap_or_else(|| panic!("nothing listens on 127.0.0.1:{port}"));
+    let holds = |pid: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == inode.as_str())
+            })
+        })
+    };
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .find(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && holds(pid))
+        .unwrap_or_else(|| panic!("no process holds the socket on 127.0.0.1:{port}"))
 }
 
 /// Applies bench twin `index` on `node`, its changes reported to `tracker`.
@@ -503,24 +559,39 @@ fn child(mode: &str) {
             std::mem::forget(node); // exit without tearing 10k sessions down
         }
         // The twins' bursts alone, `burst:TWINS:PORT:ROUNDS`, to profile
-        // or compare builds: each round prints the burst's throughput.
-        "burst" => {
+        // or compare builds, or the floor's (`floor:TWINS:PORT:ROUNDS`):
+        // each round prints the burst's throughput (messages/s) and the
+        // CPU µs a message cost this process and the broker.
+        "burst" | "floor" => {
             let (port, rounds): (u16, usize) = (
                 parts[2].parse().expect("port"),
                 parts[3].parse().expect("rounds"),
             );
-            let sessions = Sessions::from_env(true);
-            let (node, spec) = node(dir.path(), port, 1024, "burst", None, sessions);
-            let twins = Tracker::new();
-            for i in 0..n {
-                host_tracked(&node, &spec, i, &twins);
+            let broker = broker_pid(port);
+            let tracker = Tracker::new();
+            let node = (parts[0] == "burst").then(|| {
+                let sessions = Sessions::from_env(true);
+                let (node, spec) = node(dir.path(), port, 1024, "burst", None, sessions);
+                for i in 0..n {
+                    host_tracked(&node, &spec, i, &tracker);
+                }
+                node
+            });
+            if node.is_none() {
+                floor_subscriber(port, tracker.clone());
             }
             let mut publishers = Publishers::connect(port, 4);
             for _ in 0..rounds {
-                let throughput = io.block_on(burst(&mut publishers, "burst", n, &twins));
-                println!("{throughput:.0}");
+                let Burst {
+                    throughput,
+                    process_us,
+                    broker_us,
+                } = io.block_on(burst(&mut publishers, parts[0], n, &tracker, &broker));
+                println!("{throughput:.0} {process_us:.1} {broker_us:.1}");
             }
-            node.shutdown();
+            if let Some(node) = node {
+                node.shutdown();
+            }
         }
         // The wake-up table alone: `wake:TWINS:PORT:ROUNDS`.
         "wake" => {
@@ -941,12 +1012,13 @@ fn main() {
     // Checked first, not after minutes of measuring.
     check_map_count(counts.iter().copied().max().unwrap_or(0).max(idle));
 
+    let broker_pid = broker.pid().to_string();
     let mut publishers = Publishers::connect(broker.port, 4);
     let floor = Tracker::new();
     floor_subscriber(broker.port, floor.clone());
     let floors: Vec<Measured> = counts
         .iter()
-        .map(|&n| io.block_on(measure(&mut publishers, "floor", n, &floor)))
+        .map(|&n| io.block_on(measure(&mut publishers, "floor", n, &floor, &broker_pid)))
         .collect();
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -965,27 +1037,25 @@ fn main() {
         "\n## Ingest through Mosquitto on loopback (`cargo bench -p wasmtwin --bench ingest`)\n"
     );
     println!(
-        "| twins | path | timeliness p50 | p99 | throughput (msg/s) | vs floor |\n|---:|---|---:|---:|---:|---:|"
+        "| twins | path | timeliness p50 | p99 | throughput (msg/s) | vs floor | CPU/msg: process | broker |\n|---:|---|---:|---:|---:|---:|---:|---:|"
     );
     for (&n, floor) in counts.iter().zip(&floors) {
         while hosted < n {
             host_tracked(&node, &spec, hosted, &twins);
             hosted += 1;
         }
-        let m = io.block_on(measure(&mut publishers, "bench", n, &twins));
-        println!(
-            "| {n} | broker floor | {} | {} | {:.0} | 1.00× |",
-            fmt_us(floor.p50_us),
-            fmt_us(floor.p99_us),
-            floor.throughput
-        );
-        println!(
-            "| {n} | twins | {} | {} | {:.0} | {:.2}× |",
-            fmt_us(m.p50_us),
-            fmt_us(m.p99_us),
-            m.throughput,
-            m.throughput / floor.throughput
-        );
+        let m = io.block_on(measure(&mut publishers, "bench", n, &twins, &broker_pid));
+        for (path, row) in [("broker floor", floor), ("twins", &m)] {
+            println!(
+                "| {n} | {path} | {} | {} | {:.0} | {:.2}× | {:.1} µs | {:.1} µs |",
+                fmt_us(row.p50_us),
+                fmt_us(row.p99_us),
+                row.burst.throughput,
+                row.burst.throughput / floor.burst.throughput,
+                row.burst.process_us,
+                row.burst.broker_us
+            );
+        }
     }
     // Its sessions closed: the children below connect as many again.
     node.shutdown();

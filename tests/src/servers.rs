@@ -367,6 +367,13 @@ impl Mosquitto {
     }
 }
 
+impl Mosquitto {
+    /// Its process id, for benchmarks that account its CPU time.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -16,6 +16,23 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds process `pid` ("self" for this one) has used so far, all
+/// its threads, user and system: `/proc/PID/stat`'s utime and stime, in
+/// Linux's clock ticks of 10 ms (USER_HZ is 100), so figures are whole
+/// hundredths.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which may hold spaces; utime
+            // and stime are the 14th and 15th of the whole line.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+            Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// A KiB figure of `/proc/self/<file>`, by the label of its line.
 fn proc_kib(file: &str, label: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/self/{file}"))
